@@ -1,0 +1,76 @@
+//! Command-line parsing and dispatch. Each subcommand's arguments and behaviour live in
+//! `commands/<name>.rs`; this file only wires them together and maps errors to exit codes.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::commands;
+
+/// Exit code for a policy that does not validate (bad profile, config or rule).
+pub const EXIT_INVALID_POLICY: u8 = 3;
+
+const EXAMPLES: &str = "\
+Examples:
+  portcullis profile list
+  portcullis profile show xeams --feature pop3
+  portcullis explain --product iredmail --direction in --protocol tcp --port 25
+  portcullis check --config /etc/portcullis/portcullis.toml
+  portcullis run --product xeams --mode audit
+  portcullis status --json
+  portcullis detach
+
+Exit codes: 0 success, 1 failure, 2 usage error, 3 invalid policy or config.";
+
+/// Turns a mail-security product's published port table into an enforced, counted,
+/// stateful eBPF allowlist.
+#[derive(Debug, Parser)]
+#[command(name = "portcullis", version, about, after_help = EXAMPLES)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List the built-in product profiles, or show one compiled.
+    #[command(subcommand)]
+    Profile(commands::profile::ProfileCommand),
+    /// Validate a site config and print the policy it compiles to.
+    Check(commands::check::Args),
+    /// Show the verdict the datapath gives a new flow, and the rule that decides it.
+    Explain(commands::explain::Args),
+    /// Load the policy into the kernel and enforce (or audit) until stopped.
+    Run(commands::run::Args),
+    /// Show mode, scope, per-rule counters and denies of the running policy.
+    Status(commands::status::Args),
+    /// Remove every program, link and pinned map portcullis attached.
+    Detach(commands::detach::Args),
+}
+
+/// Parses the command line, runs the subcommand and turns its result into an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::new().filter_or("PORTCULLIS_LOG", "info"))
+        .format_target(false)
+        .init();
+    let result = match cli.command {
+        Command::Profile(c) => commands::profile::run(c),
+        Command::Check(a) => commands::check::run(a),
+        Command::Explain(a) => commands::explain::run(a),
+        Command::Run(a) => commands::run::run(a),
+        Command::Status(a) => commands::status::run(a),
+        Command::Detach(a) => commands::detach::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            if err.chain().any(|e| e.is::<crate::compiler::PolicyError>()) {
+                ExitCode::from(EXIT_INVALID_POLICY)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! One module per subcommand: its clap arguments and its behaviour.
+
+pub mod check;
+pub mod detach;
+pub mod explain;
+pub mod profile;
+pub mod run;
+pub mod status;

@@ -1,0 +1,12 @@
+//! `portcullis status` (placeholder until implemented).
+
+use std::process::ExitCode;
+
+/// Arguments of `portcullis status`.
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+/// Runs the subcommand.
+pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("not implemented yet")
+}

@@ -1,0 +1,66 @@
+//! Map names and sizes, used by the eBPF programs (as the statics' names and const
+//! generics) and by the agent (to find and pin the maps). Kernel object names are at most
+//! 15 bytes.
+
+/// Port table: `policy::port_index` -> packed `policy::port_entry`. `Array<u32>`.
+pub const PORTS: &str = "PC_PORTS";
+/// Peer-set trie: `(generation, set, address)` prefixes -> rule index. `LpmTrie<PeerAddr, u32>`.
+pub const PEERS: &str = "PC_PEERS";
+/// Capacity of [`PEERS`] (CIDR entries across both generations).
+pub const PEERS_MAX: u32 = 16 * 1024;
+/// Per-rule allowed packets and bytes, indexed by rule index. `PerCpuArray<Counter>`.
+pub const RULE_COUNTERS: &str = "PC_RULES";
+/// Largest rule index + 1. Index 0 means "no rule" and is never counted.
+pub const MAX_RULES: u32 = 4096;
+/// Global counters, indexed by `stats::*`. `PerCpuArray<Counter>`.
+pub const STATS: &str = "PC_STATS";
+/// Denied (or would-be denied) `(direction, protocol, port)` -> counter.
+/// `LruPerCpuHashMap<DeniedKey, Counter>`: bounded, the least recently denied fall out.
+pub const DENIED: &str = "PC_DENIED";
+/// Capacity of [`DENIED`].
+pub const DENIED_MAX: u32 = 4096;
+/// Flows this host opened (connectionless protocols and the XDP side). `LruHashMap<FlowKey, FlowValue>`.
+pub const FLOWS_OUT: &str = "PC_FLOWS_OUT";
+/// Flows remote peers opened. A separate map so an inbound flood can only evict inbound
+/// state, never the state of flows this host opened.
+pub const FLOWS_IN: &str = "PC_FLOWS_IN";
+/// Capacity of each flow map.
+pub const FLOWS_MAX: u32 = 64 * 1024;
+/// Verdict recorded on each socket that called connect(). `SkStorage<SockState>`.
+pub const SOCKETS: &str = "PC_SOCKETS";
+/// The single runtime configuration entry. `Array<Config>` of length 1.
+pub const CONFIG: &str = "PC_CONFIG";
+/// Deny events. `RingBuf`.
+pub const EVENTS: &str = "PC_EVENTS";
+/// Size of [`EVENTS`] in bytes (a power of two, a multiple of the page size).
+pub const EVENTS_BYTES: u32 = 256 * 1024;
+/// Per-CPU token bucket that rate-limits [`EVENTS`]. `PerCpuArray<Counter>`
+/// (`packets` = tokens left, `bytes` = time of the last refill in ns).
+pub const EVENT_RATE: &str = "PC_RATE";
+
+/// Every map the object defines, for pinning and for the adoption check.
+pub const ALL: [&str; 11] = [
+    PORTS,
+    PEERS,
+    RULE_COUNTERS,
+    STATS,
+    DENIED,
+    FLOWS_OUT,
+    FLOWS_IN,
+    SOCKETS,
+    CONFIG,
+    EVENTS,
+    EVENT_RATE,
+];
+
+/// Program names (the Rust function names in the eBPF crate).
+pub mod programs {
+    /// cgroup_skb ingress.
+    pub const INGRESS: &str = "pc_ingress";
+    /// cgroup_skb egress.
+    pub const EGRESS: &str = "pc_egress";
+    /// cgroup_sock_addr connect4.
+    pub const CONNECT4: &str = "pc_connect4";
+    /// cgroup_sock_addr connect6.
+    pub const CONNECT6: &str = "pc_connect6";
+}

@@ -1,0 +1,224 @@
+//! The compiled policy as the datapath sees it, and the one function that decides a new
+//! flow from it.
+//!
+//! Two maps hold a policy generation:
+//! - `PORTS`, an array with one `u32` per (generation, direction, protocol, port): the
+//!   rule that opens that port for any peer, or the peer set whose members a rule opens
+//!   it for. Port ranges are expanded by the agent, so the lookup is one array index
+//!   whatever the number of rules and ranges.
+//! - `PEERS`, an LPM trie keyed by (generation, peer set, address), only consulted when
+//!   a port is open to named peers only.
+//!
+//! Each table exists twice (generation 0 and 1); `Config::generation` says which one is
+//! live, so a reload fills the idle generation and flips one field.
+
+/// A remote peer opens the flow to a local port.
+pub const DIR_IN: u8 = 0;
+/// This host opens the flow to a remote port.
+pub const DIR_OUT: u8 = 1;
+
+/// IP protocol numbers the policy knows.
+pub const IPPROTO_TCP: u8 = 6;
+/// UDP.
+pub const IPPROTO_UDP: u8 = 17;
+/// ICMP.
+pub const IPPROTO_ICMP: u8 = 1;
+/// ICMPv6.
+pub const IPPROTO_ICMPV6: u8 = 58;
+
+/// Policy generations held at once (the live one and the one being filled).
+pub const GENERATIONS: u32 = 2;
+/// Length of the `PORTS` array.
+pub const PORT_TABLE_LEN: u32 = GENERATIONS * 2 * 2 * 65536;
+
+/// Index into `PORTS`, or `None` for a protocol without ports in the policy.
+#[inline(always)]
+pub fn port_index(generation: u32, direction: u8, protocol: u8, port: u16) -> Option<u32> {
+    let proto = match protocol {
+        IPPROTO_TCP => 0,
+        IPPROTO_UDP => 1,
+        _ => return None,
+    };
+    let table = (generation & 1) * 4 + (direction as u32 & 1) * 2 + proto;
+    Some((table << 16) | port as u32)
+}
+
+/// Packs a `PORTS` value: the rule index that opens the port for every peer (`rule`,
+/// 0 = none), else the peer set to look the peer up in (`peer_set`, 0 = none).
+#[inline(always)]
+pub const fn port_entry(rule: u16, peer_set: u16) -> u32 {
+    (peer_set as u32) << 16 | rule as u32
+}
+
+/// The rule index of a `PORTS` value (0 = none).
+#[inline(always)]
+pub const fn entry_rule(entry: u32) -> u16 {
+    entry as u16
+}
+
+/// The peer set of a `PORTS` value (0 = none).
+#[inline(always)]
+pub const fn entry_peer_set(entry: u32) -> u16 {
+    (entry >> 16) as u16
+}
+
+/// Data part of a `PEERS` key. The trie matches `PEER_SET_BITS + address prefix` bits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PeerAddr {
+    /// `generation << 16 | peer set`, big-endian, so the set is part of the prefix.
+    pub set: [u8; 4],
+    /// The address, IPv6 or IPv4-mapped, network order.
+    pub addr: [u8; 16],
+}
+
+/// Bits of a `PEERS` key before the address.
+pub const PEER_SET_BITS: u32 = 32;
+
+impl PeerAddr {
+    /// The key data for `addr` in `peer_set` of `generation`.
+    #[inline(always)]
+    pub fn new(generation: u32, peer_set: u16, addr: [u8; 16]) -> Self {
+        Self { set: ((generation & 1) << 16 | peer_set as u32).to_be_bytes(), addr }
+    }
+}
+
+/// `::ffff:a.b.c.d` for an IPv4 address given in network order bytes.
+#[inline(always)]
+pub const fn v4_mapped(v4: [u8; 4]) -> [u8; 16] {
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3]]
+}
+
+/// Whether the address is loopback: `127.0.0.0/8` (mapped) or `::1`.
+#[inline(always)]
+pub fn is_loopback(addr: &[u8; 16]) -> bool {
+    let mapped = addr[..10] == [0; 10] && addr[10] == 0xff && addr[11] == 0xff;
+    (mapped && addr[12] == 127) || (addr[..15] == [0; 15] && addr[15] == 1)
+}
+
+/// Read access to one policy image: the kernel's maps, or the agent's copy of them.
+pub trait PolicyTables {
+    /// The `PORTS` value at `index` (0 when absent).
+    fn port_entry(&self, index: u32) -> u32;
+    /// The rule of the longest `PEERS` prefix matching `key` (0 when none matches).
+    fn peer_rule(&self, key: &PeerAddr) -> u16;
+}
+
+/// The verdict on a new flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Allowed by the rule with this index.
+    Allow(u16),
+    /// Denied, for this `stats::reason`.
+    Deny(u32),
+}
+
+/// Decides a new flow of `protocol` in `direction` whose policy port is `port` (the local
+/// port for inbound flows, the remote port for outbound ones) and whose remote end is
+/// `peer`. This is the whole policy lookup: O(1) array read, plus one trie lookup only
+/// when the port is open to named peers only.
+#[inline(always)]
+pub fn decide<T: PolicyTables>(
+    tables: &T,
+    generation: u32,
+    direction: u8,
+    protocol: u8,
+    port: u16,
+    peer: &[u8; 16],
+) -> Decision {
+    let Some(index) = port_index(generation, direction, protocol, port) else {
+        return Decision::Deny(crate::stats::reason::PROTOCOL);
+    };
+    let entry = tables.port_entry(index);
+    let rule = entry_rule(entry);
+    if rule != 0 {
+        return Decision::Allow(rule);
+    }
+    let set = entry_peer_set(entry);
+    if set == 0 {
+        return Decision::Deny(crate::stats::reason::NO_RULE);
+    }
+    match tables.peer_rule(&PeerAddr::new(generation, set, *peer)) {
+        0 => Decision::Deny(crate::stats::reason::PEER),
+        rule => Decision::Allow(rule),
+    }
+}
+
+/// ICMP types (v4) that always pass: destination unreachable, time exceeded, parameter
+/// problem. They carry the errors TCP and UDP need (PMTU discovery among them).
+#[inline(always)]
+pub const fn icmp4_is_error(icmp_type: u8) -> bool {
+    matches!(icmp_type, 3 | 11 | 12)
+}
+
+/// ICMPv4 echo reply (0) and request (8).
+#[inline(always)]
+pub const fn icmp4_is_echo(icmp_type: u8) -> bool {
+    matches!(icmp_type, 0 | 8)
+}
+
+/// ICMPv6 echo request (128) and reply (129). Every other ICMPv6 type (errors 1-4,
+/// neighbour and router discovery 133-137, multicast listener messages) always passes:
+/// IPv6 does not work without them.
+#[inline(always)]
+pub const fn icmp6_is_echo(icmp_type: u8) -> bool {
+    matches!(icmp_type, 128 | 129)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct One {
+        entry: u32,
+        peer_rule: u16,
+    }
+    impl PolicyTables for One {
+        fn port_entry(&self, _: u32) -> u32 {
+            self.entry
+        }
+        fn peer_rule(&self, _: &PeerAddr) -> u16 {
+            self.peer_rule
+        }
+    }
+
+    #[test]
+    fn indices_do_not_overlap() {
+        let mut seen = [false; 16];
+        for g in 0..2 {
+            for d in [DIR_IN, DIR_OUT] {
+                for p in [IPPROTO_TCP, IPPROTO_UDP] {
+                    let i = port_index(g, d, p, 0).unwrap() >> 16;
+                    assert!(!seen[i as usize]);
+                    seen[i as usize] = true;
+                    assert!(port_index(g, d, p, 65535).unwrap() < PORT_TABLE_LEN);
+                }
+            }
+        }
+        assert_eq!(port_index(0, DIR_IN, IPPROTO_ICMP, 1), None);
+    }
+
+    #[test]
+    fn decide_covers_each_branch() {
+        let p = v4_mapped([198, 18, 0, 1]);
+        let d = |entry, peer_rule| decide(&One { entry, peer_rule }, 0, DIR_IN, 6, 25, &p);
+        assert_eq!(d(port_entry(7, 0), 0), Decision::Allow(7));
+        assert_eq!(d(0, 0), Decision::Deny(crate::stats::reason::NO_RULE));
+        assert_eq!(d(port_entry(0, 3), 0), Decision::Deny(crate::stats::reason::PEER));
+        assert_eq!(d(port_entry(0, 3), 9), Decision::Allow(9));
+        let icmp = decide(&One { entry: 1, peer_rule: 0 }, 0, DIR_IN, 1, 0, &p);
+        assert_eq!(icmp, Decision::Deny(crate::stats::reason::PROTOCOL));
+    }
+
+    #[test]
+    fn loopback() {
+        assert!(is_loopback(&v4_mapped([127, 0, 0, 1])));
+        assert!(is_loopback(&v4_mapped([127, 9, 9, 9])));
+        assert!(!is_loopback(&v4_mapped([128, 0, 0, 1])));
+        let mut v6 = [0u8; 16];
+        v6[15] = 1;
+        assert!(is_loopback(&v6));
+        v6[0] = 0xfe;
+        assert!(!is_loopback(&v6));
+    }
+}

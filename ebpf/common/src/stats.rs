@@ -1,0 +1,75 @@
+//! Counter layouts and the indices of the global counters.
+
+/// A packets-and-bytes counter. Per-CPU in every map that holds it, so the programs
+/// add without atomics; the agent sums the CPUs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    /// Packets.
+    pub packets: u64,
+    /// Bytes (IP header included, link-layer header excluded).
+    pub bytes: u64,
+}
+
+/// Loopback packets let through by the loopback exemption.
+pub const PASS_LOOPBACK: u32 = 0;
+/// ICMP/ICMPv6 errors and neighbour discovery, always let through.
+pub const PASS_ICMP: u32 = 1;
+/// Deny events written to the ring buffer.
+pub const EVENTS_SENT: u32 = 2;
+/// Deny events dropped by the per-CPU rate limit.
+pub const EVENTS_RATE_LIMITED: u32 = 3;
+/// Deny events dropped because the ring buffer was full.
+pub const EVENTS_RING_FULL: u32 = 4;
+/// Socket storage could not be allocated in connect(): the flow is then judged per packet.
+pub const SOCKET_STORAGE_FULL: u32 = 5;
+/// Packets that could not be parsed (truncated headers); dropped in enforce mode.
+pub const MALFORMED: u32 = 6;
+
+/// Why a flow was denied.
+pub mod reason {
+    /// No rule opens this port in this direction for this protocol.
+    pub const NO_RULE: u32 = 0;
+    /// A rule opens the port, but only for peers this address is not in.
+    pub const PEER: u32 = 1;
+    /// A packet that belongs to no known flow and does not open one (e.g. a TCP
+    /// segment without SYN, or a reply to nothing).
+    pub const STATE: u32 = 2;
+    /// An IP protocol other than TCP, UDP, ICMP and ICMPv6.
+    pub const PROTOCOL: u32 = 3;
+    /// An ICMP/ICMPv6 type that is not allowed (echo when `icmp_echo = 0`, and ICMPv4
+    /// informational types).
+    pub const ICMP: u32 = 4;
+    /// A packet whose headers could not be parsed.
+    pub const MALFORMED: u32 = 5;
+    /// Number of reasons (the stride of the deny counters).
+    pub const COUNT: u32 = 8;
+    /// Display names, indexed by reason.
+    pub const NAMES: [&str; 6] = ["no-rule", "peer", "state", "protocol", "icmp", "malformed"];
+}
+
+/// First index of the deny counters.
+pub const DENY_BASE: u32 = 16;
+/// Size of the global counter array.
+pub const STATS_LEN: u32 = DENY_BASE + 2 * 2 * reason::COUNT;
+
+/// Index of the counter of denies (`audit == false`) or would-denies (`audit == true`)
+/// for a direction (`policy::DIR_*`) and a reason (`reason::*`).
+#[inline(always)]
+pub const fn deny_index(audit: bool, direction: u8, reason: u32) -> u32 {
+    DENY_BASE + (audit as u32) * 2 * reason::COUNT + (direction as u32 & 1) * reason::COUNT
+        + (reason & (reason::COUNT - 1))
+}
+
+/// Key of the table of denied ports: what a report needs to show what the profile lacks.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeniedKey {
+    /// `policy::DIR_IN` or `policy::DIR_OUT`.
+    pub direction: u8,
+    /// IP protocol number (6, 17, 1, 58, ...).
+    pub protocol: u8,
+    /// The local port for inbound flows, the remote port for outbound ones (0 where the
+    /// protocol has no ports).
+    pub port: u16,
+}

@@ -1,0 +1,154 @@
+//! Counting and reporting: per-rule counters, global counters, the denied-port table and
+//! rate-limited deny events. Nothing here decides anything.
+
+use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns};
+use portcullis_common::{
+    config::{Config, MODE_ENFORCE},
+    event::DenyEvent,
+    stats::{self, Counter, DeniedKey},
+};
+
+use crate::maps::{PC_DENIED, PC_EVENTS, PC_RATE, PC_RULES, PC_STATS};
+
+/// Adds one packet (or `segments` wire packets of a GSO buffer) of `bytes` to a counter.
+#[inline(always)]
+fn add(counter: Option<*mut Counter>, segments: u32, bytes: u32) {
+    if let Some(c) = counter {
+        // SAFETY: a per-CPU array slot: valid for the program's run and touched by no
+        // other CPU.
+        unsafe {
+            (*c).packets += segments as u64;
+            (*c).bytes += bytes as u64;
+        }
+    }
+}
+
+/// Counts allowed traffic against its rule.
+#[inline(always)]
+pub fn count_rule(rule: u16, segments: u32, bytes: u32) {
+    add(PC_RULES.get_ptr_mut(rule as u32), segments, bytes);
+}
+
+/// Counts traffic in one of the global counters (`stats::*`).
+#[inline(always)]
+pub fn count_stat(index: u32, segments: u32, bytes: u32) {
+    add(PC_STATS.get_ptr_mut(index), segments, bytes);
+}
+
+/// What a denied packet or call was.
+pub struct Denied {
+    pub direction: u8,
+    pub reason: u32,
+    pub protocol: u8,
+    pub local: [u8; 16],
+    pub remote: [u8; 16],
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub hook: u8,
+    /// cgroup v2 id of the socket (skb) or of the calling task (connect).
+    pub cgroup_id: u64,
+}
+
+/// Accounts a deny (or, in audit mode, a would-deny) and returns whether to drop.
+/// `event` is false for packets of a flow whose deny was already reported at connect().
+#[inline(always)]
+pub fn deny(cfg: &Config, d: &Denied, segments: u32, bytes: u32, event: bool) -> bool {
+    let drop = cfg.mode == MODE_ENFORCE;
+    count_stat(stats::deny_index(!drop, d.direction, d.reason), segments, bytes);
+    let key = DeniedKey {
+        direction: d.direction,
+        protocol: d.protocol,
+        port: if d.direction == portcullis_common::policy::DIR_IN { d.local_port } else { d.remote_port },
+    };
+    match PC_DENIED.get_ptr_mut(&key) {
+        Some(c) => add(Some(c), segments, bytes),
+        None => {
+            let _ = PC_DENIED.insert(&key, Counter { packets: segments as u64, bytes: bytes as u64 }, 0);
+        }
+    }
+    if event {
+        emit(cfg, d, drop, 0, [0; 16]);
+    }
+    drop
+}
+
+/// Like [`deny`] for connect(), where the process is known.
+#[inline(always)]
+pub fn deny_connect(cfg: &Config, d: &Denied) -> bool {
+    let drop = cfg.mode == MODE_ENFORCE;
+    // In audit mode the flow goes ahead and each of its packets is counted as a
+    // would-deny by the skb programs; counting the call too would count it twice.
+    if drop {
+        count_stat(stats::deny_index(false, d.direction, d.reason), 1, 0);
+        let key = DeniedKey { direction: d.direction, protocol: d.protocol, port: d.remote_port };
+        match PC_DENIED.get_ptr_mut(&key) {
+            Some(c) => add(Some(c), 1, 0),
+            None => {
+                let _ = PC_DENIED.insert(&key, Counter { packets: 1, bytes: 0 }, 0);
+            }
+        }
+    }
+    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    emit(cfg, d, drop, pid, comm);
+    drop
+}
+
+/// Puts a deny event on the ring buffer if the per-CPU token bucket allows it.
+#[inline(always)]
+fn emit(cfg: &Config, d: &Denied, dropped: bool, pid: u32, comm: [u8; 16]) {
+    let now = unsafe { bpf_ktime_get_ns() };
+    if !take_token(cfg.events_per_sec, now) {
+        count_stat(stats::EVENTS_RATE_LIMITED, 1, 0);
+        return;
+    }
+    let event = DenyEvent {
+        time_ns: now,
+        cgroup_id: d.cgroup_id,
+        pid,
+        _pad0: 0,
+        comm,
+        local: d.local,
+        remote: d.remote,
+        local_port: d.local_port,
+        remote_port: d.remote_port,
+        protocol: d.protocol,
+        direction: d.direction,
+        reason: d.reason as u8,
+        hook: d.hook,
+        dropped: dropped as u8,
+        _pad1: [0; 7],
+    };
+    match PC_EVENTS.output(&event, 0) {
+        Ok(()) => count_stat(stats::EVENTS_SENT, 1, 0),
+        Err(_) => count_stat(stats::EVENTS_RING_FULL, 1, 0),
+    }
+}
+
+/// Token bucket, per CPU: `rate` tokens a second, at most `rate` banked.
+/// `PC_RATE[0]` holds the tokens left (`packets`) and the last refill time (`bytes`).
+#[inline(always)]
+fn take_token(rate: u32, now: u64) -> bool {
+    if rate == 0 {
+        return false;
+    }
+    let Some(b) = PC_RATE.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: per-CPU array slot, see `add`.
+    let b = unsafe { &mut *b };
+    let mut elapsed = now.wrapping_sub(b.bytes);
+    if elapsed > 1_000_000_000 {
+        elapsed = 1_000_000_000;
+    }
+    let refill = elapsed * rate as u64 / 1_000_000_000;
+    if refill > 0 {
+        b.packets = if b.packets + refill > rate as u64 { rate as u64 } else { b.packets + refill };
+        b.bytes = now;
+    }
+    if b.packets == 0 {
+        return false;
+    }
+    b.packets -= 1;
+    true
+}

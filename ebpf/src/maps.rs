@@ -1,0 +1,77 @@
+//! The maps. Each static's name is the map's name in the kernel and must equal the
+//! constant in `portcullis_common::maps` (the agent checks this when it loads the object).
+
+use aya_ebpf::{
+    btf_maps::{Array, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf, SkStorage},
+    btf_maps::lpm_trie::Key,
+    macros::btf_map,
+};
+use portcullis_common::{
+    config::Config,
+    event::DenyEvent,
+    flow::{FlowKey, FlowValue, SockState},
+    maps::{DENIED_MAX, EVENTS_BYTES, FLOWS_MAX, MAX_RULES, PEERS_MAX},
+    policy::{PORT_TABLE_LEN, PeerAddr, PolicyTables},
+    stats::{Counter, DeniedKey, STATS_LEN},
+};
+
+#[btf_map]
+pub static PC_PORTS: Array<u32, { PORT_TABLE_LEN as usize }> = Array::new();
+
+#[btf_map]
+pub static PC_PEERS: LpmTrie<PeerAddr, u32, { PEERS_MAX as usize }> = LpmTrie::new();
+
+#[btf_map]
+pub static PC_RULES: PerCpuArray<Counter, { MAX_RULES as usize }> = PerCpuArray::new();
+
+#[btf_map]
+pub static PC_STATS: PerCpuArray<Counter, { STATS_LEN as usize }> = PerCpuArray::new();
+
+#[btf_map]
+pub static PC_DENIED: LruPerCpuHashMap<DeniedKey, Counter, { DENIED_MAX as usize }> =
+    LruPerCpuHashMap::new();
+
+#[btf_map]
+pub static PC_FLOWS_OUT: LruHashMap<FlowKey, FlowValue, { FLOWS_MAX as usize }> =
+    LruHashMap::new();
+
+#[btf_map]
+pub static PC_FLOWS_IN: LruHashMap<FlowKey, FlowValue, { FLOWS_MAX as usize }> =
+    LruHashMap::new();
+
+#[btf_map]
+pub static PC_SOCKETS: SkStorage<SockState> = SkStorage::new();
+
+#[btf_map]
+pub static PC_CONFIG: Array<Config, 1> = Array::new();
+
+#[btf_map]
+pub static PC_EVENTS: RingBuf<DenyEvent, { EVENTS_BYTES as usize }> = RingBuf::new();
+
+#[btf_map]
+pub static PC_RATE: PerCpuArray<Counter, 1> = PerCpuArray::new();
+
+/// The live configuration. A zeroed (never written) entry means audit mode, generation 0.
+#[inline(always)]
+pub fn config() -> Config {
+    match PC_CONFIG.get(0) {
+        Some(c) => *c,
+        None => Config::default(),
+    }
+}
+
+/// The kernel maps seen through the trait `decide` is written against.
+pub struct KernelTables;
+
+impl PolicyTables for KernelTables {
+    #[inline(always)]
+    fn port_entry(&self, index: u32) -> u32 {
+        PC_PORTS.get(index).copied().unwrap_or(0)
+    }
+
+    #[inline(always)]
+    fn peer_rule(&self, key: &PeerAddr) -> u16 {
+        let key = Key::new(128 + portcullis_common::policy::PEER_SET_BITS, *key);
+        PC_PEERS.get(&key).map_or(0, |rule| *rule as u16)
+    }
+}

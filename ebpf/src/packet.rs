@@ -1,0 +1,141 @@
+//! Header parsing for cgroup_skb, where packet data starts at the IP header.
+//!
+//! Every read goes through `bpf_skb_load_bytes` (`SkBuffContext::load`), which checks
+//! bounds and works on non-linear buffers; a short packet is an error, never a guess.
+
+use aya_ebpf::programs::SkBuffContext;
+use portcullis_common::policy::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, v4_mapped};
+
+/// The headers' fields a verdict needs.
+pub struct Packet {
+    /// IP protocol number (the last next-header for IPv6).
+    pub protocol: u8,
+    /// Source address (IPv6 or IPv4-mapped).
+    pub src: [u8; 16],
+    /// Destination address (IPv6 or IPv4-mapped).
+    pub dst: [u8; 16],
+    /// TCP/UDP ports, host order; 0 for other protocols.
+    pub sport: u16,
+    /// Destination port, host order.
+    pub dport: u16,
+    /// TCP flags byte (FIN=0x01, SYN=0x02, RST=0x04, ACK=0x10).
+    pub tcp_flags: u8,
+    /// ICMP/ICMPv6 type.
+    pub icmp_type: u8,
+}
+
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
+
+/// IPv6 extension headers walked at most; a longer chain is malformed.
+const MAX_EXT_HEADERS: usize = 6;
+
+#[inline(always)]
+pub fn parse(ctx: &SkBuffContext) -> Result<Packet, ()> {
+    let first: u8 = ctx.load(0).map_err(|_| ())?;
+    match first >> 4 {
+        4 => parse_v4(ctx),
+        6 => parse_v6(ctx),
+        _ => Err(()),
+    }
+}
+
+#[inline(always)]
+fn parse_v4(ctx: &SkBuffContext) -> Result<Packet, ()> {
+    let h: [u8; 20] = ctx.load(0).map_err(|_| ())?;
+    let ihl = (h[0] & 0x0f) as usize * 4;
+    if ihl < 20 {
+        return Err(());
+    }
+    let mut p = Packet {
+        protocol: h[9],
+        src: v4_mapped([h[12], h[13], h[14], h[15]]),
+        dst: v4_mapped([h[16], h[17], h[18], h[19]]),
+        sport: 0,
+        dport: 0,
+        tcp_flags: 0,
+        icmp_type: 0,
+    };
+    // A non-first fragment has no transport header. The cgroup hooks see packets after
+    // reassembly (ingress) and before fragmentation (egress), so this is a stray: it is
+    // judged without ports, which no port rule allows.
+    let frag_offset = u16::from_be_bytes([h[6] & 0x1f, h[7]]);
+    if frag_offset != 0 {
+        p.protocol = 0xff;
+        return Ok(p);
+    }
+    transport(ctx, ihl, &mut p)?;
+    Ok(p)
+}
+
+#[inline(always)]
+fn parse_v6(ctx: &SkBuffContext) -> Result<Packet, ()> {
+    let h: [u8; 40] = ctx.load(0).map_err(|_| ())?;
+    let mut src = [0u8; 16];
+    let mut dst = [0u8; 16];
+    src.copy_from_slice(&h[8..24]);
+    dst.copy_from_slice(&h[24..40]);
+    let mut p = Packet {
+        protocol: h[6],
+        src,
+        dst,
+        sport: 0,
+        dport: 0,
+        tcp_flags: 0,
+        icmp_type: 0,
+    };
+    let mut offset = 40usize;
+    for _ in 0..MAX_EXT_HEADERS {
+        match p.protocol {
+            // Hop-by-hop, routing, destination options: length in 8-byte units, minus one.
+            0 | 43 | 60 => {
+                let e: [u8; 2] = ctx.load(offset).map_err(|_| ())?;
+                p.protocol = e[0];
+                offset += (e[1] as usize + 1) * 8;
+            }
+            // Fragment: fixed 8 bytes; a non-first fragment has no transport header.
+            44 => {
+                let e: [u8; 4] = ctx.load(offset).map_err(|_| ())?;
+                p.protocol = e[0];
+                offset += 8;
+                if u16::from_be_bytes([e[2], e[3]]) & 0xfff8 != 0 {
+                    p.protocol = 0xff;
+                    return Ok(p);
+                }
+            }
+            // Authentication header: length in 4-byte units, minus two.
+            51 => {
+                let e: [u8; 2] = ctx.load(offset).map_err(|_| ())?;
+                p.protocol = e[0];
+                offset += (e[1] as usize + 2) * 4;
+            }
+            _ => {
+                transport(ctx, offset, &mut p)?;
+                return Ok(p);
+            }
+        }
+    }
+    Err(())
+}
+
+#[inline(always)]
+fn transport(ctx: &SkBuffContext, offset: usize, p: &mut Packet) -> Result<(), ()> {
+    match p.protocol {
+        IPPROTO_TCP => {
+            let t: [u8; 14] = ctx.load(offset).map_err(|_| ())?;
+            p.sport = u16::from_be_bytes([t[0], t[1]]);
+            p.dport = u16::from_be_bytes([t[2], t[3]]);
+            p.tcp_flags = t[13];
+        }
+        IPPROTO_UDP => {
+            let u: [u8; 4] = ctx.load(offset).map_err(|_| ())?;
+            p.sport = u16::from_be_bytes([u[0], u[1]]);
+            p.dport = u16::from_be_bytes([u[2], u[3]]);
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            p.icmp_type = ctx.load(offset).map_err(|_| ())?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
