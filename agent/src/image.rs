@@ -57,6 +57,11 @@ impl RuleIndex {
         Ok(Self { by_id })
     }
 
+    /// An index read back from the state file.
+    pub fn from_pairs(pairs: impl IntoIterator<Item = (String, u16)>) -> Self {
+        Self { by_id: pairs.into_iter().collect() }
+    }
+
     /// The index of a rule id.
     pub fn get(&self, id: &str) -> Option<u16> {
         self.by_id.get(id).copied()

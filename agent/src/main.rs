@@ -10,10 +10,13 @@
 mod cli;
 mod commands;
 mod compiler;
+mod counters;
 mod image;
+mod loader;
 mod policy;
 mod profile;
 mod site;
+mod state;
 
 use std::process::ExitCode;
 

@@ -1,12 +1,29 @@
-//! `portcullis detach` (placeholder until implemented).
+//! `portcullis detach`: removes every program, link and pin portcullis left, and the
+//! state file. Enforcement stops here and nowhere else: an agent that exits or dies
+//! leaves its pinned links enforcing.
 
 use std::process::ExitCode;
 
+use crate::loader::{PathArgs, detach_all};
+
 /// Arguments of `portcullis detach`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+#[command(after_help = "Examples:\n  portcullis detach\n  portcullis detach --pin-dir /sys/fs/bpf/portcullis-test --json")]
+pub struct Args {
+    /// Print what was removed as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub paths: PathArgs,
+}
 
 /// Runs the subcommand.
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not implemented yet")
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let done = detach_all(&args.paths)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&done)?);
+    } else {
+        println!("detached: {} links and {} maps removed from {}", done.links, done.maps, args.paths.pin_dir.display());
+    }
+    Ok(ExitCode::SUCCESS)
 }

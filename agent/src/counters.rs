@@ -1,0 +1,68 @@
+//! Reads the counters back from the pinned maps and sums the CPUs: per-rule allowed
+//! traffic, the global counters (denies and would-denies by direction and reason,
+//! loopback and ICMP passes, events) and the table of denied ports.
+//!
+//! Reads go through the pins, so the running agent, `status` and `report` read the same
+//! thing the same way.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context as _;
+use aya::maps::{Map, PerCpuArray, PerCpuHashMap};
+use portcullis_common::{
+    maps::{self as names, MAX_RULES},
+    stats::{Counter, DeniedKey, STATS_LEN},
+};
+
+use crate::loader::{PathArgs, open_pinned};
+
+/// All counters at one instant.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// Rule index -> allowed traffic (indices with no traffic are left out).
+    pub rules: BTreeMap<u16, Counter>,
+    /// The global counters, indexed by `stats::*`.
+    pub stats: Vec<Counter>,
+    /// Denied (direction, protocol, port) -> traffic.
+    pub denied: BTreeMap<DeniedKey, Counter>,
+}
+
+fn sum(values: impl IntoIterator<Item = Counter>) -> Counter {
+    values.into_iter().fold(Counter::default(), |a, c| Counter {
+        packets: a.packets + c.packets,
+        bytes: a.bytes + c.bytes,
+    })
+}
+
+/// Reads every counter.
+pub fn read(paths: &PathArgs) -> anyhow::Result<Snapshot> {
+    let rules_map = Map::from_map_data(open_pinned(paths, names::RULE_COUNTERS)?)?;
+    let rules_map = PerCpuArray::<_, Counter>::try_from(rules_map).context("rule counters")?;
+    let mut rules = BTreeMap::new();
+    for i in 1..MAX_RULES {
+        let c = sum(rules_map.get(&i, 0)?.iter().copied());
+        if c.packets != 0 || c.bytes != 0 {
+            rules.insert(i as u16, c);
+        }
+    }
+    let stats_map = Map::from_map_data(open_pinned(paths, names::STATS)?)?;
+    let stats_map = PerCpuArray::<_, Counter>::try_from(stats_map).context("global counters")?;
+    let stats = (0..STATS_LEN)
+        .map(|i| Ok(sum(stats_map.get(&i, 0)?.iter().copied())))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let denied_map = Map::from_map_data(open_pinned(paths, names::DENIED)?)?;
+    let denied_map = PerCpuHashMap::<_, DeniedKey, Counter>::try_from(denied_map).context("denied ports")?;
+    let mut denied = BTreeMap::new();
+    for item in denied_map.iter() {
+        let (k, v) = item?;
+        denied.insert(k, sum(v.iter().copied()));
+    }
+    Ok(Snapshot { rules, stats, denied })
+}
+
+impl Snapshot {
+    /// A global counter.
+    pub fn stat(&self, index: u32) -> Counter {
+        self.stats.get(index as usize).copied().unwrap_or_default()
+    }
+}

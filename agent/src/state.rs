@@ -1,0 +1,120 @@
+//! The agent's state file: what `status`, `report` and a restarted agent need to know
+//! about the running policy that the maps do not say (rule ids behind the indices,
+//! scope, product, when the policy was loaded). Written atomically (temp file + rename).
+
+use std::{fs, path::Path};
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    image::RuleIndex,
+    policy::{LoopbackMode, Mode, Policy},
+};
+
+/// Version of the state file format.
+pub const FORMAT: u32 = 1;
+
+/// One rule of the running policy.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RuleState {
+    /// Stable rule id.
+    pub id: String,
+    /// Kernel counter index.
+    pub index: u16,
+    /// in | out.
+    pub direction: String,
+    /// "tcp", "udp" or "tcp,udp".
+    pub protocol: String,
+    /// Ports as written ("25", "1024-65535", "80,443").
+    pub ports: String,
+    /// The vendor's reason.
+    pub why: String,
+}
+
+/// The state file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct State {
+    /// [`FORMAT`].
+    pub format: u32,
+    /// Profile slug.
+    pub product: String,
+    /// audit | enforce.
+    pub mode: Mode,
+    /// exempt | enforce.
+    pub loopback: LoopbackMode,
+    /// Scopes as configured.
+    pub scopes: Vec<String>,
+    /// The live policy generation (0 or 1).
+    pub generation: u32,
+    /// Incremented by every policy install (start and reload).
+    pub policy_version: u64,
+    /// Unix time (seconds) of the last install.
+    pub loaded_at: u64,
+    /// The agent's pid.
+    pub pid: u32,
+    /// Rules of the live policy.
+    pub rules: Vec<RuleState>,
+}
+
+impl State {
+    /// The state for `policy` installed with `index`.
+    pub fn new(policy: &Policy, index: &RuleIndex, scopes: &[String], generation: u32, policy_version: u64) -> Self {
+        let rules = policy
+            .rules
+            .iter()
+            .map(|r| RuleState {
+                id: r.id.clone(),
+                index: index.get(&r.id).unwrap_or(0),
+                direction: r.direction.to_string(),
+                protocol: r.protocols.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+                ports: r
+                    .ports
+                    .iter()
+                    .map(|(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") })
+                    .collect::<Vec<_>>()
+                    .join(","),
+                why: r.why.clone(),
+            })
+            .collect();
+        let loaded_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Self {
+            format: FORMAT,
+            product: policy.product.clone(),
+            mode: policy.mode,
+            loopback: policy.loopback,
+            scopes: scopes.to_vec(),
+            generation,
+            policy_version,
+            loaded_at,
+            pid: std::process::id(),
+            rules,
+        }
+    }
+
+    /// The rule index this state records.
+    pub fn rule_index(&self) -> RuleIndex {
+        RuleIndex::from_pairs(self.rules.iter().map(|r| (r.id.clone(), r.index)))
+    }
+
+    /// Reads the state file.
+    pub fn read(path: &Path) -> anyhow::Result<Self> {
+        let text = fs::read_to_string(path)
+            .with_context(|| format!("reading {} (is portcullis running? see `portcullis run`)", path.display()))?;
+        let state: State = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        anyhow::ensure!(state.format == FORMAT, "{} has format {}, this agent reads {FORMAT}", path.display(), state.format);
+        Ok(state)
+    }
+
+    /// Writes the state file atomically.
+    pub fn write(&self, path: &Path) -> anyhow::Result<()> {
+        let dir = path.parent().context("state file has no directory")?;
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let tmp = path.with_extension("json.tmp");
+        fs::write(&tmp, serde_json::to_vec_pretty(self)?).with_context(|| format!("writing {}", tmp.display()))?;
+        fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+        Ok(())
+    }
+}
