@@ -146,6 +146,11 @@ fn judge(ctx: &SkBuffContext, egress: bool) -> i32 {
     }
 
     if let Some(record) = socket_record(ctx) {
+        // The XDP program sees replies before any socket does; it finds the flows this
+        // host opened in PC_FLOWS_OUT. Written once per TCP connection, on its SYN.
+        if f.egress && record.verdict == VERDICT_ALLOW && f.protocol == IPPROTO_TCP && f.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+            remember(&PC_FLOWS_OUT, &f.key(), record.rule);
+        }
         return by_record(&cfg, &f, record);
     }
     if f.egress { egress_unrecorded(&cfg, &f) } else { ingress_unrecorded(&cfg, &f) }

@@ -1,1 +1,169 @@
-fn main() {}
+//! `cargo xtask`: everything needed to go from a fresh machine to a built, tested and
+//! installed portcullis. Every command runs `setup` first; `setup` is idempotent and
+//! prints one line per step.
+//!
+//! - `setup`: system packages, the nightly toolchain's rust-src, bpf-linker.
+//! - `build`: the eBPF object (nightly, bpfel-unknown-none), then the agent (release),
+//!   which embeds it.
+//! - `test`: fmt, clippy (the eBPF crate on its own), unit tests, then the root
+//!   integration tests in `tests/` (real programs, cgroups, namespaces and clients).
+//! - `run`: the agent in audit mode on its built-in default policy.
+
+mod setup;
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+    time::Instant,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "portcullis build tasks", after_help = "Examples:\n  cargo xtask test\n  cargo xtask run\n  PORTCULLIS_SKIP_ROOT_TESTS=1 cargo xtask test")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (idempotent).
+    Setup,
+    /// Build the eBPF object and the agent (release).
+    Build,
+    /// fmt, clippy, unit tests, root integration tests.
+    Test {
+        /// Only run tests whose name contains this.
+        filter: Option<String>,
+    },
+    /// Build, then run the agent in audit mode on its built-in default policy.
+    Run {
+        /// Extra arguments for `portcullis run`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let root = workspace_root();
+    env::set_current_dir(&root)?;
+    match cli.task {
+        Task::Setup => setup::all(),
+        Task::Build => {
+            setup::all()?;
+            build(&root)
+        }
+        Task::Test { filter } => {
+            setup::all()?;
+            build(&root)?;
+            test(&root, filter.as_deref())
+        }
+        Task::Run { args } => {
+            setup::all()?;
+            build(&root)?;
+            let bin = root.join("target/release/portcullis");
+            let mut cmd = Command::new(&bin);
+            cmd.arg("run").arg("--mode").arg("audit").args(&args);
+            step(&format!("{} run --mode audit {}", bin.display(), args.join(" ")));
+            let status = cmd.status().context("starting portcullis")?;
+            if !status.success() {
+                bail!("portcullis exited with {status}");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is inside the workspace").to_path_buf()
+}
+
+/// Prints a step line.
+pub fn step(what: &str) {
+    println!("==> {what}");
+}
+
+/// Runs a command, failing with its command line if it fails.
+pub fn sh(cmd: &mut Command) -> anyhow::Result<()> {
+    let line = format!("{cmd:?}");
+    let status = cmd.status().with_context(|| format!("starting {line}"))?;
+    if !status.success() {
+        bail!("{line} failed with {status}");
+    }
+    Ok(())
+}
+
+/// A cargo command for the nightly toolchain, free of the outer (stable) cargo's
+/// toolchain environment.
+fn nightly_cargo() -> Command {
+    let mut cmd = Command::new("rustup");
+    cmd.args(["run", "nightly", "cargo"]);
+    for var in ["RUSTUP_TOOLCHAIN", "RUSTC", "RUSTDOC", "CARGO", "RUSTC_WRAPPER"] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+const EBPF_ARGS: [&str; 7] = ["-p", "portcullis-ebpf", "--release", "--target", "bpfel-unknown-none", "-Z", "build-std=core"];
+
+fn build(root: &Path) -> anyhow::Result<()> {
+    let t = Instant::now();
+    step("building the eBPF programs (nightly, bpfel-unknown-none)");
+    sh(nightly_cargo().arg("build").args(EBPF_ARGS))?;
+    let object = root.join("target/bpfel-unknown-none/release/portcullis-ebpf");
+    step("building the agent (release, eBPF object embedded)");
+    sh(Command::new("cargo").args(["build", "--release", "-p", "portcullis"]).env("PORTCULLIS_EBPF_OBJECT", &object))?;
+    step(&format!("built target/release/portcullis in {:.0?}", t.elapsed()));
+    Ok(())
+}
+
+fn test(root: &Path, filter: Option<&str>) -> anyhow::Result<()> {
+    let object = root.join("target/bpfel-unknown-none/release/portcullis-ebpf");
+    step("cargo fmt --check");
+    sh(Command::new("cargo").args(["fmt", "--all", "--check"]))?;
+    step("clippy (agent, common, xtask, tests), warnings denied");
+    sh(Command::new("cargo")
+        .args(["clippy", "--release", "--all-targets", "--", "-D", "warnings"])
+        .env("PORTCULLIS_EBPF_OBJECT", &object))?;
+    step("clippy (eBPF crate, nightly, bpfel-unknown-none), warnings denied");
+    sh(nightly_cargo().arg("clippy").args(EBPF_ARGS).args(["--", "-D", "warnings"]))?;
+    step("unit tests (no root)");
+    let mut unit = Command::new("cargo");
+    unit.args(["test", "--release", "-p", "portcullis", "-p", "portcullis-common", "-p", "xtask"])
+        .env("PORTCULLIS_EBPF_OBJECT", &object);
+    if let Some(f) = filter {
+        unit.args(["--", f]);
+    }
+    sh(&mut unit)?;
+    if env::var("PORTCULLIS_SKIP_ROOT_TESTS").as_deref() == Ok("1") {
+        println!();
+        println!("!!! PORTCULLIS_SKIP_ROOT_TESTS=1: the root integration tests (real eBPF programs,");
+        println!("!!! cgroups, namespaces and traffic) were NOT run. Nothing was verified in the kernel.");
+        println!();
+        return Ok(());
+    }
+    step("root integration tests (real programs, cgroups, namespaces, clients)");
+    let mut it = Command::new("cargo");
+    it.args(["test", "--release", "-p", "portcullis-tests", "--", "--test-threads=1"])
+        .env("PORTCULLIS_BIN", root.join("target/release/portcullis"))
+        .env("PORTCULLIS_EBPF_OBJECT", &object);
+    if let Some(f) = filter {
+        it.arg(f);
+    }
+    sh(&mut it)?;
+    Ok(())
+}
