@@ -40,17 +40,26 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("PORTCULLIS_EBPF_OBJECT"
 #[derive(Clone, Debug, clap::Args)]
 pub struct PathArgs {
     /// bpffs directory for pinned maps and links (bpffs is mounted if it is not).
-    #[arg(long, env = "PORTCULLIS_PIN_DIR", default_value = "/sys/fs/bpf/portcullis")]
-    pub pin_dir: PathBuf,
+    /// Default: the config's `pin_dir`, else /sys/fs/bpf/portcullis.
+    #[arg(long, env = "PORTCULLIS_PIN_DIR")]
+    pub pin_dir: Option<PathBuf>,
     /// Directory for the agent's state file (rule ids, scope, policy version).
     #[arg(long, env = "PORTCULLIS_STATE_DIR", default_value = "/run/portcullis")]
     pub state_dir: PathBuf,
 }
 
+/// Where maps and links are pinned unless told otherwise.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/portcullis";
+
 impl PathArgs {
+    /// The pin directory: the flag or environment, else [`DEFAULT_PIN_DIR`].
+    pub fn pin_dir(&self) -> PathBuf {
+        self.pin_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR))
+    }
+
     /// Directory of the pinned maps.
     pub fn maps(&self) -> PathBuf {
-        self.pin_dir.join("maps")
+        self.pin_dir().join("maps")
     }
 
     /// Pin path of one map.
@@ -60,7 +69,7 @@ impl PathArgs {
 
     /// Directory of the pinned links.
     pub fn links(&self) -> PathBuf {
-        self.pin_dir.join("links")
+        self.pin_dir().join("links")
     }
 
     /// The state file.
@@ -180,7 +189,7 @@ impl Datapath {
     /// their counters, flow state and socket records: that is what lets a restarted
     /// agent take over without a gap.
     pub fn load(paths: &PathArgs) -> anyhow::Result<Self> {
-        ensure_bpffs(&paths.pin_dir)?;
+        ensure_bpffs(&paths.pin_dir())?;
         for dir in [paths.maps(), paths.links()] {
             fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         }
@@ -209,6 +218,11 @@ impl Datapath {
             prog.load().with_context(|| format!("loading program {name} (verifier)"))?;
         }
         Ok(Self { ebpf, paths: paths.clone() })
+    }
+
+    /// Where this datapath pins its maps and links (the XDP attach pins there too).
+    pub fn paths(&self) -> &PathArgs {
+        &self.paths
     }
 
     /// The configuration the programs currently read.
@@ -346,7 +360,7 @@ pub fn detach_all(paths: &PathArgs) -> anyhow::Result<Detached> {
             done.maps += 1;
         }
     }
-    for dir in [paths.links(), paths.maps(), paths.pin_dir.clone()] {
+    for dir in [paths.links(), paths.maps(), paths.pin_dir()] {
         if dir.exists() {
             fs::remove_dir(&dir).with_context(|| format!("removing {}", dir.display()))?;
         }

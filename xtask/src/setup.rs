@@ -19,6 +19,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("netcat-openbsd", "tests: TCP/UDP client"),
     ("dnsutils", "tests: dig, a DNS client"),
     ("nmap", "tests: port scans"),
+    ("dnsmasq-base", "tests: a real DNS server (binary only, no service)"),
     ("python3", "tests: small servers"),
 ];
 

@@ -23,7 +23,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.json {
         println!("{}", serde_json::to_string(&done)?);
     } else {
-        println!("detached: {} links and {} maps removed from {}", done.links, done.maps, args.paths.pin_dir.display());
+        println!("detached: {} links and {} maps removed from {}", done.links, done.maps, args.paths.pin_dir().display());
     }
     Ok(ExitCode::SUCCESS)
 }

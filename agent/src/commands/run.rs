@@ -20,6 +20,7 @@ use tokio::{io::unix::AsyncFd, signal::unix::{SignalKind, signal}};
 
 use crate::{
     commands::status,
+    compiler,
     image::{Image, RuleIndex},
     loader::{self, Datapath, PathArgs},
     policy::{Direction, LoopbackMode, Mode, Policy},
@@ -28,11 +29,26 @@ use crate::{
 
 /// Arguments of `portcullis run`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:\n  portcullis run --product xeams --mode audit\n  portcullis run --product iredmail --feature pop3 --mode enforce --scope system.slice/postfix.service\n  portcullis run --config /etc/portcullis/portcullis.toml")]
+#[command(after_help = "Without --config or --product, runs /etc/portcullis/portcullis.toml if it exists, \
+else the built-in default: product xeams, audit mode, host scope, inbound SSH kept open.
+
+Examples:
+  portcullis run --product xeams --mode audit
+  portcullis run --product iredmail --feature pop3 --mode enforce --scope system.slice/postfix.service
+  portcullis run --config /etc/portcullis/portcullis.toml")]
 pub struct Args {
-    /// A compiled policy as JSON (internal, for tests of the datapath).
-    #[arg(long, hide = true)]
-    pub policy_json: Option<PathBuf>,
+    /// Site config (TOML): product, features, peers, site rules, mode, scope.
+    #[arg(long, value_name = "FILE", conflicts_with = "product")]
+    pub config: Option<PathBuf>,
+    /// A built-in product profile (see `portcullis profile list`), default site settings.
+    #[arg(long, value_name = "NAME")]
+    pub product: Option<String>,
+    /// With --product: turn on an optional feature of the profile. Repeatable.
+    #[arg(long = "feature", value_name = "F", requires = "product")]
+    pub features: Vec<String>,
+    /// With --product: turn on every optional feature.
+    #[arg(long, requires = "product")]
+    pub all_features: bool,
     /// audit (count what would be dropped) or enforce (drop). Overrides the config.
     #[arg(long, value_enum)]
     pub mode: Option<ModeArg>,
@@ -46,6 +62,11 @@ pub struct Args {
     #[command(flatten)]
     pub paths: PathArgs,
 }
+
+/// The config `run` reads when given neither --config nor --product.
+pub const DEFAULT_CONFIG: &str = "/etc/portcullis/portcullis.toml";
+/// The product of the built-in default policy.
+pub const DEFAULT_PRODUCT: &str = "xeams";
 
 /// `--mode`.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -64,18 +85,43 @@ pub struct Settings {
     pub events_per_sec: u32,
 }
 
-fn resolve(args: &Args) -> anyhow::Result<(Policy, Settings)> {
-    let path = args.policy_json.as_ref().context("give --config FILE or --product NAME")?;
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut policy: Policy = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+/// Compiles the policy and settles the settings, before anything touches the kernel.
+fn resolve(args: &mut Args) -> anyhow::Result<(Policy, Settings)> {
+    let default_config = PathBuf::from(DEFAULT_CONFIG);
+    let config = match (&args.config, &args.product) {
+        (Some(c), _) => Some(c.clone()),
+        (None, None) if default_config.is_file() => Some(default_config),
+        _ => None,
+    };
+    let (mut policy, mut settings) = if let Some(path) = config {
+        let site = compiler::load_site(&path)?;
+        let policy = compiler::compile_site(&site, Some(&path))?;
+        if args.paths.pin_dir.is_none() {
+            args.paths.pin_dir = Some(site.pin_dir.clone());
+        }
+        let scopes = site.scope.iter().map(ToString::to_string).collect();
+        (policy, Settings { scopes, events_per_sec: site.events_per_sec })
+    } else {
+        let product = args.product.as_deref().unwrap_or(DEFAULT_PRODUCT);
+        let policy = compiler::compile_product(product, &args.features, args.all_features)?;
+        (policy, Settings { scopes: vec!["host".to_owned()], events_per_sec: 100 })
+    };
     if let Some(m) = args.mode {
         policy.mode = match m {
             ModeArg::Audit => Mode::Audit,
             ModeArg::Enforce => Mode::Enforce,
         };
     }
-    let scopes = if args.scopes.is_empty() { vec!["host".to_owned()] } else { args.scopes.clone() };
-    Ok((policy, Settings { scopes, events_per_sec: args.events_per_sec.unwrap_or(100) }))
+    if !args.scopes.is_empty() {
+        settings.scopes = args.scopes.clone();
+    }
+    if settings.scopes.is_empty() {
+        settings.scopes = vec!["host".to_owned()];
+    }
+    if let Some(e) = args.events_per_sec {
+        settings.events_per_sec = e;
+    }
+    Ok((policy, settings))
 }
 
 /// The runtime configuration for a policy.
@@ -106,8 +152,8 @@ pub fn install(dp: &mut Datapath, paths: &PathArgs, policy: &Policy, settings: &
 }
 
 /// Runs the subcommand.
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let (policy, settings) = resolve(&args)?;
+pub fn run(mut args: Args) -> anyhow::Result<ExitCode> {
+    let (policy, settings) = resolve(&mut args)?;
     let scopes = settings.scopes.iter().map(|s| loader::resolve_scope(s)).collect::<anyhow::Result<Vec<_>>>()?;
 
     let paths = args.paths.clone();
@@ -129,7 +175,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         policy.product,
         policy.rules.len(),
         settings.scopes.join(", "),
-        paths.pin_dir.display()
+        paths.pin_dir().display()
     );
     println!("ready: mode={} product={} rules={} scope={}", policy.mode, policy.product, policy.rules.len(), settings.scopes.join(","));
 
