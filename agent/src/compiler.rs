@@ -1,6 +1,684 @@
-//! Placeholder: the policy compiler.
+//! The policy compiler: a product profile plus a site config in, the flat [`Policy`] the
+//! datapath enforces out.
+//!
+//! [`compile`] is pure and deterministic. It does no I/O, and the same inputs always
+//! give the same policy. [`compile_site`] and [`compile_product`] are the entry points
+//! the commands and the daemon use. They find the profile (embedded, or read from the
+//! path the site names) and then call [`compile`].
+//!
+//! What compiling does:
+//! - Rules whose feature is off are dropped. A `direction = "both"` rule becomes two
+//!   rules, `<id>/in` and `<id>/out`.
+//! - Peer groups are resolved. `scope = "loopback"` uses the built-in `loopback` set. A
+//!   named group uses the site's networks, or means any peer when the site lists it in
+//!   `any_peer_groups`. Such a rule keeps the group's name in `Rule::peers`, but its
+//!   entries have `peer_set: None`.
+//! - The failsafe rule goes last, then the flat entries are built: one per (rule,
+//!   protocol, merged port range), sorted.
+//!
+//! Every error is a [`PolicyError`]: the file, the line, a lowercase message with the
+//! offending value quoted, and a hint.
 
-/// A policy that does not validate.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct PolicyError(pub String);
+use std::{
+    collections::BTreeSet,
+    fmt,
+    ops::Range,
+    path::{Path, PathBuf},
+};
+
+use ipnet::IpNet;
+use serde::Serialize;
+
+use crate::{
+    policy::{Direction, Entry, PeerSet, Policy, Protocol, Rule, RuleScope},
+    profile::{self, DirectionSpec, Profile, RuleSpec},
+    site::Site,
+};
+
+/// Id of the rule that keeps inbound SSH open unless the site sets `failsafe = false`.
+pub const FAILSAFE_RULE: &str = "failsafe-ssh";
+
+/// Name of the built-in peer set of `scope = "loopback"` rules. Sites can't define it.
+pub const LOOPBACK_SET: &str = "loopback";
+
+/// A profile, site config or command line that does not compile. The CLI exits with
+/// code 3 when it sees one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PolicyError {
+    /// The file at fault (None: the command line or a built-in default).
+    pub file: Option<PathBuf>,
+    /// 1-based line in `file`, when known.
+    pub line: Option<usize>,
+    /// 1-based column (in characters) in `file`, when known.
+    pub column: Option<usize>,
+    /// What is wrong. Lowercase, with the offending value quoted.
+    pub message: String,
+    /// The likely fix.
+    pub hint: Option<String>,
+}
+
+impl PolicyError {
+    /// An error with no position yet.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            file: None,
+            line: None,
+            column: None,
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    /// Adds the likely fix.
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// Places the error in `file` at the byte range `span` of its text (indexed by
+    /// `lines`). An empty index (built-in defaults, the command line) gives no line.
+    pub fn at(mut self, file: Option<&Path>, lines: &LineIndex, span: Range<usize>) -> Self {
+        self.file = file.map(Path::to_path_buf);
+        if let Some((line, column)) = lines.position(span.start) {
+            self.line = Some(line);
+            self.column = Some(column);
+        }
+        self
+    }
+
+    /// Converts a TOML/serde error of `file`'s `text`. Messages that our own
+    /// deserializers produced carry their hint after [`HINT_MARK`]; serde's own
+    /// (unknown field, missing field, wrong type) get a generic one.
+    pub fn from_toml(file: &Path, text: &str, err: &toml::de::Error) -> Self {
+        let raw = err.message().trim_end();
+        let mut parts = raw.split(HINT_MARK);
+        let message = parts.next().unwrap_or(raw);
+        let hint = parts.next().unwrap_or_else(|| generic_hint(raw));
+        let own_span = parts.next().and_then(|s| {
+            let (start, end) = s.split_once('-')?;
+            Some(start.parse().ok()?..end.parse().ok()?)
+        });
+        let lines = LineIndex::new(text);
+        let error = PolicyError::new(message).hint(hint);
+        match own_span.or_else(|| err.span()) {
+            Some(span) => error.at(Some(file), &lines, span),
+            None => error.at(Some(file), &LineIndex::default(), 0..0),
+        }
+    }
+}
+
+/// A value that does not validate: what is wrong and the likely fix. `Deserialize`
+/// impls turn it into a serde error with [`Invalid::de`] or [`Invalid::de_at`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Invalid {
+    /// What is wrong, with the value quoted.
+    pub message: String,
+    /// The likely fix.
+    pub hint: String,
+}
+
+impl Invalid {
+    /// An invalid value.
+    pub fn new(message: impl Into<String>, hint: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            hint: hint.into(),
+        }
+    }
+
+    /// As a serde error: toml places it at the value being deserialized.
+    pub fn de<E: serde::de::Error>(self) -> E {
+        de_error(self.message, self.hint)
+    }
+
+    /// As a serde error placed at `span`. For elements of arrays: toml gives their
+    /// errors the span of the whole array, which may start lines earlier.
+    pub fn de_at<E: serde::de::Error>(self, span: Range<usize>) -> E {
+        E::custom(format!(
+            "{}{HINT_MARK}{}{HINT_MARK}{}-{}",
+            self.message, self.hint, span.start, span.end
+        ))
+    }
+}
+
+impl fmt::Display for PolicyError {
+    // `file:line: message (hint: ...)`. There is no "error: " prefix because the CLI adds
+    // one to every error it prints.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(file) = &self.file {
+            write!(f, "{}:", file.display())?;
+            if let Some(line) = self.line {
+                write!(f, "{line}:")?;
+            }
+            f.write_str(" ")?;
+        }
+        f.write_str(&self.message)?;
+        if let Some(hint) = &self.hint {
+            write!(f, " (hint: {hint})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for PolicyError {}
+
+/// Separates message, hint and (optionally) span in errors raised inside `Deserialize`
+/// impls. serde only carries one string, so they ride along in it and
+/// [`PolicyError::from_toml`] splits them off again.
+const HINT_MARK: char = '\u{1f}';
+
+/// A serde error with a hint, for `Deserialize` impls of profile and site values.
+pub fn de_error<E: serde::de::Error>(message: impl fmt::Display, hint: impl fmt::Display) -> E {
+    E::custom(format!("{message}{HINT_MARK}{hint}"))
+}
+
+fn generic_hint(message: &str) -> &'static str {
+    if message.starts_with("unknown field") {
+        "unknown fields are errors so that a typo cannot loosen the policy; the schema is in profiles/README.md"
+    } else if message.starts_with("missing field") {
+        "the schema is in profiles/README.md"
+    } else if message.starts_with("unknown variant") {
+        "use one of the listed values"
+    } else {
+        "check the TOML syntax and the schema in profiles/README.md"
+    }
+}
+
+/// Byte offset -> (line, column) for one file's text. The default (empty) index knows
+/// no positions.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LineIndex {
+    text: String,
+}
+
+impl LineIndex {
+    /// Indexes `text`.
+    pub fn new(text: &str) -> Self {
+        Self {
+            text: text.to_string(),
+        }
+    }
+
+    /// 1-based line and column (in characters) of a byte offset.
+    pub fn position(&self, offset: usize) -> Option<(usize, usize)> {
+        if self.text.is_empty() {
+            return None;
+        }
+        let before = self.text.get(..offset.min(self.text.len()))?;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        Some((
+            before.matches('\n').count() + 1,
+            before[line_start..].chars().count() + 1,
+        ))
+    }
+}
+
+/// Reads and validates a site config. The only I/O is reading `path`.
+pub fn load_site(path: &Path) -> Result<Site, PolicyError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        PolicyError::new(format!(
+            "cannot read site config \"{}\": {e}",
+            path.display()
+        ))
+        .hint("pass the path of an existing TOML file with --config")
+    })?;
+    Site::parse(&text, path)
+}
+
+/// Compiles a site config. Its profile is the embedded one of `site.product`, or the
+/// file `site.profile` (relative to the directory of `site_path`). `site_path` is only
+/// used to place errors and to resolve that path.
+pub fn compile_site(site: &Site, site_path: Option<&Path>) -> Result<Policy, PolicyError> {
+    let profile = site_profile(site, site_path)?;
+    compile(&profile, site, site_path)
+}
+
+/// Finds the profile a site config names (reading it when it is a path).
+pub fn site_profile(site: &Site, site_path: Option<&Path>) -> Result<Profile, PolicyError> {
+    let here = |span: Range<usize>| (site_path, site.lines(), span);
+    match (&site.product, &site.profile) {
+        (Some(slug), None) => profile::find(slug.get_ref()).map_err(|e| {
+            let (file, lines, span) = here(slug.span());
+            e.at(file, lines, span)
+        }),
+        (None, Some(path)) => {
+            let resolved = match site_path.and_then(Path::parent) {
+                Some(dir) if path.get_ref().is_relative() => dir.join(path.get_ref()),
+                _ => path.get_ref().clone(),
+            };
+            Profile::load(&resolved).map_err(|e| {
+                if e.file.as_deref() == Some(resolved.as_path()) && e.line.is_some() {
+                    return e;
+                }
+                let (file, lines, span) = here(path.span());
+                e.at(file, lines, span)
+            })
+        }
+        (Some(_), Some(path)) => Err(PolicyError::new(
+            "the site config sets both \"product\" and \"profile\"",
+        )
+        .hint("keep one: product = \"<slug>\" for a built-in profile, or profile = \"<path>\"")
+        .at(site_path, site.lines(), path.span())),
+        (None, None) => Err(PolicyError::new("the site config names no product")
+            .hint(format!(
+                "add product = \"<slug>\" ({}) or profile = \"<path>\"",
+                profile::SLUGS.join(", ")
+            ))
+            .at(site_path, &LineIndex::default(), 0..0)),
+    }
+}
+
+/// Compiles a built-in product with the default site settings (audit, failsafe on,
+/// loopback exempt, every peer group meaning any peer) and the given features.
+pub fn compile_product(
+    slug: &str,
+    features: &[String],
+    all_features: bool,
+) -> Result<Policy, PolicyError> {
+    compile_with_defaults(
+        &profile::find(slug)?,
+        Site::default_for(slug),
+        features,
+        all_features,
+    )
+}
+
+/// Like [`compile_product`], for a profile already loaded (e.g. from a user's file).
+pub fn compile_profile(
+    profile: &Profile,
+    features: &[String],
+    all_features: bool,
+) -> Result<Policy, PolicyError> {
+    compile_with_defaults(profile, Site::for_profile(profile), features, all_features)
+}
+
+fn compile_with_defaults(
+    profile: &Profile,
+    mut site: Site,
+    features: &[String],
+    all_features: bool,
+) -> Result<Policy, PolicyError> {
+    site.set_features(if all_features {
+        profile.feature_names()
+    } else {
+        features.to_vec()
+    });
+    compile(profile, &site, None)
+}
+
+/// Where a rule spec was written, to place errors about it.
+#[derive(Clone, Copy)]
+struct Origin<'a> {
+    file: Option<&'a Path>,
+    lines: &'a LineIndex,
+    in_profile: bool,
+}
+
+impl Origin<'_> {
+    fn error(self, span: Range<usize>, message: String, hint: String) -> PolicyError {
+        PolicyError::new(message)
+            .hint(hint)
+            .at(self.file, self.lines, span)
+    }
+}
+
+/// The compiler proper: pure, deterministic. See the module docs.
+pub fn compile(
+    profile: &Profile,
+    site: &Site,
+    site_path: Option<&Path>,
+) -> Result<Policy, PolicyError> {
+    let site_at = Origin {
+        file: site_path,
+        lines: site.lines(),
+        in_profile: false,
+    };
+    let profile_at = Origin {
+        file: Some(profile.file.as_path()),
+        lines: profile.lines(),
+        in_profile: true,
+    };
+    let enabled = check_features(profile, site, site_at)?;
+    check_rule_ids(profile, site, site_at)?;
+    check_peer_groups(profile, site, site_at)?;
+
+    // Rules in policy order, each with the peer set it is limited to (None: any peer).
+    let mut rules = Vec::new();
+    let mut peers_of: Vec<Option<String>> = Vec::new();
+    let specs = profile
+        .rules
+        .iter()
+        .map(|r| (r, profile_at))
+        .chain(site.rules.iter().map(|r| (r, site_at)));
+    for (spec, at) in specs {
+        let on = spec
+            .feature
+            .as_ref()
+            .is_none_or(|f| enabled.contains(f.get_ref().as_str()));
+        if !on {
+            continue;
+        }
+        let peers = resolve_peers(spec, at, site, site_at)?;
+        for &direction in directions(spec.direction) {
+            let id = match spec.direction {
+                DirectionSpec::Both => format!("{}/{direction}", spec.id.get_ref()),
+                _ => spec.id.get_ref().clone(),
+            };
+            rules.push(Rule {
+                id,
+                direction,
+                protocols: spec.protocol.protocols().to_vec(),
+                ports: merge_ranges(spec.ports.get_ref().ranges().to_vec()),
+                feature: spec.feature.as_ref().map(|f| f.get_ref().clone()),
+                scope: spec.scope,
+                peers: spec.peers.as_ref().map(|p| p.get_ref().clone()),
+                why: spec.why.clone(),
+                source: spec.source.clone().unwrap_or_else(|| "site".into()),
+                note: spec.note.clone(),
+            });
+            peers_of.push(peers.clone());
+        }
+    }
+    if site.failsafe {
+        rules.push(failsafe_rule());
+        peers_of.push(None);
+    }
+    let peer_sets = peer_sets(site, &peers_of);
+    let entries = entries(&rules, &peers_of, &peer_sets);
+    Ok(Policy {
+        product: profile.slug.get_ref().clone(),
+        mode: site.mode,
+        loopback: site.loopback,
+        icmp_echo: site.icmp_echo,
+        rules,
+        peer_sets,
+        entries,
+    })
+}
+
+/// Checks the site's features and its rules' features against the profile's, and
+/// returns the features turned on.
+fn check_features<'a>(
+    profile: &'a Profile,
+    site: &'a Site,
+    site_at: Origin<'_>,
+) -> Result<BTreeSet<&'a str>, PolicyError> {
+    let known: BTreeSet<&str> = profile
+        .features
+        .iter()
+        .map(|f| f.name.get_ref().as_str())
+        .collect();
+    let unknown = |span: Range<usize>, message: String| {
+        let hint = if known.is_empty() {
+            format!("{} has no optional features", profile.slug.get_ref())
+        } else {
+            let names: Vec<&str> = known.iter().copied().collect();
+            format!(
+                "features of {}: {}",
+                profile.slug.get_ref(),
+                names.join(", ")
+            )
+        };
+        site_at.error(span, message, hint)
+    };
+    for feature in &site.features {
+        if !known.contains(feature.get_ref().as_str()) {
+            let message = format!("unknown feature \"{}\"", feature.get_ref());
+            return Err(unknown(feature.span(), message));
+        }
+    }
+    for rule in &site.rules {
+        if let Some(feature) = &rule.feature
+            && !known.contains(feature.get_ref().as_str())
+        {
+            let message = format!(
+                "rule \"{}\" names unknown feature \"{}\"",
+                rule.id.get_ref(),
+                feature.get_ref()
+            );
+            return Err(unknown(feature.span(), message));
+        }
+    }
+    Ok(site.features.iter().map(|f| f.get_ref().as_str()).collect())
+}
+
+/// Site rule ids must not repeat a profile rule's id or the failsafe's: counters are
+/// kept by id. (Each file's own duplicates were found when it was parsed.) All profile
+/// rules count, on or off, so that turning a feature on never causes a clash.
+fn check_rule_ids(profile: &Profile, site: &Site, site_at: Origin<'_>) -> Result<(), PolicyError> {
+    let mut ids: BTreeSet<&str> = profile
+        .rules
+        .iter()
+        .map(|r| r.id.get_ref().as_str())
+        .collect();
+    for rule in &site.rules {
+        let id = rule.id.get_ref().as_str();
+        if !ids.insert(id) {
+            return Err(site_at.error(
+                rule.id.span(),
+                format!("duplicate rule id \"{id}\": the profile already has a rule with this id"),
+                "give the site rule another id".into(),
+            ));
+        }
+    }
+    if site.failsafe && ids.contains(FAILSAFE_RULE) {
+        let span = site
+            .rules
+            .iter()
+            .find(|r| r.id.get_ref() == FAILSAFE_RULE)
+            .map_or(0..0, |r| r.id.span());
+        return Err(site_at.error(
+            span,
+            format!("duplicate rule id \"{FAILSAFE_RULE}\": the failsafe rule has this id"),
+            "rename the rule, or set failsafe = false".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The peer sets the rules use, by name, so that their indices do not depend on rule
+/// order.
+fn peer_sets(site: &Site, peers_of: &[Option<String>]) -> Vec<PeerSet> {
+    let used: BTreeSet<&str> = peers_of.iter().flatten().map(String::as_str).collect();
+    used.into_iter()
+        .map(|name| {
+            let mut networks: Vec<IpNet> = if name == LOOPBACK_SET {
+                vec![
+                    "127.0.0.0/8".parse().expect("valid CIDR"),
+                    "::1/128".parse().expect("valid CIDR"),
+                ]
+            } else {
+                site.peers[name].get_ref().iter().map(|c| c.0).collect()
+            };
+            networks.sort();
+            networks.dedup();
+            PeerSet {
+                name: name.to_string(),
+                networks,
+            }
+        })
+        .collect()
+}
+
+/// The flat entries: one per (rule, protocol, port range), sorted. A rule's ranges are
+/// already merged, so entries of one rule never overlap or touch.
+fn entries(rules: &[Rule], peers_of: &[Option<String>], peer_sets: &[PeerSet]) -> Vec<Entry> {
+    let mut entries = Vec::new();
+    for (index, (rule, peers)) in rules.iter().zip(peers_of).enumerate() {
+        let peer_set = peers
+            .as_ref()
+            .and_then(|name| peer_sets.iter().position(|s| &s.name == name));
+        for &protocol in &rule.protocols {
+            for &(from, to) in &rule.ports {
+                entries.push(Entry {
+                    direction: rule.direction,
+                    protocol,
+                    from,
+                    to,
+                    peer_set,
+                    rule: index,
+                });
+            }
+        }
+    }
+    entries.sort();
+    entries
+}
+
+/// The rule that keeps inbound SSH open so that a wrong policy in enforce mode cannot
+/// lock the operator out.
+pub fn failsafe_rule() -> Rule {
+    Rule {
+        id: FAILSAFE_RULE.into(),
+        direction: Direction::In,
+        protocols: vec![Protocol::Tcp],
+        ports: vec![(22, 22)],
+        feature: None,
+        scope: RuleScope::Any,
+        peers: None,
+        why: "keep SSH reachable so that a wrong policy cannot lock the operator out".into(),
+        source: "site failsafe (set failsafe = false to remove)".into(),
+        note: None,
+    }
+}
+
+fn directions(spec: DirectionSpec) -> &'static [Direction] {
+    match spec {
+        DirectionSpec::In => &[Direction::In],
+        DirectionSpec::Out => &[Direction::Out],
+        DirectionSpec::Both => &[Direction::In, Direction::Out],
+    }
+}
+
+/// Site-level peer group checks that do not depend on which features are on: every
+/// group the site defines or lists in `any_peer_groups` must be one some rule uses (a
+/// misspelt group name would otherwise leave the real one undefined or silently
+/// unused), and a listed group must not also have networks.
+fn check_peer_groups(
+    profile: &Profile,
+    site: &Site,
+    site_at: Origin<'_>,
+) -> Result<(), PolicyError> {
+    let used: BTreeSet<&str> = profile
+        .rules
+        .iter()
+        .chain(&site.rules)
+        .filter_map(|r| r.peers.as_ref())
+        .map(|p| p.get_ref().as_str())
+        .collect();
+    let used_list = || {
+        if used.is_empty() {
+            "no rule of this profile or site uses a peer group".to_string()
+        } else {
+            format!(
+                "groups the rules use: {}",
+                used.iter().copied().collect::<Vec<_>>().join(", ")
+            )
+        }
+    };
+    for (name, networks) in &site.peers {
+        if !used.contains(name.as_str()) {
+            // TOML puts every key after `[peers]` into that table, including top-level
+            // settings written below it.
+            let hint = if Site::TOP_LEVEL_KEYS.contains(&name.as_str()) {
+                format!("\"{name}\" is a top-level setting: move it above the [peers] table")
+            } else {
+                used_list()
+            };
+            return Err(site_at.error(
+                networks.span(),
+                format!("peer group \"{name}\" is not used by any rule"),
+                hint,
+            ));
+        }
+    }
+    for name in &site.any_peer_groups {
+        if !used.contains(name.get_ref().as_str()) {
+            return Err(site_at.error(
+                name.span(),
+                format!(
+                    "any_peer_groups names \"{}\", which no rule uses",
+                    name.get_ref()
+                ),
+                used_list(),
+            ));
+        }
+        if let Some(networks) = site.peers.get(name.get_ref())
+            && !networks.get_ref().is_empty()
+        {
+            return Err(site_at.error(
+                name.span(),
+                format!("peer group \"{}\" is in any_peer_groups but has networks", name.get_ref()),
+                "remove it from any_peer_groups to limit its rules to the networks, or empty it to allow any peer".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The peer set a rule is limited to: `loopback`, a site group with networks, or None
+/// for any peer (no group, or a group listed in `any_peer_groups`).
+fn resolve_peers(
+    spec: &RuleSpec,
+    at: Origin<'_>,
+    site: &Site,
+    site_at: Origin<'_>,
+) -> Result<Option<String>, PolicyError> {
+    let id = spec.id.get_ref();
+    let Some(group) = &spec.peers else {
+        return Ok(match spec.scope {
+            RuleScope::Any => None,
+            RuleScope::Loopback => Some(LOOPBACK_SET.into()),
+        });
+    };
+    let name = group.get_ref();
+    if spec.scope == RuleScope::Loopback {
+        return Err(at.error(
+            group.span(),
+            format!("rule \"{id}\" has both scope = \"loopback\" and peers = \"{name}\""),
+            "a loopback rule already limits its peers to 127.0.0.0/8 and ::1; remove one of the two".into(),
+        ));
+    }
+    let listed = site.any_peer_groups.iter().any(|g| g.get_ref() == name);
+    // A profile rule's group is filled in by the site, so the error points at the
+    // site (at the group if it is there, else at the line that picked the profile).
+    let (span, at) = match site.peers.get(name) {
+        Some(networks) => (networks.span(), site_at),
+        None if at.in_profile => (site.profile_span(), site_at),
+        None => (group.span(), at),
+    };
+    match site.peers.get(name) {
+        Some(networks) if !networks.get_ref().is_empty() => Ok(Some(name.clone())),
+        _ if listed => Ok(None),
+        Some(_) => Err(at.error(
+            span,
+            format!("peer group \"{name}\" of rule \"{id}\" is empty"),
+            format!(
+                "add its networks under [peers], or list it in any_peer_groups = [\"{name}\"] to let any peer through"
+            ),
+        )),
+        None => Err(at.error(
+            span,
+            format!("rule \"{id}\" uses peer group \"{name}\", which the site config does not define"),
+            format!(
+                "add {name} = [\"<cidr>\", ...] under [peers], or list it in any_peer_groups = [\"{name}\"] to let any peer through"
+            ),
+        )),
+    }
+}
+
+/// Sorts inclusive ranges and merges overlapping and adjacent ones.
+pub fn merge_ranges(mut ranges: Vec<(u16, u16)>) -> Vec<(u16, u16)> {
+    ranges.sort_unstable();
+    let mut merged: Vec<(u16, u16)> = Vec::with_capacity(ranges.len());
+    for (from, to) in ranges {
+        match merged.last_mut() {
+            Some(last) if u32::from(from) <= u32::from(last.1) + 1 => last.1 = last.1.max(to),
+            _ => merged.push((from, to)),
+        }
+    }
+    merged
+}
+
+#[cfg(test)]
+mod tests;

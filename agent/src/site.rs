@@ -1,1 +1,467 @@
-//! Placeholder: site config.
+//! The site config: what one installation says about itself. It names the product (or a
+//! profile file), the features it uses, its peer groups, extra rules, the mode, and
+//! where and how the daemon attaches.
+//!
+//! It is parsed once, with serde and `deny_unknown_fields` throughout: a misspelt key
+//! is an error, never a silently looser policy. Values are checked while they are read,
+//! so each error points at its own line. Fields keep their source spans where the
+//! compiler may later need to point at them (features, peer groups, rules).
+//!
+//! Defaults (an empty file is a valid site config apart from naming no product):
+//! `features = []`, `mode = "audit"`, `failsafe = true`, `loopback = "exempt"`,
+//! `icmp_echo = true`, no `[peers]`, `any_peer_groups = []`, no `[[rule]]`,
+//! `scope = ["host"]`, `xdp = []`, `events_per_sec = 100`,
+//! `pin_dir = "/sys/fs/bpf/portcullis"`, and `[metrics] listen` unset (no endpoint).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::{IpAddr, SocketAddr},
+    ops::Range,
+    path::{Component, Path, PathBuf},
+};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use toml::Spanned;
+
+use crate::{
+    compiler::{Invalid, LOOPBACK_SET, LineIndex, PolicyError, de_error},
+    policy::{LoopbackMode, Mode},
+    profile::{self, Profile, RuleSpec},
+};
+
+/// A site config. See the module docs for the defaults.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Site {
+    /// Slug of a built-in profile. Exactly one of `product` and `profile` is set.
+    #[serde(default)]
+    pub product: Option<Spanned<String>>,
+    /// Path of a profile file, relative to the site config's directory.
+    #[serde(default)]
+    pub profile: Option<Spanned<PathBuf>>,
+    /// Profile features to turn on.
+    #[serde(default)]
+    pub features: Vec<Spanned<String>>,
+    /// audit (default) | enforce.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Keep inbound 22/tcp open (rule `failsafe-ssh`). Default true.
+    #[serde(default = "yes")]
+    pub failsafe: bool,
+    /// exempt (default) | enforce.
+    #[serde(default)]
+    pub loopback: LoopbackMode,
+    /// Let ICMP echo through. Default true.
+    #[serde(default = "yes")]
+    pub icmp_echo: bool,
+    /// Peer groups: name -> networks.
+    #[serde(default, deserialize_with = "peer_groups")]
+    pub peers: BTreeMap<String, Spanned<Vec<Cidr>>>,
+    /// Peer groups that may be undefined or empty, meaning "any peer".
+    #[serde(default)]
+    pub any_peer_groups: Vec<Spanned<String>>,
+    /// Extra site rules, after the profile's.
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<RuleSpec>,
+    /// Where to attach: the whole host, or cgroups. Default `["host"]`.
+    #[serde(default = "host_scope", deserialize_with = "scope_list")]
+    pub scope: Vec<ScopeTarget>,
+    /// Interfaces to attach the XDP program to. Default none.
+    #[serde(default, deserialize_with = "interfaces")]
+    pub xdp: Vec<String>,
+    /// Deny events per second before rate limiting. Default 100.
+    #[serde(default = "default_events_per_sec")]
+    pub events_per_sec: u32,
+    /// Where maps and links are pinned. Default `/sys/fs/bpf/portcullis`.
+    #[serde(default = "default_pin_dir", deserialize_with = "absolute_path")]
+    pub pin_dir: PathBuf,
+    /// The metrics endpoint.
+    #[serde(default)]
+    pub metrics: Metrics,
+    #[serde(skip)]
+    lines: LineIndex,
+}
+
+/// `[metrics]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    /// Socket address to serve metrics on, e.g. `"127.0.0.1:9464"`. Default: off.
+    #[serde(default, deserialize_with = "socket_addr")]
+    pub listen: Option<SocketAddr>,
+}
+
+/// Where the programs attach.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ScopeTarget {
+    /// The root cgroup: every process on the host.
+    Host,
+    /// A cgroup, relative to the cgroup2 mount (a systemd unit is its cgroup path, e.g.
+    /// `system.slice/xeams.service`). Relative, without `..`.
+    Cgroup(PathBuf),
+}
+
+impl fmt::Display for ScopeTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ScopeTarget::Host => f.write_str("host"),
+            ScopeTarget::Cgroup(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+impl Serialize for ScopeTarget {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ScopeTarget {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        if text == "host" {
+            return Ok(ScopeTarget::Host);
+        }
+        let path = PathBuf::from(&text);
+        let hint = "write \"host\", or a cgroup path relative to the cgroup2 mount such as \"system.slice/xeams.service\"";
+        if text.is_empty() || path.is_absolute() {
+            return Err(de_error(
+                format!("scope \"{text}\" is not a relative cgroup path"),
+                hint,
+            ));
+        }
+        if path
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_)))
+        {
+            return Err(de_error(
+                format!("scope \"{text}\" must not contain \".\" or \"..\""),
+                hint,
+            ));
+        }
+        Ok(ScopeTarget::Cgroup(path))
+    }
+}
+
+/// A network of a peer group: a CIDR, or a bare address meaning that one host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Cidr(pub IpNet);
+
+impl Cidr {
+    /// Parses a CIDR or a bare address.
+    pub fn parse(text: &str) -> Result<Cidr, Invalid> {
+        let net = match (text.parse::<IpNet>(), text.parse::<IpAddr>()) {
+            (Ok(net), _) => net,
+            (_, Ok(addr)) => IpNet::from(addr),
+            _ => {
+                return Err(Invalid::new(
+                    format!("invalid CIDR \"{text}\""),
+                    "write an IPv4 or IPv6 network such as \"192.0.2.0/24\" or \"2001:db8::/32\", or a single address",
+                ));
+            }
+        };
+        // A typo such as 10.0.0.5/8 would open far more than meant: refuse host bits.
+        if net.trunc() != net {
+            return Err(Invalid::new(
+                format!("CIDR \"{text}\" has host bits set"),
+                format!("did you mean \"{}\"?", net.trunc()),
+            ));
+        }
+        Ok(Cidr(net))
+    }
+}
+
+impl Serialize for Cidr {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn host_scope() -> Vec<ScopeTarget> {
+    vec![ScopeTarget::Host]
+}
+
+fn default_events_per_sec() -> u32 {
+    100
+}
+
+fn default_pin_dir() -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/portcullis")
+}
+
+fn scope_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ScopeTarget>, D::Error> {
+    let list = Vec::<ScopeTarget>::deserialize(d)?;
+    if list.is_empty() {
+        return Err(de_error(
+            "scope is empty",
+            "write scope = [\"host\"] or list the cgroups to attach to",
+        ));
+    }
+    if list.len() > 1 && list.contains(&ScopeTarget::Host) {
+        return Err(de_error(
+            "scope lists \"host\" with other cgroups",
+            "\"host\" already covers every cgroup: list it alone",
+        ));
+    }
+    let unique: BTreeSet<_> = list.iter().collect();
+    if unique.len() != list.len() {
+        return Err(de_error(
+            "scope lists a cgroup twice",
+            "list each cgroup once",
+        ));
+    }
+    Ok(list)
+}
+
+/// `[peers]`: each network is checked with its own span, so an error in a list written
+/// over several lines points at the right one.
+fn peer_groups<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, Spanned<Vec<Cidr>>>, D::Error> {
+    let raw = BTreeMap::<String, Spanned<Vec<Spanned<String>>>>::deserialize(d)?;
+    raw.into_iter()
+        .map(|(name, list)| {
+            let span = list.span();
+            let networks = list
+                .into_inner()
+                .into_iter()
+                .map(|text| Cidr::parse(text.get_ref()).map_err(|e| e.de_at(text.span())))
+                .collect::<Result<Vec<_>, D::Error>>()?;
+            Ok((name, Spanned::new(span, networks)))
+        })
+        .collect()
+}
+
+fn interfaces<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let list = Vec::<String>::deserialize(d)?;
+    let mut seen = BTreeSet::new();
+    for name in &list {
+        // Linux interface names: 1-15 bytes (IFNAMSIZ - 1), no '/' or whitespace.
+        let valid = !name.is_empty()
+            && name.len() <= 15
+            && name != "."
+            && name != ".."
+            && !name.chars().any(|c| c == '/' || c.is_whitespace());
+        if !valid {
+            return Err(de_error(
+                format!("interface name \"{name}\" is not valid"),
+                "use a name from `ip link`, at most 15 characters",
+            ));
+        }
+        if !seen.insert(name) {
+            return Err(de_error(
+                format!("interface \"{name}\" is listed twice"),
+                "list each interface once",
+            ));
+        }
+    }
+    Ok(list)
+}
+
+fn absolute_path<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+    let path = PathBuf::deserialize(d)?;
+    if !path.is_absolute() {
+        return Err(de_error(
+            format!("pin_dir \"{}\" is not an absolute path", path.display()),
+            "pin under the bpf filesystem, e.g. \"/sys/fs/bpf/portcullis\"",
+        ));
+    }
+    Ok(path)
+}
+
+fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse().map(Some).map_err(|_| {
+        de_error(
+            format!("listen address \"{text}\" is not a socket address"),
+            "write an address and port, e.g. \"127.0.0.1:9464\" or \"[::1]:9464\"",
+        )
+    })
+}
+
+impl Site {
+    /// The top-level keys of a site config (to spot one misplaced under a table).
+    pub const TOP_LEVEL_KEYS: [&str; 14] = [
+        "product",
+        "profile",
+        "features",
+        "mode",
+        "failsafe",
+        "loopback",
+        "icmp_echo",
+        "any_peer_groups",
+        "scope",
+        "xdp",
+        "events_per_sec",
+        "pin_dir",
+        "rule",
+        "metrics",
+    ];
+
+    /// Parses and checks a site config's `text`; `file` names it in errors.
+    pub fn parse(text: &str, file: &Path) -> Result<Self, PolicyError> {
+        let mut site: Site =
+            toml::from_str(text).map_err(|e| PolicyError::from_toml(file, text, &e))?;
+        site.lines = LineIndex::new(text);
+        for (name, networks) in &site.peers {
+            let name = Spanned::new(networks.span(), name.clone());
+            profile::check_name("peer group", &name, file, &site.lines)?;
+            if name.get_ref() == LOOPBACK_SET {
+                return Err(PolicyError::new("peer group \"loopback\" is built in")
+                    .hint("use scope = \"loopback\" in the rule, or another group name")
+                    .at(Some(file), &site.lines, name.span()));
+            }
+        }
+        for name in &site.any_peer_groups {
+            profile::check_name("peer group", name, file, &site.lines)?;
+        }
+        profile::check_rules(&site.rules, file, &site.lines, None)?;
+        Ok(site)
+    }
+
+    /// The built-in default site for a product: audit, failsafe on, loopback exempt,
+    /// and every peer group of the product's profile meaning any peer (the default
+    /// knows nothing of the site's servers). `product` is not checked here; compiling
+    /// reports an unknown one.
+    pub fn default_for(product: &str) -> Site {
+        match profile::find(product) {
+            Ok(profile) => Site::for_profile(&profile),
+            Err(_) => Site {
+                product: Some(Spanned::new(0..0, product.to_string())),
+                ..Site::empty()
+            },
+        }
+    }
+
+    /// The built-in default site (see [`Site::default_for`]) for a profile.
+    pub fn for_profile(profile: &Profile) -> Site {
+        Site {
+            product: Some(Spanned::new(0..0, profile.slug.get_ref().clone())),
+            any_peer_groups: profile
+                .peer_groups()
+                .into_iter()
+                .map(|g| Spanned::new(0..0, g))
+                .collect(),
+            ..Site::empty()
+        }
+    }
+
+    /// Replaces the features (e.g. with those given on the command line).
+    pub fn set_features(&mut self, features: Vec<String>) {
+        self.features = features
+            .into_iter()
+            .map(|f| Spanned::new(0..0, f))
+            .collect();
+    }
+
+    /// Byte offset -> line index of the config's text (empty for built-in defaults).
+    pub fn lines(&self) -> &LineIndex {
+        &self.lines
+    }
+
+    /// Span of the `product` or `profile` value: where errors about the profile's
+    /// rules point in the site config.
+    pub fn profile_span(&self) -> Range<usize> {
+        match (&self.product, &self.profile) {
+            (Some(p), _) => p.span(),
+            (None, Some(p)) => p.span(),
+            (None, None) => 0..0,
+        }
+    }
+
+    /// Every default, no product. Parsing the empty document keeps the defaults in one
+    /// place (the serde attributes above).
+    fn empty() -> Site {
+        toml::from_str("").expect("an empty site config parses")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Site, PolicyError> {
+        Site::parse(text, Path::new("site.toml"))
+    }
+
+    #[test]
+    fn defaults() {
+        let site = parse("product = \"xeams\"").unwrap();
+        assert_eq!(site.mode, Mode::Audit);
+        assert!(site.failsafe);
+        assert_eq!(site.loopback, LoopbackMode::Exempt);
+        assert!(site.icmp_echo);
+        assert_eq!(site.scope, vec![ScopeTarget::Host]);
+        assert!(site.xdp.is_empty());
+        assert_eq!(site.events_per_sec, 100);
+        assert_eq!(site.pin_dir, PathBuf::from("/sys/fs/bpf/portcullis"));
+        assert_eq!(site.metrics.listen, None);
+    }
+
+    #[test]
+    fn daemon_settings() {
+        let site = parse(
+            "product = \"xeams\"\nscope = [\"system.slice/xeams.service\"]\nxdp = [\"eth0\"]\n\
+             events_per_sec = 5\npin_dir = \"/sys/fs/bpf/x\"\n[metrics]\nlisten = \"127.0.0.1:9464\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            site.scope,
+            vec![ScopeTarget::Cgroup("system.slice/xeams.service".into())]
+        );
+        assert_eq!(site.xdp, vec!["eth0".to_string()]);
+        assert_eq!(site.events_per_sec, 5);
+        assert_eq!(site.metrics.listen, Some("127.0.0.1:9464".parse().unwrap()));
+    }
+
+    #[test]
+    fn bad_daemon_settings_are_errors_at_their_line() {
+        for (text, needle) in [
+            ("scope = [\"/sys/fs/cgroup/x\"]", "relative cgroup path"),
+            ("scope = [\"a/../b\"]", "\"..\""),
+            ("scope = []", "scope is empty"),
+            ("scope = [\"host\", \"a\"]", "with other cgroups"),
+            ("xdp = [\"a very long interface\"]", "interface name"),
+            ("pin_dir = \"bpf\"", "absolute"),
+            ("[metrics]\nlisten = \"localhost\"", "socket address"),
+            ("[metrics]\nport = 1", "unknown field"),
+        ] {
+            let err = parse(&format!("product = \"xeams\"\n{text}\n")).unwrap_err();
+            assert!(err.message.contains(needle), "{text}: {err}");
+            assert!(err.line.is_some_and(|l| l >= 2), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn top_level_keys_are_the_fields() {
+        for key in Site::TOP_LEVEL_KEYS {
+            let err = parse(&format!("{key} = 0\n"))
+                .err()
+                .map(|e| e.message)
+                .unwrap_or_default();
+            assert!(!err.contains("unknown field"), "{key}: {err}");
+        }
+        let err = parse("porduct = 0\n").unwrap_err();
+        assert!(err.message.contains("unknown field `porduct`"));
+    }
+
+    #[test]
+    fn cidrs() {
+        let site =
+            parse("product = \"x\"\n[peers]\na = [\"192.0.2.1\", \"2001:db8::/32\"]").unwrap();
+        let nets: Vec<String> = site.peers["a"]
+            .get_ref()
+            .iter()
+            .map(|c| c.0.to_string())
+            .collect();
+        assert_eq!(nets, ["192.0.2.1/32", "2001:db8::/32"]);
+        let err = parse("product = \"x\"\n[peers]\na = [\"10.0.0.5/8\"]").unwrap_err();
+        assert!(err.hint.unwrap().contains("10.0.0.0/8"));
+    }
+}

@@ -1,12 +1,164 @@
-//! `portcullis check` (placeholder until implemented).
+//! `portcullis check`: validates a site config and prints the policy it compiles to.
+//! On any error it names the file and line and exits with code 3.
 
-use std::process::ExitCode;
+use std::{io::Write as _, path::PathBuf, process::ExitCode};
+
+use serde::Serialize;
+
+use super::profile::{EntryView, entry_views, print_entries, print_json};
+use crate::{
+    compiler::{self, PolicyError},
+    policy::{LoopbackMode, Mode, PeerSet, Policy, Rule},
+    site::{Metrics, ScopeTarget, Site},
+};
+
+const EXAMPLES: &str = "\
+Prints the settings and one line per rule, protocol and port range. With --json, prints
+an object: {ok, product, mode, loopback, icmp_echo, failsafe, features, scope, xdp,
+events_per_sec, pin_dir, metrics, peer_sets, rules, entries}, where entries are the
+same objects `portcullis profile show --json` prints. On error with --json, prints
+{ok: false, error: {file, line, column, message, hint}}.
+
+Exit codes: 0 valid, 3 invalid config or profile, 1 other failure.
+
+Examples:
+  portcullis check --config /etc/portcullis/portcullis.toml
+  portcullis check --config site.toml --json | jq '.entries[] | select(.direction == \"in\")'";
 
 /// Arguments of `portcullis check`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+#[command(after_help = EXAMPLES)]
+pub struct Args {
+    /// The site config to validate (TOML; schema in profiles/README.md).
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What `check --json` prints for a valid config.
+#[derive(Serialize)]
+struct Report<'a> {
+    ok: bool,
+    product: &'a str,
+    mode: Mode,
+    loopback: LoopbackMode,
+    icmp_echo: bool,
+    failsafe: bool,
+    features: Vec<&'a str>,
+    scope: &'a [ScopeTarget],
+    xdp: &'a [String],
+    events_per_sec: u32,
+    pin_dir: &'a std::path::Path,
+    metrics: &'a Metrics,
+    peer_sets: &'a [PeerSet],
+    rules: &'a [Rule],
+    entries: Vec<EntryView<'a>>,
+}
+
+#[derive(Serialize)]
+struct Failure<'a> {
+    ok: bool,
+    error: &'a PolicyError,
+}
 
 /// Runs the subcommand.
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not implemented yet")
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let compiled = compiler::load_site(&args.config).and_then(|site| {
+        let policy = compiler::compile_site(&site, Some(&args.config))?;
+        Ok((site, policy))
+    });
+    let (site, policy) = match compiled {
+        Ok(v) => v,
+        Err(error) => {
+            if args.json {
+                print_json(&Failure {
+                    ok: false,
+                    error: &error,
+                })?;
+            }
+            return Err(error.into());
+        }
+    };
+    if args.json {
+        print_json(&Report {
+            ok: true,
+            product: &policy.product,
+            mode: policy.mode,
+            loopback: policy.loopback,
+            icmp_echo: policy.icmp_echo,
+            failsafe: site.failsafe,
+            features: site.features.iter().map(|f| f.get_ref().as_str()).collect(),
+            scope: &site.scope,
+            xdp: &site.xdp,
+            events_per_sec: site.events_per_sec,
+            pin_dir: &site.pin_dir,
+            metrics: &site.metrics,
+            peer_sets: &policy.peer_sets,
+            rules: &policy.rules,
+            entries: entry_views(&policy),
+        })?;
+    } else {
+        print_summary(&args, &site, &policy)?;
+        print_entries(&policy)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_summary(args: &Args, site: &Site, policy: &Policy) -> anyhow::Result<()> {
+    let on_off = |b: bool| if b { "on" } else { "off" };
+    let list = |items: Vec<String>| {
+        if items.is_empty() {
+            "none".to_string()
+        } else {
+            items.join(", ")
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "ok: {} compiles: product {}, {} rules, {} entries",
+        args.config.display(),
+        policy.product,
+        policy.rules.len(),
+        policy.entries.len()
+    )?;
+    writeln!(
+        out,
+        "mode: {}  loopback: {}  icmp_echo: {}  failsafe: {}",
+        policy.mode,
+        match policy.loopback {
+            LoopbackMode::Exempt => "exempt",
+            LoopbackMode::Enforce => "enforce",
+        },
+        on_off(policy.icmp_echo),
+        on_off(site.failsafe)
+    )?;
+    writeln!(
+        out,
+        "features: {}",
+        list(site.features.iter().map(|f| f.get_ref().clone()).collect())
+    )?;
+    writeln!(
+        out,
+        "scope: {}  xdp: {}  events_per_sec: {}  pin_dir: {}  metrics: {}",
+        list(site.scope.iter().map(ToString::to_string).collect()),
+        list(site.xdp.clone()),
+        site.events_per_sec,
+        site.pin_dir.display(),
+        site.metrics
+            .listen
+            .map_or("off".to_string(), |a| a.to_string())
+    )?;
+    for set in &policy.peer_sets {
+        writeln!(
+            out,
+            "peers {}: {}",
+            set.name,
+            list(set.networks.iter().map(ToString::to_string).collect())
+        )?;
+    }
+    writeln!(out)?;
+    Ok(())
 }

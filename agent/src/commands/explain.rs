@@ -1,12 +1,355 @@
-//! `portcullis explain` (placeholder until implemented).
+//! `portcullis explain`: the verdict the datapath gives a new flow, and the rule that
+//! decides it.
+//!
+//! The policy is compiled, turned into the map image the loader writes, and the flow is
+//! decided by `Image::decide`, which runs the eBPF programs' own `decide` function on
+//! those values. Only the loopback exemption is checked here first, in the same order
+//! as the datapath does it. A deny can come with a hint: the same lookup is run on the
+//! policy with every feature on, to name a feature that would open the port.
 
-use std::process::ExitCode;
+use std::{
+    io::Write as _,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use anyhow::Context as _;
+use portcullis_common::{
+    policy::{Decision, is_loopback},
+    stats::reason,
+};
+use serde::Serialize;
+use toml::Spanned;
+
+use super::profile::{FeatureArgs, print_json};
+use crate::{
+    compiler,
+    image::{Image, RuleIndex, addr16},
+    policy::{Direction, LoopbackMode, Mode, Policy, Protocol, Rule},
+    profile::{self, Profile},
+    site::Site,
+};
+
+/// The peer `explain` assumes without `--peer`: TEST-NET-1, a documentation address
+/// (RFC 5737) that no real peer group contains.
+pub const DEFAULT_PEER: &str = "192.0.2.1";
+
+const EXAMPLES: &str = "\
+The verdict is what the datapath decides for the first packet of a new flow. In audit
+mode a deny is counted as a would-deny and nothing is dropped. The command exits 0
+whatever the verdict.
+
+--json prints an object: {verdict: \"allow\"|\"deny\", rule: id|null, reason:
+\"no-rule\"|\"peer\"|\"loopback-exempt\"|null, why, source, note, feature, hint,
+direction, protocol, port, peer, product, mode}.
+
+Examples:
+  portcullis explain --product iredmail --direction in --protocol tcp --port 25
+  portcullis explain --product xeams --feature pop3 --direction in --protocol tcp --port 110
+  portcullis explain --config /etc/portcullis/portcullis.toml --direction out --protocol udp --port 53 --peer 192.0.2.53 --json
+  portcullis explain --profile ./my-product.toml --all-features --direction out --protocol tcp --port 443";
 
 /// Arguments of `portcullis explain`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+#[command(after_help = EXAMPLES)]
+#[command(group(clap::ArgGroup::new("policy").required(true).args(["config", "product", "profile"])))]
+pub struct Args {
+    /// Evaluate this site config (its product, features, peer groups and loopback setting).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["features", "all_features"])]
+    config: Option<PathBuf>,
+    /// Evaluate a built-in product with the default site settings (every peer group means any peer).
+    #[arg(long, value_name = "NAME")]
+    product: Option<String>,
+    /// Evaluate a profile file with the default site settings.
+    #[arg(long, value_name = "PATH")]
+    profile: Option<PathBuf>,
+    #[command(flatten)]
+    features: FeatureArgs,
+    /// in: a remote peer opens the flow to local PORT; out: this host opens it to remote PORT.
+    #[arg(long, value_parser = parse_direction)]
+    direction: Direction,
+    /// tcp | udp.
+    #[arg(long, value_parser = parse_protocol)]
+    protocol: Protocol,
+    /// The local port of an inbound flow, the remote port of an outbound one.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    port: u16,
+    /// The remote peer. Default: 192.0.2.1, a documentation address (RFC 5737) in no peer group.
+    #[arg(long, default_value = DEFAULT_PEER)]
+    peer: IpAddr,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_direction(s: &str) -> Result<Direction, String> {
+    match s {
+        "in" => Ok(Direction::In),
+        "out" => Ok(Direction::Out),
+        _ => Err(format!("direction \"{s}\" is not \"in\" or \"out\"")),
+    }
+}
+
+fn parse_protocol(s: &str) -> Result<Protocol, String> {
+    match s {
+        "tcp" => Ok(Protocol::Tcp),
+        "udp" => Ok(Protocol::Udp),
+        _ => Err(format!("protocol \"{s}\" is not \"tcp\" or \"udp\"")),
+    }
+}
+
+/// A flow to decide.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Flow {
+    /// in | out.
+    pub direction: Direction,
+    /// tcp | udp.
+    pub protocol: Protocol,
+    /// Local port (in) or remote port (out).
+    pub port: u16,
+    /// The remote end.
+    pub peer: IpAddr,
+}
+
+/// How the datapath treats a new flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Loopback traffic passes before the policy is consulted (`loopback = "exempt"`).
+    LoopbackExempt,
+    /// Allowed by the rule at this index of `Policy::rules`.
+    Allow(usize),
+    /// Denied, for this `portcullis_common::stats::reason`.
+    Deny(u32),
+}
+
+/// Decides `flow` under `policy`, through the map image and the datapath's `decide`.
+pub fn evaluate(policy: &Policy, flow: Flow) -> anyhow::Result<Verdict> {
+    Tables::build(policy)?.evaluate(policy, flow)
+}
+
+/// A policy's map image, built once to decide many flows (building is the costly part).
+pub struct Tables {
+    image: Image,
+}
+
+impl Tables {
+    /// The image the loader would write for `policy` (generation 0, fresh indices).
+    pub fn build(policy: &Policy) -> anyhow::Result<Self> {
+        let image = Image::build(policy, &RuleIndex::fresh(policy)?, 0)?;
+        Ok(Self { image })
+    }
+
+    /// Decides `flow` as the datapath does: the loopback exemption first, then
+    /// `decide` on the image. `policy` must be the one the tables were built from.
+    pub fn evaluate(&self, policy: &Policy, flow: Flow) -> anyhow::Result<Verdict> {
+        if policy.loopback == LoopbackMode::Exempt && is_loopback(&addr16(flow.peer)) {
+            return Ok(Verdict::LoopbackExempt);
+        }
+        let decision = self
+            .image
+            .decide(flow.direction, flow.protocol, flow.port, flow.peer);
+        Ok(match decision {
+            // `rule_index` holds the kernel index of each rule in policy order.
+            Decision::Allow(kernel_index) => {
+                let rule = self
+                    .image
+                    .rule_index
+                    .iter()
+                    .position(|&i| i == kernel_index);
+                Verdict::Allow(rule.ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "the datapath allowed by rule index {kernel_index}, which no rule has"
+                    )
+                })?)
+            }
+            Decision::Deny(why) => Verdict::Deny(why),
+        })
+    }
+}
+
+/// What `explain --json` prints.
+#[derive(Debug, Serialize)]
+struct Explanation<'a> {
+    verdict: &'static str,
+    rule: Option<&'a str>,
+    reason: Option<&'static str>,
+    why: Option<&'a str>,
+    source: Option<&'a str>,
+    note: Option<&'a str>,
+    feature: Option<&'a str>,
+    hint: Option<String>,
+    direction: Direction,
+    protocol: Protocol,
+    port: u16,
+    peer: IpAddr,
+    product: &'a str,
+    mode: Mode,
+}
 
 /// Runs the subcommand.
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not implemented yet")
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let (profile, site, site_path) = policy_inputs(&args)?;
+    let policy = compiler::compile(&profile, &site, site_path)?;
+    let flow = Flow {
+        direction: args.direction,
+        protocol: args.protocol,
+        port: args.port,
+        peer: args.peer,
+    };
+    let verdict = evaluate(&policy, flow)?;
+    let rule: Option<&Rule> = match verdict {
+        Verdict::Allow(i) => Some(&policy.rules[i]),
+        _ => None,
+    };
+    let hint = match verdict {
+        Verdict::Deny(reason::NO_RULE) => feature_hint(&profile, &site, flow),
+        Verdict::Deny(reason::PEER) => Some(peer_hint(&policy, flow)),
+        _ => None,
+    };
+    let explanation = Explanation {
+        verdict: if matches!(verdict, Verdict::Deny(_)) {
+            "deny"
+        } else {
+            "allow"
+        },
+        rule: rule.map(|r| r.id.as_str()),
+        reason: match verdict {
+            Verdict::LoopbackExempt => Some("loopback-exempt"),
+            Verdict::Allow(_) => None,
+            Verdict::Deny(r) => Some(reason::NAMES.get(r as usize).copied().unwrap_or("unknown")),
+        },
+        why: rule.map(|r| r.why.as_str()),
+        source: rule.map(|r| r.source.as_str()),
+        note: rule.and_then(|r| r.note.as_deref()),
+        feature: rule.and_then(|r| r.feature.as_deref()),
+        hint,
+        direction: flow.direction,
+        protocol: flow.protocol,
+        port: flow.port,
+        peer: flow.peer,
+        product: &policy.product,
+        mode: policy.mode,
+    };
+    if args.json {
+        print_json(&explanation)?;
+    } else {
+        print_text(&explanation)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The profile, the site settings and the site file the arguments name.
+fn policy_inputs(args: &Args) -> anyhow::Result<(Profile, Site, Option<&Path>)> {
+    if let Some(path) = &args.config {
+        let site = compiler::load_site(path)?;
+        let profile = compiler::site_profile(&site, Some(path))?;
+        return Ok((profile, site, Some(path.as_path())));
+    }
+    let (profile, mut site) = match (&args.product, &args.profile) {
+        (Some(name), _) if !profile::is_path(name) => {
+            (profile::find(name)?, Site::default_for(name))
+        }
+        (product, path) => {
+            let path = product.as_deref().map(Path::new).or(path.as_deref());
+            let profile = Profile::load(path.context("give --config, --product or --profile")?)?;
+            let site = Site::for_profile(&profile);
+            (profile, site)
+        }
+    };
+    site.set_features(if args.features.all_features {
+        profile.feature_names()
+    } else {
+        args.features.features.clone()
+    });
+    Ok((profile, site, None))
+}
+
+/// For a port no rule opens: a feature of the profile whose rule would open it. Runs the
+/// same lookup on the policy compiled with every feature on (and the peer groups those
+/// features need standing for any peer).
+fn feature_hint(profile: &Profile, site: &Site, flow: Flow) -> Option<String> {
+    let mut all = site.clone();
+    all.set_features(profile.feature_names());
+    for group in profile.peer_groups() {
+        let empty = all.peers.get(&group).is_none_or(|n| n.get_ref().is_empty());
+        if empty && !all.any_peer_groups.iter().any(|g| g.get_ref() == &group) {
+            all.any_peer_groups.push(Spanned::new(0..0, group));
+        }
+    }
+    let policy = compiler::compile(profile, &all, None).ok()?;
+    let Ok(Verdict::Allow(i)) = evaluate(&policy, flow) else {
+        return None;
+    };
+    let rule = &policy.rules[i];
+    let feature = rule.feature.as_deref()?;
+    Some(format!(
+        "rule \"{}\" opens it when feature \"{feature}\" is on",
+        rule.id
+    ))
+}
+
+/// For a peer outside the groups a port is open to: which groups those are.
+fn peer_hint(policy: &Policy, flow: Flow) -> String {
+    let mut groups: Vec<&str> = policy
+        .entries
+        .iter()
+        .filter(|e| {
+            e.direction == flow.direction
+                && e.protocol == flow.protocol
+                && (e.from..=e.to).contains(&flow.port)
+        })
+        .filter_map(|e| e.peer_set.map(|s| policy.peer_sets[s].name.as_str()))
+        .collect();
+    groups.dedup();
+    format!(
+        "the port is open only to peer group(s) {}; pass a peer from one of them with --peer",
+        groups.join(", ")
+    )
+}
+
+fn print_text(e: &Explanation<'_>) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    let audit = if e.verdict == "deny" && e.mode == Mode::Audit {
+        " (audit mode: counted as a would-deny, not dropped)"
+    } else {
+        ""
+    };
+    let preposition = if e.direction == Direction::In {
+        "from"
+    } else {
+        "to"
+    };
+    writeln!(
+        out,
+        "{}: {} {}/{} {preposition} {}{audit}",
+        e.verdict, e.direction, e.protocol, e.port, e.peer
+    )?;
+    let line = |out: &mut std::io::StdoutLock<'_>, key: &str, value: Option<&str>| match value {
+        Some(v) => writeln!(out, "{key:<9}{v}"),
+        None => Ok(()),
+    };
+    let reason = e.reason.map(|r| match r {
+        "loopback-exempt" => {
+            "loopback-exempt: loopback traffic passes before the policy (loopback = \"exempt\")"
+                .to_string()
+        }
+        "no-rule" => format!(
+            "no-rule: no rule of {} opens {} {}/{}",
+            e.product, e.direction, e.protocol, e.port
+        ),
+        "peer" => format!(
+            "peer: a rule opens {} {}/{}, but not for {}",
+            e.direction, e.protocol, e.port, e.peer
+        ),
+        other => other.to_string(),
+    });
+    line(&mut out, "rule:", e.rule)?;
+    line(&mut out, "reason:", reason.as_deref())?;
+    line(&mut out, "why:", e.why)?;
+    line(&mut out, "source:", e.source)?;
+    line(&mut out, "feature:", e.feature)?;
+    line(&mut out, "note:", e.note)?;
+    line(&mut out, "hint:", e.hint.as_deref())?;
+    Ok(())
 }
