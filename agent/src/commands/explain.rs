@@ -47,8 +47,10 @@ direction, protocol, port, peer, product, mode}.
 Examples:
   portcullis explain --product iredmail --direction in --protocol tcp --port 25
   portcullis explain --product xeams --feature pop3 --direction in --protocol tcp --port 110
-  portcullis explain --config /etc/portcullis/portcullis.toml --direction out --protocol udp --port 53 --peer 192.0.2.53 --json
-  portcullis explain --profile ./my-product.toml --all-features --direction out --protocol tcp --port 443";
+  portcullis explain --config site.toml --direction out --protocol udp --port 53 \\
+      --peer 192.0.2.53 --json
+  portcullis explain --profile ./my-product.toml --all-features \\
+      --direction out --protocol tcp --port 443";
 
 /// Arguments of `portcullis explain`.
 #[derive(Debug, clap::Args)]
@@ -75,7 +77,8 @@ pub struct Args {
     /// The local port of an inbound flow, the remote port of an outbound one.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     port: u16,
-    /// The remote peer. Default: 192.0.2.1, a documentation address (RFC 5737) in no peer group.
+    /// The remote peer. The default is a documentation address (RFC 5737) that is in no
+    /// peer group.
     #[arg(long, default_value = DEFAULT_PEER)]
     peer: IpAddr,
     /// Print JSON.
