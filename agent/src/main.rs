@@ -17,6 +17,7 @@ mod policy;
 mod profile;
 mod site;
 mod state;
+mod xdp;
 
 use std::process::ExitCode;
 

@@ -18,6 +18,8 @@ mod connect;
 mod maps;
 mod packet;
 mod skb;
+mod xdp;
+mod xdp_parse;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -147,8 +147,10 @@ fn judge(ctx: &SkBuffContext, egress: bool) -> i32 {
 
     if let Some(record) = socket_record(ctx) {
         // The XDP program sees replies before any socket does; it finds the flows this
-        // host opened in PC_FLOWS_OUT. Written once per TCP connection, on its SYN.
-        if f.egress && record.verdict == VERDICT_ALLOW && f.protocol == IPPROTO_TCP && f.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+        // host opened in PC_FLOWS_OUT. TCP and connected UDP alike: inserted when absent
+        // (the SYN, a connected socket's first datagram), so a flow the LRU evicted comes
+        // back with its next outbound packet; the lookup also refreshes the entry.
+        if f.egress && record.verdict == VERDICT_ALLOW && PC_FLOWS_OUT.get_ptr(f.key()).is_none() {
             remember(&PC_FLOWS_OUT, &f.key(), record.rule);
         }
         return by_record(&cfg, &f, record);

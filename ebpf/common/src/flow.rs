@@ -62,3 +62,23 @@ pub struct FlowValue {
     /// Padding, zero.
     pub _pad: [u8; 5],
 }
+
+/// An IP datagram being fragmented, as the XDP program tracks it: its first fragment
+/// carries the ports and is judged; the later ones are let through only when the first
+/// one was allowed (`maps::FRAGS`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    /// Source address (IPv6 or IPv4-mapped).
+    pub src: [u8; 16],
+    /// Destination address (IPv6 or IPv4-mapped).
+    pub dst: [u8; 16],
+    /// Identification: the IPv4 header's 16 bits or the IPv6 fragment header's 32,
+    /// host order.
+    pub id: u32,
+    /// IPv4: the protocol field. IPv6: the fragment header's next header (the same in
+    /// every fragment of a datagram).
+    pub protocol: u8,
+    /// Padding, zero.
+    pub _pad: [u8; 3],
+}

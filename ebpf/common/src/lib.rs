@@ -37,6 +37,7 @@ pod!(
     config::Config,
     event::DenyEvent,
     flow::FlowKey,
+    flow::FragKey,
     flow::FlowValue,
     flow::SockState,
     policy::PeerAddr,

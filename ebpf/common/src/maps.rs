@@ -26,6 +26,11 @@ pub const FLOWS_OUT: &str = "PC_FLOWS_OUT";
 pub const FLOWS_IN: &str = "PC_FLOWS_IN";
 /// Capacity of each flow map.
 pub const FLOWS_MAX: u32 = 64 * 1024;
+/// First fragments the XDP program allowed, so the later fragments of the same datagram
+/// (which carry no ports) pass too. `LruHashMap<FragKey, FlowValue>`.
+pub const FRAGS: &str = "PC_FRAGS";
+/// Capacity of [`FRAGS`] (fragmented datagrams in flight).
+pub const FRAGS_MAX: u32 = 8 * 1024;
 /// Verdict recorded on each socket that called connect(). `SkStorage<SockState>`.
 pub const SOCKETS: &str = "PC_SOCKETS";
 /// The single runtime configuration entry. `Array<Config>` of length 1.
@@ -39,7 +44,7 @@ pub const EVENTS_BYTES: u32 = 256 * 1024;
 pub const EVENT_RATE: &str = "PC_RATE";
 
 /// Every map the object defines, for pinning and for the adoption check.
-pub const ALL: [&str; 11] = [
+pub const ALL: [&str; 12] = [
     PORTS,
     PEERS,
     RULE_COUNTERS,
@@ -47,6 +52,7 @@ pub const ALL: [&str; 11] = [
     DENIED,
     FLOWS_OUT,
     FLOWS_IN,
+    FRAGS,
     SOCKETS,
     CONFIG,
     EVENTS,
@@ -63,4 +69,6 @@ pub mod programs {
     pub const CONNECT4: &str = "pc_connect4";
     /// cgroup_sock_addr connect6.
     pub const CONNECT6: &str = "pc_connect6";
+    /// XDP, inbound on the interfaces named in the configuration.
+    pub const XDP: &str = "pc_xdp";
 }

@@ -25,6 +25,9 @@ pub const EVENTS_RING_FULL: u32 = 4;
 pub const SOCKET_STORAGE_FULL: u32 = 5;
 /// Packets that could not be parsed (truncated headers); dropped in enforce mode.
 pub const MALFORMED: u32 = 6;
+/// Non-IP frames the XDP program lets through (ARP and every EtherType other than IPv4
+/// and IPv6, e.g. LLDP): the policy is about IP flows. Bytes are whole frames.
+pub const PASS_NON_IP: u32 = 7;
 
 /// Why a flow was denied.
 pub mod reason {
@@ -57,7 +60,9 @@ pub const STATS_LEN: u32 = DENY_BASE + 2 * 2 * reason::COUNT;
 /// for a direction (`policy::DIR_*`) and a reason (`reason::*`).
 #[inline(always)]
 pub const fn deny_index(audit: bool, direction: u8, reason: u32) -> u32 {
-    DENY_BASE + (audit as u32) * 2 * reason::COUNT + (direction as u32 & 1) * reason::COUNT
+    DENY_BASE
+        + (audit as u32) * 2 * reason::COUNT
+        + (direction as u32 & 1) * reason::COUNT
         + (reason & (reason::COUNT - 1))
 }
 
