@@ -44,8 +44,15 @@ enum Command {
     Run(commands::run::Args),
     /// Show mode, scope, per-rule counters and denies of the running policy.
     Status(commands::status::Args),
+    /// Ask the running agent to reload its config (validated first; a bad one is rejected).
+    Reload(commands::reload::Args),
+    /// Switch the running policy between audit and enforce (one map write).
+    Mode(commands::mode::Args),
     /// Remove every program, link and pinned map portcullis attached.
     Detach(commands::detach::Args),
+    /// Write man pages or shell completions (used by `cargo xtask install`).
+    #[command(hide = true)]
+    Generate(commands::generate::Args),
 }
 
 /// Parses the command line, runs the subcommand and turns its result into an exit code.
@@ -60,7 +67,10 @@ pub fn main() -> ExitCode {
         Command::Explain(a) => commands::explain::run(a),
         Command::Run(a) => commands::run::run(a),
         Command::Status(a) => commands::status::run(a),
+        Command::Reload(a) => commands::reload::run(a),
+        Command::Mode(a) => commands::mode::run(a),
         Command::Detach(a) => commands::detach::run(a),
+        Command::Generate(a) => commands::generate::run(a),
     };
     match result {
         Ok(code) => code,

@@ -67,11 +67,6 @@ impl RuleIndex {
         self.by_id.get(id).copied()
     }
 
-    /// The id at an index.
-    pub fn id_of(&self, index: u16) -> Option<&str> {
-        self.by_id.iter().find(|(_, i)| **i == index).map(|(id, _)| id.as_str())
-    }
-
     /// (id, index) pairs, by id.
     pub fn iter(&self) -> impl Iterator<Item = (&str, u16)> {
         self.by_id.iter().map(|(id, i)| (id.as_str(), *i))

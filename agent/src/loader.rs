@@ -182,6 +182,10 @@ pub struct Datapath {
     /// The object (programs loaded, maps pinned).
     pub ebpf: Ebpf,
     paths: PathArgs,
+    /// What each generation of `PORTS` holds, where known: maps created by this process
+    /// start zeroed; adopted ones are unknown until written once. Lets a reload write
+    /// only the entries that change (a full generation is 262144 writes).
+    shadow: [Option<Vec<u32>>; 2],
 }
 
 impl Datapath {
@@ -194,6 +198,7 @@ impl Datapath {
             fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         let pins: Vec<(&str, PathBuf)> = names::ALL.iter().map(|n| (*n, paths.map(n))).collect();
+        let adopted = paths.map(names::PORTS).exists();
         let mut loader = EbpfLoader::new();
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
@@ -217,7 +222,8 @@ impl Datapath {
             let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?.try_into()?;
             prog.load().with_context(|| format!("loading program {name} (verifier)"))?;
         }
-        Ok(Self { ebpf, paths: paths.clone() })
+        let zero = || (!adopted).then(|| vec![0u32; 4 * 65536]);
+        Ok(Self { ebpf, paths: paths.clone(), shadow: [zero(), zero()] })
     }
 
     /// Where this datapath pins its maps and links (the XDP attach pins there too).
@@ -240,9 +246,14 @@ impl Datapath {
         {
             let mut ports = Array::<_, u32>::try_from(self.ebpf.map_mut(names::PORTS).context("ports map")?)?;
             let base = image.ports_base();
+            let known = self.shadow[image.generation as usize & 1].take();
             for (i, v) in image.ports.iter().enumerate() {
+                if known.as_ref().is_some_and(|k| k[i] == *v) {
+                    continue;
+                }
                 ports.set(base + i as u32, *v, 0).context("writing the port table")?;
             }
+            self.shadow[image.generation as usize & 1] = Some(image.ports.clone());
         }
         {
             let mut peers = LpmTrie::<_, PeerAddr, u32>::try_from(self.ebpf.map_mut(names::PEERS).context("peers map")?)?;
@@ -264,13 +275,6 @@ impl Datapath {
         for k in stale {
             peers.remove(&k).context("clearing the idle peer table")?;
         }
-        Ok(())
-    }
-
-    /// Writes only the configuration (mode switch: one map write, no reload).
-    pub fn set_config(&mut self, config: Config) -> anyhow::Result<()> {
-        let mut cfg = Array::<_, Config>::try_from(self.ebpf.map_mut(names::CONFIG).context("config map")?)?;
-        cfg.set(0, config, 0).context("writing the configuration")?;
         Ok(())
     }
 

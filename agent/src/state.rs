@@ -55,6 +55,25 @@ pub struct State {
     pub pid: u32,
     /// Rules of the live policy.
     pub rules: Vec<RuleState>,
+    /// The site config the policy came from (None for `--product`): what a reload reads.
+    #[serde(default)]
+    pub config: Option<std::path::PathBuf>,
+    /// Outcome of the last reload, if there was one.
+    #[serde(default)]
+    pub last_reload: Option<ReloadOutcome>,
+}
+
+/// What became of a reload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadOutcome {
+    /// Monotonic count of reload attempts by this agent.
+    pub attempt: u64,
+    /// Whether the new policy is live.
+    pub ok: bool,
+    /// Why it was rejected (the running policy stayed), when it was.
+    pub error: Option<String>,
+    /// Unix time of the attempt.
+    pub at: u64,
 }
 
 impl State {
@@ -77,9 +96,7 @@ impl State {
                 why: r.why.clone(),
             })
             .collect();
-        let loaded_at = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let loaded_at = unix_now();
         Self {
             format: FORMAT,
             product: policy.product.clone(),
@@ -91,6 +108,8 @@ impl State {
             loaded_at,
             pid: std::process::id(),
             rules,
+            config: None,
+            last_reload: None,
         }
     }
 
@@ -117,4 +136,9 @@ impl State {
         fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
         Ok(())
     }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }

@@ -232,7 +232,12 @@ impl Lab {
 
     /// Starts the agent on a config from [`Lab::config`] and waits until it is ready.
     pub fn agent(&self, config: &Path, extra: &[&str]) -> Agent {
-        Agent::start(self, config, extra)
+        Agent::start(self, config, extra, &[])
+    }
+
+    /// Like [`Lab::agent`], with extra environment variables.
+    pub fn agent_env(&self, config: &Path, extra: &[&str], env: &[(&str, &str)]) -> Agent {
+        Agent::start(self, config, extra, env)
     }
 
     /// Waits until a TCP port accepts connections on `ns` at `addr` (from that namespace).
@@ -284,11 +289,13 @@ pub struct Agent {
     pub env: Vec<(String, String)>,
     /// stdout lines so far (ready line, deny events, final counters).
     pub lines: Arc<Mutex<Vec<String>>>,
-    pin_dir: PathBuf,
+    /// The agent's pin directory.
+    pub pin_dir: PathBuf,
+    detach_on_drop: bool,
 }
 
 impl Agent {
-    fn start(lab: &Lab, config: &Path, extra: &[&str]) -> Agent {
+    fn start(lab: &Lab, config: &Path, extra: &[&str], extra_env: &[(&str, &str)]) -> Agent {
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/portcullis-{}", lab.tag));
         let state_dir = lab.dir.join("state");
         let env = vec![
@@ -301,6 +308,7 @@ impl Agent {
             .arg(config)
             .args(extra)
             .envs(env.iter().map(|(k, v)| (k, v)))
+            .envs(extra_env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -322,7 +330,7 @@ impl Agent {
                 }
             });
         }
-        let mut agent = Agent { child: Some(child), env, lines, pin_dir };
+        let mut agent = Agent { child: Some(child), env, lines, pin_dir, detach_on_drop: true };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if rx.recv_timeout(Duration::from_millis(100)).is_ok() {
@@ -357,6 +365,20 @@ impl Agent {
         serde_json::from_slice(&out.stdout).expect("status --json is JSON")
     }
 
+    /// The agent's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// kill -9: the agent gets no chance to clean up; its pinned programs stay.
+    pub fn kill9(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.detach_on_drop = false;
+    }
+
     /// Sends SIGTERM and waits; returns the agent's whole output.
     pub fn stop(mut self) -> String {
         self.terminate();
@@ -386,7 +408,7 @@ impl Drop for Agent {
     fn drop(&mut self) {
         self.terminate();
         // Whatever the agent left (it was killed, or a test failed midway).
-        if self.pin_dir.exists() {
+        if self.detach_on_drop && self.pin_dir.exists() {
             let _ = self.cli(&["detach"]);
         }
     }

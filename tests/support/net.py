@@ -6,6 +6,9 @@ connect HOST PORT [--bind PORT] [--mapped] [--udp]
 listen PORT [--udp] [--host ADDR] [--log FILE]
     dual-stack listener: TCP accepts and closes connections forever; UDP appends each
     datagram to FILE
+load HOST ALLOWED DENIED INTERVAL_MS STOPFILE OUTFILE
+    until STOPFILE exists: every INTERVAL_MS, connect() to the allowed port (must work)
+    and to the denied port (must fail); writes counts as JSON to OUTFILE
 udp-send HOST PORT COUNT SIZE
     sends COUNT datagrams of SIZE payload bytes from one unconnected socket;
     prints "sent=N eperm=M"
@@ -78,5 +81,39 @@ def listen(args):
         c.close()
 
 
+def load(args):
+    import json, os, time
+    host, allowed, denied, interval = args[0], int(args[1]), int(args[2]), int(args[3]) / 1000
+    stopfile, outfile = args[4], args[5]
+    counts = {"allowed_ok": 0, "allowed_failed": 0, "denied_blocked": 0, "denied_ok": 0, "errors": []}
+
+    def attempt(port):
+        s = socket.socket(family(host), socket.SOCK_STREAM)
+        s.settimeout(2)
+        try:
+            s.connect((host, port))
+            return None
+        except OSError as e:
+            return errno.errorcode.get(e.errno, str(e)) if e.errno else "timeout"
+        finally:
+            s.close()
+
+    while not os.path.exists(stopfile):
+        err = attempt(allowed)
+        if err is None:
+            counts["allowed_ok"] += 1
+        else:
+            counts["allowed_failed"] += 1
+            counts["errors"].append(f"allowed: {err} at {time.time():.3f}")
+        if attempt(denied) is None:
+            counts["denied_ok"] += 1
+            counts["errors"].append(f"denied connected at {time.time():.3f}")
+        else:
+            counts["denied_blocked"] += 1
+        time.sleep(interval)
+    with open(outfile, "w") as f:
+        json.dump(counts, f)
+
+
 if __name__ == "__main__":
-    {"connect": connect, "udp-send": udp_send, "listen": listen}[sys.argv[1]](sys.argv[2:])
+    {"connect": connect, "udp-send": udp_send, "listen": listen, "load": load}[sys.argv[1]](sys.argv[2:])

@@ -8,7 +8,10 @@
 //! - `test`: fmt, clippy (the eBPF crate on its own), unit tests, then the root
 //!   integration tests in `tests/` (real programs, cgroups, namespaces and clients).
 //! - `run`: the agent in audit mode on its built-in default policy.
+//! - `install`, `dist`: install the binary, unit, config, docs, man pages and
+//!   completions; or package the same as a .deb.
 
+mod install;
 mod setup;
 
 use std::{
@@ -39,6 +42,18 @@ enum Task {
         /// Only run tests whose name contains this.
         filter: Option<String>,
     },
+    /// Build, then install the binary, systemd unit, default config, docs, man pages and
+    /// shell completions.
+    Install {
+        /// Installation prefix.
+        #[arg(long, default_value = "/usr")]
+        prefix: PathBuf,
+        /// Staging directory prepended to every path (packaging).
+        #[arg(long, default_value = "/")]
+        destdir: PathBuf,
+    },
+    /// Build, then package everything `install` installs as a .deb in target/dist.
+    Dist,
     /// Build, then run the agent in audit mode on its built-in default policy.
     Run {
         /// Extra arguments for `portcullis run`.
@@ -70,6 +85,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             setup::all()?;
             build(&root)?;
             test(&root, filter.as_deref())
+        }
+        Task::Install { prefix, destdir } => {
+            setup::all()?;
+            build(&root)?;
+            install::install(&root, &install::Layout { destdir, prefix })
+        }
+        Task::Dist => {
+            setup::all()?;
+            build(&root)?;
+            let deb = install::dist(&root)?;
+            println!("{}", deb.display());
+            Ok(())
         }
         Task::Run { args } => {
             setup::all()?;

@@ -21,6 +21,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("nmap", "tests: port scans"),
     ("dnsmasq-base", "tests: a real DNS server (binary only, no service)"),
     ("python3", "tests: small servers"),
+    ("bpftool", "tests: what is attached to a cgroup"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

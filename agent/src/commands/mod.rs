@@ -3,6 +3,9 @@
 pub mod check;
 pub mod detach;
 pub mod explain;
+pub mod generate;
+pub mod mode;
 pub mod profile;
+pub mod reload;
 pub mod run;
 pub mod status;

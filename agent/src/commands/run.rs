@@ -6,9 +6,9 @@
 //! made live before any program is attached; new links are attached before the links of
 //! an earlier run are removed. At no instant is a scope unprotected or half-configured.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{fs, os::fd::AsRawFd as _, path::PathBuf, process::ExitCode, time::Duration};
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use aya::maps::RingBuf;
 use portcullis_common::{
     config::{Config, LOOPBACK_ENFORCE, LOOPBACK_EXEMPT, MODE_AUDIT, MODE_ENFORCE},
@@ -22,9 +22,10 @@ use crate::{
     commands::status,
     compiler,
     image::{Image, RuleIndex},
-    loader::{self, Datapath, PathArgs},
+    loader::{self, Datapath, PathArgs, Scope},
+    notify::Notifier,
     policy::{Direction, LoopbackMode, Mode, Policy},
-    state::State,
+    state::{ReloadOutcome, State, unix_now},
 };
 
 /// Arguments of `portcullis run`.
@@ -59,6 +60,10 @@ pub struct Args {
     /// Deny events per second per CPU (0: none). Overrides the config.
     #[arg(long)]
     pub events_per_sec: Option<u32>,
+    /// What to do with the programs on SIGINT/SIGTERM: detach them, or keep them
+    /// enforcing the last policy (what the systemd unit does).
+    #[arg(long, value_enum, default_value = "detach")]
+    pub on_exit: OnExit,
     #[command(flatten)]
     pub paths: PathArgs,
 }
@@ -86,16 +91,16 @@ pub struct Settings {
 }
 
 /// Compiles the policy and settles the settings, before anything touches the kernel.
-fn resolve(args: &mut Args) -> anyhow::Result<(Policy, Settings)> {
+fn resolve(args: &mut Args) -> anyhow::Result<(Policy, Settings, Option<PathBuf>)> {
     let default_config = PathBuf::from(DEFAULT_CONFIG);
     let config = match (&args.config, &args.product) {
         (Some(c), _) => Some(c.clone()),
         (None, None) if default_config.is_file() => Some(default_config),
         _ => None,
     };
-    let (mut policy, mut settings) = if let Some(path) = config {
-        let site = compiler::load_site(&path)?;
-        let policy = compiler::compile_site(&site, Some(&path))?;
+    let (mut policy, mut settings) = if let Some(path) = &config {
+        let site = compiler::load_site(path)?;
+        let policy = compiler::compile_site(&site, Some(path))?;
         if args.paths.pin_dir.is_none() {
             args.paths.pin_dir = Some(site.pin_dir.clone());
         }
@@ -121,7 +126,7 @@ fn resolve(args: &mut Args) -> anyhow::Result<(Policy, Settings)> {
     if let Some(e) = args.events_per_sec {
         settings.events_per_sec = e;
     }
-    Ok((policy, settings))
+    Ok((policy, settings, config))
 }
 
 /// The runtime configuration for a policy.
@@ -137,70 +142,214 @@ pub fn config_for(policy: &Policy, generation: u32, events_per_sec: u32) -> Conf
 }
 
 /// Installs `policy` in the idle generation and makes it live. Returns the new state.
-pub fn install(dp: &mut Datapath, paths: &PathArgs, policy: &Policy, settings: &Settings, previous: Option<&State>) -> anyhow::Result<State> {
+pub fn install(dp: &mut Datapath, policy: &Policy, settings: &Settings, previous: Option<&State>) -> anyhow::Result<State> {
     let prev_index = previous.map(State::rule_index).unwrap_or_default();
     let index = RuleIndex::carry_over(&prev_index, policy)?;
     let fresh: Vec<u16> = index.iter().filter(|(id, _)| prev_index.get(id).is_none()).map(|(_, i)| i).collect();
-    dp.reset_rule_counters(&fresh)?;
+    // Build first: a policy that does not fit is rejected before any map is touched.
     let generation = 1 - (dp.config()?.generation & 1);
     let image = Image::build(policy, &index, generation)?;
+    dp.reset_rule_counters(&fresh)?;
     dp.install(&image, config_for(policy, generation, settings.events_per_sec))?;
     let version = previous.map_or(1, |s| s.policy_version + 1);
-    let state = State::new(policy, &index, &settings.scopes, generation, version);
-    state.write(&paths.state_file())?;
-    Ok(state)
+    Ok(State::new(policy, &index, &settings.scopes, generation, version))
+}
+
+/// What `run` does with the programs when it stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnExit {
+    /// Detach everything: enforcement ends with the agent (interactive use).
+    Detach,
+    /// Leave the pinned programs enforcing the last policy (the systemd unit): a
+    /// restart or upgrade takes over without a gap; `portcullis detach` removes them.
+    Keep,
+}
+
+/// The running agent.
+struct Daemon {
+    args: Args,
+    paths: PathArgs,
+    dp: Datapath,
+    state: State,
+    /// Attached scopes and the link pins that attach them.
+    attached: Vec<(Scope, Vec<PathBuf>)>,
+    notify: Notifier,
+    reloads: u64,
+    _lock: fs::File,
+}
+
+/// Takes the single-instance lock of a state directory (released by the kernel when the
+/// process dies, even by kill -9).
+fn lock(paths: &PathArgs) -> anyhow::Result<fs::File> {
+    fs::create_dir_all(&paths.state_dir).with_context(|| format!("creating {}", paths.state_dir.display()))?;
+    let path = paths.state_dir.join("lock");
+    let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock on a file descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        bail!("another portcullis agent is running with state directory {} (see `portcullis status`)", paths.state_dir.display());
+    }
+    Ok(file)
+}
+
+impl Daemon {
+    /// Compiles, loads, installs and attaches; on success the scopes are enforced.
+    fn start(mut args: Args) -> anyhow::Result<Self> {
+        let (policy, settings, config) = resolve(&mut args)?;
+        let scopes = settings.scopes.iter().map(|s| loader::resolve_scope(s)).collect::<anyhow::Result<Vec<_>>>()?;
+        let paths = args.paths.clone();
+        let lock = lock(&paths)?;
+        let old_links = loader::pinned_links(&paths);
+        let previous = if old_links.is_empty() { None } else { State::read(&paths.state_file()).ok() };
+        let result = Self::attach_all(&paths, &policy, &settings, previous.as_ref(), &scopes, &old_links);
+        let (dp, mut state, attached) = match result {
+            Ok(v) => v,
+            Err(e) => {
+                // Nothing of an earlier run was enforcing: leave nothing half-made behind.
+                if old_links.is_empty() {
+                    let _ = loader::detach_all(&paths);
+                }
+                return Err(e);
+            }
+        };
+        state.config = config;
+        state.write(&paths.state_file())?;
+        Ok(Self { args, paths, dp, state, attached, notify: Notifier::from_env(), reloads: 0, _lock: lock })
+    }
+
+    #[expect(clippy::type_complexity, reason = "a private constructor step")]
+    fn attach_all(
+        paths: &PathArgs,
+        policy: &Policy,
+        settings: &Settings,
+        previous: Option<&State>,
+        scopes: &[Scope],
+        old_links: &[PathBuf],
+    ) -> anyhow::Result<(Datapath, State, Vec<(Scope, Vec<PathBuf>)>)> {
+        let mut dp = Datapath::load(paths)?;
+        let state = install(&mut dp, policy, settings, previous)?;
+        let mut attached = Vec::new();
+        for scope in scopes {
+            let pins = dp.attach(scope, &format!("v{}", state.policy_version))?;
+            log::info!("attached to {} ({})", scope.label, scope.path.display());
+            attached.push((scope.clone(), pins));
+        }
+        // Only now that the new links enforce may those of an earlier run go.
+        let ours: Vec<&PathBuf> = attached.iter().flat_map(|(_, p)| p).collect();
+        let stale: Vec<PathBuf> = old_links.iter().filter(|p| !ours.contains(p)).cloned().collect();
+        if !stale.is_empty() {
+            log::info!("took over from an earlier agent: removing its {} links", stale.len());
+        }
+        loader::remove_links(&stale)?;
+        Ok((dp, state, attached))
+    }
+
+    fn status_line(&self) -> String {
+        format!(
+            "{} {} v{}: {} rules on {}",
+            if self.state.mode == Mode::Enforce { "enforcing" } else { "auditing" },
+            self.state.product,
+            self.state.policy_version,
+            self.state.rules.len(),
+            self.state.scopes.join(", ")
+        )
+    }
+
+    /// Reloads the configuration: compiled and validated in full first; a bad one is
+    /// rejected and the running policy stays untouched.
+    fn reload(&mut self) {
+        self.notify.reloading();
+        self.reloads += 1;
+        let outcome = match self.try_reload() {
+            Ok(()) => {
+                log::info!("reloaded: {}", self.status_line());
+                ReloadOutcome { attempt: self.reloads, ok: true, error: None, at: unix_now() }
+            }
+            Err(e) => {
+                log::error!("reload rejected, policy v{} stays: {e:#}", self.state.policy_version);
+                ReloadOutcome { attempt: self.reloads, ok: false, error: Some(format!("{e:#}")), at: unix_now() }
+            }
+        };
+        self.state.last_reload = Some(outcome);
+        if let Err(e) = self.state.write(&self.paths.state_file()) {
+            log::error!("writing the state file: {e:#}");
+        }
+        self.notify.send(&format!("READY=1\nSTATUS={}", self.status_line()));
+    }
+
+    fn try_reload(&mut self) -> anyhow::Result<()> {
+        let (policy, settings, config) = resolve(&mut self.args)?;
+        let scopes = settings.scopes.iter().map(|s| loader::resolve_scope(s)).collect::<anyhow::Result<Vec<_>>>()?;
+        let mut state = install(&mut self.dp, &policy, &settings, Some(&self.state))?;
+        state.config = config;
+        // Scopes: attach the new ones before detaching the ones that left.
+        let tag = format!("v{}", state.policy_version);
+        for scope in &scopes {
+            if !self.attached.iter().any(|(s, _)| s.path == scope.path) {
+                let pins = self.dp.attach(scope, &tag)?;
+                log::info!("attached to {} ({})", scope.label, scope.path.display());
+                self.attached.push((scope.clone(), pins));
+            }
+        }
+        let (keep, gone): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.attached).into_iter().partition(|(s, _)| scopes.iter().any(|n| n.path == s.path));
+        for (scope, pins) in gone {
+            loader::remove_links(&pins)?;
+            log::info!("detached from {}", scope.label);
+        }
+        self.attached = keep;
+        state.last_reload = self.state.last_reload.clone();
+        self.state = state;
+        Ok(())
+    }
 }
 
 /// Runs the subcommand.
-pub fn run(mut args: Args) -> anyhow::Result<ExitCode> {
-    let (policy, settings) = resolve(&mut args)?;
-    let scopes = settings.scopes.iter().map(|s| loader::resolve_scope(s)).collect::<anyhow::Result<Vec<_>>>()?;
-
-    let paths = args.paths.clone();
-    let mut dp = Datapath::load(&paths)?;
-    let previous = State::read(&paths.state_file()).ok();
-    let old_links = loader::pinned_links(&paths);
-    let state = install(&mut dp, &paths, &policy, &settings, previous.as_ref())?;
-    let mut ours = Vec::new();
-    for scope in &scopes {
-        ours.extend(dp.attach(scope, &format!("v{}", state.policy_version))?);
-        log::info!("attached to {} ({})", scope.label, scope.path.display());
-    }
-    // Only now that the new links enforce may those of an earlier run go.
-    let stale: Vec<_> = old_links.into_iter().filter(|p| !ours.contains(p)).collect();
-    loader::remove_links(&stale)?;
-    log::info!(
-        "{} {} with {} rules on {} (pins under {})",
-        if policy.mode == Mode::Enforce { "enforcing" } else { "auditing" },
-        policy.product,
-        policy.rules.len(),
-        settings.scopes.join(", "),
-        paths.pin_dir().display()
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let on_exit = args.on_exit;
+    let mut daemon = Daemon::start(args)?;
+    log::info!("{} (pins under {})", daemon.status_line(), daemon.paths.pin_dir().display());
+    println!(
+        "ready: mode={} product={} rules={} scope={}",
+        daemon.state.mode,
+        daemon.state.product,
+        daemon.state.rules.len(),
+        daemon.state.scopes.join(",")
     );
-    println!("ready: mode={} product={} rules={} scope={}", policy.mode, policy.product, policy.rules.len(), settings.scopes.join(","));
+    daemon.notify.send(&format!("READY=1\nSTATUS={}", daemon.status_line()));
 
-    let ring = RingBuf::try_from(dp.ebpf.take_map(names::EVENTS).context("events map")?)?;
+    let ring = RingBuf::try_from(daemon.dp.ebpf.take_map(names::EVENTS).context("events map")?)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(serve(ring))?;
+    runtime.block_on(serve(&mut daemon, ring))?;
 
-    drop(dp);
+    daemon.notify.send("STOPPING=1");
+    let paths = daemon.paths.clone();
+    drop(daemon);
     match status::collect(&paths) {
         Ok(s) => status::print_table(&s),
         Err(e) => log::warn!("reading final counters: {e:#}"),
     }
-    let done = loader::detach_all(&paths)?;
-    log::info!("stopped: detached {} links, removed {} maps", done.links, done.maps);
+    match on_exit {
+        OnExit::Detach => {
+            let done = loader::detach_all(&paths)?;
+            log::info!("stopped: detached {} links, removed {} maps", done.links, done.maps);
+        }
+        OnExit::Keep => log::info!("stopped: the last policy stays enforced (`portcullis detach` removes it)"),
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Prints deny events until SIGINT or SIGTERM.
-async fn serve(ring: RingBuf<aya::maps::MapData>) -> anyhow::Result<()> {
+/// Serves until SIGINT or SIGTERM: deny events, SIGHUP reloads, watchdog pings.
+async fn serve(daemon: &mut Daemon, ring: RingBuf<aya::maps::MapData>) -> anyhow::Result<()> {
     // SAFETY: the ring buffer owns its map fd, which stays open and unchanged for as
     // long as the `AsyncFd` owns the ring buffer.
     let mut events = unsafe { AsyncFd::register(ring) }
         .map_err(|e| anyhow::anyhow!("polling the event ring buffer: {e}"))?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    let mut watchdog = tokio::time::interval(daemon.notify.watchdog_interval().unwrap_or(Duration::from_secs(3600)));
+    let watchdog_on = daemon.notify.watchdog_interval().is_some();
     loop {
         tokio::select! {
             guard = events.readable_mut() => {
@@ -215,6 +364,8 @@ async fn serve(ring: RingBuf<aya::maps::MapData>) -> anyhow::Result<()> {
                 }
                 guard.clear_ready();
             }
+            _ = sighup.recv() => daemon.reload(),
+            _ = watchdog.tick(), if watchdog_on => daemon.notify.send("WATCHDOG=1"),
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
