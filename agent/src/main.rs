@@ -13,6 +13,7 @@ mod compiler;
 mod counters;
 mod image;
 mod loader;
+mod notify;
 mod policy;
 mod profile;
 mod site;
