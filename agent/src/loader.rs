@@ -336,6 +336,10 @@ pub fn pinned_links(paths: &PathArgs) -> Vec<PathBuf> {
 /// Detaches and unpins the given links.
 pub fn remove_links(links: &[PathBuf]) -> anyhow::Result<()> {
     for path in links {
+        // Already gone: replaced in place (XDP link update) or removed by a racing detach.
+        if !path.exists() {
+            continue;
+        }
         let link = PinnedLink::from_pin(path).with_context(|| format!("opening pinned link {}", path.display()))?;
         // Unpinning removes the file; dropping the last fd detaches the program.
         drop(link.unpin().with_context(|| format!("unpinning {}", path.display()))?);

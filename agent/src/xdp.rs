@@ -82,10 +82,6 @@ pub fn describe_pin(path: &Path) -> Option<(String, XdpMode)> {
 /// loaded on first use. If an earlier run left an XDP link pinned for `iface`, that
 /// link is switched to the new program atomically and re-pinned under the new tag (its
 /// mode unchanged); the old pin is removed. Returns the pin path and the mode.
-#[expect(
-    dead_code,
-    reason = "`run --xdp` calls it once the lead wires the flag"
-)]
 pub fn attach(dp: &mut Datapath, iface: &str, tag: &str) -> anyhow::Result<(PathBuf, XdpMode)> {
     if iface.is_empty() || iface.contains('/') || iface == "." || iface == ".." {
         bail!("invalid interface name {iface:?}");

@@ -26,6 +26,7 @@ use crate::{
     notify::Notifier,
     policy::{Direction, LoopbackMode, Mode, Policy},
     state::{ReloadOutcome, State, unix_now},
+    xdp,
 };
 
 /// Arguments of `portcullis run`.
@@ -36,7 +37,8 @@ else the built-in default: product xeams, audit mode, host scope, inbound SSH ke
 Examples:
   portcullis run --product xeams --mode audit
   portcullis run --product iredmail --feature pop3 --mode enforce --scope system.slice/postfix.service
-  portcullis run --config /etc/portcullis/portcullis.toml")]
+  portcullis run --config /etc/portcullis/portcullis.toml
+  portcullis run --product xeams --mode enforce --xdp eth0")]
 pub struct Args {
     /// Site config (TOML): product, features, peers, site rules, mode, scope.
     #[arg(long, value_name = "FILE", conflicts_with = "product")]
@@ -57,6 +59,10 @@ pub struct Args {
     /// mount, e.g. system.slice/xeams.service. Repeatable. Overrides the config.
     #[arg(long = "scope", value_name = "host|CGROUP")]
     pub scopes: Vec<String>,
+    /// Attach the XDP filter to this interface too (native mode where the driver
+    /// supports it, else generic). Repeatable. Overrides the config's `xdp`.
+    #[arg(long = "xdp", value_name = "IFACE")]
+    pub xdp: Vec<String>,
     /// Deny events per second per CPU (0: none). Overrides the config.
     #[arg(long)]
     pub events_per_sec: Option<u32>,
@@ -88,6 +94,8 @@ pub struct Settings {
     pub scopes: Vec<String>,
     /// Events per second per CPU.
     pub events_per_sec: u32,
+    /// Interfaces to attach the XDP program to.
+    pub xdp: Vec<String>,
 }
 
 /// Compiles the policy and settles the settings, before anything touches the kernel.
@@ -105,11 +113,11 @@ fn resolve(args: &mut Args) -> anyhow::Result<(Policy, Settings, Option<PathBuf>
             args.paths.pin_dir = Some(site.pin_dir.clone());
         }
         let scopes = site.scope.iter().map(ToString::to_string).collect();
-        (policy, Settings { scopes, events_per_sec: site.events_per_sec })
+        (policy, Settings { scopes, events_per_sec: site.events_per_sec, xdp: site.xdp.clone() })
     } else {
         let product = args.product.as_deref().unwrap_or(DEFAULT_PRODUCT);
         let policy = compiler::compile_product(product, &args.features, args.all_features)?;
-        (policy, Settings { scopes: vec!["host".to_owned()], events_per_sec: 100 })
+        (policy, Settings { scopes: vec!["host".to_owned()], events_per_sec: 100, xdp: Vec::new() })
     };
     if let Some(m) = args.mode {
         policy.mode = match m {
@@ -122,6 +130,9 @@ fn resolve(args: &mut Args) -> anyhow::Result<(Policy, Settings, Option<PathBuf>
     }
     if settings.scopes.is_empty() {
         settings.scopes = vec!["host".to_owned()];
+    }
+    if !args.xdp.is_empty() {
+        settings.xdp = args.xdp.clone();
     }
     if let Some(e) = args.events_per_sec {
         settings.events_per_sec = e;
@@ -173,6 +184,8 @@ struct Daemon {
     state: State,
     /// Attached scopes and the link pins that attach them.
     attached: Vec<(Scope, Vec<PathBuf>)>,
+    /// Interfaces with the XDP program, and their link pins.
+    xdp: Vec<(String, PathBuf)>,
     notify: Notifier,
     reloads: u64,
     _lock: fs::File,
@@ -202,7 +215,7 @@ impl Daemon {
         let old_links = loader::pinned_links(&paths);
         let previous = if old_links.is_empty() { None } else { State::read(&paths.state_file()).ok() };
         let result = Self::attach_all(&paths, &policy, &settings, previous.as_ref(), &scopes, &old_links);
-        let (dp, mut state, attached) = match result {
+        let (dp, mut state, attached, xdp) = match result {
             Ok(v) => v,
             Err(e) => {
                 // Nothing of an earlier run was enforcing: leave nothing half-made behind.
@@ -214,7 +227,7 @@ impl Daemon {
         };
         state.config = config;
         state.write(&paths.state_file())?;
-        Ok(Self { args, paths, dp, state, attached, notify: Notifier::from_env(), reloads: 0, _lock: lock })
+        Ok(Self { args, paths, dp, state, attached, xdp, notify: Notifier::from_env(), reloads: 0, _lock: lock })
     }
 
     #[expect(clippy::type_complexity, reason = "a private constructor step")]
@@ -225,23 +238,30 @@ impl Daemon {
         previous: Option<&State>,
         scopes: &[Scope],
         old_links: &[PathBuf],
-    ) -> anyhow::Result<(Datapath, State, Vec<(Scope, Vec<PathBuf>)>)> {
+    ) -> anyhow::Result<(Datapath, State, Vec<(Scope, Vec<PathBuf>)>, Vec<(String, PathBuf)>)> {
         let mut dp = Datapath::load(paths)?;
         let state = install(&mut dp, policy, settings, previous)?;
+        let tag = format!("v{}", state.policy_version);
         let mut attached = Vec::new();
         for scope in scopes {
-            let pins = dp.attach(scope, &format!("v{}", state.policy_version))?;
+            let pins = dp.attach(scope, &tag)?;
             log::info!("attached to {} ({})", scope.label, scope.path.display());
             attached.push((scope.clone(), pins));
         }
+        let mut xdp_links = Vec::new();
+        for iface in &settings.xdp {
+            let (pin, mode) = xdp::attach(&mut dp, iface, &tag)?;
+            log::info!("attached XDP to {iface} ({mode} mode)");
+            xdp_links.push((iface.clone(), pin));
+        }
         // Only now that the new links enforce may those of an earlier run go.
-        let ours: Vec<&PathBuf> = attached.iter().flat_map(|(_, p)| p).collect();
+        let ours: Vec<&PathBuf> = attached.iter().flat_map(|(_, p)| p).chain(xdp_links.iter().map(|(_, p)| p)).collect();
         let stale: Vec<PathBuf> = old_links.iter().filter(|p| !ours.contains(p)).cloned().collect();
         if !stale.is_empty() {
             log::info!("took over from an earlier agent: removing its {} links", stale.len());
         }
         loader::remove_links(&stale)?;
-        Ok((dp, state, attached))
+        Ok((dp, state, attached, xdp_links))
     }
 
     fn status_line(&self) -> String {
@@ -298,6 +318,20 @@ impl Daemon {
             log::info!("detached from {}", scope.label);
         }
         self.attached = keep;
+        // XDP: the same for interfaces (the program itself does not change on reload).
+        for iface in &settings.xdp {
+            if !self.xdp.iter().any(|(i, _)| i == iface) {
+                let (pin, mode) = xdp::attach(&mut self.dp, iface, &tag)?;
+                log::info!("attached XDP to {iface} ({mode} mode)");
+                self.xdp.push((iface.clone(), pin));
+            }
+        }
+        let (keep, gone): (Vec<_>, Vec<_>) = std::mem::take(&mut self.xdp).into_iter().partition(|(i, _)| settings.xdp.contains(i));
+        for (iface, pin) in gone {
+            loader::remove_links(&[pin])?;
+            log::info!("detached XDP from {iface}");
+        }
+        self.xdp = keep;
         state.last_reload = self.state.last_reload.clone();
         self.state = state;
         Ok(())
