@@ -60,10 +60,10 @@ pub fn deny(cfg: &Config, d: &Denied, segments: u32, bytes: u32, event: bool) ->
         protocol: d.protocol,
         port: if d.direction == portcullis_common::policy::DIR_IN { d.local_port } else { d.remote_port },
     };
-    match PC_DENIED.get_ptr_mut(&key) {
+    match PC_DENIED.get_ptr_mut(key) {
         Some(c) => add(Some(c), segments, bytes),
         None => {
-            let _ = PC_DENIED.insert(&key, Counter { packets: segments as u64, bytes: bytes as u64 }, 0);
+            let _ = PC_DENIED.insert(key, Counter { packets: segments as u64, bytes: bytes as u64 }, 0);
         }
     }
     if event {
@@ -81,10 +81,10 @@ pub fn deny_connect(cfg: &Config, d: &Denied) -> bool {
     if drop {
         count_stat(stats::deny_index(false, d.direction, d.reason), 1, 0);
         let key = DeniedKey { direction: d.direction, protocol: d.protocol, port: d.remote_port };
-        match PC_DENIED.get_ptr_mut(&key) {
+        match PC_DENIED.get_ptr_mut(key) {
             Some(c) => add(Some(c), 1, 0),
             None => {
-                let _ = PC_DENIED.insert(&key, Counter { packets: 1, bytes: 0 }, 0);
+                let _ = PC_DENIED.insert(key, Counter { packets: 1, bytes: 0 }, 0);
             }
         }
     }
@@ -97,6 +97,7 @@ pub fn deny_connect(cfg: &Config, d: &Denied) -> bool {
 /// Puts a deny event on the ring buffer if the per-CPU token bucket allows it.
 #[inline(always)]
 fn emit(cfg: &Config, d: &Denied, dropped: bool, pid: u32, comm: [u8; 16]) {
+    // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     if !take_token(cfg.events_per_sec, now) {
         count_stat(stats::EVENTS_RATE_LIMITED, 1, 0);
@@ -119,7 +120,7 @@ fn emit(cfg: &Config, d: &Denied, dropped: bool, pid: u32, comm: [u8; 16]) {
         dropped: dropped as u8,
         _pad1: [0; 7],
     };
-    match PC_EVENTS.output(&event, 0) {
+    match PC_EVENTS.output(event, 0) {
         Ok(()) => count_stat(stats::EVENTS_SENT, 1, 0),
         Err(_) => count_stat(stats::EVENTS_RING_FULL, 1, 0),
     }

@@ -212,7 +212,7 @@ fn ingress_unrecorded(cfg: &Config, f: &Flow) -> i32 {
     if f.protocol == IPPROTO_UDP {
         let key = f.key();
         // A reply to a datagram this host sent.
-        if let Some(v) = PC_FLOWS_OUT.get_ptr(&key) {
+        if let Some(v) = PC_FLOWS_OUT.get_ptr(key) {
             // SAFETY: LRU values stay valid for the program's run (RCU).
             let rule = unsafe { (*v).rule };
             return verdict(cfg, f, DIR_OUT, Decision::Allow(rule), false);
@@ -235,7 +235,7 @@ fn egress_unrecorded(cfg: &Config, f: &Flow) -> i32 {
     if f.protocol == IPPROTO_UDP {
         let key = f.key();
         // A reply to a datagram a peer sent us through an inbound rule.
-        if let Some(v) = PC_FLOWS_IN.get_ptr(&key) {
+        if let Some(v) = PC_FLOWS_IN.get_ptr(key) {
             // SAFETY: see `ingress_unrecorded`.
             let rule = unsafe { (*v).rule };
             return verdict(cfg, f, DIR_IN, Decision::Allow(rule), false);
