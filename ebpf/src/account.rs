@@ -60,12 +60,7 @@ pub fn deny(cfg: &Config, d: &Denied, segments: u32, bytes: u32, event: bool) ->
         protocol: d.protocol,
         port: if d.direction == portcullis_common::policy::DIR_IN { d.local_port } else { d.remote_port },
     };
-    match PC_DENIED.get_ptr_mut(key) {
-        Some(c) => add(Some(c), segments, bytes),
-        None => {
-            let _ = PC_DENIED.insert(key, Counter { packets: segments as u64, bytes: bytes as u64 }, 0);
-        }
-    }
+    count_denied_port(key, segments, bytes);
     if event {
         emit(cfg, d, drop, 0, [0; 16]);
     }
@@ -80,18 +75,24 @@ pub fn deny_connect(cfg: &Config, d: &Denied) -> bool {
     // would-deny by the skb programs; counting the call too would count it twice.
     if drop {
         count_stat(stats::deny_index(false, d.direction, d.reason), 1, 0);
-        let key = DeniedKey { direction: d.direction, protocol: d.protocol, port: d.remote_port };
-        match PC_DENIED.get_ptr_mut(key) {
-            Some(c) => add(Some(c), 1, 0),
-            None => {
-                let _ = PC_DENIED.insert(key, Counter { packets: 1, bytes: 0 }, 0);
-            }
-        }
+        count_denied_port(DeniedKey { direction: d.direction, protocol: d.protocol, port: d.remote_port }, 1, 0);
     }
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let comm = bpf_get_current_comm().unwrap_or([0; 16]);
     emit(cfg, d, drop, pid, comm);
     drop
+}
+
+/// Adds to the denied-port table (an LRU map: the least recently denied ports fall out
+/// when it is full, so it stays bounded under a scan).
+#[inline(always)]
+fn count_denied_port(key: DeniedKey, segments: u32, bytes: u32) {
+    match PC_DENIED.get_ptr_mut(key) {
+        Some(c) => add(Some(c), segments, bytes),
+        None => {
+            let _ = PC_DENIED.insert(key, Counter { packets: segments as u64, bytes: bytes as u64 }, 0);
+        }
+    }
 }
 
 /// Puts a deny event on the ring buffer if the per-CPU token bucket allows it.
