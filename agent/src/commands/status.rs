@@ -2,7 +2,12 @@
 //!
 //! The JSON document ([`Status`]) is a contract for scripts; README.md documents it.
 
-use std::process::ExitCode;
+use std::{
+    collections::HashMap,
+    io::Write as _,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
 
 use portcullis_common::{
     policy::{DIR_IN, DIR_OUT},
@@ -19,13 +24,36 @@ use crate::{
 
 /// Arguments of `portcullis status`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:\n  portcullis status\n  portcullis status --json | jq '.rules[] | select(.packets > 0)'")]
+#[command(
+    after_help = "Examples:\n  portcullis status\n  portcullis status --watch\n  portcullis status --prometheus > /var/lib/node_exporter/portcullis.prom\n  portcullis status --json | jq '.rules[] | select(.packets > 0)'"
+)]
 pub struct Args {
     /// Print one JSON object (schema in README.md) instead of tables.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "watch")]
     pub json: bool,
+    /// Print the Prometheus text exposition the metrics endpoint serves (e.g. for
+    /// node_exporter's textfile collector) instead of tables.
+    #[arg(long, conflicts_with_all = ["watch", "json"])]
+    pub prometheus: bool,
+    /// Redraw the tables in place every --interval seconds, like top, with a rate and a
+    /// last-hit column per rule (derived from counter changes seen while watching).
+    /// Ctrl-C quits.
+    #[arg(long)]
+    pub watch: bool,
+    /// Seconds between redraws with --watch.
+    #[arg(long, default_value_t = 1.0, value_name = "SECS", requires = "watch", value_parser = parse_interval)]
+    pub interval: f64,
     #[command(flatten)]
     pub paths: PathArgs,
+}
+
+fn parse_interval(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.1..=3600.0).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "interval \"{s}\" is not a number of seconds between 0.1 and 3600"
+        )),
+    }
 }
 
 /// Packets and bytes.
@@ -39,7 +67,10 @@ pub struct Traffic {
 
 impl From<Counter> for Traffic {
     fn from(c: Counter) -> Self {
-        Self { packets: c.packets, bytes: c.bytes }
+        Self {
+            packets: c.packets,
+            bytes: c.bytes,
+        }
     }
 }
 
@@ -159,6 +190,12 @@ pub fn protocol_name(p: u8) -> String {
 pub fn collect(paths: &PathArgs) -> anyhow::Result<Status> {
     let state = State::read(&paths.state_file())?;
     let snap = counters::read(paths)?;
+    Ok(build(state, &snap, pinned_links(paths).len()))
+}
+
+/// A [`Status`] from a state file and a counter snapshot already read (the metrics
+/// endpoint reads each once and needs both).
+pub fn build(state: State, snap: &counters::Snapshot, attached_links: usize) -> Status {
     let rules: Vec<RuleStatus> = state
         .rules
         .iter()
@@ -174,7 +211,10 @@ pub fn collect(paths: &PathArgs) -> anyhow::Result<Status> {
             }
         })
         .collect();
-    let allowed = rules.iter().fold(Traffic::default(), |t, r| Traffic { packets: t.packets + r.packets, bytes: t.bytes + r.bytes });
+    let allowed = rules.iter().fold(Traffic::default(), |t, r| Traffic {
+        packets: t.packets + r.packets,
+        bytes: t.bytes + r.bytes,
+    });
     let mut denies = Vec::new();
     let (mut denied, mut would_deny) = (Traffic::default(), Traffic::default());
     for audit in [false, true] {
@@ -187,7 +227,13 @@ pub fn collect(paths: &PathArgs) -> anyhow::Result<Status> {
                 let total = if audit { &mut would_deny } else { &mut denied };
                 total.packets += c.packets;
                 total.bytes += c.bytes;
-                denies.push(DenyStatus { direction: Direction::from_code(dir), reason: name, audit, packets: c.packets, bytes: c.bytes });
+                denies.push(DenyStatus {
+                    direction: Direction::from_code(dir),
+                    reason: name,
+                    audit,
+                    packets: c.packets,
+                    bytes: c.bytes,
+                });
             }
         }
     }
@@ -203,7 +249,7 @@ pub fn collect(paths: &PathArgs) -> anyhow::Result<Status> {
         })
         .collect();
     denied_ports.sort_by(|a, b| b.packets.cmp(&a.packets).then(a.port.cmp(&b.port)));
-    Ok(Status {
+    Status {
         product: state.product,
         mode: state.mode.to_string(),
         loopback: match state.loopback {
@@ -211,7 +257,7 @@ pub fn collect(paths: &PathArgs) -> anyhow::Result<Status> {
             crate::policy::LoopbackMode::Enforce => "enforce".into(),
         },
         scopes: state.scopes,
-        attached_links: pinned_links(paths).len(),
+        attached_links,
         generation: state.generation,
         policy_version: state.policy_version,
         loaded_at: state.loaded_at,
@@ -230,49 +276,190 @@ pub fn collect(paths: &PathArgs) -> anyhow::Result<Status> {
             rate_limited: snap.stat(stats::EVENTS_RATE_LIMITED).packets,
             ring_full: snap.stat(stats::EVENTS_RING_FULL).packets,
         },
-    })
+    }
 }
 
 /// Prints a [`Status`] as tables.
 pub fn print_table(s: &Status) {
-    println!(
-        "product {}  mode {}  loopback {}  scope {}  links {}  policy v{} (generation {})",
+    print!("{}", table(s, None));
+}
+
+/// What `--watch` learns by comparing successive reads. The kernel keeps no time per
+/// rule, so "last hit" is the last refresh at which a rule's packet counter moved, and
+/// is only known for hits seen while watching.
+#[derive(Debug, Default)]
+pub struct Watch {
+    started: Option<Instant>,
+    previous: HashMap<String, (u64, Instant)>,
+    rate: HashMap<String, f64>,
+    last_hit: HashMap<String, Instant>,
+}
+
+impl Watch {
+    /// Takes in a new read made at `now`.
+    pub fn update(&mut self, s: &Status, now: Instant) {
+        self.started.get_or_insert(now);
+        for r in &s.rules {
+            if let Some(&(packets, at)) = self.previous.get(&r.id) {
+                let secs = now.duration_since(at).as_secs_f64();
+                let delta = r.packets.saturating_sub(packets);
+                if secs > 0.0 {
+                    self.rate.insert(r.id.clone(), delta as f64 / secs);
+                }
+                if delta > 0 {
+                    self.last_hit.insert(r.id.clone(), now);
+                }
+            }
+            self.previous.insert(r.id.clone(), (r.packets, now));
+        }
+    }
+
+    fn columns(&self, id: &str, now: Instant) -> (String, String) {
+        let rate = self
+            .rate
+            .get(id)
+            .map_or_else(|| "-".to_owned(), |r| format!("{r:.1}"));
+        let last = self.last_hit.get(id).map_or_else(
+            || "-".to_owned(),
+            |t| format!("{}s ago", now.duration_since(*t).as_secs()),
+        );
+        (rate, last)
+    }
+}
+
+/// A [`Status`] as text tables; with `watch`, the rule table has a rate and a last-hit
+/// column.
+pub fn table(s: &Status, watch: Option<&Watch>) -> String {
+    use std::fmt::Write as _;
+    let mut o = String::new();
+    let now = Instant::now();
+    let _ = writeln!(
+        o,
+        "product {}  mode {}  loopback {}  scope {}  links {}  policy v{} (generation {}) loaded {}  pid {}",
         s.product,
         s.mode,
         s.loopback,
         s.scopes.join(","),
         s.attached_links,
         s.policy_version,
-        s.generation
+        s.generation,
+        crate::events::rfc3339(s.loaded_at),
+        s.pid,
     );
-    println!();
-    println!("{:<32} {:<4} {:<8} {:<16} {:>10} {:>12}", "RULE", "DIR", "PROTO", "PORTS", "PACKETS", "BYTES");
+    let _ = writeln!(o);
+    let _ = write!(
+        o,
+        "{:<32} {:<4} {:<8} {:<16} {:>10} {:>12}",
+        "RULE", "DIR", "PROTO", "PORTS", "PACKETS", "BYTES"
+    );
+    let _ = writeln!(
+        o,
+        "{}",
+        if watch.is_some() {
+            format!(" {:>9} {:>10}", "PKTS/S", "LAST HIT")
+        } else {
+            String::new()
+        }
+    );
     for r in &s.rules {
-        println!("{:<32} {:<4} {:<8} {:<16} {:>10} {:>12}", r.id, r.direction, r.protocol, r.ports, r.packets, r.bytes);
+        let _ = write!(
+            o,
+            "{:<32} {:<4} {:<8} {:<16} {:>10} {:>12}",
+            r.id, r.direction, r.protocol, r.ports, r.packets, r.bytes
+        );
+        let extra = watch
+            .map(|w| w.columns(&r.id, now))
+            .map(|(rate, last)| format!(" {rate:>9} {last:>10}"));
+        let _ = writeln!(o, "{}", extra.unwrap_or_default());
     }
-    println!();
-    println!("allowed {} pkts  denied {} pkts  would-deny {} pkts  loopback-exempt {} pkts  icmp {} pkts  malformed {} pkts",
-        s.allowed.packets, s.denied.packets, s.would_deny.packets, s.loopback_exempt.packets, s.icmp_passed.packets, s.malformed.packets);
+    let _ = writeln!(o);
+    let _ = writeln!(
+        o,
+        "allowed {} pkts  denied {} pkts  would-deny {} pkts  loopback-exempt {} pkts  icmp {} pkts  malformed {} pkts",
+        s.allowed.packets,
+        s.denied.packets,
+        s.would_deny.packets,
+        s.loopback_exempt.packets,
+        s.icmp_passed.packets,
+        s.malformed.packets
+    );
     if !s.denies.is_empty() {
-        println!();
-        println!("{:<4} {:<10} {:<10} {:>10} {:>12}", "DIR", "REASON", "ACTION", "PACKETS", "BYTES");
+        let _ = writeln!(o);
+        let _ = writeln!(
+            o,
+            "{:<4} {:<10} {:<10} {:>10} {:>12}",
+            "DIR", "REASON", "ACTION", "PACKETS", "BYTES"
+        );
         for d in &s.denies {
-            println!("{:<4} {:<10} {:<10} {:>10} {:>12}", d.direction, d.reason, if d.audit { "would-drop" } else { "dropped" }, d.packets, d.bytes);
+            let action = if d.audit { "would-drop" } else { "dropped" };
+            let _ = writeln!(
+                o,
+                "{:<4} {:<10} {:<10} {:>10} {:>12}",
+                d.direction, d.reason, action, d.packets, d.bytes
+            );
         }
     }
     if !s.denied_ports.is_empty() {
-        println!();
-        println!("{:<4} {:<8} {:>6} {:>10} {:>12}", "DIR", "PROTO", "PORT", "PACKETS", "BYTES");
+        let _ = writeln!(o);
+        let _ = writeln!(
+            o,
+            "{:<4} {:<8} {:>6} {:>10} {:>12}",
+            "DIR", "PROTO", "PORT", "PACKETS", "BYTES"
+        );
         for d in s.denied_ports.iter().take(20) {
-            println!("{:<4} {:<8} {:>6} {:>10} {:>12}", d.direction, d.protocol, d.port, d.packets, d.bytes);
+            let _ = writeln!(
+                o,
+                "{:<4} {:<8} {:>6} {:>10} {:>12}",
+                d.direction, d.protocol, d.port, d.packets, d.bytes
+            );
         }
     }
-    println!();
-    println!("events: {} sent, {} rate-limited, {} lost (ring full)", s.events.sent, s.events.rate_limited, s.events.ring_full);
+    let _ = writeln!(o);
+    let _ = writeln!(
+        o,
+        "events: {} sent, {} rate-limited, {} lost (ring full)",
+        s.events.sent, s.events.rate_limited, s.events.ring_full
+    );
+    o
+}
+
+/// `--watch`: redraws the tables in place every `interval` until Ctrl-C (the default
+/// SIGINT action ends the process; nothing needs restoring since the screen is only
+/// cleared, never switched to an alternate buffer).
+fn watch(args: &Args) -> anyhow::Result<ExitCode> {
+    let interval = Duration::from_secs_f64(args.interval);
+    let mut w = Watch::default();
+    loop {
+        let frame = match collect(&args.paths) {
+            Ok(s) => {
+                w.update(&s, Instant::now());
+                table(&s, Some(&w))
+            }
+            // The agent may be restarting: keep watching and say why the numbers are gone.
+            Err(e) => format!("{e:#}\n"),
+        };
+        let mut out = std::io::stdout().lock();
+        // Home, clear screen, then the frame: one write, so the terminal never shows half.
+        write!(
+            out,
+            "\x1b[H\x1b[2J{frame}\n(every {:.1}s, Ctrl-C to quit)\n",
+            args.interval
+        )?;
+        out.flush()?;
+        drop(out);
+        std::thread::sleep(interval);
+    }
 }
 
 /// Runs the subcommand.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.watch {
+        return watch(&args);
+    }
+    if args.prometheus {
+        print!("{}", crate::metrics::gather(&args.paths)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let s = collect(&args.paths)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&s)?);
@@ -280,4 +467,100 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         print_table(&s);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(packets: u64) -> Status {
+        Status {
+            product: "lab".into(),
+            mode: "audit".into(),
+            loopback: "exempt".into(),
+            scopes: vec!["host".into()],
+            attached_links: 4,
+            generation: 1,
+            policy_version: 1,
+            loaded_at: 0,
+            pid: 1,
+            rules: vec![RuleStatus {
+                id: "smtp/in".into(),
+                direction: "in".into(),
+                protocol: "tcp".into(),
+                ports: "25".into(),
+                packets,
+                bytes: packets * 60,
+            }],
+            allowed: Traffic::default(),
+            denies: vec![],
+            denied: Traffic::default(),
+            would_deny: Traffic::default(),
+            loopback_exempt: Traffic::default(),
+            icmp_passed: Traffic::default(),
+            malformed: Traffic::default(),
+            denied_ports: vec![],
+            events: EventStatus {
+                sent: 0,
+                rate_limited: 0,
+                ring_full: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn watch_derives_rate_and_last_hit_from_counter_changes() {
+        let t0 = Instant::now();
+        let mut w = Watch::default();
+        w.update(&status(10), t0);
+        assert_eq!(
+            w.columns("smtp/in", t0),
+            ("-".into(), "-".into()),
+            "nothing known after one read"
+        );
+        w.update(&status(30), t0 + Duration::from_secs(2));
+        assert_eq!(
+            w.columns("smtp/in", t0 + Duration::from_secs(2)),
+            ("10.0".into(), "0s ago".into())
+        );
+        w.update(&status(30), t0 + Duration::from_secs(4));
+        assert_eq!(
+            w.columns("smtp/in", t0 + Duration::from_secs(5)),
+            ("0.0".into(), "3s ago".into())
+        );
+        let text = table(&status(30), Some(&w));
+        assert!(
+            text.contains("PKTS/S") && text.contains("LAST HIT"),
+            "{text}"
+        );
+        assert!(!table(&status(30), None).contains("LAST HIT"));
+    }
+
+    #[test]
+    fn json_has_the_documented_fields() {
+        let v = serde_json::to_value(status(1)).unwrap();
+        for key in [
+            "product",
+            "mode",
+            "loopback",
+            "scopes",
+            "attached_links",
+            "generation",
+            "policy_version",
+            "loaded_at",
+            "pid",
+            "rules",
+            "allowed",
+            "denies",
+            "denied",
+            "would_deny",
+            "loopback_exempt",
+            "icmp_passed",
+            "malformed",
+            "denied_ports",
+            "events",
+        ] {
+            assert!(v.get(key).is_some(), "status --json lacks {key:?}");
+        }
+    }
 }
