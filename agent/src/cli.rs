@@ -18,6 +18,8 @@ Examples:
   portcullis check --config /etc/portcullis/portcullis.toml
   portcullis run --product xeams --mode audit
   portcullis status --json
+  portcullis status --watch
+  portcullis report --since 1d
   portcullis detach
 
 Exit codes: 0 success, 1 failure, 2 usage error, 3 invalid policy or config.";
@@ -44,6 +46,9 @@ enum Command {
     Run(commands::run::Args),
     /// Show mode, scope, per-rule counters and denies of the running policy.
     Status(commands::status::Args),
+    /// The audit -> enforce decision: what enforcing would break, rules never hit, and
+    /// the feature or site rule that would open each denied port.
+    Report(commands::report::Args),
     /// Ask the running agent to reload its config (validated first; a bad one is rejected).
     Reload(commands::reload::Args),
     /// Switch the running policy between audit and enforce (one map write).
@@ -67,6 +72,7 @@ pub fn main() -> ExitCode {
         Command::Explain(a) => commands::explain::run(a),
         Command::Run(a) => commands::run::run(a),
         Command::Status(a) => commands::status::run(a),
+        Command::Report(a) => commands::report::run(a),
         Command::Reload(a) => commands::reload::run(a),
         Command::Mode(a) => commands::mode::run(a),
         Command::Detach(a) => commands::detach::run(a),
