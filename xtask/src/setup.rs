@@ -21,6 +21,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("nmap", "tests: port scans"),
     ("dnsmasq-base", "tests: a real DNS server (binary only, no service)"),
     ("python3", "tests: small servers"),
+    ("prometheus", "tests: promtool check metrics"),
     ("bpftool", "tests: what is attached to a cgroup"),
 ];
 
