@@ -27,7 +27,7 @@ use portcullis_common::{
     flow::{FlowKey, FlowValue, VERDICT_ALLOW},
     maps,
     policy::{PEER_SET_BITS, PeerAddr, port_entry, port_index, v4_mapped},
-    stats::{Counter, DeniedKey},
+    stats::{self, Counter, DeniedKey},
 };
 
 pub const XDP_DROP: u32 = 1;
@@ -108,7 +108,8 @@ impl Datapath {
             loopback: 0,
             icmp_echo: u32::from(icmp_echo),
             events_per_sec: 0,
-            _reserved: [0; 3],
+            xdp_flows: 1,
+            _reserved: [0; 2],
         };
         cfg.set(0, c, 0).unwrap();
     }
@@ -182,14 +183,14 @@ impl Datapath {
             })
     }
 
-    /// A global counter (`stats::*`), summed over the CPUs.
+    /// A global counter (`stats::*`) of the XDP layer, summed over the CPUs.
     pub fn stat(&self, index: u32) -> Counter {
-        self.sum(maps::STATS, index)
+        self.sum(maps::STATS, stats::LAYER_XDP * stats::STATS_LEN + index)
     }
 
-    /// A rule's counter, summed over the CPUs.
+    /// A rule's counter in the XDP layer, summed over the CPUs.
     pub fn rule(&self, index: u16) -> Counter {
-        self.sum(maps::RULE_COUNTERS, u32::from(index))
+        self.sum(maps::RULE_COUNTERS, stats::LAYER_XDP * maps::MAX_RULES + u32::from(index))
     }
 
     /// The denied-port table, summed over the CPUs.
@@ -204,6 +205,7 @@ impl Datapath {
                 packets: acc.packets + c.packets,
                 bytes: acc.bytes + c.bytes,
             });
+            assert_eq!(u32::from(k.layer), stats::LAYER_XDP, "test_run only runs the XDP program");
             out.insert((k.direction, k.protocol, k.port), c);
         }
         out

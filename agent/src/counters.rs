@@ -11,12 +11,14 @@ use anyhow::Context as _;
 use aya::maps::{Map, PerCpuArray, PerCpuHashMap};
 use portcullis_common::{
     maps::{self as names, MAX_RULES},
-    stats::{Counter, DeniedKey, STATS_LEN},
+    stats::{Counter, DeniedKey, LAYER_CGROUP, LAYER_XDP, STATS_LEN},
 };
 
 use crate::loader::{PathArgs, open_pinned};
 
-/// All counters at one instant.
+/// All counters at one instant. `rules`, `stats` and `denied` are the cgroup layer's
+/// (what the per-service or host programs saw); the `xdp_*` fields the XDP layer's. A
+/// packet both layers judged is in both, once each.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     /// Rule index -> allowed traffic (indices with no traffic are left out).
@@ -25,6 +27,12 @@ pub struct Snapshot {
     pub stats: Vec<Counter>,
     /// Denied (direction, protocol, port) -> traffic.
     pub denied: BTreeMap<DeniedKey, Counter>,
+    /// Like `rules`, for the XDP layer.
+    pub xdp_rules: BTreeMap<u16, Counter>,
+    /// Like `stats`, for the XDP layer.
+    pub xdp_stats: Vec<Counter>,
+    /// Like `denied`, for the XDP layer.
+    pub xdp_denied: BTreeMap<DeniedKey, Counter>,
 }
 
 fn sum(values: impl IntoIterator<Item = Counter>) -> Counter {
@@ -38,31 +46,47 @@ fn sum(values: impl IntoIterator<Item = Counter>) -> Counter {
 pub fn read(paths: &PathArgs) -> anyhow::Result<Snapshot> {
     let rules_map = Map::from_map_data(open_pinned(paths, names::RULE_COUNTERS)?)?;
     let rules_map = PerCpuArray::<_, Counter>::try_from(rules_map).context("rule counters")?;
-    let mut rules = BTreeMap::new();
-    for i in 1..MAX_RULES {
-        let c = sum(rules_map.get(&i, 0)?.iter().copied());
-        if c.packets != 0 || c.bytes != 0 {
-            rules.insert(i as u16, c);
+    let read_rules = |layer: u32| -> anyhow::Result<BTreeMap<u16, Counter>> {
+        let mut rules = BTreeMap::new();
+        for i in 1..MAX_RULES {
+            let c = sum(rules_map.get(&(layer * MAX_RULES + i), 0)?.iter().copied());
+            if c.packets != 0 || c.bytes != 0 {
+                rules.insert(i as u16, c);
+            }
         }
-    }
+        Ok(rules)
+    };
     let stats_map = Map::from_map_data(open_pinned(paths, names::STATS)?)?;
     let stats_map = PerCpuArray::<_, Counter>::try_from(stats_map).context("global counters")?;
-    let stats = (0..STATS_LEN)
-        .map(|i| Ok(sum(stats_map.get(&i, 0)?.iter().copied())))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let read_stats = |layer: u32| -> anyhow::Result<Vec<Counter>> {
+        (0..STATS_LEN).map(|i| Ok(sum(stats_map.get(&(layer * STATS_LEN + i), 0)?.iter().copied()))).collect()
+    };
     let denied_map = Map::from_map_data(open_pinned(paths, names::DENIED)?)?;
     let denied_map = PerCpuHashMap::<_, DeniedKey, Counter>::try_from(denied_map).context("denied ports")?;
-    let mut denied = BTreeMap::new();
+    let (mut denied, mut xdp_denied) = (BTreeMap::new(), BTreeMap::new());
     for item in denied_map.iter() {
         let (k, v) = item?;
-        denied.insert(k, sum(v.iter().copied()));
+        let table = if u32::from(k.layer) == LAYER_XDP { &mut xdp_denied } else { &mut denied };
+        table.insert(k, sum(v.iter().copied()));
     }
-    Ok(Snapshot { rules, stats, denied })
+    Ok(Snapshot {
+        rules: read_rules(LAYER_CGROUP)?,
+        stats: read_stats(LAYER_CGROUP)?,
+        denied,
+        xdp_rules: read_rules(LAYER_XDP)?,
+        xdp_stats: read_stats(LAYER_XDP)?,
+        xdp_denied,
+    })
 }
 
 impl Snapshot {
-    /// A global counter.
+    /// A global counter of the cgroup layer.
     pub fn stat(&self, index: u32) -> Counter {
         self.stats.get(index as usize).copied().unwrap_or_default()
+    }
+
+    /// A global counter of the XDP layer.
+    pub fn xdp_stat(&self, index: u32) -> Counter {
+        self.xdp_stats.get(index as usize).copied().unwrap_or_default()
     }
 }

@@ -28,7 +28,8 @@ use portcullis_common::{
     config::Config,
     maps::{self as names, programs},
     policy::PeerAddr,
-    stats::Counter,
+    maps::MAX_RULES,
+    stats::{Counter, LAYERS},
 };
 
 use crate::image::Image;
@@ -194,6 +195,7 @@ impl Datapath {
     /// agent take over without a gap.
     pub fn load(paths: &PathArgs) -> anyhow::Result<Self> {
         ensure_bpffs(&paths.pin_dir())?;
+        check_pinned_layout(paths)?;
         for dir in [paths.maps(), paths.links()] {
             fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         }
@@ -283,7 +285,9 @@ impl Datapath {
         let mut rules = PerCpuArray::<_, Counter>::try_from(self.ebpf.map_mut(names::RULE_COUNTERS).context("rule counters")?)?;
         let cpus = nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?;
         for &i in indices {
-            rules.set(u32::from(i), PerCpuValues::try_from(vec![Counter::default(); cpus])?, 0)?;
+            for layer in 0..LAYERS {
+                rules.set(layer * MAX_RULES + u32::from(i), PerCpuValues::try_from(vec![Counter::default(); cpus])?, 0)?;
+            }
         }
         Ok(())
     }
@@ -317,6 +321,47 @@ impl Datapath {
         }
         Ok(pinned)
     }
+}
+
+/// Refuses maps pinned by a build whose map layout differs from this one's.
+///
+/// aya reuses a pinned map by name without comparing it to the object's definition, so
+/// a map left by an older version (another value size, type or capacity) would be
+/// adopted as it is: at best the verifier rejects a program, at worst the programs and
+/// the agent read the same bytes as different structures. The object embedded in this
+/// binary is the reference; any difference is an error naming the map and the fix.
+fn check_pinned_layout(paths: &PathArgs) -> anyhow::Result<()> {
+    let mut object = None;
+    for name in names::ALL {
+        let path = paths.map(name);
+        if !path.exists() {
+            continue;
+        }
+        let object = match &mut object {
+            Some(o) => o,
+            None => object.insert(aya_obj::Object::parse(OBJECT).context("parsing the embedded eBPF object")?),
+        };
+        let want = object.maps.get(name).with_context(|| format!("the eBPF object has no map {name:?}"))?;
+        let have = aya::maps::MapInfo::from_pin(&path)
+            .with_context(|| format!("reading the pinned map {} (remove it with `portcullis detach`)", path.display()))?;
+        let have_type = have.map_type().map_or(u32::MAX, |t| t as u32);
+        // aya creates ring buffers with value size 0 whatever the object says.
+        let ring = want.map_type() == aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_RINGBUF as u32;
+        let layout = |t: u32, k: u32, v: u32, n: u32| format!("type {t}, key {k} B, value {v} B, {n} entries");
+        if have_type != want.map_type()
+            || have.key_size() != want.key_size()
+            || (!ring && have.value_size() != want.value_size())
+            || have.max_entries() != want.max_entries()
+        {
+            bail!(
+                "pinned map {} has another layout than this version of portcullis expects (pinned: {}; expected: {}): it was left by an older or newer version; run `portcullis detach` (with the same pin directory) to remove the old programs and maps, then start again",
+                path.display(),
+                layout(have_type, have.key_size(), have.value_size(), have.max_entries()),
+                layout(want.map_type(), want.key_size(), if ring { 0 } else { want.value_size() }, want.max_entries()),
+            );
+        }
+    }
+    Ok(())
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::programs::Program> {

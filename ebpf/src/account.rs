@@ -8,6 +8,8 @@ use portcullis_common::{
     stats::{self, Counter, DeniedKey},
 };
 
+use portcullis_common::maps::MAX_RULES;
+
 use crate::maps::{PC_DENIED, PC_EVENTS, PC_RATE, PC_RULES, PC_STATS};
 
 /// Adds one packet (or `segments` wire packets of a GSO buffer) of `bytes` to a counter.
@@ -23,16 +25,22 @@ fn add(counter: Option<*mut Counter>, segments: u32, bytes: u32) {
     }
 }
 
-/// Counts allowed traffic against its rule.
+/// Counts allowed traffic against its rule, in a layer's counters (`stats::LAYER_*`).
 #[inline(always)]
-pub fn count_rule(rule: u16, segments: u32, bytes: u32) {
-    add(PC_RULES.get_ptr_mut(rule as u32), segments, bytes);
+pub fn count_rule(layer: u32, rule: u16, segments: u32, bytes: u32) {
+    add(PC_RULES.get_ptr_mut(layer * MAX_RULES + rule as u32), segments, bytes);
 }
 
-/// Counts traffic in one of the global counters (`stats::*`).
+/// Counts traffic in one of a layer's global counters (`stats::*`).
 #[inline(always)]
-pub fn count_stat(index: u32, segments: u32, bytes: u32) {
-    add(PC_STATS.get_ptr_mut(index), segments, bytes);
+pub fn count_stat(layer: u32, index: u32, segments: u32, bytes: u32) {
+    add(PC_STATS.get_ptr_mut(layer * stats::STATS_LEN + index), segments, bytes);
+}
+
+/// The counter layer of a hook.
+#[inline(always)]
+fn layer_of(hook: u8) -> u32 {
+    if hook == portcullis_common::event::hook::XDP { stats::LAYER_XDP } else { stats::LAYER_CGROUP }
 }
 
 /// What a denied packet or call was.
@@ -54,11 +62,14 @@ pub struct Denied {
 #[inline(always)]
 pub fn deny(cfg: &Config, d: &Denied, segments: u32, bytes: u32, event: bool) -> bool {
     let drop = cfg.mode == MODE_ENFORCE;
-    count_stat(stats::deny_index(!drop, d.direction, d.reason), segments, bytes);
+    let layer = layer_of(d.hook);
+    count_stat(layer, stats::deny_index(!drop, d.direction, d.reason), segments, bytes);
     let key = DeniedKey {
         direction: d.direction,
         protocol: d.protocol,
         port: if d.direction == portcullis_common::policy::DIR_IN { d.local_port } else { d.remote_port },
+        layer: layer as u8,
+        _pad: [0; 3],
     };
     count_denied_port(key, segments, bytes);
     if event {
@@ -74,8 +85,15 @@ pub fn deny_connect(cfg: &Config, d: &Denied) -> bool {
     // In audit mode the flow goes ahead and each of its packets is counted as a
     // would-deny by the skb programs; counting the call too would count it twice.
     if drop {
-        count_stat(stats::deny_index(false, d.direction, d.reason), 1, 0);
-        count_denied_port(DeniedKey { direction: d.direction, protocol: d.protocol, port: d.remote_port }, 1, 0);
+        count_stat(stats::LAYER_CGROUP, stats::deny_index(false, d.direction, d.reason), 1, 0);
+        let key = DeniedKey {
+            direction: d.direction,
+            protocol: d.protocol,
+            port: d.remote_port,
+            layer: stats::LAYER_CGROUP as u8,
+            _pad: [0; 3],
+        };
+        count_denied_port(key, 1, 0);
     }
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let comm = bpf_get_current_comm().unwrap_or([0; 16]);
@@ -100,8 +118,9 @@ fn count_denied_port(key: DeniedKey, segments: u32, bytes: u32) {
 fn emit(cfg: &Config, d: &Denied, dropped: bool, pid: u32, comm: [u8; 16]) {
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
+    let layer = layer_of(d.hook);
     if !take_token(cfg.events_per_sec, now) {
-        count_stat(stats::EVENTS_RATE_LIMITED, 1, 0);
+        count_stat(layer, stats::EVENTS_RATE_LIMITED, 1, 0);
         return;
     }
     let event = DenyEvent {
@@ -122,8 +141,8 @@ fn emit(cfg: &Config, d: &Denied, dropped: bool, pid: u32, comm: [u8; 16]) {
         _pad1: [0; 7],
     };
     match PC_EVENTS.output(event, 0) {
-        Ok(()) => count_stat(stats::EVENTS_SENT, 1, 0),
-        Err(_) => count_stat(stats::EVENTS_RING_FULL, 1, 0),
+        Ok(()) => count_stat(layer, stats::EVENTS_SENT, 1, 0),
+        Err(_) => count_stat(layer, stats::EVENTS_RING_FULL, 1, 0),
     }
 }
 

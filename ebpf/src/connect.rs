@@ -110,7 +110,7 @@ fn record(ctx: &SockAddrContext, rule: u16, verdict: u8, reason: u8) {
     // SAFETY: the helper reads the socket from the context and returns NULL on failure.
     let slot = unsafe { PC_SOCKETS.get_or_insert_ptr_mut(ctx, Some(&mut state)) };
     if slot.is_null() {
-        count_stat(stats::SOCKET_STORAGE_FULL, 1, 0);
+        count_stat(stats::LAYER_CGROUP, stats::SOCKET_STORAGE_FULL, 1, 0);
         return;
     }
     // SAFETY: non-null socket storage of the right type, owned by this socket.

@@ -8,6 +8,7 @@
 //! - [`packet`]: bounds-checked header parsing.
 //! - [`account`]: counters, the denied-port table and rate-limited deny events.
 //! - [`maps`]: the maps, with names and sizes from `portcullis-common`.
+//! - [`noop`]: empty baseline programs for the benchmark only; never attached.
 //!
 //! The policy lookup itself is `portcullis_common::policy::decide`, shared with the agent.
 #![no_std]
@@ -16,6 +17,7 @@
 mod account;
 mod connect;
 mod maps;
+mod noop;
 mod packet;
 mod skb;
 mod xdp;

@@ -12,7 +12,7 @@ use portcullis_common::{
     flow::{FlowKey, FlowValue, SockState},
     maps::{DENIED_MAX, EVENTS_BYTES, FLOWS_MAX, MAX_RULES, PEERS_MAX},
     policy::{PORT_TABLE_LEN, PeerAddr, PolicyTables},
-    stats::{Counter, DeniedKey, STATS_LEN},
+    stats::{Counter, DeniedKey, LAYERS, STATS_LEN},
 };
 
 #[btf_map]
@@ -22,10 +22,10 @@ pub static PC_PORTS: Array<u32, { PORT_TABLE_LEN as usize }> = Array::new();
 pub static PC_PEERS: LpmTrie<PeerAddr, u32, { PEERS_MAX as usize }> = LpmTrie::new();
 
 #[btf_map]
-pub static PC_RULES: PerCpuArray<Counter, { MAX_RULES as usize }> = PerCpuArray::new();
+pub static PC_RULES: PerCpuArray<Counter, { (MAX_RULES * LAYERS) as usize }> = PerCpuArray::new();
 
 #[btf_map]
-pub static PC_STATS: PerCpuArray<Counter, { STATS_LEN as usize }> = PerCpuArray::new();
+pub static PC_STATS: PerCpuArray<Counter, { (STATS_LEN * LAYERS) as usize }> = PerCpuArray::new();
 
 #[btf_map]
 pub static PC_DENIED: LruPerCpuHashMap<DeniedKey, Counter, { DENIED_MAX as usize }> =

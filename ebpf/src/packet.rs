@@ -22,6 +22,8 @@ pub struct Packet {
     pub tcp_flags: u8,
     /// ICMP/ICMPv6 type.
     pub icmp_type: u8,
+    /// IPv6 (else IPv4).
+    pub ipv6: bool,
 }
 
 pub const TCP_SYN: u8 = 0x02;
@@ -55,6 +57,7 @@ fn parse_v4(ctx: &SkBuffContext) -> Result<Packet, ()> {
         dport: 0,
         tcp_flags: 0,
         icmp_type: 0,
+        ipv6: false,
     };
     // A non-first fragment has no transport header. The cgroup hooks see packets after
     // reassembly (ingress) and before fragmentation (egress), so this is a stray: it is
@@ -83,9 +86,12 @@ fn parse_v6(ctx: &SkBuffContext) -> Result<Packet, ()> {
         dport: 0,
         tcp_flags: 0,
         icmp_type: 0,
+        ipv6: true,
     };
     let mut offset = 40usize;
-    for _ in 0..MAX_EXT_HEADERS {
+    // One more round than there may be extension headers: the last one must find the
+    // transport header.
+    for _ in 0..=MAX_EXT_HEADERS {
         match p.protocol {
             // Hop-by-hop, routing, destination options: length in 8-byte units, minus one.
             0 | 43 | 60 => {

@@ -135,13 +135,17 @@ fn judge(ctx: &SkBuffContext, egress: bool) -> i32 {
     let f = Flow::new(ctx, &p, egress);
 
     if cfg.loopback == LOOPBACK_EXEMPT && is_loopback(&f.remote) {
-        count_stat(stats::PASS_LOOPBACK, f.segments, f.bytes);
+        count_stat(stats::LAYER_CGROUP, stats::PASS_LOOPBACK, f.segments, f.bytes);
         return PASS;
     }
     match f.protocol {
         IPPROTO_TCP | IPPROTO_UDP => {}
-        IPPROTO_ICMP => return icmp(&cfg, &f, icmp4_is_error(p.icmp_type), icmp4_is_echo(p.icmp_type)),
-        IPPROTO_ICMPV6 => return icmp(&cfg, &f, !icmp6_is_echo(p.icmp_type), true),
+        // Each ICMP only in its own IP version: protocol 58 over IPv4 is just an unknown
+        // protocol (and 1 over IPv6).
+        IPPROTO_ICMP if !p.ipv6 => {
+            return icmp(&cfg, &f, icmp4_is_error(p.icmp_type), icmp4_is_echo(p.icmp_type));
+        }
+        IPPROTO_ICMPV6 if p.ipv6 => return icmp(&cfg, &f, !icmp6_is_echo(p.icmp_type), true),
         _ => return verdict(&cfg, &f, f.natural_direction(), Decision::Deny(reason::PROTOCOL), true),
     }
 
@@ -149,8 +153,13 @@ fn judge(ctx: &SkBuffContext, egress: bool) -> i32 {
         // The XDP program sees replies before any socket does; it finds the flows this
         // host opened in PC_FLOWS_OUT. TCP and connected UDP alike: inserted when absent
         // (the SYN, a connected socket's first datagram), so a flow the LRU evicted comes
-        // back with its next outbound packet; the lookup also refreshes the entry.
-        if f.egress && record.verdict == VERDICT_ALLOW && PC_FLOWS_OUT.get_ptr(f.key()).is_none() {
+        // back with its next outbound packet; the lookup also refreshes the entry. Only
+        // while XDP is attached: without it nothing reads these entries.
+        if cfg.xdp_flows == 1
+            && f.egress
+            && record.verdict == VERDICT_ALLOW
+            && PC_FLOWS_OUT.get_ptr(f.key()).is_none()
+        {
             remember(&PC_FLOWS_OUT, &f.key(), record.rule);
         }
         return by_record(&cfg, &f, record);
@@ -162,7 +171,7 @@ fn judge(ctx: &SkBuffContext, egress: bool) -> i32 {
 #[inline(always)]
 fn icmp(cfg: &Config, f: &Flow, always: bool, echo: bool) -> i32 {
     if always || (echo && cfg.icmp_echo == 1) {
-        count_stat(stats::PASS_ICMP, f.segments, f.bytes);
+        count_stat(stats::LAYER_CGROUP, stats::PASS_ICMP, f.segments, f.bytes);
         return PASS;
     }
     verdict(cfg, f, f.natural_direction(), Decision::Deny(reason::ICMP), true)
@@ -196,7 +205,7 @@ fn by_record(cfg: &Config, f: &Flow, record: SockState) -> i32 {
     match record.verdict {
         VERDICT_ALLOW => verdict(cfg, f, record.direction, Decision::Allow(record.rule), false),
         VERDICT_EXEMPT => {
-            count_stat(stats::PASS_LOOPBACK, f.segments, f.bytes);
+            count_stat(stats::LAYER_CGROUP, stats::PASS_LOOPBACK, f.segments, f.bytes);
             PASS
         }
         // Recorded in audit mode: every packet is a would-deny (or a deny, if the mode
@@ -278,7 +287,7 @@ fn remember(
 fn verdict(cfg: &Config, f: &Flow, direction: u8, d: Decision, event: bool) -> i32 {
     match d {
         Decision::Allow(rule) => {
-            count_rule(rule, f.segments, f.bytes);
+            count_rule(stats::LAYER_CGROUP, rule, f.segments, f.bytes);
             PASS
         }
         Decision::Deny(why) => {
@@ -289,7 +298,7 @@ fn verdict(cfg: &Config, f: &Flow, direction: u8, d: Decision, event: bool) -> i
 
 #[inline(always)]
 fn malformed(ctx: &SkBuffContext, cfg: &Config, egress: bool) -> i32 {
-    count_stat(stats::MALFORMED, 1, ctx.len());
+    count_stat(stats::LAYER_CGROUP, stats::MALFORMED, 1, ctx.len());
     let d = Denied {
         direction: if egress { DIR_OUT } else { DIR_IN },
         reason: reason::MALFORMED,

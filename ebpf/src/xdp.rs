@@ -104,7 +104,7 @@ pub fn pc_xdp(ctx: XdpContext) -> u32 {
     match parse(&ctx, &mut f) {
         Ok(Parsed::Ip) => judge(&cfg, &f),
         Ok(Parsed::NonIp) => {
-            count_stat(stats::PASS_NON_IP, 1, frame_len(&ctx));
+            count_stat(stats::LAYER_XDP, stats::PASS_NON_IP, 1, frame_len(&ctx));
             XDP_PASS
         }
         // Fail closed: what cannot be parsed cannot be shown to be allowed.
@@ -215,7 +215,7 @@ fn icmp(cfg: &Config, f: &Frame, first: bool, always: bool, echo: bool) -> u32 {
         if first {
             remember_fragment(f, NO_RULE);
         }
-        count_stat(stats::PASS_ICMP, 1, f.ip_len);
+        count_stat(stats::LAYER_XDP, stats::PASS_ICMP, 1, f.ip_len);
         return XDP_PASS;
     }
     apply(cfg, f, Decision::Deny(reason::ICMP))
@@ -241,7 +241,7 @@ fn later_fragment(cfg: &Config, f: &Frame) -> u32 {
         // SAFETY: see `reply_rule`.
         Some(v) => match unsafe { (*v).rule } {
             NO_RULE => {
-                count_stat(stats::PASS_ICMP, 1, f.ip_len);
+                count_stat(stats::LAYER_XDP, stats::PASS_ICMP, 1, f.ip_len);
                 XDP_PASS
             }
             rule => apply(cfg, f, Decision::Allow(rule)),
@@ -255,7 +255,7 @@ fn later_fragment(cfg: &Config, f: &Frame) -> u32 {
 fn apply(cfg: &Config, f: &Frame, d: Decision) -> u32 {
     match d {
         Decision::Allow(rule) => {
-            count_rule(rule, 1, f.ip_len);
+            count_rule(stats::LAYER_XDP, rule, 1, f.ip_len);
             XDP_PASS
         }
         Decision::Deny(why) => deny_packet(cfg, f, why),
@@ -287,7 +287,7 @@ fn deny_packet(cfg: &Config, f: &Frame, why: u32) -> u32 {
 /// Not inlined, like [`deny_packet`].
 #[inline(never)]
 fn malformed(cfg: &Config, bytes: u32) -> u32 {
-    count_stat(stats::MALFORMED, 1, bytes);
+    count_stat(stats::LAYER_XDP, stats::MALFORMED, 1, bytes);
     let d = Denied {
         direction: DIR_IN,
         reason: reason::MALFORMED,

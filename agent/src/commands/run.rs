@@ -141,14 +141,15 @@ fn resolve(args: &mut Args) -> anyhow::Result<(Policy, Settings, Option<PathBuf>
 }
 
 /// The runtime configuration for a policy.
-pub fn config_for(policy: &Policy, generation: u32, events_per_sec: u32) -> Config {
+pub fn config_for(policy: &Policy, generation: u32, settings: &Settings) -> Config {
     Config {
         generation,
         mode: if policy.mode == Mode::Enforce { MODE_ENFORCE } else { MODE_AUDIT },
         loopback: if policy.loopback == LoopbackMode::Enforce { LOOPBACK_ENFORCE } else { LOOPBACK_EXEMPT },
         icmp_echo: u32::from(policy.icmp_echo),
-        events_per_sec,
-        _reserved: [0; 3],
+        events_per_sec: settings.events_per_sec,
+        xdp_flows: u32::from(!settings.xdp.is_empty()),
+        _reserved: [0; 2],
     }
 }
 
@@ -161,7 +162,7 @@ pub fn install(dp: &mut Datapath, policy: &Policy, settings: &Settings, previous
     let generation = 1 - (dp.config()?.generation & 1);
     let image = Image::build(policy, &index, generation)?;
     dp.reset_rule_counters(&fresh)?;
-    dp.install(&image, config_for(policy, generation, settings.events_per_sec))?;
+    dp.install(&image, config_for(policy, generation, settings))?;
     let version = previous.map_or(1, |s| s.policy_version + 1);
     Ok(State::new(policy, &index, &settings.scopes, generation, version))
 }
@@ -338,6 +339,50 @@ impl Daemon {
     }
 }
 
+/// How often the daemon checks that each scope's cgroup is still the one its programs
+/// are attached to (see [`Daemon::reattach_recreated_scopes`]).
+const SCOPE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+impl Daemon {
+    /// Re-attaches to scopes whose cgroup was removed and created again.
+    ///
+    /// Removing a cgroup detaches its programs with it (the kernel frees the cgroup's
+    /// links), and a cgroup created again at the same path, e.g. by a unit restart, is a
+    /// new cgroup that nothing enforces. Link pins are named after the inode of the
+    /// cgroup they attach to, so comparing that with the path's inode now tells which
+    /// scopes lost their programs. A missing cgroup's dead links are removed (logged
+    /// once); when the path exists again the programs are attached to it.
+    fn reattach_recreated_scopes(&mut self) {
+        let tag = format!("v{}", self.state.policy_version);
+        for (scope, pins) in &mut self.attached {
+            let pinned = pins.first().and_then(|p| p.file_name()?.to_str()?.split('-').next()?.parse::<u64>().ok());
+            let now = fs::metadata(&scope.path)
+                .ok()
+                .filter(|_| scope.path.join("cgroup.procs").is_file())
+                .map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+            if now.is_some() && now == pinned {
+                continue;
+            }
+            if !pins.is_empty() {
+                log::warn!("scope {}: cgroup {} was removed; its programs went with it", scope.label, scope.path.display());
+                if let Err(e) = loader::remove_links(pins) {
+                    log::error!("scope {}: removing the links of the removed cgroup: {e:#}", scope.label);
+                }
+                pins.clear();
+            }
+            if now.is_some() {
+                match self.dp.attach(scope, &tag) {
+                    Ok(new) => {
+                        log::warn!("scope {}: cgroup {} was created again; re-attached", scope.label, scope.path.display());
+                        *pins = new;
+                    }
+                    Err(e) => log::error!("scope {}: re-attaching to {}: {e:#}", scope.label, scope.path.display()),
+                }
+            }
+        }
+    }
+}
+
 /// Runs the subcommand.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let on_exit = args.on_exit;
@@ -384,6 +429,8 @@ async fn serve(daemon: &mut Daemon, ring: RingBuf<aya::maps::MapData>) -> anyhow
     let mut sighup = signal(SignalKind::hangup())?;
     let mut watchdog = tokio::time::interval(daemon.notify.watchdog_interval().unwrap_or(Duration::from_secs(3600)));
     let watchdog_on = daemon.notify.watchdog_interval().is_some();
+    // A scope's cgroup can be removed and created again under a running agent.
+    let mut scope_check = tokio::time::interval(SCOPE_CHECK_INTERVAL);
     loop {
         tokio::select! {
             guard = events.readable_mut() => {
@@ -400,6 +447,7 @@ async fn serve(daemon: &mut Daemon, ring: RingBuf<aya::maps::MapData>) -> anyhow
             }
             _ = sighup.recv() => daemon.reload(),
             _ = watchdog.tick(), if watchdog_on => daemon.notify.send("WATCHDOG=1"),
+            _ = scope_check.tick() => daemon.reattach_recreated_scopes(),
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }

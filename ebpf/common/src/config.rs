@@ -28,6 +28,10 @@ pub struct Config {
     pub icmp_echo: u32,
     /// Deny events per second per CPU; 0 turns events off.
     pub events_per_sec: u32,
+    /// 1 when an XDP program is attached: the egress program then records every flow a
+    /// connect()ed socket opens in `PC_FLOWS_OUT`, so XDP can let its replies in. 0 spares
+    /// cgroup-only deployments that lookup per packet.
+    pub xdp_flows: u32,
     /// Reserved, zero.
-    pub _reserved: [u32; 3],
+    pub _reserved: [u32; 2],
 }

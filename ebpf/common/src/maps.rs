@@ -8,11 +8,12 @@ pub const PORTS: &str = "PC_PORTS";
 pub const PEERS: &str = "PC_PEERS";
 /// Capacity of [`PEERS`] (CIDR entries across both generations).
 pub const PEERS_MAX: u32 = 16 * 1024;
-/// Per-rule allowed packets and bytes, indexed by rule index. `PerCpuArray<Counter>`.
+/// Per-rule allowed packets and bytes, indexed by `layer * MAX_RULES + rule index`
+/// (`stats::LAYER_*`). `PerCpuArray<Counter>`.
 pub const RULE_COUNTERS: &str = "PC_RULES";
 /// Largest rule index + 1. Index 0 means "no rule" and is never counted.
 pub const MAX_RULES: u32 = 4096;
-/// Global counters, indexed by `stats::*`. `PerCpuArray<Counter>`.
+/// Global counters, indexed by `layer * STATS_LEN + stats::*`. `PerCpuArray<Counter>`.
 pub const STATS: &str = "PC_STATS";
 /// Denied (or would-be denied) `(direction, protocol, port)` -> counter.
 /// `LruPerCpuHashMap<DeniedKey, Counter>`: bounded, the least recently denied fall out.

@@ -53,8 +53,20 @@ pub mod reason {
 
 /// First index of the deny counters.
 pub const DENY_BASE: u32 = 16;
-/// Size of the global counter array.
+/// Number of global counters of one layer.
 pub const STATS_LEN: u32 = DENY_BASE + 2 * 2 * reason::COUNT;
+
+/// Counters are kept per layer, so that a packet the XDP program and then a cgroup
+/// program both judge is counted once in each layer and never twice in one counter.
+/// The cgroup programs (per service or host, per socket).
+pub const LAYER_CGROUP: u32 = 0;
+/// The XDP program (per interface, before the stack).
+pub const LAYER_XDP: u32 = 1;
+/// Number of layers: `PC_STATS` holds `STATS_LEN * LAYERS` counters and `PC_RULES`
+/// `MAX_RULES * LAYERS`, layer-major.
+pub const LAYERS: u32 = 2;
+/// Display names, indexed by layer.
+pub const LAYER_NAMES: [&str; 2] = ["cgroup", "xdp"];
 
 /// Index of the counter of denies (`audit == false`) or would-denies (`audit == true`)
 /// for a direction (`policy::DIR_*`) and a reason (`reason::*`).
@@ -77,4 +89,8 @@ pub struct DeniedKey {
     /// The local port for inbound flows, the remote port for outbound ones (0 where the
     /// protocol has no ports).
     pub port: u16,
+    /// `LAYER_*` that denied it.
+    pub layer: u8,
+    /// Padding, zero.
+    pub _pad: [u8; 3],
 }

@@ -1,0 +1,26 @@
+//! Baseline programs for `cargo xtask bench`, never attached by the agent.
+//!
+//! `BPF_PROG_TEST_RUN`'s time per packet includes the kernel's own loop around the
+//! program (building the context, timing, the indirect call). The benchmark divides our
+//! programs' time by these empty programs' time, run the same way on the same frames,
+//! so what remains is the cost of the datapath itself (figure M1). They touch no map
+//! and decide nothing; the agent loads programs by name (`portcullis_common::maps::
+//! programs`) and never names these.
+
+use aya_ebpf::{
+    bindings::xdp_action::XDP_PASS,
+    macros::{cgroup_skb, xdp},
+    programs::{SkBuffContext, XdpContext},
+};
+
+/// cgroup_skb baseline: passes every packet.
+#[cgroup_skb(ingress)]
+pub fn pc_noop_skb(_ctx: SkBuffContext) -> i32 {
+    1
+}
+
+/// XDP baseline: passes every frame.
+#[xdp]
+pub fn pc_noop_xdp(_ctx: XdpContext) -> u32 {
+    XDP_PASS
+}
