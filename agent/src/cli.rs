@@ -66,6 +66,12 @@ pub fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::new().filter_or("PORTCULLIS_LOG", "info"))
         .format_target(false)
         .init();
+    if !matches!(cli.command, Command::Run(_)) {
+        // `portcullis status | head` should end quietly, as other Unix tools do. Not for
+        // the daemon: a closed stdout must not kill the firewall agent.
+        // SAFETY: setting a signal disposition to its default before any thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let result = match cli.command {
         Command::Profile(c) => commands::profile::run(c),
         Command::Check(a) => commands::check::run(a),
