@@ -215,14 +215,51 @@ impl LineIndex {
 
 /// Reads and validates a site config. The only I/O is reading `path`.
 pub fn load_site(path: &Path) -> Result<Site, PolicyError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        PolicyError::new(format!(
-            "cannot read site config \"{}\": {e}",
-            path.display()
-        ))
-        .hint("pass the path of an existing TOML file with --config")
-    })?;
+    let text = read_config(
+        path,
+        "site config",
+        "pass the path of an existing TOML file with --config",
+    )?;
     Site::parse(&text, path)
+}
+
+/// Largest site config or profile accepted, in bytes. The real ones are a few KiB; the
+/// limit keeps a wrong path (a log, a device) from being read whole into memory.
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// Reads a config file (`what`: "site config" or "profile") as UTF-8 text of at most
+/// [`MAX_CONFIG_BYTES`]. A file that is too big, or not UTF-8 (the error gives the line
+/// of the first bad byte), is rejected before any parsing.
+pub fn read_config(path: &Path, what: &str, hint: &str) -> Result<String, PolicyError> {
+    use std::io::Read as _;
+    let cannot = |e: &dyn fmt::Display| {
+        PolicyError::new(format!("cannot read {what} \"{}\": {e}", path.display())).hint(hint)
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(|e| cannot(&e))?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(PolicyError::new(format!(
+            "{what} \"{}\" is larger than {} bytes",
+            path.display(),
+            MAX_CONFIG_BYTES
+        ))
+        .hint("a config file is a few KiB of TOML; check the path"));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let valid = e.utf8_error().valid_up_to();
+        let bytes = e.as_bytes();
+        let line = bytes[..valid].iter().filter(|b| **b == b'\n').count() + 1;
+        let mut error = PolicyError::new(format!(
+            "{what} is not UTF-8 text: byte 0x{:02x} at offset {valid} is invalid",
+            bytes[valid]
+        ))
+        .hint("save the file as UTF-8");
+        error.file = Some(path.to_path_buf());
+        error.line = Some(line);
+        error
+    })
 }
 
 /// Compiles a site config. Its profile is the embedded one of `site.product`, or the

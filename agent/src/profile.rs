@@ -449,10 +449,11 @@ impl Profile {
 
     /// Reads a profile file.
     pub fn load(path: &Path) -> Result<Self, PolicyError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            PolicyError::new(format!("cannot read profile \"{}\": {e}", path.display()))
-                .hint("give the path of a profile TOML file (schema in profiles/README.md)")
-        })?;
+        let text = crate::compiler::read_config(
+            path,
+            "profile",
+            "give the path of a profile TOML file (schema in profiles/README.md)",
+        )?;
         Self::parse(&text, path)
     }
 

@@ -472,3 +472,12 @@ pub fn stderr(o: &Output) -> String {
 pub fn net_py() -> String {
     format!("python3 {}/support/net.py", env!("CARGO_MANIFEST_DIR"))
 }
+
+/// Prints a test's figures as one line, `RELIABILITY: <test>: key=value ...`, which
+/// `cargo xtask test` collects into its reliability summary. Written to the process's
+/// stderr directly: the test harness captures `println!`/`eprintln!` of passing tests.
+pub fn figures(test: &str, fields: &[(&str, String)]) {
+    use std::io::Write as _;
+    let kv: Vec<String> = fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let _ = writeln!(std::io::stderr(), "RELIABILITY: {test}: {}", kv.join(" "));
+}
