@@ -67,12 +67,7 @@ pub fn denies_file(paths: &PathArgs) -> PathBuf {
     paths.state_dir.join(FILE_NAME)
 }
 
-/// Seconds since the Unix epoch, now.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+pub use crate::state::unix_now;
 
 /// A Unix time as RFC 3339 UTC, e.g. `2026-01-31T12:00:00Z`.
 pub fn rfc3339(unix: u64) -> String {
@@ -154,12 +149,6 @@ impl CgroupName {
         };
         Self { path, unit }
     }
-}
-
-/// One deny event as one log line, without the cgroup path (which needs the cgroup
-/// tree: [`EventLog`] adds it) and without a priority prefix.
-pub fn format_event(e: &DenyEvent) -> String {
-    format_line(e, None)
 }
 
 fn format_line(e: &DenyEvent, cgroup: Option<&CgroupName>) -> String {
@@ -768,13 +757,13 @@ mod tests {
 
     #[test]
     fn line_is_key_value_with_src_and_dst_by_direction() {
-        let out = format_event(&event(DIR_OUT, 8081, [198, 18, 0, 2], "curl", 1));
+        let out = format_line(&event(DIR_OUT, 8081, [198, 18, 0, 2], "curl", 1), None);
         assert_eq!(
             out,
             "verdict=deny rule=none direction=out protocol=tcp src=198.18.0.1 sport=40000 dst=198.18.0.2 dport=8081 \
              reason=no-rule hook=connect cgroup=42 pid=77 comm=curl"
         );
-        let inbound = format_event(&event(DIR_IN, 25, [203, 0, 113, 9], "", 0));
+        let inbound = format_line(&event(DIR_IN, 25, [203, 0, 113, 9], "", 0), None);
         assert!(inbound.starts_with("verdict=would-deny rule=none direction=in protocol=tcp src=203.0.113.9 sport=40000 dst=198.18.0.1 dport=25 "), "{inbound}");
         assert!(
             !inbound.contains("pid="),

@@ -11,11 +11,9 @@ mod cli;
 mod commands;
 mod compiler;
 mod counters;
-#[allow(dead_code, reason = "`EventLog` is wired into `run` by the daemon work (issue 5); remove this then")]
 mod events;
 mod image;
 mod loader;
-#[allow(dead_code, reason = "`metrics::serve` is wired into `run` by the daemon work (issue 5); remove this then")]
 mod metrics;
 mod notify;
 mod policy;

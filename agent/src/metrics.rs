@@ -31,8 +31,6 @@ use crate::{
     state::State,
 };
 
-/// The suggested listen address (`[metrics] listen` in the site config; off by default).
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:9975";
 /// Content type of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// Largest request head read (request line and headers).
@@ -180,7 +178,7 @@ fn response(code: u16, reason: &str, content_type: &str, body: &str, head_only: 
 pub fn gather(paths: &PathArgs) -> anyhow::Result<String> {
     let state = State::read(&paths.state_file())?;
     let snap = counters::read(paths)?;
-    let status = status::build(state, &snap, pinned_links(paths).len());
+    let status = status::build(state, &snap, &pinned_links(paths));
     Ok(render(
         &status,
         &snap,
@@ -474,6 +472,7 @@ mod tests {
             loopback: "exempt".into(),
             scopes: vec!["host".into()],
             attached_links: 4,
+            xdp: Default::default(),
             generation: 1,
             policy_version: 3,
             loaded_at: 1_795_000_000,

@@ -687,6 +687,7 @@ mod tests {
             loopback: "exempt".into(),
             scopes: vec![],
             attached_links: 0,
+            xdp: Default::default(),
             generation: 0,
             policy_version: 0,
             loaded_at: 0,

@@ -6,25 +6,26 @@
 //! made live before any program is attached; new links are attached before the links of
 //! an earlier run are removed. At no instant is a scope unprotected or half-configured.
 
-use std::{fs, os::fd::AsRawFd as _, path::PathBuf, process::ExitCode, time::Duration};
+use std::{fs, net::SocketAddr, os::fd::AsRawFd as _, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, bail};
 use aya::maps::RingBuf;
 use portcullis_common::{
     config::{Config, LOOPBACK_ENFORCE, LOOPBACK_EXEMPT, MODE_AUDIT, MODE_ENFORCE},
-    event::{DenyEvent, hook},
+    event::DenyEvent,
     maps as names,
-    stats::reason,
 };
 use tokio::{io::unix::AsyncFd, signal::unix::{SignalKind, signal}};
 
 use crate::{
     commands::status,
     compiler,
+    events::EventLog,
     image::{Image, RuleIndex},
     loader::{self, Datapath, PathArgs, Scope},
+    metrics,
     notify::Notifier,
-    policy::{Direction, LoopbackMode, Mode, Policy},
+    policy::{LoopbackMode, Mode, Policy},
     state::{ReloadOutcome, State, unix_now},
     xdp,
 };
@@ -63,6 +64,10 @@ pub struct Args {
     /// supports it, else generic). Repeatable. Overrides the config's `xdp`.
     #[arg(long = "xdp", value_name = "IFACE")]
     pub xdp: Vec<String>,
+    /// Serve Prometheus metrics at this address (the suggested one is 127.0.0.1:9975). Overrides the
+    /// config's `[metrics] listen`. Off by default.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Deny events per second per CPU (0: none). Overrides the config.
     #[arg(long)]
     pub events_per_sec: Option<u32>,
@@ -73,6 +78,10 @@ pub struct Args {
     #[command(flatten)]
     pub paths: PathArgs,
 }
+
+/// Deny log lines per second before the log summarises ("suppressed N lines"); the
+/// kernel's own per-CPU limit (`events_per_sec`) comes first.
+const LOG_LINES_PER_SEC: u32 = 20;
 
 /// The config `run` reads when given neither --config nor --product.
 pub const DEFAULT_CONFIG: &str = "/etc/portcullis/portcullis.toml";
@@ -96,6 +105,8 @@ pub struct Settings {
     pub events_per_sec: u32,
     /// Interfaces to attach the XDP program to.
     pub xdp: Vec<String>,
+    /// Where to serve Prometheus metrics, if anywhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Compiles the policy and settles the settings, before anything touches the kernel.
@@ -113,11 +124,12 @@ fn resolve(args: &mut Args) -> anyhow::Result<(Policy, Settings, Option<PathBuf>
             args.paths.pin_dir = Some(site.pin_dir.clone());
         }
         let scopes = site.scope.iter().map(ToString::to_string).collect();
-        (policy, Settings { scopes, events_per_sec: site.events_per_sec, xdp: site.xdp.clone() })
+        let settings = Settings { scopes, events_per_sec: site.events_per_sec, xdp: site.xdp.clone(), metrics: site.metrics.listen };
+        (policy, settings)
     } else {
         let product = args.product.as_deref().unwrap_or(DEFAULT_PRODUCT);
         let policy = compiler::compile_product(product, &args.features, args.all_features)?;
-        (policy, Settings { scopes: vec!["host".to_owned()], events_per_sec: 100, xdp: Vec::new() })
+        (policy, Settings { scopes: vec!["host".to_owned()], events_per_sec: 100, xdp: Vec::new(), metrics: None })
     };
     if let Some(m) = args.mode {
         policy.mode = match m {
@@ -133,6 +145,9 @@ fn resolve(args: &mut Args) -> anyhow::Result<(Policy, Settings, Option<PathBuf>
     }
     if !args.xdp.is_empty() {
         settings.xdp = args.xdp.clone();
+    }
+    if args.metrics_listen.is_some() {
+        settings.metrics = args.metrics_listen;
     }
     if let Some(e) = args.events_per_sec {
         settings.events_per_sec = e;
@@ -188,6 +203,10 @@ struct Daemon {
     /// Interfaces with the XDP program, and their link pins.
     xdp: Vec<(String, PathBuf)>,
     notify: Notifier,
+    /// Deny events: log lines (rate-limited) and the aggregate `report` reads.
+    events: EventLog,
+    /// Where metrics are served (fixed at start: a reload does not move the listener).
+    metrics: Option<SocketAddr>,
     reloads: u64,
     _lock: fs::File,
 }
@@ -228,7 +247,20 @@ impl Daemon {
         };
         state.config = config;
         state.write(&paths.state_file())?;
-        Ok(Self { args, paths, dp, state, attached, xdp, notify: Notifier::from_env(), reloads: 0, _lock: lock })
+        let events = EventLog::new(&paths, LOG_LINES_PER_SEC);
+        Ok(Self {
+            args,
+            paths,
+            dp,
+            state,
+            attached,
+            xdp,
+            notify: Notifier::from_env(),
+            events,
+            metrics: settings.metrics,
+            reloads: 0,
+            _lock: lock,
+        })
     }
 
     #[expect(clippy::type_complexity, reason = "a private constructor step")]
@@ -402,6 +434,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     runtime.block_on(serve(&mut daemon, ring))?;
 
     daemon.notify.send("STOPPING=1");
+    if let Err(e) = daemon.events.flush() {
+        log::warn!("writing the deny aggregate: {e:#}");
+    }
     let paths = daemon.paths.clone();
     drop(daemon);
     match status::collect(&paths) {
@@ -429,6 +464,16 @@ async fn serve(daemon: &mut Daemon, ring: RingBuf<aya::maps::MapData>) -> anyhow
     let mut sighup = signal(SignalKind::hangup())?;
     let mut watchdog = tokio::time::interval(daemon.notify.watchdog_interval().unwrap_or(Duration::from_secs(3600)));
     let watchdog_on = daemon.notify.watchdog_interval().is_some();
+    let mut flush = tokio::time::interval(Duration::from_secs(2));
+    if let Some(addr) = daemon.metrics {
+        let paths = daemon.paths.clone();
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve(addr, paths).await {
+                log::error!("metrics endpoint {addr}: {e:#}");
+            }
+        });
+        log::info!("serving metrics at http://{addr}/metrics");
+    }
     // A scope's cgroup can be removed and created again under a running agent.
     let mut scope_check = tokio::time::interval(SCOPE_CHECK_INTERVAL);
     loop {
@@ -440,45 +485,22 @@ async fn serve(daemon: &mut Daemon, ring: RingBuf<aya::maps::MapData>) -> anyhow
                     if item.len() >= size_of::<DenyEvent>() {
                         // SAFETY: the programs write whole `DenyEvent`s; the length was checked.
                         let e: DenyEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-                        println!("{}", format_event(&e));
+                        daemon.events.record(&e);
                     }
                 }
                 guard.clear_ready();
             }
             _ = sighup.recv() => daemon.reload(),
             _ = watchdog.tick(), if watchdog_on => daemon.notify.send("WATCHDOG=1"),
+            _ = flush.tick() => {
+                if let Err(e) = daemon.events.flush() {
+                    log::warn!("writing the deny aggregate: {e:#}");
+                }
+            }
             _ = scope_check.tick() => daemon.reattach_recreated_scopes(),
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
     }
     Ok(())
-}
-
-fn addr(a: &[u8; 16]) -> std::net::IpAddr {
-    let v6 = std::net::Ipv6Addr::from(*a);
-    match v6.to_ipv4_mapped() {
-        Some(v4) => v4.into(),
-        None => v6.into(),
-    }
-}
-
-/// One deny event as one log line.
-pub fn format_event(e: &DenyEvent) -> String {
-    let comm = String::from_utf8_lossy(e.comm.split(|b| *b == 0).next().unwrap_or_default()).into_owned();
-    let (src, sport, dst, dport) = if Direction::from_code(e.direction) == Direction::In {
-        (addr(&e.remote), e.remote_port, addr(&e.local), e.local_port)
-    } else {
-        (addr(&e.local), e.local_port, addr(&e.remote), e.remote_port)
-    };
-    format!(
-        "{} {} {} {src}:{sport} -> {dst}:{dport} reason={} hook={} cgroup={}{}",
-        if e.dropped == 1 { "deny" } else { "would-deny" },
-        Direction::from_code(e.direction),
-        status::protocol_name(e.protocol),
-        reason::NAMES.get(e.reason as usize).unwrap_or(&"?"),
-        hook::NAMES.get(e.hook as usize).unwrap_or(&"?"),
-        e.cgroup_id,
-        if e.pid != 0 { format!(" pid={} comm={comm}", e.pid) } else { String::new() },
-    )
 }

@@ -132,6 +132,52 @@ pub struct EventStatus {
     pub ring_full: u64,
 }
 
+/// An interface the XDP program is attached to.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct XdpInterface {
+    /// Interface name.
+    pub interface: String,
+    /// native (in the driver) | generic (on an skb: drivers without native XDP).
+    pub mode: crate::xdp::XdpMode,
+}
+
+/// The XDP layer: where it is attached and what it counted. Its counters are its own:
+/// a packet XDP passes and a cgroup program then judges is counted once in each layer.
+#[derive(Debug, Default, Serialize)]
+pub struct XdpStatus {
+    /// Interfaces with the XDP program (empty when XDP is not in use).
+    pub interfaces: Vec<XdpInterface>,
+    /// Allowed per rule (rules with traffic only), in policy order.
+    pub rules: Vec<XdpRule>,
+    /// Sum over `rules`.
+    pub allowed: Traffic,
+    /// Non-zero deny counters.
+    pub denies: Vec<DenyStatus>,
+    /// Sum of drops.
+    pub denied: Traffic,
+    /// Sum of would-drops (audit mode).
+    pub would_deny: Traffic,
+    /// ICMP errors, neighbour discovery and allowed echo.
+    pub icmp_passed: Traffic,
+    /// Non-IP frames (ARP, LLDP, ...), which always pass.
+    pub non_ip_passed: Traffic,
+    /// Frames whose headers could not be parsed.
+    pub malformed: Traffic,
+    /// Denied (direction, protocol, port), most packets first.
+    pub denied_ports: Vec<DeniedPort>,
+}
+
+/// A rule's traffic at the XDP layer.
+#[derive(Debug, Serialize)]
+pub struct XdpRule {
+    /// Stable rule id.
+    pub id: String,
+    /// Packets.
+    pub packets: u64,
+    /// Bytes.
+    pub bytes: u64,
+}
+
 /// The whole `status --json` document.
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -173,6 +219,8 @@ pub struct Status {
     pub denied_ports: Vec<DeniedPort>,
     /// Deny-event delivery.
     pub events: EventStatus,
+    /// The XDP layer.
+    pub xdp: XdpStatus,
 }
 
 /// Protocol number to name.
@@ -190,12 +238,14 @@ pub fn protocol_name(p: u8) -> String {
 pub fn collect(paths: &PathArgs) -> anyhow::Result<Status> {
     let state = State::read(&paths.state_file())?;
     let snap = counters::read(paths)?;
-    Ok(build(state, &snap, pinned_links(paths).len()))
+    Ok(build(state, &snap, &pinned_links(paths)))
 }
 
 /// A [`Status`] from a state file and a counter snapshot already read (the metrics
 /// endpoint reads each once and needs both).
-pub fn build(state: State, snap: &counters::Snapshot, attached_links: usize) -> Status {
+pub fn build(state: State, snap: &counters::Snapshot, links: &[std::path::PathBuf]) -> Status {
+    let attached_links = links.len();
+    let paths_links = links;
     let rules: Vec<RuleStatus> = state
         .rules
         .iter()
@@ -215,40 +265,9 @@ pub fn build(state: State, snap: &counters::Snapshot, attached_links: usize) -> 
         packets: t.packets + r.packets,
         bytes: t.bytes + r.bytes,
     });
-    let mut denies = Vec::new();
-    let (mut denied, mut would_deny) = (Traffic::default(), Traffic::default());
-    for audit in [false, true] {
-        for dir in [DIR_IN, DIR_OUT] {
-            for (r, name) in reason::NAMES.iter().enumerate() {
-                let c = snap.stat(stats::deny_index(audit, dir, r as u32));
-                if c.packets == 0 {
-                    continue;
-                }
-                let total = if audit { &mut would_deny } else { &mut denied };
-                total.packets += c.packets;
-                total.bytes += c.bytes;
-                denies.push(DenyStatus {
-                    direction: Direction::from_code(dir),
-                    reason: name,
-                    audit,
-                    packets: c.packets,
-                    bytes: c.bytes,
-                });
-            }
-        }
-    }
-    let mut denied_ports: Vec<DeniedPort> = snap
-        .denied
-        .iter()
-        .map(|(k, c)| DeniedPort {
-            direction: Direction::from_code(k.direction),
-            protocol: protocol_name(k.protocol),
-            port: k.port,
-            packets: c.packets,
-            bytes: c.bytes,
-        })
-        .collect();
-    denied_ports.sort_by(|a, b| b.packets.cmp(&a.packets).then(a.port.cmp(&b.port)));
+    let (denies, denied, would_deny) = deny_summary(|i| snap.stat(i));
+    let denied_ports = denied_ports(&snap.denied);
+    let xdp = xdp_status(&state, snap, paths_links);
     Status {
         product: state.product,
         mode: state.mode.to_string(),
@@ -276,6 +295,81 @@ pub fn build(state: State, snap: &counters::Snapshot, attached_links: usize) -> 
             rate_limited: snap.stat(stats::EVENTS_RATE_LIMITED).packets,
             ring_full: snap.stat(stats::EVENTS_RING_FULL).packets,
         },
+        xdp,
+    }
+}
+
+/// Denies and would-denies of one layer, by direction and reason, with their sums.
+fn deny_summary(stat: impl Fn(u32) -> Counter) -> (Vec<DenyStatus>, Traffic, Traffic) {
+    let mut denies = Vec::new();
+    let (mut denied, mut would_deny) = (Traffic::default(), Traffic::default());
+    for audit in [false, true] {
+        for dir in [DIR_IN, DIR_OUT] {
+            for (r, name) in reason::NAMES.iter().enumerate() {
+                let c = stat(stats::deny_index(audit, dir, r as u32));
+                if c.packets == 0 {
+                    continue;
+                }
+                let total = if audit { &mut would_deny } else { &mut denied };
+                total.packets += c.packets;
+                total.bytes += c.bytes;
+                denies.push(DenyStatus {
+                    direction: Direction::from_code(dir),
+                    reason: name,
+                    audit,
+                    packets: c.packets,
+                    bytes: c.bytes,
+                });
+            }
+        }
+    }
+    (denies, denied, would_deny)
+}
+
+/// A layer's denied-port table, most packets first.
+fn denied_ports(table: &std::collections::BTreeMap<portcullis_common::stats::DeniedKey, Counter>) -> Vec<DeniedPort> {
+    let mut v: Vec<DeniedPort> = table
+        .iter()
+        .map(|(k, c)| DeniedPort {
+            direction: Direction::from_code(k.direction),
+            protocol: protocol_name(k.protocol),
+            port: k.port,
+            packets: c.packets,
+            bytes: c.bytes,
+        })
+        .collect();
+    v.sort_by(|a, b| b.packets.cmp(&a.packets).then(a.port.cmp(&b.port)));
+    v
+}
+
+/// The XDP layer's status: interfaces from the link pins, counters from the XDP layer.
+fn xdp_status(state: &State, snap: &counters::Snapshot, links: &[std::path::PathBuf]) -> XdpStatus {
+    let interfaces = links
+        .iter()
+        .filter_map(|p| crate::xdp::describe_pin(p))
+        .map(|(interface, mode)| XdpInterface { interface, mode })
+        .collect();
+    let rules: Vec<XdpRule> = state
+        .rules
+        .iter()
+        .filter_map(|r| {
+            let c = snap.xdp_rules.get(&r.index)?;
+            Some(XdpRule { id: r.id.clone(), packets: c.packets, bytes: c.bytes })
+        })
+        .collect();
+    let allowed = rules.iter().fold(Traffic::default(), |t, r| Traffic { packets: t.packets + r.packets, bytes: t.bytes + r.bytes });
+    let (denies, denied, would_deny) = deny_summary(|i| snap.xdp_stat(i));
+    XdpStatus {
+        interfaces,
+        rules,
+        allowed,
+        denies,
+        denied,
+        would_deny,
+        icmp_passed: snap.xdp_stat(stats::PASS_ICMP).into(),
+        non_ip_passed: snap.xdp_stat(stats::PASS_NON_IP).into(),
+        malformed: snap.xdp_stat(stats::MALFORMED).into(),
+        denied_ports: denied_ports(&snap.xdp_denied),
     }
 }
 
@@ -480,6 +574,7 @@ mod tests {
             loopback: "exempt".into(),
             scopes: vec!["host".into()],
             attached_links: 4,
+            xdp: XdpStatus::default(),
             generation: 1,
             policy_version: 1,
             loaded_at: 0,
