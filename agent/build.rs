@@ -5,10 +5,12 @@ use std::{env, path::PathBuf};
 
 fn main() {
     println!("cargo:rerun-if-env-changed=PORTCULLIS_EBPF_OBJECT");
-    let object = env::var_os("PORTCULLIS_EBPF_OBJECT").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
-            .join("../target/bpfel-unknown-none/release/portcullis-ebpf")
-    });
+    let object = env::var_os("PORTCULLIS_EBPF_OBJECT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
+                .join("../target/bpfel-unknown-none/release/portcullis-ebpf")
+        });
     println!("cargo:rerun-if-changed={}", object.display());
     if !object.is_file() {
         panic!(
@@ -17,5 +19,8 @@ fn main() {
             object.display()
         );
     }
-    println!("cargo:rustc-env=PORTCULLIS_EBPF_OBJECT={}", object.display());
+    println!(
+        "cargo:rustc-env=PORTCULLIS_EBPF_OBJECT={}",
+        object.display()
+    );
 }

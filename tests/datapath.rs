@@ -27,7 +27,9 @@ fn http_servers(lab: &mut Lab) {
 }
 
 fn connect(lab: &Lab, args: &str) -> String {
-    stdout(&lab.on_a(&format!("{} connect {args}", net_py()))).trim().to_owned()
+    stdout(&lab.on_a(&format!("{} connect {args}", net_py())))
+        .trim()
+        .to_owned()
 }
 
 #[test]
@@ -38,27 +40,70 @@ fn outbound_allowed_and_denied_with_eperm_over_ipv4_ipv6_and_mapped() {
     let agent = lab.agent(&cfg, &[]);
 
     // Allowed: a real HTTP exchange, both ways.
-    let ok = lab.on_a(&format!("curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 http://{}:8080/", lab.b4));
+    let ok = lab.on_a(&format!(
+        "curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 http://{}:8080/",
+        lab.b4
+    ));
     assert_eq!(stdout(&ok), "200", "allowed outbound HTTP over IPv4 failed");
-    let ok6 = lab.on_a(&format!("curl -s -g -o /dev/null -w '%{{http_code}}' --max-time 5 'http://[{}]:8080/'", lab.b6));
-    assert_eq!(stdout(&ok6), "200", "allowed outbound HTTP over IPv6 failed");
+    let ok6 = lab.on_a(&format!(
+        "curl -s -g -o /dev/null -w '%{{http_code}}' --max-time 5 'http://[{}]:8080/'",
+        lab.b6
+    ));
+    assert_eq!(
+        stdout(&ok6),
+        "200",
+        "allowed outbound HTTP over IPv6 failed"
+    );
 
     // Denied: connect() fails at once with EPERM, no time-out.
     let t = Instant::now();
-    let curl = lab.on_a(&format!("curl -s -o /dev/null --max-time 5 http://{}:8081/", lab.b4));
-    assert_eq!(curl.status.code(), Some(7), "curl to a denied port should fail to connect");
-    assert!(t.elapsed() < Duration::from_secs(2), "a denied connect must fail at once, took {:?}", t.elapsed());
+    let curl = lab.on_a(&format!(
+        "curl -s -o /dev/null --max-time 5 http://{}:8081/",
+        lab.b4
+    ));
+    assert_eq!(
+        curl.status.code(),
+        Some(7),
+        "curl to a denied port should fail to connect"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "a denied connect must fail at once, took {:?}",
+        t.elapsed()
+    );
     assert_eq!(connect(&lab, &format!("{} 8081", lab.b6)), "EPERM");
-    assert_eq!(connect(&lab, &format!("{} 8081 --mapped", lab.b4)), "EPERM", "IPv4-mapped socket");
-    assert_eq!(connect(&lab, &format!("{} 8080 --mapped", lab.b4)), "ok", "IPv4-mapped socket, allowed port");
+    assert_eq!(
+        connect(&lab, &format!("{} 8081 --mapped", lab.b4)),
+        "EPERM",
+        "IPv4-mapped socket"
+    );
+    assert_eq!(
+        connect(&lab, &format!("{} 8080 --mapped", lab.b4)),
+        "ok",
+        "IPv4-mapped socket, allowed port"
+    );
 
     let s = agent.status();
-    assert!(rule_packets(&s, "web-out") >= 12, "web-out counted too little: {s:#}");
-    assert_eq!(denies(&s, "out", "no-rule", false).0, 3, "three refused connects: {s:#}");
-    assert_eq!(denied_port(&s, "out", "tcp", 8081), 3, "denied-ports table: {s:#}");
+    assert!(
+        rule_packets(&s, "web-out") >= 12,
+        "web-out counted too little: {s:#}"
+    );
+    assert_eq!(
+        denies(&s, "out", "no-rule", false).0,
+        3,
+        "three refused connects: {s:#}"
+    );
+    assert_eq!(
+        denied_port(&s, "out", "tcp", 8081),
+        3,
+        "denied-ports table: {s:#}"
+    );
     let out = agent.stop();
     assert!(
-        out.lines().any(|l| l.contains("verdict=deny") && l.contains("direction=out") && l.contains("dport=8081") && l.contains("comm=curl")),
+        out.lines().any(|l| l.contains("verdict=deny")
+            && l.contains("direction=out")
+            && l.contains("dport=8081")
+            && l.contains("comm=curl")),
         "a deny log line naming the process: {out}"
     );
 }
@@ -86,7 +131,11 @@ source = "tests"
     for port in [2525, 2526] {
         lab.spawn_a(&format!("exec {} listen {port}", net_py()));
     }
-    lab.spawn_a(&format!("exec {} listen 5353 --udp --log {}/udp-received", net_py(), lab.dir.display()));
+    lab.spawn_a(&format!(
+        "exec {} listen 5353 --udp --log {}/udp-received",
+        net_py(),
+        lab.dir.display()
+    ));
     for port in [2525, 2526] {
         lab.wait_tcp(&lab.ns_a.clone(), &lab.a4.clone(), port);
     }
@@ -96,28 +145,53 @@ source = "tests"
     let ok = lab.on_b(&format!("nc -z -w 3 {} 2525", lab.a4));
     assert!(ok.status.success(), "allowed inbound 2525 over IPv4 failed");
     let ok6 = lab.on_b(&format!("nc -6 -z -w 3 {} 2525", lab.a6));
-    assert!(ok6.status.success(), "allowed inbound 2525 over IPv6 failed");
+    assert!(
+        ok6.status.success(),
+        "allowed inbound 2525 over IPv6 failed"
+    );
 
     // Denied inbound: no answer at all (not even a reset), so the client times out.
     let t = Instant::now();
     let denied = lab.on_b(&format!("nc -z -w 2 {} 2526", lab.a4));
     assert!(!denied.status.success(), "inbound to 2526 must be denied");
-    assert!(t.elapsed() >= Duration::from_millis(1500), "a dropped SYN gets no answer; got one after {:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(1500),
+        "a dropped SYN gets no answer; got one after {:?}",
+        t.elapsed()
+    );
     let denied6 = lab.on_b(&format!("nc -6 -z -w 2 {} 2526", lab.a6));
-    assert!(!denied6.status.success(), "inbound IPv6 to 2526 must be denied");
+    assert!(
+        !denied6.status.success(),
+        "inbound IPv6 to 2526 must be denied"
+    );
 
     // Spoofed replies: source port 53 (an allowed outbound port) opens nothing inbound.
     let spoof = lab.on_b(&format!("nc -z -w 2 -p 53 {} 2526", lab.a4));
-    assert!(!spoof.status.success(), "TCP from source port 53 to a closed-by-policy port must be dropped");
+    assert!(
+        !spoof.status.success(),
+        "TCP from source port 53 to a closed-by-policy port must be dropped"
+    );
     lab.on_b(&format!("echo spoofed | nc -u -w 1 -p 53 {} 5353", lab.a4));
     std::thread::sleep(Duration::from_millis(300));
     let got = std::fs::read_to_string(lab.dir.join("udp-received")).unwrap_or_default();
-    assert!(got.is_empty(), "a UDP datagram from source port 53 reached a socket no rule opens: {got:?}");
+    assert!(
+        got.is_empty(),
+        "a UDP datagram from source port 53 reached a socket no rule opens: {got:?}"
+    );
 
     let s = agent.status();
-    assert!(rule_packets(&s, "smtp-in") >= 6, "smtp-in counted too little: {s:#}");
-    assert!(denied_port(&s, "in", "tcp", 2526) >= 3, "in/tcp/2526 not in the denied table: {s:#}");
-    assert!(denied_port(&s, "in", "udp", 5353) >= 1, "in/udp/5353 not in the denied table: {s:#}");
+    assert!(
+        rule_packets(&s, "smtp-in") >= 6,
+        "smtp-in counted too little: {s:#}"
+    );
+    assert!(
+        denied_port(&s, "in", "tcp", 2526) >= 3,
+        "in/tcp/2526 not in the denied table: {s:#}"
+    );
+    assert!(
+        denied_port(&s, "in", "udp", 5353) >= 1,
+        "in/udp/5353 not in the denied table: {s:#}"
+    );
     assert!(denies(&s, "in", "no-rule", false).0 >= 4, "{s:#}");
     assert_eq!(rule_packets(&s, "dns-out"), 0, "nothing went to 53: {s:#}");
 }
@@ -139,12 +213,24 @@ source = \"tests\"
     );
     let cfg = lab.config(&rules, "mode = \"enforce\"");
     let agent = lab.agent(&cfg, &[]);
-    assert_eq!(connect(&lab, &format!("{} 8081 --bind 4443", lab.b4)), "EPERM", "bound to an in-port, to a denied port");
-    assert_eq!(connect(&lab, &format!("{} 8080 --bind 4443", lab.b4)), "ok", "bound to an in-port, to an allowed port");
+    assert_eq!(
+        connect(&lab, &format!("{} 8081 --bind 4443", lab.b4)),
+        "EPERM",
+        "bound to an in-port, to a denied port"
+    );
+    assert_eq!(
+        connect(&lab, &format!("{} 8080 --bind 4443", lab.b4)),
+        "ok",
+        "bound to an in-port, to an allowed port"
+    );
     let s = agent.status();
     assert_eq!(denies(&s, "out", "no-rule", false).0, 1, "{s:#}");
     assert!(rule_packets(&s, "web-out") >= 2, "{s:#}");
-    assert_eq!(rule_packets(&s, "https-in"), 0, "the in-rule must not be credited: {s:#}");
+    assert_eq!(
+        rule_packets(&s, "https-in"),
+        0,
+        "the in-rule must not be credited: {s:#}"
+    );
 }
 
 #[test]
@@ -170,10 +256,19 @@ source = "tests"
     let agent = lab.agent(&cfg, &[]);
     let udp = lab.on_a(&format!("dig +short +tries=1 +time=2 @{} lab.test", lab.b4));
     assert_eq!(stdout(&udp).trim(), "198.18.99.99", "DNS over UDP: {udp:?}");
-    let tcp = lab.on_a(&format!("dig +tcp +short +tries=1 +time=2 @{} lab.test", lab.b4));
+    let tcp = lab.on_a(&format!(
+        "dig +tcp +short +tries=1 +time=2 @{} lab.test",
+        lab.b4
+    ));
     assert_eq!(stdout(&tcp).trim(), "198.18.99.99", "DNS over TCP: {tcp:?}");
-    let denied = lab.on_a(&format!("dig +short +tries=1 +time=2 -p 5300 @{} lab.test", lab.b4));
-    assert!(!stdout(&denied).contains("198.18.99.99"), "DNS to port 5300 must be denied: {denied:?}");
+    let denied = lab.on_a(&format!(
+        "dig +short +tries=1 +time=2 -p 5300 @{} lab.test",
+        lab.b4
+    ));
+    assert!(
+        !stdout(&denied).contains("198.18.99.99"),
+        "DNS to port 5300 must be denied: {denied:?}"
+    );
     let s = agent.status();
     assert!(rule_packets(&s, "dns") >= 4, "{s:#}");
     assert!(denied_port(&s, "out", "udp", 5300) >= 1, "{s:#}");
@@ -202,10 +297,17 @@ source = \"tests\"
     let agent = lab.agent(&cfg, &[]);
 
     // What enforce would refuse goes through.
-    let denied = lab.on_a(&format!("curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 http://{}:8081/", lab.b4));
+    let denied = lab.on_a(&format!(
+        "curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 http://{}:8081/",
+        lab.b4
+    ));
     assert_eq!(stdout(&denied), "200", "audit mode must not drop");
     // Exact counts: 10 datagrams of 100 bytes each, IPv4 (+28) and IPv6 (+48).
-    let send = |host: &str, port: u16| stdout(&lab.on_a(&format!("{} udp-send {host} {port} 10 100", net_py()))).trim().to_owned();
+    let send = |host: &str, port: u16| {
+        stdout(&lab.on_a(&format!("{} udp-send {host} {port} 10 100", net_py())))
+            .trim()
+            .to_owned()
+    };
     assert_eq!(send(&lab.b4, 9000), "sent=10 eperm=0");
     assert_eq!(send(&lab.b4, 9001), "sent=10 eperm=0");
     assert_eq!(send(&lab.b6, 9001), "sent=10 eperm=0");
@@ -216,9 +318,16 @@ source = \"tests\"
     let (p, b) = denies(&s, "out", "no-rule", true);
     // The curl flow's packets (egress side) plus the 20 datagrams.
     let (curl_p, curl_b) = (p - 20, b - 10 * 128 - 10 * 148);
-    assert!(curl_p >= 4 && curl_b > 0, "the curl flow's would-denies: {s:#}");
+    assert!(
+        curl_p >= 4 && curl_b > 0,
+        "the curl flow's would-denies: {s:#}"
+    );
     assert_eq!(denied_port(&s, "out", "udp", 9001), 20, "{s:#}");
-    assert_eq!(denies(&s, "out", "no-rule", false), (0, 0), "nothing may be dropped in audit mode: {s:#}");
+    assert_eq!(
+        denies(&s, "out", "no-rule", false),
+        (0, 0),
+        "nothing may be dropped in audit mode: {s:#}"
+    );
     assert_eq!(s["denied"]["packets"], 0);
 }
 
@@ -244,17 +353,35 @@ source = \"tests\"
     {
         let cfg = lab.config(&rules, "mode = \"enforce\"");
         let agent = lab.agent(&cfg, &[]);
-        assert_eq!(connect(&lab, "127.0.0.1 8081"), "ok", "loopback is exempt by default");
+        assert_eq!(
+            connect(&lab, "127.0.0.1 8081"),
+            "ok",
+            "loopback is exempt by default"
+        );
         let s = agent.status();
-        assert!(s["loopback_exempt"]["packets"].as_u64().unwrap_or(0) >= 3, "{s:#}");
+        assert!(
+            s["loopback_exempt"]["packets"].as_u64().unwrap_or(0) >= 3,
+            "{s:#}"
+        );
         assert_eq!(s["denied"]["packets"], 0, "{s:#}");
         agent.stop();
     }
     let cfg = lab.config(&rules, "mode = \"enforce\"\nloopback = \"enforce\"");
     let agent = lab.agent(&cfg, &[]);
-    assert_eq!(connect(&lab, "127.0.0.1 8081"), "EPERM", "loopback = enforce applies the rules");
-    assert_eq!(connect(&lab, "127.0.0.1 8082"), "ok", "a scope = loopback rule opens the local service");
+    assert_eq!(
+        connect(&lab, "127.0.0.1 8081"),
+        "EPERM",
+        "loopback = enforce applies the rules"
+    );
+    assert_eq!(
+        connect(&lab, "127.0.0.1 8082"),
+        "ok",
+        "a scope = loopback rule opens the local service"
+    );
     let s = agent.status();
     assert_eq!(denies(&s, "out", "no-rule", false).0, 1, "{s:#}");
-    assert!(rule_packets(&s, "local-db/out") + rule_packets(&s, "local-db/in") >= 3, "{s:#}");
+    assert!(
+        rule_packets(&s, "local-db/out") + rule_packets(&s, "local-db/in") >= 3,
+        "{s:#}"
+    );
 }

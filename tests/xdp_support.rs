@@ -190,7 +190,10 @@ impl Datapath {
 
     /// A rule's counter in the XDP layer, summed over the CPUs.
     pub fn rule(&self, index: u16) -> Counter {
-        self.sum(maps::RULE_COUNTERS, stats::LAYER_XDP * maps::MAX_RULES + u32::from(index))
+        self.sum(
+            maps::RULE_COUNTERS,
+            stats::LAYER_XDP * maps::MAX_RULES + u32::from(index),
+        )
     }
 
     /// The denied-port table, summed over the CPUs.
@@ -205,7 +208,11 @@ impl Datapath {
                 packets: acc.packets + c.packets,
                 bytes: acc.bytes + c.bytes,
             });
-            assert_eq!(u32::from(k.layer), stats::LAYER_XDP, "test_run only runs the XDP program");
+            assert_eq!(
+                u32::from(k.layer),
+                stats::LAYER_XDP,
+                "test_run only runs the XDP program"
+            );
             out.insert((k.direction, k.protocol, k.port), c);
         }
         out

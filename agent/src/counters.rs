@@ -59,14 +59,26 @@ pub fn read(paths: &PathArgs) -> anyhow::Result<Snapshot> {
     let stats_map = Map::from_map_data(open_pinned(paths, names::STATS)?)?;
     let stats_map = PerCpuArray::<_, Counter>::try_from(stats_map).context("global counters")?;
     let read_stats = |layer: u32| -> anyhow::Result<Vec<Counter>> {
-        (0..STATS_LEN).map(|i| Ok(sum(stats_map.get(&(layer * STATS_LEN + i), 0)?.iter().copied()))).collect()
+        (0..STATS_LEN)
+            .map(|i| {
+                Ok(sum(stats_map
+                    .get(&(layer * STATS_LEN + i), 0)?
+                    .iter()
+                    .copied()))
+            })
+            .collect()
     };
     let denied_map = Map::from_map_data(open_pinned(paths, names::DENIED)?)?;
-    let denied_map = PerCpuHashMap::<_, DeniedKey, Counter>::try_from(denied_map).context("denied ports")?;
+    let denied_map =
+        PerCpuHashMap::<_, DeniedKey, Counter>::try_from(denied_map).context("denied ports")?;
     let (mut denied, mut xdp_denied) = (BTreeMap::new(), BTreeMap::new());
     for item in denied_map.iter() {
         let (k, v) = item?;
-        let table = if u32::from(k.layer) == LAYER_XDP { &mut xdp_denied } else { &mut denied };
+        let table = if u32::from(k.layer) == LAYER_XDP {
+            &mut xdp_denied
+        } else {
+            &mut denied
+        };
         table.insert(k, sum(v.iter().copied()));
     }
     Ok(Snapshot {
@@ -87,6 +99,9 @@ impl Snapshot {
 
     /// A global counter of the XDP layer.
     pub fn xdp_stat(&self, index: u32) -> Counter {
-        self.xdp_stats.get(index as usize).copied().unwrap_or_default()
+        self.xdp_stats
+            .get(index as usize)
+            .copied()
+            .unwrap_or_default()
     }
 }

@@ -59,7 +59,9 @@ impl RuleIndex {
 
     /// An index read back from the state file.
     pub fn from_pairs(pairs: impl IntoIterator<Item = (String, u16)>) -> Self {
-        Self { by_id: pairs.into_iter().collect() }
+        Self {
+            by_id: pairs.into_iter().collect(),
+        }
     }
 
     /// The index of a rule id.
@@ -113,7 +115,11 @@ impl Image {
         let rule_index = policy
             .rules
             .iter()
-            .map(|r| index.get(&r.id).with_context(|| format!("rule {:?} has no index", r.id)))
+            .map(|r| {
+                index
+                    .get(&r.id)
+                    .with_context(|| format!("rule {:?} has no index", r.id))
+            })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let base = port_index(generation, policy::DIR_IN, policy::IPPROTO_TCP, 0).unwrap_or(0);
         let mut ports = vec![0u32; 4 * 65536];
@@ -123,9 +129,13 @@ impl Image {
         let mut slots: HashMap<Vec<(usize, usize)>, u16> = HashMap::new();
 
         for (dir, proto) in TABLES {
-            let offset = (port_index(generation, dir.code(), proto.number(), 0).unwrap_or(0) - base) as usize;
-            let entries: Vec<_> =
-                policy.entries.iter().filter(|e| e.direction == dir && e.protocol == proto).collect();
+            let offset = (port_index(generation, dir.code(), proto.number(), 0).unwrap_or(0) - base)
+                as usize;
+            let entries: Vec<_> = policy
+                .entries
+                .iter()
+                .filter(|e| e.direction == dir && e.protocol == proto)
+                .collect();
             // Any-peer rules: the first rule in policy order wins a port (write in
             // reverse order so earlier rules overwrite later ones).
             let mut any = vec![usize::MAX; 65536];
@@ -155,7 +165,10 @@ impl Image {
                 cands.dedup();
                 let next = slots.len() + 1;
                 if next > u16::MAX as usize {
-                    bail!("too many distinct peer-restricted port groups (more than {})", u16::MAX);
+                    bail!(
+                        "too many distinct peer-restricted port groups (more than {})",
+                        u16::MAX
+                    );
                 }
                 let slot = *slots.entry(cands).or_insert(next as u16);
                 ports[offset + p as usize] = port_entry(0, slot);
@@ -176,20 +189,47 @@ impl Image {
                     let k = (u32::from_be_bytes(key.set), prefix_len, addr);
                     if let std::collections::hash_map::Entry::Vacant(v) = peer_lookup.entry(k) {
                         v.insert(rule_index[rule]);
-                        peers.push(PeerEntry { prefix_len, key, rule: rule_index[rule] });
+                        peers.push(PeerEntry {
+                            prefix_len,
+                            key,
+                            rule: rule_index[rule],
+                        });
                     }
                 }
             }
         }
         if peers.len() > PEERS_MAX as usize / 2 {
-            bail!("the policy needs {} peer entries; at most {} fit", peers.len(), PEERS_MAX / 2);
+            bail!(
+                "the policy needs {} peer entries; at most {} fit",
+                peers.len(),
+                PEERS_MAX / 2
+            );
         }
-        Ok(Self { generation, ports, peers, rule_index, peer_lookup })
+        Ok(Self {
+            generation,
+            ports,
+            peers,
+            rule_index,
+            peer_lookup,
+        })
     }
 
     /// The verdict on a new flow, computed by the datapath's own `decide`.
-    pub fn decide(&self, direction: Direction, protocol: Protocol, port: u16, peer: IpAddr) -> Decision {
-        policy::decide(self, self.generation, direction.code(), protocol.number(), port, &addr16(peer))
+    pub fn decide(
+        &self,
+        direction: Direction,
+        protocol: Protocol,
+        port: u16,
+        peer: IpAddr,
+    ) -> Decision {
+        policy::decide(
+            self,
+            self.generation,
+            direction.code(),
+            protocol.number(),
+            port,
+            &addr16(peer),
+        )
     }
 
     /// `PORTS` index of the first value of [`Image::ports`].
@@ -207,11 +247,15 @@ impl PolicyTables for Image {
     fn peer_rule(&self, key: &PeerAddr) -> u16 {
         // Longest prefix first, as the kernel's trie does.
         let set = u32::from_be_bytes(key.set);
-        (0..=128u32).rev().find_map(|bits| {
-            let masked = mask(key.addr, bits);
-            self.peer_lookup.get(&(set, PEER_SET_BITS + bits, masked)).copied()
-        })
-        .unwrap_or(0)
+        (0..=128u32)
+            .rev()
+            .find_map(|bits| {
+                let masked = mask(key.addr, bits);
+                self.peer_lookup
+                    .get(&(set, PEER_SET_BITS + bits, masked))
+                    .copied()
+            })
+            .unwrap_or(0)
     }
 }
 
@@ -226,8 +270,17 @@ pub fn addr16(ip: IpAddr) -> [u8; 16] {
 /// A network in the datapath's form: its (masked) address and prefix length in bits.
 fn ipv6_form(net: &IpNet) -> ([u8; 16], u32) {
     match net {
-        IpNet::V4(n) => (mask(policy::v4_mapped(n.network().octets()), 96 + n.prefix_len() as u32), 96 + n.prefix_len() as u32),
-        IpNet::V6(n) => (mask(n.network().octets(), n.prefix_len() as u32), n.prefix_len() as u32),
+        IpNet::V4(n) => (
+            mask(
+                policy::v4_mapped(n.network().octets()),
+                96 + n.prefix_len() as u32,
+            ),
+            96 + n.prefix_len() as u32,
+        ),
+        IpNet::V6(n) => (
+            mask(n.network().octets(), n.prefix_len() as u32),
+            n.prefix_len() as u32,
+        ),
     }
 }
 
@@ -267,14 +320,51 @@ mod tests {
             icmp_echo: false,
             rules: vec![rule("smtp"), rule("ldap-a"), rule("ldap-b")],
             peer_sets: vec![
-                PeerSet { name: "a".into(), networks: vec!["198.18.0.0/24".parse().unwrap()] },
-                PeerSet { name: "b".into(), networks: vec!["198.18.0.128/25".parse().unwrap(), "2001:db8::/32".parse().unwrap()] },
+                PeerSet {
+                    name: "a".into(),
+                    networks: vec!["198.18.0.0/24".parse().unwrap()],
+                },
+                PeerSet {
+                    name: "b".into(),
+                    networks: vec![
+                        "198.18.0.128/25".parse().unwrap(),
+                        "2001:db8::/32".parse().unwrap(),
+                    ],
+                },
             ],
             entries: vec![
-                Entry { direction: Direction::In, protocol: Protocol::Tcp, from: 25, to: 25, peer_set: None, rule: 0 },
-                Entry { direction: Direction::In, protocol: Protocol::Tcp, from: 389, to: 389, peer_set: Some(0), rule: 1 },
-                Entry { direction: Direction::In, protocol: Protocol::Tcp, from: 389, to: 389, peer_set: Some(1), rule: 2 },
-                Entry { direction: Direction::In, protocol: Protocol::Tcp, from: 20, to: 30, peer_set: Some(0), rule: 1 },
+                Entry {
+                    direction: Direction::In,
+                    protocol: Protocol::Tcp,
+                    from: 25,
+                    to: 25,
+                    peer_set: None,
+                    rule: 0,
+                },
+                Entry {
+                    direction: Direction::In,
+                    protocol: Protocol::Tcp,
+                    from: 389,
+                    to: 389,
+                    peer_set: Some(0),
+                    rule: 1,
+                },
+                Entry {
+                    direction: Direction::In,
+                    protocol: Protocol::Tcp,
+                    from: 389,
+                    to: 389,
+                    peer_set: Some(1),
+                    rule: 2,
+                },
+                Entry {
+                    direction: Direction::In,
+                    protocol: Protocol::Tcp,
+                    from: 20,
+                    to: 30,
+                    peer_set: Some(0),
+                    rule: 1,
+                },
             ],
         }
     }
@@ -285,17 +375,51 @@ mod tests {
         let idx = RuleIndex::fresh(&p).unwrap();
         for generation in [0, 1] {
             let img = Image::build(&p, &idx, generation).unwrap();
-            let d = |port, ip: &str| img.decide(Direction::In, Protocol::Tcp, port, ip.parse().unwrap());
-            assert_eq!(d(25, "203.0.113.9"), Decision::Allow(idx.get("smtp").unwrap()));
-            assert_eq!(d(24, "198.18.0.7"), Decision::Allow(idx.get("ldap-a").unwrap()));
-            assert_eq!(d(24, "198.18.1.7"), Decision::Deny(portcullis_common::stats::reason::PEER));
-            assert_eq!(d(389, "198.18.0.7"), Decision::Allow(idx.get("ldap-a").unwrap()));
-            assert_eq!(d(389, "198.18.0.200"), Decision::Allow(idx.get("ldap-b").unwrap()));
-            assert_eq!(d(389, "2001:db8::1"), Decision::Allow(idx.get("ldap-b").unwrap()));
-            assert_eq!(d(389, "2001:db9::1"), Decision::Deny(portcullis_common::stats::reason::PEER));
-            assert_eq!(d(31, "198.18.0.7"), Decision::Deny(portcullis_common::stats::reason::NO_RULE));
-            let out = img.decide(Direction::Out, Protocol::Tcp, 25, "198.18.0.7".parse().unwrap());
-            assert_eq!(out, Decision::Deny(portcullis_common::stats::reason::NO_RULE));
+            let d = |port, ip: &str| {
+                img.decide(Direction::In, Protocol::Tcp, port, ip.parse().unwrap())
+            };
+            assert_eq!(
+                d(25, "203.0.113.9"),
+                Decision::Allow(idx.get("smtp").unwrap())
+            );
+            assert_eq!(
+                d(24, "198.18.0.7"),
+                Decision::Allow(idx.get("ldap-a").unwrap())
+            );
+            assert_eq!(
+                d(24, "198.18.1.7"),
+                Decision::Deny(portcullis_common::stats::reason::PEER)
+            );
+            assert_eq!(
+                d(389, "198.18.0.7"),
+                Decision::Allow(idx.get("ldap-a").unwrap())
+            );
+            assert_eq!(
+                d(389, "198.18.0.200"),
+                Decision::Allow(idx.get("ldap-b").unwrap())
+            );
+            assert_eq!(
+                d(389, "2001:db8::1"),
+                Decision::Allow(idx.get("ldap-b").unwrap())
+            );
+            assert_eq!(
+                d(389, "2001:db9::1"),
+                Decision::Deny(portcullis_common::stats::reason::PEER)
+            );
+            assert_eq!(
+                d(31, "198.18.0.7"),
+                Decision::Deny(portcullis_common::stats::reason::NO_RULE)
+            );
+            let out = img.decide(
+                Direction::Out,
+                Protocol::Tcp,
+                25,
+                "198.18.0.7".parse().unwrap(),
+            );
+            assert_eq!(
+                out,
+                Decision::Deny(portcullis_common::stats::reason::NO_RULE)
+            );
         }
     }
 
@@ -309,7 +433,11 @@ mod tests {
         let second = RuleIndex::carry_over(&first, &q).unwrap();
         assert_eq!(second.get("smtp"), first.get("smtp"));
         assert_eq!(second.get("ldap-b"), first.get("ldap-b"));
-        assert_eq!(second.get("new"), first.get("ldap-a"), "freed index is reused");
+        assert_eq!(
+            second.get("new"),
+            first.get("ldap-a"),
+            "freed index is reused"
+        );
         assert_eq!(second.get("ldap-a"), None);
     }
 

@@ -26,9 +26,9 @@ use aya::{
 };
 use portcullis_common::{
     config::Config,
+    maps::MAX_RULES,
     maps::{self as names, programs},
     policy::PeerAddr,
-    maps::MAX_RULES,
     stats::{Counter, LAYERS},
 };
 
@@ -55,7 +55,9 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/portcullis";
 impl PathArgs {
     /// The pin directory: the flag or environment, else [`DEFAULT_PIN_DIR`].
     pub fn pin_dir(&self) -> PathBuf {
-        self.pin_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR))
+        self.pin_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR))
     }
 
     /// Directory of the pinned maps.
@@ -87,7 +89,9 @@ fn mounts() -> anyhow::Result<Vec<(PathBuf, String)>> {
         let line = line.context("reading /proc/self/mountinfo")?;
         // "<id> <parent> <maj:min> <root> <mount point> <options> [optional...] - <fstype> ..."
         let mut fields = line.split(' ');
-        let Some(mount_point) = fields.nth(4) else { continue };
+        let Some(mount_point) = fields.nth(4) else {
+            continue;
+        };
         let Some(fstype) = line.split(" - ").nth(1).and_then(|s| s.split(' ').next()) else {
             continue;
         };
@@ -98,7 +102,10 @@ fn mounts() -> anyhow::Result<Vec<(PathBuf, String)>> {
 
 /// mountinfo escapes space, tab, newline and backslash as octal.
 fn unescape(s: &str) -> String {
-    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
 }
 
 /// The cgroup v2 mount point, from /proc/self/mountinfo (never assumed).
@@ -132,7 +139,11 @@ pub fn resolve_scope(scope: &str) -> anyhow::Result<Scope> {
         }
         // Accept an absolute path already under the mount, too.
         let p = Path::new(scope);
-        if p.is_absolute() && p.starts_with(&root) { p.to_path_buf() } else { root.join(rel) }
+        if p.is_absolute() && p.starts_with(&root) {
+            p.to_path_buf()
+        } else {
+            root.join(rel)
+        }
     };
     if !path.join("cgroup.procs").is_file() {
         bail!(
@@ -141,13 +152,18 @@ pub fn resolve_scope(scope: &str) -> anyhow::Result<Scope> {
             root.display()
         );
     }
-    Ok(Scope { label: scope.to_owned(), path })
+    Ok(Scope {
+        label: scope.to_owned(),
+        path,
+    })
 }
 
 /// Makes sure the pin directory is on a bpffs, mounting bpffs at its parent when nothing
 /// is mounted there (a fresh machine often has no /sys/fs/bpf mount).
 pub fn ensure_bpffs(pin_dir: &Path) -> anyhow::Result<()> {
-    let parent = pin_dir.parent().context("the pin directory has no parent")?;
+    let parent = pin_dir
+        .parent()
+        .context("the pin directory has no parent")?;
     let on_bpffs = |mounts: &[(PathBuf, String)]| {
         mounts
             .iter()
@@ -162,11 +178,21 @@ pub fn ensure_bpffs(pin_dir: &Path) -> anyhow::Result<()> {
     let target = std::ffi::CString::new(parent.as_os_str().as_encoded_bytes())?;
     // SAFETY: all pointers are valid NUL-terminated strings or NULL for `data`.
     let rc = unsafe {
-        libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            c"bpf".as_ptr(),
+            target.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if rc != 0 {
-        return Err(io::Error::last_os_error())
-            .with_context(|| format!("mounting bpffs at {} (needs CAP_SYS_ADMIN)", parent.display()));
+        return Err(io::Error::last_os_error()).with_context(|| {
+            format!(
+                "mounting bpffs at {} (needs CAP_SYS_ADMIN)",
+                parent.display()
+            )
+        });
     }
     log::info!("mounted bpffs at {}", parent.display());
     Ok(())
@@ -213,19 +239,27 @@ impl Datapath {
         })?;
         for name in names::ALL {
             if ebpf.map(name).is_none() {
-                bail!("the eBPF object has no map {name:?}: agent and kernel programs disagree (rebuild with `cargo xtask build`)");
+                bail!(
+                    "the eBPF object has no map {name:?}: agent and kernel programs disagree (rebuild with `cargo xtask build`)"
+                );
             }
         }
         for name in [programs::INGRESS, programs::EGRESS] {
             let prog: &mut CgroupSkb = program(&mut ebpf, name)?.try_into()?;
-            prog.load().with_context(|| format!("loading program {name} (verifier)"))?;
+            prog.load()
+                .with_context(|| format!("loading program {name} (verifier)"))?;
         }
         for name in [programs::CONNECT4, programs::CONNECT6] {
             let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?.try_into()?;
-            prog.load().with_context(|| format!("loading program {name} (verifier)"))?;
+            prog.load()
+                .with_context(|| format!("loading program {name} (verifier)"))?;
         }
         let zero = || (!adopted).then(|| vec![0u32; 4 * 65536]);
-        Ok(Self { ebpf, paths: paths.clone(), shadow: [zero(), zero()] })
+        Ok(Self {
+            ebpf,
+            paths: paths.clone(),
+            shadow: [zero(), zero()],
+        })
     }
 
     /// Where this datapath pins its maps and links (the XDP attach pins there too).
@@ -244,31 +278,45 @@ impl Datapath {
     /// `generation` must be the image's) in one map update, then clears the other
     /// generation's peer entries. Packets see the old policy or the new one, never a mix.
     pub fn install(&mut self, image: &Image, config: Config) -> anyhow::Result<()> {
-        anyhow::ensure!(config.generation == image.generation, "config and image generations differ");
+        anyhow::ensure!(
+            config.generation == image.generation,
+            "config and image generations differ"
+        );
         {
-            let mut ports = Array::<_, u32>::try_from(self.ebpf.map_mut(names::PORTS).context("ports map")?)?;
+            let mut ports =
+                Array::<_, u32>::try_from(self.ebpf.map_mut(names::PORTS).context("ports map")?)?;
             let base = image.ports_base();
             let known = self.shadow[image.generation as usize & 1].take();
             for (i, v) in image.ports.iter().enumerate() {
                 if known.as_ref().is_some_and(|k| k[i] == *v) {
                     continue;
                 }
-                ports.set(base + i as u32, *v, 0).context("writing the port table")?;
+                ports
+                    .set(base + i as u32, *v, 0)
+                    .context("writing the port table")?;
             }
             self.shadow[image.generation as usize & 1] = Some(image.ports.clone());
         }
         {
-            let mut peers = LpmTrie::<_, PeerAddr, u32>::try_from(self.ebpf.map_mut(names::PEERS).context("peers map")?)?;
+            let mut peers = LpmTrie::<_, PeerAddr, u32>::try_from(
+                self.ebpf.map_mut(names::PEERS).context("peers map")?,
+            )?;
             for e in &image.peers {
-                peers.insert(&Key::new(e.prefix_len, e.key), u32::from(e.rule), 0).context("writing the peer table")?;
+                peers
+                    .insert(&Key::new(e.prefix_len, e.key), u32::from(e.rule), 0)
+                    .context("writing the peer table")?;
             }
         }
         {
-            let mut cfg = Array::<_, Config>::try_from(self.ebpf.map_mut(names::CONFIG).context("config map")?)?;
+            let mut cfg = Array::<_, Config>::try_from(
+                self.ebpf.map_mut(names::CONFIG).context("config map")?,
+            )?;
             cfg.set(0, config, 0).context("writing the configuration")?;
         }
         // The old generation's trie entries are now unreachable; remove them.
-        let mut peers = LpmTrie::<_, PeerAddr, u32>::try_from(self.ebpf.map_mut(names::PEERS).context("peers map")?)?;
+        let mut peers = LpmTrie::<_, PeerAddr, u32>::try_from(
+            self.ebpf.map_mut(names::PEERS).context("peers map")?,
+        )?;
         let stale: Vec<Key<PeerAddr>> = peers
             .keys()
             .filter_map(Result::ok)
@@ -282,11 +330,19 @@ impl Datapath {
 
     /// Zeroes the counters of rule indices that a new rule id now uses.
     pub fn reset_rule_counters(&mut self, indices: &[u16]) -> anyhow::Result<()> {
-        let mut rules = PerCpuArray::<_, Counter>::try_from(self.ebpf.map_mut(names::RULE_COUNTERS).context("rule counters")?)?;
+        let mut rules = PerCpuArray::<_, Counter>::try_from(
+            self.ebpf
+                .map_mut(names::RULE_COUNTERS)
+                .context("rule counters")?,
+        )?;
         let cpus = nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?;
         for &i in indices {
             for layer in 0..LAYERS {
-                rules.set(layer * MAX_RULES + u32::from(i), PerCpuValues::try_from(vec![Counter::default(); cpus])?, 0)?;
+                rules.set(
+                    layer * MAX_RULES + u32::from(i),
+                    PerCpuValues::try_from(vec![Counter::default(); cpus])?,
+                    0,
+                )?;
             }
         }
         Ok(())
@@ -295,17 +351,22 @@ impl Datapath {
     /// Attaches the four programs to a cgroup and pins the links as
     /// `links/<cgroup inode>-<program>-<tag>`. Returns the pin paths.
     pub fn attach(&mut self, scope: &Scope, tag: &str) -> anyhow::Result<Vec<PathBuf>> {
-        let cgroup = fs::File::open(&scope.path).with_context(|| format!("opening cgroup {}", scope.path.display()))?;
+        let cgroup = fs::File::open(&scope.path)
+            .with_context(|| format!("opening cgroup {}", scope.path.display()))?;
         let ino = cgroup.metadata()?.ino();
         let mut pinned = Vec::new();
         let mut pin = |link: FdLink, name: &str| -> anyhow::Result<()> {
             let path = self.paths.links().join(format!("{ino}-{name}-{tag}"));
             let _ = fs::remove_file(&path);
-            link.pin(&path).with_context(|| format!("pinning link {}", path.display()))?;
+            link.pin(&path)
+                .with_context(|| format!("pinning link {}", path.display()))?;
             pinned.push(path);
             Ok(())
         };
-        for (name, kind) in [(programs::INGRESS, CgroupSkbAttachType::Ingress), (programs::EGRESS, CgroupSkbAttachType::Egress)] {
+        for (name, kind) in [
+            (programs::INGRESS, CgroupSkbAttachType::Ingress),
+            (programs::EGRESS, CgroupSkbAttachType::Egress),
+        ] {
             let prog: &mut CgroupSkb = program(&mut self.ebpf, name)?.try_into()?;
             let id = prog
                 .attach(&cgroup, kind, ATTACH_MODE)
@@ -339,15 +400,26 @@ fn check_pinned_layout(paths: &PathArgs) -> anyhow::Result<()> {
         }
         let object = match &mut object {
             Some(o) => o,
-            None => object.insert(aya_obj::Object::parse(OBJECT).context("parsing the embedded eBPF object")?),
+            None => object.insert(
+                aya_obj::Object::parse(OBJECT).context("parsing the embedded eBPF object")?,
+            ),
         };
-        let want = object.maps.get(name).with_context(|| format!("the eBPF object has no map {name:?}"))?;
-        let have = aya::maps::MapInfo::from_pin(&path)
-            .with_context(|| format!("reading the pinned map {} (remove it with `portcullis detach`)", path.display()))?;
+        let want = object
+            .maps
+            .get(name)
+            .with_context(|| format!("the eBPF object has no map {name:?}"))?;
+        let have = aya::maps::MapInfo::from_pin(&path).with_context(|| {
+            format!(
+                "reading the pinned map {} (remove it with `portcullis detach`)",
+                path.display()
+            )
+        })?;
         let have_type = have.map_type().map_or(u32::MAX, |t| t as u32);
         // aya creates ring buffers with value size 0 whatever the object says.
         let ring = want.map_type() == aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_RINGBUF as u32;
-        let layout = |t: u32, k: u32, v: u32, n: u32| format!("type {t}, key {k} B, value {v} B, {n} entries");
+        let layout = |t: u32, k: u32, v: u32, n: u32| {
+            format!("type {t}, key {k} B, value {v} B, {n} entries")
+        };
         if have_type != want.map_type()
             || have.key_size() != want.key_size()
             || (!ring && have.value_size() != want.value_size())
@@ -356,8 +428,18 @@ fn check_pinned_layout(paths: &PathArgs) -> anyhow::Result<()> {
             bail!(
                 "pinned map {} has another layout than this version of portcullis expects (pinned: {}; expected: {}): it was left by an older or newer version; run `portcullis detach` (with the same pin directory) to remove the old programs and maps, then start again",
                 path.display(),
-                layout(have_type, have.key_size(), have.value_size(), have.max_entries()),
-                layout(want.map_type(), want.key_size(), if ring { 0 } else { want.value_size() }, want.max_entries()),
+                layout(
+                    have_type,
+                    have.key_size(),
+                    have.value_size(),
+                    have.max_entries()
+                ),
+                layout(
+                    want.map_type(),
+                    want.key_size(),
+                    if ring { 0 } else { want.value_size() },
+                    want.max_entries()
+                ),
             );
         }
     }
@@ -365,8 +447,9 @@ fn check_pinned_layout(paths: &PathArgs) -> anyhow::Result<()> {
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::programs::Program> {
-    ebpf.program_mut(name)
-        .with_context(|| format!("the eBPF object has no program {name:?} (rebuild with `cargo xtask build`)"))
+    ebpf.program_mut(name).with_context(|| {
+        format!("the eBPF object has no program {name:?} (rebuild with `cargo xtask build`)")
+    })
 }
 
 /// Pinned link files currently under the pin directory.
@@ -385,9 +468,13 @@ pub fn remove_links(links: &[PathBuf]) -> anyhow::Result<()> {
         if !path.exists() {
             continue;
         }
-        let link = PinnedLink::from_pin(path).with_context(|| format!("opening pinned link {}", path.display()))?;
+        let link = PinnedLink::from_pin(path)
+            .with_context(|| format!("opening pinned link {}", path.display()))?;
         // Unpinning removes the file; dropping the last fd detaches the program.
-        drop(link.unpin().with_context(|| format!("unpinning {}", path.display()))?);
+        drop(
+            link.unpin()
+                .with_context(|| format!("unpinning {}", path.display()))?,
+        );
     }
     Ok(())
 }
@@ -409,7 +496,8 @@ pub fn detach_all(paths: &PathArgs) -> anyhow::Result<Detached> {
     done.links = links.len();
     if let Ok(dir) = fs::read_dir(paths.maps()) {
         for e in dir.filter_map(Result::ok) {
-            fs::remove_file(e.path()).with_context(|| format!("removing {}", e.path().display()))?;
+            fs::remove_file(e.path())
+                .with_context(|| format!("removing {}", e.path().display()))?;
             done.maps += 1;
         }
     }
@@ -426,6 +514,9 @@ pub fn detach_all(paths: &PathArgs) -> anyhow::Result<Detached> {
 pub fn open_pinned(paths: &PathArgs, name: &str) -> anyhow::Result<MapData> {
     let path = paths.map(name);
     MapData::from_pin(&path).with_context(|| {
-        format!("opening pinned map {} (is portcullis running? see `portcullis run`)", path.display())
+        format!(
+            "opening pinned map {} (is portcullis running? see `portcullis run`)",
+            path.display()
+        )
     })
 }

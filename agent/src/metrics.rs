@@ -679,7 +679,12 @@ mod tests {
     fn dashboard_uses_only_exported_metrics() {
         let dashboard = include_str!("../dashboards/portcullis.json");
         let _: serde_json::Value = serde_json::from_str(dashboard).expect("the dashboard is JSON");
-        let text = render(&status(), &snapshot(), &[ProgramRuns::default()], Some(true));
+        let text = render(
+            &status(),
+            &snapshot(),
+            &[ProgramRuns::default()],
+            Some(true),
+        );
         let mut names: Vec<&str> = dashboard
             .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .filter(|w| w.starts_with("portcullis_"))
@@ -688,7 +693,10 @@ mod tests {
         names.dedup();
         assert!(names.len() >= 10, "{names:?}");
         for name in names {
-            assert!(text.contains(&format!("# TYPE {name} ")), "the dashboard uses {name}, which is not exported");
+            assert!(
+                text.contains(&format!("# TYPE {name} ")),
+                "the dashboard uses {name}, which is not exported"
+            );
         }
     }
 }

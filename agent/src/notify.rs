@@ -7,7 +7,10 @@
 //! that `systemctl status` shows, and WATCHDOG=1 at half the `WATCHDOG_USEC` interval.
 
 use std::{
-    os::{linux::net::SocketAddrExt as _, unix::net::{SocketAddr, UnixDatagram}},
+    os::{
+        linux::net::SocketAddrExt as _,
+        unix::net::{SocketAddr, UnixDatagram},
+    },
     time::Duration,
 };
 
@@ -23,7 +26,9 @@ impl Notifier {
         let socket = std::env::var_os("NOTIFY_SOCKET").and_then(|name| {
             let name = name.to_string_lossy().into_owned();
             let addr = match name.strip_prefix('@') {
-                Some(abstract_name) => SocketAddr::from_abstract_name(abstract_name.as_bytes()).ok()?,
+                Some(abstract_name) => {
+                    SocketAddr::from_abstract_name(abstract_name.as_bytes()).ok()?
+                }
                 None => SocketAddr::from_pathname(&name).ok()?,
             };
             match UnixDatagram::unbound() {
@@ -62,7 +67,10 @@ impl Notifier {
 
     /// RELOADING=1 with the CLOCK_MONOTONIC time systemd requires since v253.
     pub fn reloading(&self) {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         // SAFETY: `ts` is a valid timespec to write into.
         unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
         let usec = ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000;

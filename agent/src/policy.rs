@@ -30,7 +30,11 @@ impl Direction {
 
     /// From the datapath's encoding.
     pub fn from_code(code: u8) -> Self {
-        if code == portcullis_common::policy::DIR_IN { Direction::In } else { Direction::Out }
+        if code == portcullis_common::policy::DIR_IN {
+            Direction::In
+        } else {
+            Direction::Out
+        }
     }
 }
 

@@ -78,7 +78,13 @@ pub struct ReloadOutcome {
 
 impl State {
     /// The state for `policy` installed with `index`.
-    pub fn new(policy: &Policy, index: &RuleIndex, scopes: &[String], generation: u32, policy_version: u64) -> Self {
+    pub fn new(
+        policy: &Policy,
+        index: &RuleIndex,
+        scopes: &[String],
+        generation: u32,
+        policy_version: u64,
+    ) -> Self {
         let rules = policy
             .rules
             .iter()
@@ -86,11 +92,22 @@ impl State {
                 id: r.id.clone(),
                 index: index.get(&r.id).unwrap_or(0),
                 direction: r.direction.to_string(),
-                protocol: r.protocols.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+                protocol: r
+                    .protocols
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
                 ports: r
                     .ports
                     .iter()
-                    .map(|(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") })
+                    .map(|(a, b)| {
+                        if a == b {
+                            a.to_string()
+                        } else {
+                            format!("{a}-{b}")
+                        }
+                    })
                     .collect::<Vec<_>>()
                     .join(","),
                 why: r.why.clone(),
@@ -120,10 +137,20 @@ impl State {
 
     /// Reads the state file.
     pub fn read(path: &Path) -> anyhow::Result<Self> {
-        let text = fs::read_to_string(path)
-            .with_context(|| format!("reading {} (is portcullis running? see `portcullis run`)", path.display()))?;
-        let state: State = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        anyhow::ensure!(state.format == FORMAT, "{} has format {}, this agent reads {FORMAT}", path.display(), state.format);
+        let text = fs::read_to_string(path).with_context(|| {
+            format!(
+                "reading {} (is portcullis running? see `portcullis run`)",
+                path.display()
+            )
+        })?;
+        let state: State =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        anyhow::ensure!(
+            state.format == FORMAT,
+            "{} has format {}, this agent reads {FORMAT}",
+            path.display(),
+            state.format
+        );
         Ok(state)
     }
 
@@ -132,13 +159,17 @@ impl State {
         let dir = path.parent().context("state file has no directory")?;
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let tmp = path.with_extension("json.tmp");
-        fs::write(&tmp, serde_json::to_vec_pretty(self)?).with_context(|| format!("writing {}", tmp.display()))?;
-        fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+        fs::write(&tmp, serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        fs::rename(&tmp, path)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
         Ok(())
     }
 }
 
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

@@ -28,19 +28,31 @@ fn add(counter: Option<*mut Counter>, segments: u32, bytes: u32) {
 /// Counts allowed traffic against its rule, in a layer's counters (`stats::LAYER_*`).
 #[inline(always)]
 pub fn count_rule(layer: u32, rule: u16, segments: u32, bytes: u32) {
-    add(PC_RULES.get_ptr_mut(layer * MAX_RULES + rule as u32), segments, bytes);
+    add(
+        PC_RULES.get_ptr_mut(layer * MAX_RULES + rule as u32),
+        segments,
+        bytes,
+    );
 }
 
 /// Counts traffic in one of a layer's global counters (`stats::*`).
 #[inline(always)]
 pub fn count_stat(layer: u32, index: u32, segments: u32, bytes: u32) {
-    add(PC_STATS.get_ptr_mut(layer * stats::STATS_LEN + index), segments, bytes);
+    add(
+        PC_STATS.get_ptr_mut(layer * stats::STATS_LEN + index),
+        segments,
+        bytes,
+    );
 }
 
 /// The counter layer of a hook.
 #[inline(always)]
 fn layer_of(hook: u8) -> u32 {
-    if hook == portcullis_common::event::hook::XDP { stats::LAYER_XDP } else { stats::LAYER_CGROUP }
+    if hook == portcullis_common::event::hook::XDP {
+        stats::LAYER_XDP
+    } else {
+        stats::LAYER_CGROUP
+    }
 }
 
 /// What a denied packet or call was.
@@ -63,11 +75,20 @@ pub struct Denied {
 pub fn deny(cfg: &Config, d: &Denied, segments: u32, bytes: u32, event: bool) -> bool {
     let drop = cfg.mode == MODE_ENFORCE;
     let layer = layer_of(d.hook);
-    count_stat(layer, stats::deny_index(!drop, d.direction, d.reason), segments, bytes);
+    count_stat(
+        layer,
+        stats::deny_index(!drop, d.direction, d.reason),
+        segments,
+        bytes,
+    );
     let key = DeniedKey {
         direction: d.direction,
         protocol: d.protocol,
-        port: if d.direction == portcullis_common::policy::DIR_IN { d.local_port } else { d.remote_port },
+        port: if d.direction == portcullis_common::policy::DIR_IN {
+            d.local_port
+        } else {
+            d.remote_port
+        },
         layer: layer as u8,
         _pad: [0; 3],
     };
@@ -85,7 +106,12 @@ pub fn deny_connect(cfg: &Config, d: &Denied) -> bool {
     // In audit mode the flow goes ahead and each of its packets is counted as a
     // would-deny by the skb programs; counting the call too would count it twice.
     if drop {
-        count_stat(stats::LAYER_CGROUP, stats::deny_index(false, d.direction, d.reason), 1, 0);
+        count_stat(
+            stats::LAYER_CGROUP,
+            stats::deny_index(false, d.direction, d.reason),
+            1,
+            0,
+        );
         let key = DeniedKey {
             direction: d.direction,
             protocol: d.protocol,
@@ -108,7 +134,14 @@ fn count_denied_port(key: DeniedKey, segments: u32, bytes: u32) {
     match PC_DENIED.get_ptr_mut(key) {
         Some(c) => add(Some(c), segments, bytes),
         None => {
-            let _ = PC_DENIED.insert(key, Counter { packets: segments as u64, bytes: bytes as u64 }, 0);
+            let _ = PC_DENIED.insert(
+                key,
+                Counter {
+                    packets: segments as u64,
+                    bytes: bytes as u64,
+                },
+                0,
+            );
         }
     }
 }
@@ -164,7 +197,11 @@ fn take_token(rate: u32, now: u64) -> bool {
     }
     let refill = elapsed * rate as u64 / 1_000_000_000;
     if refill > 0 {
-        b.packets = if b.packets + refill > rate as u64 { rate as u64 } else { b.packets + refill };
+        b.packets = if b.packets + refill > rate as u64 {
+            rate as u64
+        } else {
+            b.packets + refill
+        };
         b.bytes = now;
     }
     if b.packets == 0 {

@@ -11,9 +11,7 @@
 //! program, which also fails sendto() with EPERM when it drops.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_cgroup_id},
-    macros::cgroup_sock_addr,
-    programs::SockAddrContext,
+    helpers::bpf_get_current_cgroup_id, macros::cgroup_sock_addr, programs::SockAddrContext,
 };
 use portcullis_common::{
     config::LOOPBACK_EXEMPT,
@@ -50,7 +48,14 @@ pub fn pc_connect6(ctx: SockAddrContext) -> i32 {
     // SAFETY: as above.
     let (w0, w1, w2, w3, port, protocol) = unsafe {
         let sa = &*ctx.sock_addr;
-        (sa.user_ip6[0], sa.user_ip6[1], sa.user_ip6[2], sa.user_ip6[3], sa.user_port, sa.protocol)
+        (
+            sa.user_ip6[0],
+            sa.user_ip6[1],
+            sa.user_ip6[2],
+            sa.user_ip6[3],
+            sa.user_port,
+            sa.protocol,
+        )
     };
     let mut addr = [0u8; 16];
     addr[0..4].copy_from_slice(&w0.to_ne_bytes());
@@ -74,7 +79,14 @@ fn on_connect(ctx: &SockAddrContext, addr: [u8; 16], port_be: u32, protocol: u32
         record(ctx, 0, VERDICT_EXEMPT, 0);
         return ALLOW;
     }
-    match decide(&KernelTables, cfg.generation, DIR_OUT, protocol, port, &addr) {
+    match decide(
+        &KernelTables,
+        cfg.generation,
+        DIR_OUT,
+        protocol,
+        port,
+        &addr,
+    ) {
         Decision::Allow(rule) => {
             record(ctx, rule, VERDICT_ALLOW, 0);
             ALLOW
@@ -106,7 +118,13 @@ fn on_connect(ctx: &SockAddrContext, addr: [u8; 16], port_be: u32, protocol: u32
 /// re-connect) overwrites it: the socket's flow is now the new one.
 #[inline(always)]
 fn record(ctx: &SockAddrContext, rule: u16, verdict: u8, reason: u8) {
-    let mut state = SockState { rule, verdict, direction: DIR_OUT, reason, _pad: [0; 3] };
+    let mut state = SockState {
+        rule,
+        verdict,
+        direction: DIR_OUT,
+        reason,
+        _pad: [0; 3],
+    };
     // SAFETY: the helper reads the socket from the context and returns NULL on failure.
     let slot = unsafe { PC_SOCKETS.get_or_insert_ptr_mut(ctx, Some(&mut state)) };
     if slot.is_null() {

@@ -2,8 +2,8 @@
 //! constant in `portcullis_common::maps` (the agent checks this when it loads the object).
 
 use aya_ebpf::{
-    btf_maps::{Array, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf, SkStorage},
     btf_maps::lpm_trie::Key,
+    btf_maps::{Array, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf, SkStorage},
     macros::btf_map,
 };
 use portcullis_common::{
@@ -32,12 +32,10 @@ pub static PC_DENIED: LruPerCpuHashMap<DeniedKey, Counter, { DENIED_MAX as usize
     LruPerCpuHashMap::new();
 
 #[btf_map]
-pub static PC_FLOWS_OUT: LruHashMap<FlowKey, FlowValue, { FLOWS_MAX as usize }> =
-    LruHashMap::new();
+pub static PC_FLOWS_OUT: LruHashMap<FlowKey, FlowValue, { FLOWS_MAX as usize }> = LruHashMap::new();
 
 #[btf_map]
-pub static PC_FLOWS_IN: LruHashMap<FlowKey, FlowValue, { FLOWS_MAX as usize }> =
-    LruHashMap::new();
+pub static PC_FLOWS_IN: LruHashMap<FlowKey, FlowValue, { FLOWS_MAX as usize }> = LruHashMap::new();
 
 #[btf_map]
 pub static PC_SOCKETS: SkStorage<SockState> = SkStorage::new();

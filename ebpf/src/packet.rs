@@ -4,7 +4,9 @@
 //! bounds and works on non-linear buffers; a short packet is an error, never a guess.
 
 use aya_ebpf::programs::SkBuffContext;
-use portcullis_common::policy::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, v4_mapped};
+use portcullis_common::policy::{
+    IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, v4_mapped,
+};
 
 /// The headers' fields a verdict needs.
 pub struct Packet {

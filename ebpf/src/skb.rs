@@ -26,8 +26,8 @@ use portcullis_common::{
     event::hook,
     flow::{FlowKey, FlowValue, SockState, VERDICT_ALLOW, VERDICT_DENY, VERDICT_EXEMPT},
     policy::{
-        DIR_IN, DIR_OUT, Decision, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
-        decide, icmp4_is_echo, icmp4_is_error, icmp6_is_echo, is_loopback,
+        DIR_IN, DIR_OUT, Decision, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, decide,
+        icmp4_is_echo, icmp4_is_error, icmp6_is_echo, is_loopback,
     },
     stats::{self, reason},
 };
@@ -113,7 +113,11 @@ impl Flow {
             remote: self.remote,
             local_port: self.local_port,
             remote_port: self.remote_port,
-            hook: if self.egress { hook::EGRESS } else { hook::INGRESS },
+            hook: if self.egress {
+                hook::EGRESS
+            } else {
+                hook::INGRESS
+            },
             cgroup_id: self.cgroup_id,
         }
     }
@@ -135,7 +139,12 @@ fn judge(ctx: &SkBuffContext, egress: bool) -> i32 {
     let f = Flow::new(ctx, &p, egress);
 
     if cfg.loopback == LOOPBACK_EXEMPT && is_loopback(&f.remote) {
-        count_stat(stats::LAYER_CGROUP, stats::PASS_LOOPBACK, f.segments, f.bytes);
+        count_stat(
+            stats::LAYER_CGROUP,
+            stats::PASS_LOOPBACK,
+            f.segments,
+            f.bytes,
+        );
         return PASS;
     }
     match f.protocol {
@@ -143,10 +152,23 @@ fn judge(ctx: &SkBuffContext, egress: bool) -> i32 {
         // Each ICMP only in its own IP version: protocol 58 over IPv4 is just an unknown
         // protocol (and 1 over IPv6).
         IPPROTO_ICMP if !p.ipv6 => {
-            return icmp(&cfg, &f, icmp4_is_error(p.icmp_type), icmp4_is_echo(p.icmp_type));
+            return icmp(
+                &cfg,
+                &f,
+                icmp4_is_error(p.icmp_type),
+                icmp4_is_echo(p.icmp_type),
+            );
         }
         IPPROTO_ICMPV6 if p.ipv6 => return icmp(&cfg, &f, !icmp6_is_echo(p.icmp_type), true),
-        _ => return verdict(&cfg, &f, f.natural_direction(), Decision::Deny(reason::PROTOCOL), true),
+        _ => {
+            return verdict(
+                &cfg,
+                &f,
+                f.natural_direction(),
+                Decision::Deny(reason::PROTOCOL),
+                true,
+            );
+        }
     }
 
     if let Some(record) = socket_record(ctx) {
@@ -164,7 +186,11 @@ fn judge(ctx: &SkBuffContext, egress: bool) -> i32 {
         }
         return by_record(&cfg, &f, record);
     }
-    if f.egress { egress_unrecorded(&cfg, &f) } else { ingress_unrecorded(&cfg, &f) }
+    if f.egress {
+        egress_unrecorded(&cfg, &f)
+    } else {
+        ingress_unrecorded(&cfg, &f)
+    }
 }
 
 /// ICMP: errors (and for ICMPv6 everything but echo) pass; echo is a setting.
@@ -174,7 +200,13 @@ fn icmp(cfg: &Config, f: &Flow, always: bool, echo: bool) -> i32 {
         count_stat(stats::LAYER_CGROUP, stats::PASS_ICMP, f.segments, f.bytes);
         return PASS;
     }
-    verdict(cfg, f, f.natural_direction(), Decision::Deny(reason::ICMP), true)
+    verdict(
+        cfg,
+        f,
+        f.natural_direction(),
+        Decision::Deny(reason::ICMP),
+        true,
+    )
 }
 
 /// The record connect() left on the packet's socket, if any.
@@ -203,15 +235,38 @@ fn socket_record(ctx: &SkBuffContext) -> Option<SockState> {
 #[inline(always)]
 fn by_record(cfg: &Config, f: &Flow, record: SockState) -> i32 {
     match record.verdict {
-        VERDICT_ALLOW => verdict(cfg, f, record.direction, Decision::Allow(record.rule), false),
+        VERDICT_ALLOW => verdict(
+            cfg,
+            f,
+            record.direction,
+            Decision::Allow(record.rule),
+            false,
+        ),
         VERDICT_EXEMPT => {
-            count_stat(stats::LAYER_CGROUP, stats::PASS_LOOPBACK, f.segments, f.bytes);
+            count_stat(
+                stats::LAYER_CGROUP,
+                stats::PASS_LOOPBACK,
+                f.segments,
+                f.bytes,
+            );
             PASS
         }
         // Recorded in audit mode: every packet is a would-deny (or a deny, if the mode
         // has since switched to enforce). connect() already sent the event.
-        VERDICT_DENY => verdict(cfg, f, record.direction, Decision::Deny(record.reason as u32), false),
-        _ => verdict(cfg, f, record.direction, Decision::Deny(reason::STATE), true),
+        VERDICT_DENY => verdict(
+            cfg,
+            f,
+            record.direction,
+            Decision::Deny(record.reason as u32),
+            false,
+        ),
+        _ => verdict(
+            cfg,
+            f,
+            record.direction,
+            Decision::Deny(reason::STATE),
+            true,
+        ),
     }
 }
 
@@ -226,7 +281,14 @@ fn ingress_unrecorded(cfg: &Config, f: &Flow) -> i32 {
             let rule = unsafe { (*v).rule };
             return verdict(cfg, f, DIR_OUT, Decision::Allow(rule), false);
         }
-        let d = decide(&KernelTables, cfg.generation, DIR_IN, f.protocol, f.local_port, &f.remote);
+        let d = decide(
+            &KernelTables,
+            cfg.generation,
+            DIR_IN,
+            f.protocol,
+            f.local_port,
+            &f.remote,
+        );
         if let Decision::Allow(rule) = d {
             remember(&PC_FLOWS_IN, &key, rule);
         }
@@ -234,7 +296,14 @@ fn ingress_unrecorded(cfg: &Config, f: &Flow) -> i32 {
     }
     // TCP: the kernel only hands this socket segments of a flow it accepted through a
     // listener, or new connection attempts; both are judged by the local port.
-    let d = decide(&KernelTables, cfg.generation, DIR_IN, f.protocol, f.local_port, &f.remote);
+    let d = decide(
+        &KernelTables,
+        cfg.generation,
+        DIR_IN,
+        f.protocol,
+        f.local_port,
+        &f.remote,
+    );
     verdict(cfg, f, DIR_IN, d, true)
 }
 
@@ -249,7 +318,14 @@ fn egress_unrecorded(cfg: &Config, f: &Flow) -> i32 {
             let rule = unsafe { (*v).rule };
             return verdict(cfg, f, DIR_IN, Decision::Allow(rule), false);
         }
-        let d = decide(&KernelTables, cfg.generation, DIR_OUT, f.protocol, f.remote_port, &f.remote);
+        let d = decide(
+            &KernelTables,
+            cfg.generation,
+            DIR_OUT,
+            f.protocol,
+            f.remote_port,
+            &f.remote,
+        );
         if let Decision::Allow(rule) = d {
             remember(&PC_FLOWS_OUT, &key, rule);
         }
@@ -259,13 +335,27 @@ fn egress_unrecorded(cfg: &Config, f: &Flow) -> i32 {
     // is a path around the connect hooks (or a socket older than the agent); judge it
     // as the outbound flow it is.
     if f.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
-        let d = decide(&KernelTables, cfg.generation, DIR_OUT, f.protocol, f.remote_port, &f.remote);
+        let d = decide(
+            &KernelTables,
+            cfg.generation,
+            DIR_OUT,
+            f.protocol,
+            f.remote_port,
+            &f.remote,
+        );
         return verdict(cfg, f, DIR_OUT, d, true);
     }
     // Anything else is the local service answering an inbound flow (SYN-ACK from the
     // request socket, data from the accepted socket): allowed only from a local port
     // an inbound rule opens to this peer.
-    let d = decide(&KernelTables, cfg.generation, DIR_IN, f.protocol, f.local_port, &f.remote);
+    let d = decide(
+        &KernelTables,
+        cfg.generation,
+        DIR_IN,
+        f.protocol,
+        f.local_port,
+        &f.remote,
+    );
     match d {
         Decision::Allow(_) => verdict(cfg, f, DIR_IN, d, false),
         Decision::Deny(_) => verdict(cfg, f, DIR_IN, Decision::Deny(reason::STATE), true),
@@ -274,12 +364,24 @@ fn egress_unrecorded(cfg: &Config, f: &Flow) -> i32 {
 
 #[inline(always)]
 fn remember(
-    map: &aya_ebpf::btf_maps::LruHashMap<FlowKey, FlowValue, { portcullis_common::maps::FLOWS_MAX as usize }>,
+    map: &aya_ebpf::btf_maps::LruHashMap<
+        FlowKey,
+        FlowValue,
+        { portcullis_common::maps::FLOWS_MAX as usize },
+    >,
     key: &FlowKey,
     rule: u16,
 ) {
     // Existing entries are left alone: their LRU position is refreshed by the lookup.
-    let _ = map.insert(key, FlowValue { rule, verdict: VERDICT_ALLOW, _pad: [0; 5] }, 0);
+    let _ = map.insert(
+        key,
+        FlowValue {
+            rule,
+            verdict: VERDICT_ALLOW,
+            _pad: [0; 5],
+        },
+        0,
+    );
 }
 
 /// Counts and applies a decision.
@@ -291,7 +393,11 @@ fn verdict(cfg: &Config, f: &Flow, direction: u8, d: Decision, event: bool) -> i
             PASS
         }
         Decision::Deny(why) => {
-            if deny(cfg, &f.denied(direction, why), f.segments, f.bytes, event) { DROP } else { PASS }
+            if deny(cfg, &f.denied(direction, why), f.segments, f.bytes, event) {
+                DROP
+            } else {
+                PASS
+            }
         }
     }
 }
@@ -310,5 +416,9 @@ fn malformed(ctx: &SkBuffContext, cfg: &Config, egress: bool) -> i32 {
         hook: if egress { hook::EGRESS } else { hook::INGRESS },
         cgroup_id: 0,
     };
-    if deny(cfg, &d, 1, ctx.len(), true) { DROP } else { PASS }
+    if deny(cfg, &d, 1, ctx.len(), true) {
+        DROP
+    } else {
+        PASS
+    }
 }

@@ -46,12 +46,20 @@ pub fn require_root() {
         "root integration tests need root (they load eBPF programs and create namespaces); \
          run `cargo xtask test` as root, or set PORTCULLIS_SKIP_ROOT_TESTS=1 to skip them explicitly"
     );
-    assert!(bin().is_file(), "{} is missing: run `cargo xtask build` first", bin().display());
+    assert!(
+        bin().is_file(),
+        "{} is missing: run `cargo xtask build` first",
+        bin().display()
+    );
 }
 
 /// Runs a shell command, returning its output (never panics on a non-zero exit).
 pub fn sh(cmd: &str) -> Output {
-    Command::new("sh").arg("-c").arg(cmd).output().expect("running sh")
+    Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .expect("running sh")
 }
 
 /// Runs a shell command that must succeed.
@@ -71,7 +79,11 @@ pub fn must(cmd: &str) -> String {
 pub fn cgroup2_mount() -> PathBuf {
     let info = fs::read_to_string("/proc/self/mountinfo").expect("reading mountinfo");
     info.lines()
-        .find(|l| l.split(" - ").nth(1).is_some_and(|t| t.starts_with("cgroup2 ")))
+        .find(|l| {
+            l.split(" - ")
+                .nth(1)
+                .is_some_and(|t| t.starts_with("cgroup2 "))
+        })
         .and_then(|l| l.split(' ').nth(4))
         .map(PathBuf::from)
         .expect("no cgroup2 mount: the tests need cgroup v2")
@@ -107,7 +119,15 @@ impl Lab {
     pub fn new(name: &str) -> Lab {
         require_root();
         let n = SEQ.fetch_add(1, Ordering::SeqCst) + std::process::id() % 200;
-        let tag = format!("pc{}{}", &name.chars().filter(char::is_ascii_alphanumeric).take(6).collect::<String>(), n % 250);
+        let tag = format!(
+            "pc{}{}",
+            &name
+                .chars()
+                .filter(char::is_ascii_alphanumeric)
+                .take(6)
+                .collect::<String>(),
+            n % 250
+        );
         let (ns_a, ns_b) = (format!("{tag}a"), format!("{tag}b"));
         let octet = n % 250 + 1;
         let lab_dir = std::env::temp_dir().join(format!("portcullis-{tag}"));
@@ -129,9 +149,16 @@ impl Lab {
             procs: Vec::new(),
         };
         // Leftovers of an aborted earlier run with the same names.
-        let _ = sh(&format!("ip netns del {} 2>/dev/null; ip netns del {} 2>/dev/null", lab.ns_a, lab.ns_b));
+        let _ = sh(&format!(
+            "ip netns del {} 2>/dev/null; ip netns del {} 2>/dev/null",
+            lab.ns_a, lab.ns_b
+        ));
         let _ = fs::create_dir(&cgroup);
-        assert!(cgroup.join("cgroup.procs").is_file(), "could not create cgroup {}", cgroup.display());
+        assert!(
+            cgroup.join("cgroup.procs").is_file(),
+            "could not create cgroup {}",
+            cgroup.display()
+        );
         let (a, b) = (&lab.ns_a, &lab.ns_b);
         must(&format!(
             "set -e
@@ -172,7 +199,8 @@ impl Lab {
 
     fn wrap_b(&self, cmd: &str) -> Command {
         let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/run/netns/{}", self.ns_b)).args(["--", "sh", "-c", cmd]);
+        c.arg(format!("--net=/run/netns/{}", self.ns_b))
+            .args(["--", "sh", "-c", cmd]);
         c
     }
 
@@ -197,13 +225,23 @@ impl Lab {
 
     /// Starts a background process on A (enforced); killed when the lab drops.
     pub fn spawn_a(&mut self, cmd: &str) {
-        let child = self.wrap_a(cmd).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawning on A");
+        let child = self
+            .wrap_a(cmd)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning on A");
         self.procs.push(child);
     }
 
     /// Starts a background process on B; killed when the lab drops.
     pub fn spawn_b(&mut self, cmd: &str) {
-        let child = self.wrap_b(cmd).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawning on B");
+        let child = self
+            .wrap_b(cmd)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning on B");
         self.procs.push(child);
     }
 
@@ -277,7 +315,10 @@ impl Drop for Lab {
             }
         }
         let _ = fs::remove_dir(&self.cgroup);
-        let _ = sh(&format!("ip netns del {} 2>/dev/null; ip netns del {} 2>/dev/null", self.ns_a, self.ns_b));
+        let _ = sh(&format!(
+            "ip netns del {} 2>/dev/null; ip netns del {} 2>/dev/null",
+            self.ns_a, self.ns_b
+        ));
         let _ = fs::remove_dir_all(&self.dir);
     }
 }
@@ -299,8 +340,14 @@ impl Agent {
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/portcullis-{}", lab.tag));
         let state_dir = lab.dir.join("state");
         let env = vec![
-            ("PORTCULLIS_PIN_DIR".to_owned(), pin_dir.display().to_string()),
-            ("PORTCULLIS_STATE_DIR".to_owned(), state_dir.display().to_string()),
+            (
+                "PORTCULLIS_PIN_DIR".to_owned(),
+                pin_dir.display().to_string(),
+            ),
+            (
+                "PORTCULLIS_STATE_DIR".to_owned(),
+                state_dir.display().to_string(),
+            ),
         ];
         let mut child = Command::new(bin())
             .arg("run")
@@ -316,7 +363,10 @@ impl Agent {
         let lines = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         for (stream, is_stdout) in [
-            (Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>, true),
+            (
+                Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
+                true,
+            ),
             (Box::new(child.stderr.take().expect("stderr")), false),
         ] {
             let lines = lines.clone();
@@ -330,16 +380,28 @@ impl Agent {
                 }
             });
         }
-        let mut agent = Agent { child: Some(child), env, lines, pin_dir, detach_on_drop: true };
+        let mut agent = Agent {
+            child: Some(child),
+            env,
+            lines,
+            pin_dir,
+            detach_on_drop: true,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if rx.recv_timeout(Duration::from_millis(100)).is_ok() {
                 return agent;
             }
-            let exited = agent.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            let exited = agent
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
             if exited.is_some() || Instant::now() > deadline {
                 std::thread::sleep(Duration::from_millis(100));
-                panic!("portcullis run did not become ready (exit: {exited:?}); output:\n{}", agent.output());
+                panic!(
+                    "portcullis run did not become ready (exit: {exited:?}); output:\n{}",
+                    agent.output()
+                );
             }
         }
     }
@@ -361,7 +423,11 @@ impl Agent {
     /// `portcullis status --json`.
     pub fn status(&self) -> Value {
         let out = self.cli(&["status", "--json"]);
-        assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).expect("status --json is JSON")
     }
 
@@ -445,7 +511,12 @@ pub fn denies(status: &Value, direction: &str, reason: &str, audit: bool) -> (u6
         .expect("denies")
         .iter()
         .find(|d| d["direction"] == direction && d["reason"] == reason && d["audit"] == audit)
-        .map_or((0, 0), |d| (d["packets"].as_u64().unwrap_or(0), d["bytes"].as_u64().unwrap_or(0)))
+        .map_or((0, 0), |d| {
+            (
+                d["packets"].as_u64().unwrap_or(0),
+                d["bytes"].as_u64().unwrap_or(0),
+            )
+        })
 }
 
 /// Whether the denied-ports table has (direction, protocol, port).

@@ -8,7 +8,9 @@ use crate::loader::{PathArgs, detach_all};
 
 /// Arguments of `portcullis detach`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:\n  portcullis detach\n  portcullis detach --pin-dir /sys/fs/bpf/portcullis-test --json")]
+#[command(
+    after_help = "Examples:\n  portcullis detach\n  portcullis detach --pin-dir /sys/fs/bpf/portcullis-test --json"
+)]
 pub struct Args {
     /// Print what was removed as JSON.
     #[arg(long)]
@@ -23,7 +25,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.json {
         println!("{}", serde_json::to_string(&done)?);
     } else {
-        println!("detached: {} links and {} maps removed from {}", done.links, done.maps, args.paths.pin_dir().display());
+        println!(
+            "detached: {} links and {} maps removed from {}",
+            done.links,
+            done.maps,
+            args.paths.pin_dir().display()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

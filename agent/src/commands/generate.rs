@@ -34,12 +34,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let cmd = Cli::command();
     match args.what {
         What::Man => {
-            clap_mangen::generate_to(cmd, &args.dir).with_context(|| format!("writing man pages to {}", args.dir.display()))?;
+            clap_mangen::generate_to(cmd, &args.dir)
+                .with_context(|| format!("writing man pages to {}", args.dir.display()))?;
         }
         What::Completions => {
-            for shell in [clap_complete::Shell::Bash, clap_complete::Shell::Zsh, clap_complete::Shell::Fish] {
+            for shell in [
+                clap_complete::Shell::Bash,
+                clap_complete::Shell::Zsh,
+                clap_complete::Shell::Fish,
+            ] {
                 clap_complete::generate_to(shell, &mut Cli::command(), "portcullis", &args.dir)
-                    .with_context(|| format!("writing {shell} completions to {}", args.dir.display()))?;
+                    .with_context(|| {
+                        format!("writing {shell} completions to {}", args.dir.display())
+                    })?;
             }
         }
     }

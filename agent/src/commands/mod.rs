@@ -6,7 +6,7 @@ pub mod explain;
 pub mod generate;
 pub mod mode;
 pub mod profile;
-pub mod report;
 pub mod reload;
+pub mod report;
 pub mod run;
 pub mod status;

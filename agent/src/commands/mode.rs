@@ -6,7 +6,10 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use aya::maps::{Array, Map};
-use portcullis_common::{config::{Config, MODE_AUDIT, MODE_ENFORCE}, maps as names};
+use portcullis_common::{
+    config::{Config, MODE_AUDIT, MODE_ENFORCE},
+    maps as names,
+};
 
 use crate::{
     loader::{PathArgs, open_pinned},
@@ -29,9 +32,16 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let state_file = args.paths.state_file();
     let mut state = State::read(&state_file)?;
-    let mut config = Array::<_, Config>::try_from(Map::from_map_data(open_pinned(&args.paths, names::CONFIG)?)?)?;
+    let mut config = Array::<_, Config>::try_from(Map::from_map_data(open_pinned(
+        &args.paths,
+        names::CONFIG,
+    )?)?)?;
     let mut c = config.get(&0, 0).context("reading the configuration")?;
-    let was = if c.mode == MODE_ENFORCE { Mode::Enforce } else { Mode::Audit };
+    let was = if c.mode == MODE_ENFORCE {
+        Mode::Enforce
+    } else {
+        Mode::Audit
+    };
     let (mode, value) = match args.mode {
         crate::commands::run::ModeArg::Audit => (Mode::Audit, MODE_AUDIT),
         crate::commands::run::ModeArg::Enforce => (Mode::Enforce, MODE_ENFORCE),

@@ -16,7 +16,9 @@ use crate::{compiler, loader::PathArgs, state::State};
 
 /// Arguments of `portcullis reload`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:\n  portcullis reload\n  systemctl reload portcullis   # the unit runs this")]
+#[command(
+    after_help = "Examples:\n  portcullis reload\n  systemctl reload portcullis   # the unit runs this"
+)]
 pub struct Args {
     /// How long to wait for the agent's answer, in seconds.
     #[arg(long, default_value_t = 30)]
@@ -36,12 +38,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let pid = i32::try_from(state.pid).context("pid in the state file")?;
     // SAFETY: kill(2) with signal 0 only checks that the process exists.
     if unsafe { libc::kill(pid, 0) } != 0 {
-        bail!("the agent (pid {pid}) is not running; its last policy stays enforced until `portcullis run` or `portcullis detach`");
+        bail!(
+            "the agent (pid {pid}) is not running; its last policy stays enforced until `portcullis run` or `portcullis detach`"
+        );
     }
     let before = state.last_reload.as_ref().map_or(0, |r| r.attempt);
     // SAFETY: kill(2) with a pid read from our own state file.
     if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
-        return Err(std::io::Error::last_os_error()).context(format!("signalling the agent (pid {pid})"));
+        return Err(std::io::Error::last_os_error())
+            .context(format!("signalling the agent (pid {pid})"));
     }
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     while Instant::now() < deadline {
@@ -49,7 +54,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             && let Some(outcome) = s.last_reload.filter(|r| r.attempt > before)
         {
             if outcome.ok {
-                println!("reloaded: policy v{} ({} rules, mode {})", s.policy_version, s.rules.len(), s.mode);
+                println!(
+                    "reloaded: policy v{} ({} rules, mode {})",
+                    s.policy_version,
+                    s.rules.len(),
+                    s.mode
+                );
                 return Ok(ExitCode::SUCCESS);
             }
             bail!(
@@ -60,5 +70,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    bail!("no answer from the agent (pid {pid}) within {} s", args.timeout)
+    bail!(
+        "no answer from the agent (pid {pid}) within {} s",
+        args.timeout
+    )
 }

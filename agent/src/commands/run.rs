@@ -6,7 +6,9 @@
 //! made live before any program is attached; new links are attached before the links of
 //! an earlier run are removed. At no instant is a scope unprotected or half-configured.
 
-use std::{fs, net::SocketAddr, os::fd::AsRawFd as _, path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    fs, net::SocketAddr, os::fd::AsRawFd as _, path::PathBuf, process::ExitCode, time::Duration,
+};
 
 use anyhow::{Context as _, bail};
 use aya::maps::RingBuf;
@@ -15,7 +17,10 @@ use portcullis_common::{
     event::DenyEvent,
     maps as names,
 };
-use tokio::{io::unix::AsyncFd, signal::unix::{SignalKind, signal}};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+};
 
 use crate::{
     commands::status,
@@ -32,14 +37,16 @@ use crate::{
 
 /// Arguments of `portcullis run`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Without --config or --product, runs /etc/portcullis/portcullis.toml if it exists, \
+#[command(
+    after_help = "Without --config or --product, runs /etc/portcullis/portcullis.toml if it exists, \
 else the built-in default: product xeams, audit mode, host scope, inbound SSH kept open.
 
 Examples:
   portcullis run --product xeams --mode audit
   portcullis run --product iredmail --feature pop3 --mode enforce --scope system.slice/postfix.service
   portcullis run --config /etc/portcullis/portcullis.toml
-  portcullis run --product xeams --mode enforce --xdp eth0")]
+  portcullis run --product xeams --mode enforce --xdp eth0"
+)]
 pub struct Args {
     /// Site config (TOML): product, features, peers, site rules, mode, scope.
     #[arg(long, value_name = "FILE", conflicts_with = "product")]
@@ -124,12 +131,25 @@ fn resolve(args: &mut Args) -> anyhow::Result<(Policy, Settings, Option<PathBuf>
             args.paths.pin_dir = Some(site.pin_dir.clone());
         }
         let scopes = site.scope.iter().map(ToString::to_string).collect();
-        let settings = Settings { scopes, events_per_sec: site.events_per_sec, xdp: site.xdp.clone(), metrics: site.metrics.listen };
+        let settings = Settings {
+            scopes,
+            events_per_sec: site.events_per_sec,
+            xdp: site.xdp.clone(),
+            metrics: site.metrics.listen,
+        };
         (policy, settings)
     } else {
         let product = args.product.as_deref().unwrap_or(DEFAULT_PRODUCT);
         let policy = compiler::compile_product(product, &args.features, args.all_features)?;
-        (policy, Settings { scopes: vec!["host".to_owned()], events_per_sec: 100, xdp: Vec::new(), metrics: None })
+        (
+            policy,
+            Settings {
+                scopes: vec!["host".to_owned()],
+                events_per_sec: 100,
+                xdp: Vec::new(),
+                metrics: None,
+            },
+        )
     };
     if let Some(m) = args.mode {
         policy.mode = match m {
@@ -159,8 +179,16 @@ fn resolve(args: &mut Args) -> anyhow::Result<(Policy, Settings, Option<PathBuf>
 pub fn config_for(policy: &Policy, generation: u32, settings: &Settings) -> Config {
     Config {
         generation,
-        mode: if policy.mode == Mode::Enforce { MODE_ENFORCE } else { MODE_AUDIT },
-        loopback: if policy.loopback == LoopbackMode::Enforce { LOOPBACK_ENFORCE } else { LOOPBACK_EXEMPT },
+        mode: if policy.mode == Mode::Enforce {
+            MODE_ENFORCE
+        } else {
+            MODE_AUDIT
+        },
+        loopback: if policy.loopback == LoopbackMode::Enforce {
+            LOOPBACK_ENFORCE
+        } else {
+            LOOPBACK_EXEMPT
+        },
         icmp_echo: u32::from(policy.icmp_echo),
         events_per_sec: settings.events_per_sec,
         xdp_flows: u32::from(!settings.xdp.is_empty()),
@@ -169,17 +197,32 @@ pub fn config_for(policy: &Policy, generation: u32, settings: &Settings) -> Conf
 }
 
 /// Installs `policy` in the idle generation and makes it live. Returns the new state.
-pub fn install(dp: &mut Datapath, policy: &Policy, settings: &Settings, previous: Option<&State>) -> anyhow::Result<State> {
+pub fn install(
+    dp: &mut Datapath,
+    policy: &Policy,
+    settings: &Settings,
+    previous: Option<&State>,
+) -> anyhow::Result<State> {
     let prev_index = previous.map(State::rule_index).unwrap_or_default();
     let index = RuleIndex::carry_over(&prev_index, policy)?;
-    let fresh: Vec<u16> = index.iter().filter(|(id, _)| prev_index.get(id).is_none()).map(|(_, i)| i).collect();
+    let fresh: Vec<u16> = index
+        .iter()
+        .filter(|(id, _)| prev_index.get(id).is_none())
+        .map(|(_, i)| i)
+        .collect();
     // Build first: a policy that does not fit is rejected before any map is touched.
     let generation = 1 - (dp.config()?.generation & 1);
     let image = Image::build(policy, &index, generation)?;
     dp.reset_rule_counters(&fresh)?;
     dp.install(&image, config_for(policy, generation, settings))?;
     let version = previous.map_or(1, |s| s.policy_version + 1);
-    Ok(State::new(policy, &index, &settings.scopes, generation, version))
+    Ok(State::new(
+        policy,
+        &index,
+        &settings.scopes,
+        generation,
+        version,
+    ))
 }
 
 /// What `run` does with the programs when it stops.
@@ -214,13 +257,21 @@ struct Daemon {
 /// Takes the single-instance lock of a state directory (released by the kernel when the
 /// process dies, even by kill -9).
 fn lock(paths: &PathArgs) -> anyhow::Result<fs::File> {
-    fs::create_dir_all(&paths.state_dir).with_context(|| format!("creating {}", paths.state_dir.display()))?;
+    fs::create_dir_all(&paths.state_dir)
+        .with_context(|| format!("creating {}", paths.state_dir.display()))?;
     let path = paths.state_dir.join("lock");
-    let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
         .with_context(|| format!("opening {}", path.display()))?;
     // SAFETY: flock on a file descriptor we own.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        bail!("another portcullis agent is running with state directory {} (see `portcullis status`)", paths.state_dir.display());
+        bail!(
+            "another portcullis agent is running with state directory {} (see `portcullis status`)",
+            paths.state_dir.display()
+        );
     }
     Ok(file)
 }
@@ -229,12 +280,27 @@ impl Daemon {
     /// Compiles, loads, installs and attaches; on success the scopes are enforced.
     fn start(mut args: Args) -> anyhow::Result<Self> {
         let (policy, settings, config) = resolve(&mut args)?;
-        let scopes = settings.scopes.iter().map(|s| loader::resolve_scope(s)).collect::<anyhow::Result<Vec<_>>>()?;
+        let scopes = settings
+            .scopes
+            .iter()
+            .map(|s| loader::resolve_scope(s))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let paths = args.paths.clone();
         let lock = lock(&paths)?;
         let old_links = loader::pinned_links(&paths);
-        let previous = if old_links.is_empty() { None } else { State::read(&paths.state_file()).ok() };
-        let result = Self::attach_all(&paths, &policy, &settings, previous.as_ref(), &scopes, &old_links);
+        let previous = if old_links.is_empty() {
+            None
+        } else {
+            State::read(&paths.state_file()).ok()
+        };
+        let result = Self::attach_all(
+            &paths,
+            &policy,
+            &settings,
+            previous.as_ref(),
+            &scopes,
+            &old_links,
+        );
         let (dp, mut state, attached, xdp) = match result {
             Ok(v) => v,
             Err(e) => {
@@ -271,7 +337,12 @@ impl Daemon {
         previous: Option<&State>,
         scopes: &[Scope],
         old_links: &[PathBuf],
-    ) -> anyhow::Result<(Datapath, State, Vec<(Scope, Vec<PathBuf>)>, Vec<(String, PathBuf)>)> {
+    ) -> anyhow::Result<(
+        Datapath,
+        State,
+        Vec<(Scope, Vec<PathBuf>)>,
+        Vec<(String, PathBuf)>,
+    )> {
         let mut dp = Datapath::load(paths)?;
         let state = install(&mut dp, policy, settings, previous)?;
         let tag = format!("v{}", state.policy_version);
@@ -288,10 +359,21 @@ impl Daemon {
             xdp_links.push((iface.clone(), pin));
         }
         // Only now that the new links enforce may those of an earlier run go.
-        let ours: Vec<&PathBuf> = attached.iter().flat_map(|(_, p)| p).chain(xdp_links.iter().map(|(_, p)| p)).collect();
-        let stale: Vec<PathBuf> = old_links.iter().filter(|p| !ours.contains(p)).cloned().collect();
+        let ours: Vec<&PathBuf> = attached
+            .iter()
+            .flat_map(|(_, p)| p)
+            .chain(xdp_links.iter().map(|(_, p)| p))
+            .collect();
+        let stale: Vec<PathBuf> = old_links
+            .iter()
+            .filter(|p| !ours.contains(p))
+            .cloned()
+            .collect();
         if !stale.is_empty() {
-            log::info!("took over from an earlier agent: removing its {} links", stale.len());
+            log::info!(
+                "took over from an earlier agent: removing its {} links",
+                stale.len()
+            );
         }
         loader::remove_links(&stale)?;
         Ok((dp, state, attached, xdp_links))
@@ -300,7 +382,11 @@ impl Daemon {
     fn status_line(&self) -> String {
         format!(
             "{} {} v{}: {} rules on {}",
-            if self.state.mode == Mode::Enforce { "enforcing" } else { "auditing" },
+            if self.state.mode == Mode::Enforce {
+                "enforcing"
+            } else {
+                "auditing"
+            },
             self.state.product,
             self.state.policy_version,
             self.state.rules.len(),
@@ -316,23 +402,41 @@ impl Daemon {
         let outcome = match self.try_reload() {
             Ok(()) => {
                 log::info!("reloaded: {}", self.status_line());
-                ReloadOutcome { attempt: self.reloads, ok: true, error: None, at: unix_now() }
+                ReloadOutcome {
+                    attempt: self.reloads,
+                    ok: true,
+                    error: None,
+                    at: unix_now(),
+                }
             }
             Err(e) => {
-                log::error!("reload rejected, policy v{} stays: {e:#}", self.state.policy_version);
-                ReloadOutcome { attempt: self.reloads, ok: false, error: Some(format!("{e:#}")), at: unix_now() }
+                log::error!(
+                    "reload rejected, policy v{} stays: {e:#}",
+                    self.state.policy_version
+                );
+                ReloadOutcome {
+                    attempt: self.reloads,
+                    ok: false,
+                    error: Some(format!("{e:#}")),
+                    at: unix_now(),
+                }
             }
         };
         self.state.last_reload = Some(outcome);
         if let Err(e) = self.state.write(&self.paths.state_file()) {
             log::error!("writing the state file: {e:#}");
         }
-        self.notify.send(&format!("READY=1\nSTATUS={}", self.status_line()));
+        self.notify
+            .send(&format!("READY=1\nSTATUS={}", self.status_line()));
     }
 
     fn try_reload(&mut self) -> anyhow::Result<()> {
         let (policy, settings, config) = resolve(&mut self.args)?;
-        let scopes = settings.scopes.iter().map(|s| loader::resolve_scope(s)).collect::<anyhow::Result<Vec<_>>>()?;
+        let scopes = settings
+            .scopes
+            .iter()
+            .map(|s| loader::resolve_scope(s))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let mut state = install(&mut self.dp, &policy, &settings, Some(&self.state))?;
         state.config = config;
         // Scopes: attach the new ones before detaching the ones that left.
@@ -344,8 +448,9 @@ impl Daemon {
                 self.attached.push((scope.clone(), pins));
             }
         }
-        let (keep, gone): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.attached).into_iter().partition(|(s, _)| scopes.iter().any(|n| n.path == s.path));
+        let (keep, gone): (Vec<_>, Vec<_>) = std::mem::take(&mut self.attached)
+            .into_iter()
+            .partition(|(s, _)| scopes.iter().any(|n| n.path == s.path));
         for (scope, pins) in gone {
             loader::remove_links(&pins)?;
             log::info!("detached from {}", scope.label);
@@ -359,7 +464,9 @@ impl Daemon {
                 self.xdp.push((iface.clone(), pin));
             }
         }
-        let (keep, gone): (Vec<_>, Vec<_>) = std::mem::take(&mut self.xdp).into_iter().partition(|(i, _)| settings.xdp.contains(i));
+        let (keep, gone): (Vec<_>, Vec<_>) = std::mem::take(&mut self.xdp)
+            .into_iter()
+            .partition(|(i, _)| settings.xdp.contains(i));
         for (iface, pin) in gone {
             loader::remove_links(&[pin])?;
             log::info!("detached XDP from {iface}");
@@ -387,7 +494,14 @@ impl Daemon {
     fn reattach_recreated_scopes(&mut self) {
         let tag = format!("v{}", self.state.policy_version);
         for (scope, pins) in &mut self.attached {
-            let pinned = pins.first().and_then(|p| p.file_name()?.to_str()?.split('-').next()?.parse::<u64>().ok());
+            let pinned = pins.first().and_then(|p| {
+                p.file_name()?
+                    .to_str()?
+                    .split('-')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            });
             let now = fs::metadata(&scope.path)
                 .ok()
                 .filter(|_| scope.path.join("cgroup.procs").is_file())
@@ -396,19 +510,34 @@ impl Daemon {
                 continue;
             }
             if !pins.is_empty() {
-                log::warn!("scope {}: cgroup {} was removed; its programs went with it", scope.label, scope.path.display());
+                log::warn!(
+                    "scope {}: cgroup {} was removed; its programs went with it",
+                    scope.label,
+                    scope.path.display()
+                );
                 if let Err(e) = loader::remove_links(pins) {
-                    log::error!("scope {}: removing the links of the removed cgroup: {e:#}", scope.label);
+                    log::error!(
+                        "scope {}: removing the links of the removed cgroup: {e:#}",
+                        scope.label
+                    );
                 }
                 pins.clear();
             }
             if now.is_some() {
                 match self.dp.attach(scope, &tag) {
                     Ok(new) => {
-                        log::warn!("scope {}: cgroup {} was created again; re-attached", scope.label, scope.path.display());
+                        log::warn!(
+                            "scope {}: cgroup {} was created again; re-attached",
+                            scope.label,
+                            scope.path.display()
+                        );
                         *pins = new;
                     }
-                    Err(e) => log::error!("scope {}: re-attaching to {}: {e:#}", scope.label, scope.path.display()),
+                    Err(e) => log::error!(
+                        "scope {}: re-attaching to {}: {e:#}",
+                        scope.label,
+                        scope.path.display()
+                    ),
                 }
             }
         }
@@ -419,7 +548,11 @@ impl Daemon {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let on_exit = args.on_exit;
     let mut daemon = Daemon::start(args)?;
-    log::info!("{} (pins under {})", daemon.status_line(), daemon.paths.pin_dir().display());
+    log::info!(
+        "{} (pins under {})",
+        daemon.status_line(),
+        daemon.paths.pin_dir().display()
+    );
     println!(
         "ready: mode={} product={} rules={} scope={}",
         daemon.state.mode,
@@ -427,10 +560,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         daemon.state.rules.len(),
         daemon.state.scopes.join(",")
     );
-    daemon.notify.send(&format!("READY=1\nSTATUS={}", daemon.status_line()));
+    daemon
+        .notify
+        .send(&format!("READY=1\nSTATUS={}", daemon.status_line()));
 
-    let ring = RingBuf::try_from(daemon.dp.ebpf.take_map(names::EVENTS).context("events map")?)?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let ring = RingBuf::try_from(
+        daemon
+            .dp
+            .ebpf
+            .take_map(names::EVENTS)
+            .context("events map")?,
+    )?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(serve(&mut daemon, ring))?;
 
     daemon.notify.send("STOPPING=1");
@@ -446,9 +589,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match on_exit {
         OnExit::Detach => {
             let done = loader::detach_all(&paths)?;
-            log::info!("stopped: detached {} links, removed {} maps", done.links, done.maps);
+            log::info!(
+                "stopped: detached {} links, removed {} maps",
+                done.links,
+                done.maps
+            );
         }
-        OnExit::Keep => log::info!("stopped: the last policy stays enforced (`portcullis detach` removes it)"),
+        OnExit::Keep => {
+            log::info!("stopped: the last policy stays enforced (`portcullis detach` removes it)")
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -462,7 +611,12 @@ async fn serve(daemon: &mut Daemon, ring: RingBuf<aya::maps::MapData>) -> anyhow
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
-    let mut watchdog = tokio::time::interval(daemon.notify.watchdog_interval().unwrap_or(Duration::from_secs(3600)));
+    let mut watchdog = tokio::time::interval(
+        daemon
+            .notify
+            .watchdog_interval()
+            .unwrap_or(Duration::from_secs(3600)),
+    );
     let watchdog_on = daemon.notify.watchdog_interval().is_some();
     let mut flush = tokio::time::interval(Duration::from_secs(2));
     if let Some(addr) = daemon.metrics {

@@ -327,7 +327,9 @@ fn deny_summary(stat: impl Fn(u32) -> Counter) -> (Vec<DenyStatus>, Traffic, Tra
 }
 
 /// A layer's denied-port table, most packets first.
-fn denied_ports(table: &std::collections::BTreeMap<portcullis_common::stats::DeniedKey, Counter>) -> Vec<DeniedPort> {
+fn denied_ports(
+    table: &std::collections::BTreeMap<portcullis_common::stats::DeniedKey, Counter>,
+) -> Vec<DeniedPort> {
     let mut v: Vec<DeniedPort> = table
         .iter()
         .map(|(k, c)| DeniedPort {
@@ -354,10 +356,17 @@ fn xdp_status(state: &State, snap: &counters::Snapshot, links: &[std::path::Path
         .iter()
         .filter_map(|r| {
             let c = snap.xdp_rules.get(&r.index)?;
-            Some(XdpRule { id: r.id.clone(), packets: c.packets, bytes: c.bytes })
+            Some(XdpRule {
+                id: r.id.clone(),
+                packets: c.packets,
+                bytes: c.bytes,
+            })
         })
         .collect();
-    let allowed = rules.iter().fold(Traffic::default(), |t, r| Traffic { packets: t.packets + r.packets, bytes: t.bytes + r.bytes });
+    let allowed = rules.iter().fold(Traffic::default(), |t, r| Traffic {
+        packets: t.packets + r.packets,
+        bytes: t.bytes + r.bytes,
+    });
     let (denies, denied, would_deny) = deny_summary(|i| snap.xdp_stat(i));
     XdpStatus {
         interfaces,

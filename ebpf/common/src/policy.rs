@@ -79,14 +79,19 @@ impl PeerAddr {
     /// The key data for `addr` in `peer_set` of `generation`.
     #[inline(always)]
     pub fn new(generation: u32, peer_set: u16, addr: [u8; 16]) -> Self {
-        Self { set: ((generation & 1) << 16 | peer_set as u32).to_be_bytes(), addr }
+        Self {
+            set: ((generation & 1) << 16 | peer_set as u32).to_be_bytes(),
+            addr,
+        }
     }
 }
 
 /// `::ffff:a.b.c.d` for an IPv4 address given in network order bytes.
 #[inline(always)]
 pub const fn v4_mapped(v4: [u8; 4]) -> [u8; 16] {
-    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3]]
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
+    ]
 }
 
 /// Whether the address is loopback: `127.0.0.0/8` (mapped) or `::1`.
@@ -204,9 +209,22 @@ mod tests {
         let d = |entry, peer_rule| decide(&One { entry, peer_rule }, 0, DIR_IN, 6, 25, &p);
         assert_eq!(d(port_entry(7, 0), 0), Decision::Allow(7));
         assert_eq!(d(0, 0), Decision::Deny(crate::stats::reason::NO_RULE));
-        assert_eq!(d(port_entry(0, 3), 0), Decision::Deny(crate::stats::reason::PEER));
+        assert_eq!(
+            d(port_entry(0, 3), 0),
+            Decision::Deny(crate::stats::reason::PEER)
+        );
         assert_eq!(d(port_entry(0, 3), 9), Decision::Allow(9));
-        let icmp = decide(&One { entry: 1, peer_rule: 0 }, 0, DIR_IN, 1, 0, &p);
+        let icmp = decide(
+            &One {
+                entry: 1,
+                peer_rule: 0,
+            },
+            0,
+            DIR_IN,
+            1,
+            0,
+            &p,
+        );
         assert_eq!(icmp, Decision::Deny(crate::stats::reason::PROTOCOL));
     }
 
