@@ -573,3 +573,637 @@ fn full_ring_buffer_loses_events_not_enforcement() {
         ],
     );
 }
+
+// ---------------------------------------------------------------------------------
+// Load
+// ---------------------------------------------------------------------------------
+
+/// TCP counters of a namespace from /proc/net/snmp: (InSegs, OutSegs, RetransSegs).
+fn tcp_segments(ns: &str) -> (u64, u64, u64) {
+    let snmp = stdout(
+        &Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{ns}"))
+            .args(["cat", "/proc/net/snmp"])
+            .output()
+            .expect("snmp"),
+    );
+    let tcp: Vec<&str> = snmp.lines().filter(|l| l.starts_with("Tcp:")).collect();
+    let (names, values) = (
+        tcp[0].split_whitespace().collect::<Vec<_>>(),
+        tcp[1].split_whitespace().collect::<Vec<_>>(),
+    );
+    let get = |n: &str| {
+        values[names.iter().position(|x| *x == n).expect("snmp field")]
+            .parse::<u64>()
+            .expect("number")
+    };
+    (get("InSegs"), get("OutSegs"), get("RetransSegs"))
+}
+
+/// (rx_packets, tx_packets) of an interface in a namespace, from /proc/net/dev.
+fn dev_packets(ns: &str, iface: &str) -> (u64, u64) {
+    let dev = stdout(
+        &Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{ns}"))
+            .args(["cat", "/proc/net/dev"])
+            .output()
+            .expect("net/dev"),
+    );
+    let line = dev
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{iface}:")))
+        .expect("interface in /proc/net/dev");
+    let f: Vec<u64> = line
+        .split(':')
+        .nth(1)
+        .expect("stats")
+        .split_whitespace()
+        .map(|v| v.parse().expect("number"))
+        .collect();
+    (f[1], f[9])
+}
+
+#[test]
+fn gso_buffers_are_counted_as_wire_packets() {
+    let mut lab = Lab::new("gso");
+    lab.spawn_b("exec iperf3 -s -p 5201");
+    let (ns, b4) = (lab.ns_b.clone(), lab.b4.clone());
+    lab.wait_tcp(&ns, &b4, 5201);
+    let cfg = lab.config(
+        "[[rule]]\nid = \"iperf\"\ndirection = \"out\"\nprotocol = \"tcp\"\nports = 5201\nwhy = \"test\"\nsource = \"tests\"\n",
+        "mode = \"enforce\"",
+    );
+    let agent = lab.agent(&cfg, &[]);
+    let veth_b = format!("{}y", lab.tag);
+    let mut figs = Vec::new();
+    // Round 1: offloads as veth has them (TSO on): the GSO buffers cross the veth whole,
+    // so the device counts buffers; the truth is TCP's own segment count.
+    // Round 2: TSO off on A: the stack still builds GSO buffers (software GSO), the
+    // programs see them whole, and they are cut into wire-size packets before the veth,
+    // so the receiver's device counters are the wire packets.
+    for (round, tso) in [(1, "on"), (2, "off")] {
+        must(&format!(
+            "nsenter --net=/run/netns/{} ethtool -K {} tso {tso}",
+            lab.ns_a,
+            lab.veth_a()
+        ));
+        let r0 = rule_packets(&agent.status(), "iperf");
+        let (in0, out0, re0) = tcp_segments(&lab.ns_a);
+        let (rx0, tx0) = dev_packets(&lab.ns_b, &veth_b);
+        let run = lab.on_a(&format!("iperf3 -c {} -p 5201 -t 2 -J", lab.b4));
+        assert!(
+            run.status.success(),
+            "iperf3 (allowed) failed: {}{}",
+            stdout(&run),
+            stderr(&run)
+        );
+        let report: Value = serde_json::from_slice(&run.stdout).expect("iperf3 -J");
+        let bps = report["end"]["sum_sent"]["bits_per_second"]
+            .as_f64()
+            .unwrap_or(0.0);
+        std::thread::sleep(Duration::from_millis(200));
+        let rule = rule_packets(&agent.status(), "iperf") - r0;
+        let (in1, out1, re1) = tcp_segments(&lab.ns_a);
+        let (rx1, tx1) = dev_packets(&lab.ns_b, &veth_b);
+        let segs = (in1 - in0) + (out1 - out0) + (re1 - re0);
+        let dev = (rx1 - rx0) + (tx1 - tx0);
+        // Within 0.1 %: a stray segment (a late ACK, an IPv6 neighbour probe) may land on
+        // either side of a snapshot.
+        let close = |a: u64, b: u64| a.abs_diff(b) <= (b / 1000).max(8);
+        assert!(
+            close(rule, segs),
+            "round {round} (tso {tso}): the rule counted {rule} packets, TCP sent and received {segs} segments"
+        );
+        if tso == "on" {
+            assert!(
+                dev * 3 < segs,
+                "round {round}: GSO buffers should have crossed the veth whole ({dev} buffers for {segs} segments)"
+            );
+        } else {
+            assert!(
+                close(rule, dev),
+                "round {round} (tso off): the rule counted {rule} packets, the receiver's device {dev}"
+            );
+        }
+        figs.push((tso, rule, segs, dev, bps));
+    }
+    // The denied side: iperf3 to a port no rule opens fails at connect().
+    let denied = lab.on_a(&format!("iperf3 -c {} -p 5202 -t 1", lab.b4));
+    assert!(
+        !denied.status.success(),
+        "iperf3 to a port no rule opens must fail"
+    );
+    let s = agent.status();
+    assert!(
+        denies(&s, "out", "no-rule", false).0 >= 1,
+        "the refused connect is counted: {s:#}"
+    );
+    let (_, r1, s1, d1, b1) = figs[0];
+    let (_, r2, s2, d2, b2) = figs[1];
+    figures(
+        "gso-veth",
+        &[
+            ("tso_on_rule_packets", r1.to_string()),
+            ("tso_on_tcp_segments", s1.to_string()),
+            ("tso_on_device_buffers", d1.to_string()),
+            ("tso_off_rule_packets", r2.to_string()),
+            ("tso_off_tcp_segments", s2.to_string()),
+            ("tso_off_receiver_packets", d2.to_string()),
+            ("gbit_s", format!("{:.1}/{:.1}", b1 / 1e9, b2 / 1e9)),
+        ],
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// Bad input
+// ---------------------------------------------------------------------------------
+
+/// One broken config: which file, its new text, the exit code `reload` must give
+/// (None: any failure) and a piece of the message.
+struct Bad {
+    name: &'static str,
+    file: &'static str,
+    text: Vec<u8>,
+    code: Option<i32>,
+    needle: &'static str,
+}
+
+/// Every kind of mistake the compiler knows (see agent/src/compiler/tests.rs), plus
+/// files that are too big, not UTF-8, missing or empty, scopes that do not resolve and a
+/// policy that does not fit the maps.
+fn bad_configs(profile: &str, site: &str) -> Vec<Bad> {
+    let p = |name, from: &str, to: &str, needle| {
+        assert!(
+            profile.contains(from),
+            "{name}: {from:?} not in the profile"
+        );
+        Bad {
+            name,
+            file: "profile.toml",
+            text: profile.replacen(from, to, 1).into_bytes(),
+            code: Some(3),
+            needle,
+        }
+    };
+    let s_add = |name, extra: &str, needle| Bad {
+        name,
+        file: "site.toml",
+        text: format!("{site}\n{extra}\n").into_bytes(),
+        code: Some(3),
+        needle,
+    };
+    let s_rep = |name, from: &str, to: &str, needle| {
+        assert!(site.contains(from), "{name}: {from:?} not in the site");
+        Bad {
+            name,
+            file: "site.toml",
+            text: site.replacen(from, to, 1).into_bytes(),
+            code: Some(3),
+            needle,
+        }
+    };
+    let site_rule = |id: &str, more: &str| {
+        format!(
+            "[[rule]]\nid = \"{id}\"\ndirection = \"in\"\nprotocol = \"tcp\"\nports = 9000\nwhy = \"w\"\n{more}"
+        )
+    };
+    let many: String = (0..5000)
+        .map(|i| format!("[[rule]]\nid = \"r{i}\"\ndirection = \"out\"\nprotocol = \"tcp\"\nports = {}\nwhy = \"w\"\nsource = \"s\"\n", 10000 + i))
+        .collect();
+    let mut big = site.as_bytes().to_vec();
+    big.extend(b"\n# ");
+    big.extend(std::iter::repeat_n(b'x', 1 << 20));
+    let mut big_profile = profile.as_bytes().to_vec();
+    big_profile.extend(b"\n# ");
+    big_profile.extend(std::iter::repeat_n(b'x', 1 << 20));
+    let mut latin1 = site.as_bytes().to_vec();
+    latin1.extend(b"\n# caf\xe9\n");
+    let mut latin1_profile = profile.as_bytes().to_vec();
+    latin1_profile.extend(b"\n# \xff\xfe\n");
+    vec![
+        p("port-above-65535", "ports = 8080", "ports = 80800", "80800"),
+        p("port-zero", "ports = 8080", "ports = [8080, 0]", "port 0"),
+        p(
+            "reversed-range",
+            "ports = 8080",
+            "ports = \"9000-8000\"",
+            "reversed",
+        ),
+        p("empty-port-list", "ports = 8080", "ports = []", "empty"),
+        p(
+            "bad-direction",
+            "direction = \"out\"",
+            "direction = \"outbound\"",
+            "outbound",
+        ),
+        p(
+            "bad-protocol",
+            "protocol = \"tcp\"",
+            "protocol = \"sctp\"",
+            "sctp",
+        ),
+        Bad {
+            name: "duplicate-rule-id",
+            file: "profile.toml",
+            text: format!("{profile}\n{}source = \"s\"\n", site_rule("web-out", "")).into_bytes(),
+            code: Some(3),
+            needle: "duplicate rule id",
+        },
+        p(
+            "unknown-field-profile",
+            "why = \"test\"",
+            "why = \"test\"\nfeatures = \"x\"",
+            "unknown field",
+        ),
+        p(
+            "unknown-feature-in-profile",
+            "why = \"test\"",
+            "why = \"test\"\nfeature = \"nope\"",
+            "nope",
+        ),
+        p(
+            "bad-rule-id",
+            "id = \"web-out\"",
+            "id = \"Web Out\"",
+            "Web Out",
+        ),
+        p("missing-field", "why = \"test\"\n", "", "missing field"),
+        p(
+            "toml-syntax",
+            "ports = 8080",
+            "ports = [8080",
+            "profile.toml",
+        ),
+        p(
+            "loopback-rule-with-peers",
+            "why = \"test\"",
+            "why = \"test\"\nscope = \"loopback\"\npeers = \"dbs\"",
+            "loopback",
+        ),
+        p(
+            "peer-group-not-defined",
+            "why = \"test\"",
+            "why = \"test\"\npeers = \"backup\"",
+            "backup",
+        ),
+        p(
+            "bad-peer-group-name",
+            "why = \"test\"",
+            "why = \"test\"\npeers = \"DNS Servers\"",
+            "DNS Servers",
+        ),
+        p("bad-slug", "slug = \"lab\"", "slug = \"Lab!\"", "Lab!"),
+        s_add("unknown-field-site", "modes = \"audit\"", "unknown field"),
+        s_rep(
+            "bad-mode",
+            "mode = \"enforce\"",
+            "mode = \"enforcing\"",
+            "enforcing",
+        ),
+        s_add(
+            "bad-cidr",
+            "[peers]\nweb = [\"10.0.0.300/8\"]",
+            "10.0.0.300/8",
+        ),
+        s_add("unknown-feature-site", "features = [\"pop3\"]", "pop3"),
+        s_add(
+            "peer-group-unused",
+            "[peers]\nunused = [\"192.0.2.1/32\"]",
+            "not used",
+        ),
+        s_add(
+            "any-peer-group-unused",
+            "any_peer_groups = [\"nothing\"]",
+            "nothing",
+        ),
+        s_add(
+            "peer-group-empty",
+            &format!(
+                "[peers]\nbk = []\n\n{}peers = \"bk\"",
+                site_rule("bk-in", "")
+            ),
+            "empty",
+        ),
+        s_add(
+            "duplicate-id-site-and-profile",
+            &site_rule("web-out", ""),
+            "duplicate rule id",
+        ),
+        Bad {
+            name: "failsafe-id-taken",
+            file: "site.toml",
+            text: format!(
+                "{}\n{}",
+                site.replacen("failsafe = false", "failsafe = true", 1),
+                site_rule("failsafe-ssh", "")
+            )
+            .into_bytes(),
+            code: Some(3),
+            needle: "failsafe",
+        },
+        s_add("product-and-profile", "product = \"xeams\"", "both"),
+        s_rep(
+            "no-product",
+            "profile = \"profile.toml\"",
+            "",
+            "names no product",
+        ),
+        s_rep(
+            "unknown-product",
+            "profile = \"profile.toml\"",
+            "product = \"xeam\"",
+            "xeam",
+        ),
+        s_rep(
+            "missing-profile-file",
+            "profile = \"profile.toml\"",
+            "profile = \"nope.toml\"",
+            "nope.toml",
+        ),
+        s_rep(
+            "bad-events-per-sec",
+            "events_per_sec = 1000",
+            "events_per_sec = -1",
+            "site.toml:3: invalid value: integer `-1`",
+        ),
+        s_add(
+            "relative-pin-dir",
+            "pin_dir = \"relative/pins\"",
+            "relative",
+        ),
+        s_rep(
+            "scope-leaves-cgroup-mount",
+            "scope = [",
+            "scope = [\"../escape\", ",
+            "escape",
+        ),
+        Bad {
+            name: "scope-not-a-cgroup",
+            file: "site.toml",
+            text: site
+                .replacen("scope = [", "scope = [\"no/such/cgroup\", ", 1)
+                .into_bytes(),
+            code: None,
+            needle: "no/such/cgroup",
+        },
+        Bad {
+            name: "more-rules-than-fit",
+            file: "profile.toml",
+            text: format!("{profile}\n{many}").into_bytes(),
+            code: None,
+            needle: "rules",
+        },
+        Bad {
+            name: "oversized-site",
+            file: "site.toml",
+            text: big,
+            code: Some(3),
+            needle: "larger than 1048576 bytes",
+        },
+        Bad {
+            name: "oversized-profile",
+            file: "profile.toml",
+            text: big_profile,
+            code: Some(3),
+            needle: "larger than 1048576 bytes",
+        },
+        Bad {
+            name: "non-utf8-site",
+            file: "site.toml",
+            text: latin1,
+            code: Some(3),
+            needle: "not UTF-8",
+        },
+        Bad {
+            name: "non-utf8-profile",
+            file: "profile.toml",
+            text: latin1_profile,
+            code: Some(3),
+            needle: "not UTF-8",
+        },
+        Bad {
+            name: "empty-site",
+            file: "site.toml",
+            text: Vec::new(),
+            code: Some(3),
+            needle: "names no product",
+        },
+        Bad {
+            name: "profile-deleted",
+            file: "profile.toml",
+            text: b"\0delete".to_vec(),
+            code: Some(3),
+            needle: "cannot read profile",
+        },
+    ]
+}
+
+fn state_file(lab: &Lab) -> Value {
+    serde_json::from_str(
+        &std::fs::read_to_string(lab.dir.join("state/state.json")).expect("state file"),
+    )
+    .expect("state JSON")
+}
+
+#[test]
+fn every_kind_of_bad_config_on_reload_leaves_the_running_policy_untouched() {
+    let mut lab = Lab::new("badcfg");
+    servers(&mut lab);
+    let cfg = lab.config(RULES, "mode = \"enforce\"");
+    let agent = lab.agent(&cfg, &[]);
+    let profile = std::fs::read_to_string(lab.dir.join("profile.toml")).expect("profile");
+    let site = std::fs::read_to_string(&cfg).expect("site");
+    let before = agent.status();
+    let cases = bad_configs(&profile, &site);
+    let mut agent_rejections = 0;
+    for bad in &cases {
+        let path = lab.dir.join(bad.file);
+        if bad.text == b"\0delete" {
+            std::fs::remove_file(&path).expect("removing the profile");
+        } else {
+            std::fs::write(&path, &bad.text).expect("writing the bad config");
+        }
+        // 1. `portcullis reload` refuses it with a clear message.
+        let out = agent.cli(&["reload", "--timeout", "10"]);
+        let err = stderr(&out);
+        assert!(
+            !out.status.success(),
+            "{}: reload accepted a bad config",
+            bad.name
+        );
+        if let Some(code) = bad.code {
+            assert_eq!(
+                out.status.code(),
+                Some(code),
+                "{}: exit code: {err}",
+                bad.name
+            );
+        }
+        assert!(
+            err.contains(bad.needle),
+            "{}: the message should contain {:?}: {err}",
+            bad.name,
+            bad.needle
+        );
+        // The file at fault: the one edited, or the other one where the fix belongs
+        // (a peer group a profile rule uses is defined in the site config).
+        assert!(
+            err.contains("profile.toml") || err.contains("site.toml") || bad.code.is_none(),
+            "{}: the message names a file: {err}",
+            bad.name
+        );
+        assert!(
+            err.len() < 2000,
+            "{}: a message, not a dump ({} bytes)",
+            bad.name,
+            err.len()
+        );
+        // 2. The agent, signalled directly (no validation in front), rejects it too.
+        let attempt = state_file(&lab)["last_reload"]["attempt"]
+            .as_u64()
+            .unwrap_or(0);
+        must(&format!("kill -HUP {}", agent.pid()));
+        let t = Instant::now();
+        let outcome = loop {
+            let s = state_file(&lab);
+            if s["last_reload"]["attempt"].as_u64().unwrap_or(0) > attempt {
+                break s["last_reload"].clone();
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "{}: the agent did not answer SIGHUP",
+                bad.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(
+            outcome["ok"], false,
+            "{}: the agent accepted a bad config: {outcome}",
+            bad.name
+        );
+        agent_rejections += 1;
+        // 3. Nothing changed: same policy version and generation, same enforcement.
+        let now = agent.status();
+        for key in ["policy_version", "generation", "mode", "attached_links"] {
+            assert_eq!(now[key], before[key], "{}: {key} changed", bad.name);
+        }
+        assert_enforced(&lab, bad.name);
+        std::fs::write(lab.dir.join("profile.toml"), &profile).expect("restoring");
+        std::fs::write(&cfg, &site).expect("restoring");
+    }
+    // And a good config still goes through afterwards.
+    let out = agent.cli(&["reload"]);
+    assert!(
+        out.status.success(),
+        "the restored config must reload: {}",
+        stderr(&out)
+    );
+    let after = agent.status();
+    assert_eq!(
+        after["policy_version"].as_u64(),
+        before["policy_version"].as_u64().map(|v| v + 1)
+    );
+    assert!(rule_packets(&after, "web-out") > 0);
+    figures(
+        "bad-config-reloads",
+        &[
+            ("inputs", cases.len().to_string()),
+            ("rejected_by_reload", cases.len().to_string()),
+            ("rejected_by_agent", agent_rejections.to_string()),
+            ("policy_changed", "0".into()),
+        ],
+    );
+}
+
+#[test]
+fn ssh_stays_reachable_unless_the_config_says_failsafe_false() {
+    let mut lab = Lab::new("ssh");
+    // Services on A: "sshd" on 22, and 2222 that no rule opens.
+    for port in [22, 2222] {
+        lab.spawn_a(&format!("exec {} listen {port}", net_py()));
+    }
+    let (ns, a4) = (lab.ns_a.clone(), lab.a4.clone());
+    lab.wait_tcp(&ns, &a4, 22);
+    lab.wait_tcp(&ns, &a4, 2222);
+    let from_b = |port: u16| {
+        stdout(&lab.on_b(&format!("{} connect {} {port}", net_py(), lab.a4)))
+            .trim()
+            .to_owned()
+    };
+    let cfg = lab.config(RULES, "");
+    // The site as an operator writes it: enforce, and nothing said about the failsafe.
+    let site = |failsafe: &str, scope: &str| {
+        format!(
+            "profile = \"profile.toml\"\nmode = \"enforce\"\nevents_per_sec = 1000\nscope = [\"{scope}\"]\n{failsafe}"
+        )
+    };
+    let checked = |text: String| -> Value {
+        let path = lab.write("check.toml", &text);
+        let out = Command::new(bin())
+            .args(["check", "--json", "--config"])
+            .arg(&path)
+            .output()
+            .expect("check");
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice(&out.stdout).expect("check --json")
+    };
+    let has_failsafe = |v: &Value| {
+        v["rules"]
+            .as_array()
+            .expect("rules")
+            .iter()
+            .any(|r| r["id"] == "failsafe-ssh")
+    };
+    // Host scope in enforce mode is what could lock an operator out: the failsafe rule
+    // is there unless the config turns it off by name.
+    let host = checked(site("", "host"));
+    assert!(
+        host["failsafe"] == true && has_failsafe(&host),
+        "enforce + host scope keeps the failsafe: {host:#}"
+    );
+    let off = checked(site("failsafe = false\n", "host"));
+    assert!(
+        off["failsafe"] == false && !has_failsafe(&off),
+        "only failsafe = false removes it: {off:#}"
+    );
+
+    std::fs::write(&cfg, site("", &lab.cgroup_rel)).expect("site");
+    let agent = lab.agent(&cfg, &[]);
+    assert_eq!(
+        from_b(22),
+        "ok",
+        "failsafe on: inbound SSH must stay reachable in enforce mode"
+    );
+    assert_eq!(
+        from_b(2222),
+        "timeout",
+        "a port no rule opens gets no answer"
+    );
+    let s = agent.status();
+    assert!(rule_packets(&s, "failsafe-ssh") > 0, "{s:#}");
+    assert!(denies(&s, "in", "no-rule", false).0 > 0, "{s:#}");
+
+    // Explicitly off: the operator asked for it, SSH is closed like any other port.
+    std::fs::write(&cfg, site("failsafe = false\n", &lab.cgroup_rel)).expect("site");
+    let out = agent.cli(&["reload"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        from_b(22),
+        "timeout",
+        "failsafe = false: inbound SSH is denied as written"
+    );
+    // And back.
+    std::fs::write(&cfg, site("", &lab.cgroup_rel)).expect("site");
+    let out = agent.cli(&["reload"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(from_b(22), "ok", "failsafe on again: SSH reachable");
+    assert_eq!(from_b(2222), "timeout");
+    figures(
+        "ssh-failsafe",
+        &[
+            ("configs", "4".into()),
+            ("ssh_open_with_failsafe", "2/2".into()),
+            ("ssh_closed_only_when_false", "yes".into()),
+        ],
+    );
+}
