@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use portcullis_tests::{Agent, Lab, bin, must, net_py, rule_packets, sh, stderr, stdout};
+use portcullis_tests::{Agent, Lab, bin, figures, must, net_py, rule_packets, sh, stderr, stdout};
 
 const RULES: &str = r#"
 [[rule]]
@@ -126,11 +126,12 @@ fn bad_config_on_reload_keeps_the_old_policy_and_says_why() {
     assert_eq!(agent.status()["policy_version"].as_u64(), before["policy_version"].as_u64().map(|v| v + 1));
 }
 
-/// Starts the load client on A; returns (stop file, result file).
-fn start_load(lab: &mut Lab) -> (std::path::PathBuf, std::path::PathBuf) {
+/// Starts the load client on A, an allowed and a denied connection every
+/// `interval_ms`; returns (stop file, result file).
+fn start_load(lab: &mut Lab, interval_ms: u32) -> (std::path::PathBuf, std::path::PathBuf) {
     let stop = lab.dir.join("stop");
     let result = lab.dir.join("load.json");
-    lab.spawn_a(&format!("exec {} load {} 8080 8081 3 {} {}", net_py(), lab.b4, stop.display(), result.display()));
+    lab.spawn_a(&format!("exec {} load {} 8080 8081 {interval_ms} {} {}", net_py(), lab.b4, stop.display(), result.display()));
     (stop, result)
 }
 
@@ -143,13 +144,26 @@ fn finish_load(stop: &Path, result: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(result).expect("load result")).expect("load result JSON")
 }
 
+/// The reliability summary line of a load run (`RELIABILITY: ...`).
+fn load_figures(test: &str, counts: &serde_json::Value, extra: &[(&str, String)]) {
+    let n = |k: &str| counts[k].as_u64().unwrap_or(0);
+    let mut fields = extra.to_vec();
+    fields.extend([
+        ("allowed_tried", (n("allowed_ok") + n("allowed_failed")).to_string()),
+        ("allowed_failed", n("allowed_failed").to_string()),
+        ("denied_tried", (n("denied_blocked") + n("denied_ok")).to_string()),
+        ("denied_passed", n("denied_ok").to_string()),
+    ]);
+    figures(test, &fields);
+}
+
 #[test]
 fn kill_9_during_reload_50_times_under_load_loses_nothing() {
     let mut lab = Lab::new("kill9");
     servers(&mut lab);
     let cfg = lab.config(RULES, "mode = \"enforce\"");
     let mut agent = lab.agent(&cfg, &["--on-exit", "keep"]);
-    let (stop, result) = start_load(&mut lab);
+    let (stop, result) = start_load(&mut lab, 3);
     for round in 0..50u64 {
         must(&format!("kill -HUP {}", agent.pid()));
         std::thread::sleep(Duration::from_millis(round % 7));
@@ -160,7 +174,7 @@ fn kill_9_during_reload_50_times_under_load_loses_nothing() {
     std::thread::sleep(Duration::from_millis(200));
     let counts = finish_load(&stop, &result);
     let s = agent.status();
-    eprintln!("kill -9 x50: {counts}");
+    load_figures("kill9-x50-under-load", &counts, &[("kills", "50".into()), ("interval_ms", "3".into())]);
     assert_eq!(counts["allowed_failed"], 0, "allowed connections failed: {counts}");
     assert_eq!(counts["denied_ok"], 0, "denied connections got through: {counts}");
     assert!(counts["allowed_ok"].as_u64().unwrap_or(0) >= 50, "too little load: {counts}");
@@ -175,7 +189,7 @@ fn a_thousand_reloads_under_load_lose_nothing() {
     servers(&mut lab);
     let cfg = lab.config(RULES, "mode = \"enforce\"");
     let agent = lab.agent(&cfg, &[]);
-    let (stop, result) = start_load(&mut lab);
+    let (stop, result) = start_load(&mut lab, 1);
     let t = Instant::now();
     for i in 0..1000 {
         let out = agent.cli(&["reload", "--timeout", "10"]);
@@ -183,7 +197,7 @@ fn a_thousand_reloads_under_load_lose_nothing() {
     }
     let elapsed = t.elapsed();
     let counts = finish_load(&stop, &result);
-    eprintln!("1000 reloads in {elapsed:.1?} ({:.1} ms each): {counts}", elapsed.as_secs_f64());
+    load_figures("reload-x1000-under-load", &counts, &[("reloads", "1000".into()), ("interval_ms", "1".into()), ("ms_per_reload", format!("{:.1}", elapsed.as_secs_f64()))]);
     assert_eq!(counts["allowed_failed"], 0, "allowed connections failed: {counts}");
     assert_eq!(counts["denied_ok"], 0, "denied connections got through: {counts}");
     assert!(counts["allowed_ok"].as_u64().unwrap_or(0) >= 100, "too little load: {counts}");
