@@ -6,17 +6,12 @@
 
 use std::time::{Duration, Instant};
 
-use portcullis_tests::{Lab, denied_port, denies, net_py, rule_field, rule_packets, stdout};
+use portcullis_tests::{Lab, denied_port, denies, net_py, rule, rule_field, rule_packets, stdout};
 
-const WEB_OUT: &str = r#"
-[[rule]]
-id = "web-out"
-direction = "out"
-protocol = "tcp"
-ports = 8080
-why = "test"
-source = "tests"
-"#;
+/// The outbound rule most tests start from.
+fn web_out() -> String {
+    rule("web-out", "out", "tcp", 8080, "")
+}
 
 fn http_servers(lab: &mut Lab) {
     for port in [8080, 8081] {
@@ -36,7 +31,7 @@ fn connect(lab: &Lab, args: &str) -> String {
 fn outbound_allowed_and_denied_with_eperm_over_ipv4_ipv6_and_mapped() {
     let mut lab = Lab::new("out");
     http_servers(&mut lab);
-    let cfg = lab.config(WEB_OUT, "mode = \"enforce\"");
+    let cfg = lab.config(&web_out(), "mode = \"enforce\"");
     let agent = lab.agent(&cfg, &[]);
 
     // Allowed: a real HTTP exchange, both ways.
@@ -111,23 +106,7 @@ fn outbound_allowed_and_denied_with_eperm_over_ipv4_ipv6_and_mapped() {
 #[test]
 fn inbound_allowed_denied_and_spoofed_source_ports_dropped() {
     let mut lab = Lab::new("in");
-    let rules = r#"
-[[rule]]
-id = "smtp-in"
-direction = "in"
-protocol = "tcp"
-ports = 2525
-why = "test"
-source = "tests"
-
-[[rule]]
-id = "dns-out"
-direction = "out"
-protocol = "both"
-ports = 53
-why = "test"
-source = "tests"
-"#;
+    let rules = &(rule("smtp-in", "in", "tcp", 2525, "") + &rule("dns-out", "out", "both", 53, ""));
     for port in [2525, 2526] {
         lab.spawn_a(&format!("exec {} listen {port}", net_py()));
     }
@@ -200,17 +179,7 @@ source = "tests"
 fn socket_bound_to_an_inbound_port_cannot_open_other_outbound_flows() {
     let mut lab = Lab::new("bind");
     http_servers(&mut lab);
-    let rules = format!(
-        "{WEB_OUT}
-[[rule]]
-id = \"https-in\"
-direction = \"in\"
-protocol = \"tcp\"
-ports = 4443
-why = \"test\"
-source = \"tests\"
-"
-    );
+    let rules = web_out() + &rule("https-in", "in", "tcp", 4443, "");
     let cfg = lab.config(&rules, "mode = \"enforce\"");
     let agent = lab.agent(&cfg, &[]);
     assert_eq!(
@@ -236,15 +205,7 @@ source = \"tests\"
 #[test]
 fn dns_over_udp_and_tcp_with_dnsmasq() {
     let mut lab = Lab::new("dns");
-    let rules = r#"
-[[rule]]
-id = "dns"
-direction = "out"
-protocol = "both"
-ports = 53
-why = "test"
-source = "tests"
-"#;
+    let rules = &rule("dns", "out", "both", 53, "");
     for port in [53, 5300] {
         lab.spawn_b(&format!(
             "exec dnsmasq --keep-in-foreground --port={port} --listen-address=0.0.0.0 --bind-interfaces --no-resolv --no-hosts --pid-file={}/dnsmasq{port}.pid --address=/lab.test/198.18.99.99",
@@ -278,17 +239,7 @@ source = "tests"
 fn audit_mode_passes_everything_and_counts_every_would_deny_exactly() {
     let mut lab = Lab::new("audit");
     http_servers(&mut lab);
-    let rules = format!(
-        "{WEB_OUT}
-[[rule]]
-id = \"sink\"
-direction = \"out\"
-protocol = \"udp\"
-ports = 9000
-why = \"test\"
-source = \"tests\"
-"
-    );
+    let rules = web_out() + &rule("sink", "out", "udp", 9000, "");
     for port in [9000, 9001] {
         lab.spawn_b(&format!("exec python3 -c 'import socket\ns=socket.socket(socket.AF_INET6,socket.SOCK_DGRAM)\ns.setsockopt(socket.IPPROTO_IPV6,socket.IPV6_V6ONLY,0)\ns.bind((\"::\",{port}))\nwhile True: s.recv(9000)'"));
     }
@@ -338,18 +289,7 @@ fn loopback_is_exempt_by_default_and_enforced_on_request() {
     lab.spawn_a(&format!("exec {} listen 8082 --host 127.0.0.1", net_py()));
     lab.wait_tcp(&lab.ns_a.clone(), "127.0.0.1", 8081);
     lab.wait_tcp(&lab.ns_a.clone(), "127.0.0.1", 8082);
-    let rules = format!(
-        "{WEB_OUT}
-[[rule]]
-id = \"local-db\"
-direction = \"both\"
-protocol = \"tcp\"
-ports = 8082
-scope = \"loopback\"
-why = \"test\"
-source = \"tests\"
-"
-    );
+    let rules = web_out() + &rule("local-db", "both", "tcp", 8082, "scope = \"loopback\"");
     {
         let cfg = lab.config(&rules, "mode = \"enforce\"");
         let agent = lab.agent(&cfg, &[]);

@@ -470,14 +470,7 @@ impl DenyFile {
 
     /// Writes atomically (temp file + rename in the same directory).
     pub fn write(&self, path: &Path) -> anyhow::Result<()> {
-        let dir = path.parent().context("the denies file has no directory")?;
-        fs::create_dir_all(dir).with_context(|| format!("creating \"{}\"", dir.display()))?;
-        let tmp = path.with_extension("json.tmp");
-        fs::write(&tmp, serde_json::to_vec_pretty(self)?)
-            .with_context(|| format!("writing \"{}\"", tmp.display()))?;
-        fs::rename(&tmp, path)
-            .with_context(|| format!("renaming \"{}\" to \"{}\"", tmp.display(), path.display()))?;
-        Ok(())
+        crate::state::write_json_atomically(path, self)
     }
 }
 

@@ -156,15 +156,21 @@ impl State {
 
     /// Writes the state file atomically.
     pub fn write(&self, path: &Path) -> anyhow::Result<()> {
-        let dir = path.parent().context("state file has no directory")?;
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let tmp = path.with_extension("json.tmp");
-        fs::write(&tmp, serde_json::to_vec_pretty(self)?)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        fs::rename(&tmp, path)
-            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-        Ok(())
+        write_json_atomically(path, self)
     }
+}
+
+/// Writes `value` as JSON to `path` through a temporary file and a rename, so a reader
+/// (or an agent restarted after a crash) sees the old file or the new one, never half.
+pub fn write_json_atomically(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
+    let dir = path.parent().context("the file has no directory")?;
+    fs::create_dir_all(dir).with_context(|| format!("creating \"{}\"", dir.display()))?;
+    let tmp = path.with_extension("json.tmp");
+    fs::write(&tmp, serde_json::to_vec_pretty(value)?)
+        .with_context(|| format!("writing \"{}\"", tmp.display()))?;
+    fs::rename(&tmp, path)
+        .with_context(|| format!("renaming \"{}\" to \"{}\"", tmp.display(), path.display()))?;
+    Ok(())
 }
 
 /// Seconds since the Unix epoch.

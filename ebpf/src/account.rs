@@ -69,6 +69,24 @@ pub struct Denied {
     pub cgroup_id: u64,
 }
 
+impl Denied {
+    /// A packet whose headers could not be parsed: nothing known but where it was seen.
+    #[inline(always)]
+    pub fn malformed(direction: u8, hook: u8) -> Self {
+        Denied {
+            direction,
+            reason: stats::reason::MALFORMED,
+            protocol: 0,
+            local: [0; 16],
+            remote: [0; 16],
+            local_port: 0,
+            remote_port: 0,
+            hook,
+            cgroup_id: 0,
+        }
+    }
+}
+
 /// Accounts a deny (or, in audit mode, a would-deny) and returns whether to drop.
 /// `event` is false for packets of a flow whose deny was already reported at connect().
 #[inline(always)]

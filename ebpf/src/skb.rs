@@ -274,25 +274,16 @@ fn by_record(cfg: &Config, f: &Flow, record: SockState) -> i32 {
 #[inline(always)]
 fn ingress_unrecorded(cfg: &Config, f: &Flow) -> i32 {
     if f.protocol == IPPROTO_UDP {
-        let key = f.key();
-        // A reply to a datagram this host sent.
-        if let Some(v) = PC_FLOWS_OUT.get_ptr(key) {
-            // SAFETY: LRU values stay valid for the program's run (RCU).
-            let rule = unsafe { (*v).rule };
-            return verdict(cfg, f, DIR_OUT, Decision::Allow(rule), false);
-        }
-        let d = decide(
-            &KernelTables,
-            cfg.generation,
+        // A reply to a datagram this host sent, else a new inbound flow.
+        return udp_unrecorded(
+            cfg,
+            f,
+            &PC_FLOWS_OUT,
+            DIR_OUT,
+            &PC_FLOWS_IN,
             DIR_IN,
-            f.protocol,
             f.local_port,
-            &f.remote,
         );
-        if let Decision::Allow(rule) = d {
-            remember(&PC_FLOWS_IN, &key, rule);
-        }
-        return verdict(cfg, f, DIR_IN, d, true);
     }
     // TCP: the kernel only hands this socket segments of a flow it accepted through a
     // listener, or new connection attempts; both are judged by the local port.
@@ -307,29 +298,60 @@ fn ingress_unrecorded(cfg: &Config, f: &Flow) -> i32 {
     verdict(cfg, f, DIR_IN, d, true)
 }
 
+type FlowMap = aya_ebpf::btf_maps::LruHashMap<
+    FlowKey,
+    FlowValue,
+    { portcullis_common::maps::FLOWS_MAX as usize },
+>;
+
+/// A UDP datagram of a socket without a record: a reply to a flow the other side opened
+/// (found in `replies`, opened in `reply_direction`), else a new flow in `direction`,
+/// judged by `port` and remembered in `opened` so that its replies pass.
+#[inline(always)]
+fn udp_unrecorded(
+    cfg: &Config,
+    f: &Flow,
+    replies: &FlowMap,
+    reply_direction: u8,
+    opened: &FlowMap,
+    direction: u8,
+    port: u16,
+) -> i32 {
+    let key = f.key();
+    if let Some(v) = replies.get_ptr(key) {
+        // SAFETY: LRU values stay valid for the program's run (RCU).
+        let rule = unsafe { (*v).rule };
+        return verdict(cfg, f, reply_direction, Decision::Allow(rule), false);
+    }
+    let d = decide(
+        &KernelTables,
+        cfg.generation,
+        direction,
+        f.protocol,
+        port,
+        &f.remote,
+    );
+    if let Decision::Allow(rule) = d {
+        remember(opened, &key, rule);
+    }
+    verdict(cfg, f, direction, d, true)
+}
+
 /// Outbound packet from a socket without a connect() record.
 #[inline(always)]
 fn egress_unrecorded(cfg: &Config, f: &Flow) -> i32 {
     if f.protocol == IPPROTO_UDP {
-        let key = f.key();
-        // A reply to a datagram a peer sent us through an inbound rule.
-        if let Some(v) = PC_FLOWS_IN.get_ptr(key) {
-            // SAFETY: see `ingress_unrecorded`.
-            let rule = unsafe { (*v).rule };
-            return verdict(cfg, f, DIR_IN, Decision::Allow(rule), false);
-        }
-        let d = decide(
-            &KernelTables,
-            cfg.generation,
+        // A reply to a datagram a peer sent us through an inbound rule, else a new
+        // outbound flow.
+        return udp_unrecorded(
+            cfg,
+            f,
+            &PC_FLOWS_IN,
+            DIR_IN,
+            &PC_FLOWS_OUT,
             DIR_OUT,
-            f.protocol,
             f.remote_port,
-            &f.remote,
         );
-        if let Decision::Allow(rule) = d {
-            remember(&PC_FLOWS_OUT, &key, rule);
-        }
-        return verdict(cfg, f, DIR_OUT, d, true);
     }
     // TCP. A SYN without ACK opens a flow: connect() should have recorded it, so this
     // is a path around the connect hooks (or a socket older than the agent); judge it
@@ -363,15 +385,7 @@ fn egress_unrecorded(cfg: &Config, f: &Flow) -> i32 {
 }
 
 #[inline(always)]
-fn remember(
-    map: &aya_ebpf::btf_maps::LruHashMap<
-        FlowKey,
-        FlowValue,
-        { portcullis_common::maps::FLOWS_MAX as usize },
-    >,
-    key: &FlowKey,
-    rule: u16,
-) {
+fn remember(map: &FlowMap, key: &FlowKey, rule: u16) {
     // Existing entries are left alone: their LRU position is refreshed by the lookup.
     let _ = map.insert(
         key,
@@ -405,17 +419,10 @@ fn verdict(cfg: &Config, f: &Flow, direction: u8, d: Decision, event: bool) -> i
 #[inline(always)]
 fn malformed(ctx: &SkBuffContext, cfg: &Config, egress: bool) -> i32 {
     count_stat(stats::LAYER_CGROUP, stats::MALFORMED, 1, ctx.len());
-    let d = Denied {
-        direction: if egress { DIR_OUT } else { DIR_IN },
-        reason: reason::MALFORMED,
-        protocol: 0,
-        local: [0; 16],
-        remote: [0; 16],
-        local_port: 0,
-        remote_port: 0,
-        hook: if egress { hook::EGRESS } else { hook::INGRESS },
-        cgroup_id: 0,
-    };
+    let d = Denied::malformed(
+        if egress { DIR_OUT } else { DIR_IN },
+        if egress { hook::EGRESS } else { hook::INGRESS },
+    );
     if deny(cfg, &d, 1, ctx.len(), true) {
         DROP
     } else {

@@ -288,17 +288,7 @@ fn deny_packet(cfg: &Config, f: &Frame, why: u32) -> u32 {
 #[inline(never)]
 fn malformed(cfg: &Config, bytes: u32) -> u32 {
     count_stat(stats::LAYER_XDP, stats::MALFORMED, 1, bytes);
-    let d = Denied {
-        direction: DIR_IN,
-        reason: reason::MALFORMED,
-        protocol: 0,
-        local: [0; 16],
-        remote: [0; 16],
-        local_port: 0,
-        remote_port: 0,
-        hook: hook::XDP,
-        cgroup_id: 0,
-    };
+    let d = Denied::malformed(DIR_IN, hook::XDP);
     if deny(cfg, &d, 1, bytes, true) {
         XDP_DROP
     } else {

@@ -552,3 +552,11 @@ pub fn figures(test: &str, fields: &[(&str, String)]) {
     let kv: Vec<String> = fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let _ = writeln!(std::io::stderr(), "RELIABILITY: {test}: {}", kv.join(" "));
 }
+
+/// One `[[rule]]` table of a lab profile; `extra` adds lines (`scope = "loopback"`, ...).
+pub fn rule(id: &str, direction: &str, protocol: &str, ports: u16, extra: &str) -> String {
+    format!(
+        "\n[[rule]]\nid = \"{id}\"\ndirection = \"{direction}\"\nprotocol = \"{protocol}\"\n\
+         ports = {ports}\nwhy = \"test\"\nsource = \"tests\"\n{extra}\n"
+    )
+}
