@@ -8,9 +8,11 @@
 //! - `test`: fmt, clippy (the eBPF crate on its own), unit tests, then the root
 //!   integration tests in `tests/` (real programs, cgroups, namespaces and clients).
 //! - `run`: the agent in audit mode on its built-in default policy.
+//! - `fuzz`: the cargo-fuzz targets in `tests/fuzz` for a while each (nightly).
 //! - `install`, `dist`: install the binary, unit, config, docs, man pages and
 //!   completions; or package the same as a .deb.
 
+mod fuzz;
 mod install;
 mod setup;
 
@@ -54,6 +56,12 @@ enum Task {
     },
     /// Build, then package everything `install` installs as a .deb in target/dist.
     Dist,
+    /// Build, then run the fuzz targets (parsers and compiler; map image and decide).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 300)]
+        seconds: u64,
+    },
     /// Build, then run the agent in audit mode on its built-in default policy.
     Run {
         /// Extra arguments for `portcullis run`.
@@ -90,6 +98,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             setup::all()?;
             build(&root)?;
             install::install(&root, &install::Layout { destdir, prefix })
+        }
+        Task::Fuzz { seconds } => {
+            setup::all()?;
+            build(&root)?;
+            fuzz::run(&root, seconds).map(drop)
         }
         Task::Dist => {
             setup::all()?;
@@ -181,7 +194,7 @@ fn test(root: &Path, filter: Option<&str>) -> anyhow::Result<()> {
         println!("!!! PORTCULLIS_SKIP_ROOT_TESTS=1: the root integration tests (real eBPF programs,");
         println!("!!! cgroups, namespaces and traffic) were NOT run. Nothing was verified in the kernel.");
         println!();
-        return Ok(());
+        return fuzz_and_summary(root, Vec::new());
     }
     step("root integration tests (real programs, cgroups, namespaces, clients)");
     let mut it = Command::new("cargo");
@@ -191,6 +204,74 @@ fn test(root: &Path, filter: Option<&str>) -> anyhow::Result<()> {
     if let Some(f) = filter {
         it.arg(f);
     }
-    sh(&mut it)?;
+    let (status, figures) = tee_figures(&mut it)?;
+    if !status.success() {
+        print_summary(&figures);
+        bail!("root integration tests failed ({status})");
+    }
+    fuzz_and_summary(root, figures)
+}
+
+/// The fuzz smoke run (skipped only on request, loudly), then the reliability summary.
+fn fuzz_and_summary(root: &Path, mut figures: Vec<String>) -> anyhow::Result<()> {
+    if env::var("PORTCULLIS_SKIP_FUZZ").as_deref() == Ok("1") {
+        println!();
+        println!(
+            "!!! PORTCULLIS_SKIP_FUZZ=1: the fuzz smoke run (parsers, compiler, map image) was NOT run."
+        );
+        println!();
+    } else {
+        step("fuzz smoke run (60 s per target)");
+        figures.extend(fuzz::run(root, 60)?);
+    }
+    print_summary(&figures);
     Ok(())
+}
+
+/// Runs a command whose output is passed through as it comes, and collects the lines of
+/// figures the tests print (`RELIABILITY: <test>: key=value ...`, see tests/support).
+fn tee_figures(cmd: &mut Command) -> anyhow::Result<(std::process::ExitStatus, Vec<String>)> {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let line = format!("{cmd:?}");
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {line}"))?;
+    let figures = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let out: Box<dyn std::io::Read + Send> = Box::new(child.stdout.take().context("stdout")?);
+    let err: Box<dyn std::io::Read + Send> = Box::new(child.stderr.take().context("stderr")?);
+    let readers: Vec<_> = [(out, false), (err, true)]
+        .into_iter()
+        .map(|(stream, is_err)| {
+            let figures = figures.clone();
+            std::thread::spawn(move || {
+                for l in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let _ = if is_err {
+                        writeln!(std::io::stderr(), "{l}")
+                    } else {
+                        writeln!(std::io::stdout(), "{l}")
+                    };
+                    if let Some(at) = l.find("RELIABILITY: ") {
+                        figures.lock().expect("figures").push(l[at..].to_owned());
+                    }
+                }
+            })
+        })
+        .collect();
+    let status = child.wait().with_context(|| format!("waiting for {line}"))?;
+    for r in readers {
+        let _ = r.join();
+    }
+    let figures = std::mem::take(&mut *figures.lock().expect("figures"));
+    Ok((status, figures))
+}
+
+/// The figures of every test in one block at the end (the README quotes them).
+fn print_summary(figures: &[String]) {
+    println!();
+    println!("==> reliability summary ({} lines)", figures.len());
+    for f in figures {
+        println!("{f}");
+    }
 }

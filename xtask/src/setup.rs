@@ -23,6 +23,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("python3", "tests: small servers"),
     ("prometheus", "tests: promtool check metrics"),
     ("bpftool", "tests: what is attached to a cgroup"),
+    ("iperf3", "tests: TSO/GSO traffic through veth (reliability)"),
+    ("ethtool", "tests: turn TSO off on a veth (reliability)"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
