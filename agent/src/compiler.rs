@@ -91,6 +91,13 @@ impl PolicyError {
     /// (unknown field, missing field, wrong type) get a generic one.
     pub fn from_toml(file: &Path, text: &str, err: &toml::de::Error) -> Self {
         let raw = err.message().trim_end();
+        // toml gives some syntax errors (a control character in a comment, found by
+        // fuzzing) no description at all; the position is still right.
+        let raw = if raw.is_empty() {
+            "invalid TOML here (an unexpected character or token)"
+        } else {
+            raw
+        };
         let mut parts = raw.split(HINT_MARK);
         let message = parts.next().unwrap_or(raw);
         let hint = parts.next().unwrap_or_else(|| generic_hint(raw));

@@ -455,3 +455,16 @@ fn every_shipped_profile_round_trips_with_all_features() {
         );
     }
 }
+
+/// Found by the `config` fuzz target: toml describes some syntax errors with an empty
+/// message; the error must still say something.
+#[test]
+fn a_control_character_in_a_comment_is_an_error_with_a_message() {
+    let err = Profile::parse(
+        "# ok\n# \u{3}bad\nslug = \"x\"\n",
+        Path::new("profile.toml"),
+    )
+    .expect_err("a control character is not allowed in a TOML comment");
+    assert!(!err.message.is_empty(), "{err:?}");
+    assert_eq!(err.line, Some(2), "{err}");
+}
