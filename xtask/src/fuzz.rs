@@ -55,6 +55,9 @@ pub fn run(root: &Path, seconds: u64) -> anyhow::Result<Vec<String>> {
             .current_dir(root)
             .args(["fuzz", "run", "--fuzz-dir"])
             .arg(&fuzz_dir)
+            // Build products under the workspace's (ignored) target directory.
+            .arg("--target-dir")
+            .arg(root.join("target/fuzz/build"))
             .args(["-O", target])
             .arg(&corpus)
             .arg(&seeds)
