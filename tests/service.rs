@@ -33,18 +33,33 @@ fn links(agent: &Agent) -> usize {
 
 #[test]
 fn unit_file_passes_systemd_analyze_verify() {
-    let unit = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../agent/packaging/portcullis.service"))
-        .expect("reading the unit file");
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../agent/packaging/portcullis.service"),
+    )
+    .expect("reading the unit file");
     // verify checks that ExecStart's binary exists: point it at the one under test.
     let dir = std::env::temp_dir().join(format!("portcullis-unit-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join("portcullis.service");
-    std::fs::write(&path, unit.replace("/usr/bin/portcullis", &bin().display().to_string())).expect("writing unit");
-    let out = sh(&format!("systemd-analyze verify --man=no {} 2>&1", path.display()));
+    std::fs::write(
+        &path,
+        unit.replace("/usr/bin/portcullis", &bin().display().to_string()),
+    )
+    .expect("writing unit");
+    let out = sh(&format!(
+        "systemd-analyze verify --man=no {} 2>&1",
+        path.display()
+    ));
     let text = stdout(&out);
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(out.status.success(), "systemd-analyze verify failed:\n{text}");
-    assert!(!text.contains("portcullis.service:"), "systemd-analyze found problems in the unit:\n{text}");
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify failed:\n{text}"
+    );
+    assert!(
+        !text.contains("portcullis.service:"),
+        "systemd-analyze found problems in the unit:\n{text}"
+    );
 }
 
 #[test]
@@ -52,29 +67,58 @@ fn notify_ready_only_after_attach_then_reloading_ready_and_watchdog() {
     let lab = Lab::new("notify");
     let socket_path = lab.dir.join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).expect("binding the notify socket");
-    socket.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
     let cfg = lab.config(RULES, "mode = \"enforce\"");
-    let agent = lab.agent_env(&cfg, &[], &[("NOTIFY_SOCKET", &socket_path.display().to_string()), ("WATCHDOG_USEC", "200000")]);
+    let agent = lab.agent_env(
+        &cfg,
+        &[],
+        &[
+            ("NOTIFY_SOCKET", &socket_path.display().to_string()),
+            ("WATCHDOG_USEC", "200000"),
+        ],
+    );
     let mut buf = [0u8; 4096];
     let mut next = || {
         let n = socket.recv(&mut buf).expect("a notification within 10 s");
         String::from_utf8_lossy(&buf[..n]).into_owned()
     };
     let first = next();
-    assert!(first.starts_with("READY=1"), "first notification must be READY=1, got {first:?}");
-    assert_eq!(links(&agent), 4, "READY=1 came before the four programs were attached");
+    assert!(
+        first.starts_with("READY=1"),
+        "first notification must be READY=1, got {first:?}"
+    );
+    assert_eq!(
+        links(&agent),
+        4,
+        "READY=1 came before the four programs were attached"
+    );
     assert!(first.contains("STATUS=enforcing lab"), "{first:?}");
 
     let reload = agent.cli(&["reload"]);
-    assert!(reload.status.success(), "reload failed: {}", stderr(&reload));
+    assert!(
+        reload.status.success(),
+        "reload failed: {}",
+        stderr(&reload)
+    );
     let mut seen = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline && !(seen.iter().any(|m: &String| m.starts_with("RELOADING=1")) && seen.last().is_some_and(|m| m.starts_with("READY=1"))) {
+    while Instant::now() < deadline
+        && !(seen.iter().any(|m: &String| m.starts_with("RELOADING=1"))
+            && seen.last().is_some_and(|m| m.starts_with("READY=1")))
+    {
         seen.push(next());
     }
-    let reloading = seen.iter().position(|m| m.starts_with("RELOADING=1")).expect("RELOADING=1");
+    let reloading = seen
+        .iter()
+        .position(|m| m.starts_with("RELOADING=1"))
+        .expect("RELOADING=1");
     assert!(seen[reloading].contains("MONOTONIC_USEC="), "{seen:?}");
-    assert!(seen[reloading..].iter().any(|m| m.starts_with("READY=1")), "READY=1 after RELOADING=1: {seen:?}");
+    assert!(
+        seen[reloading..].iter().any(|m| m.starts_with("READY=1")),
+        "READY=1 after RELOADING=1: {seen:?}"
+    );
     let start = Instant::now();
     let mut pings = 0;
     while start.elapsed() < Duration::from_secs(1) {
@@ -82,14 +126,22 @@ fn notify_ready_only_after_attach_then_reloading_ready_and_watchdog() {
             pings += 1;
         }
     }
-    assert!(pings >= 5, "WATCHDOG=1 every 100 ms expected, got {pings} in 1 s");
+    assert!(
+        pings >= 5,
+        "WATCHDOG=1 every 100 ms expected, got {pings} in 1 s"
+    );
     let out = agent.stop();
     let stopping = next_all(&socket);
-    assert!(stopping.iter().any(|m| m.contains("STOPPING=1")), "STOPPING=1 on exit: {stopping:?}\n{out}");
+    assert!(
+        stopping.iter().any(|m| m.contains("STOPPING=1")),
+        "STOPPING=1 on exit: {stopping:?}\n{out}"
+    );
 }
 
 fn next_all(socket: &UnixDatagram) -> Vec<String> {
-    socket.set_read_timeout(Some(Duration::from_millis(300))).expect("timeout");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
     let mut v = Vec::new();
     let mut buf = [0u8; 4096];
     while let Ok(n) = socket.recv(&mut buf) {
@@ -107,23 +159,53 @@ fn bad_config_on_reload_keeps_the_old_policy_and_says_why() {
     let before = agent.status();
     // Break the config: a port above 65535 on line 3 of the profile.
     let good = std::fs::read_to_string(lab.dir.join("profile.toml")).expect("profile");
-    lab.write("profile.toml", &good.replace("ports = 8080", "ports = 80800"));
+    lab.write(
+        "profile.toml",
+        &good.replace("ports = 8080", "ports = 80800"),
+    );
     let out = agent.cli(&["reload"]);
-    assert_eq!(out.status.code(), Some(3), "a bad config is an invalid policy (exit 3): {}", stderr(&out));
-    assert!(stderr(&out).contains("profile.toml:") && stderr(&out).contains("80800"), "names file, line and value: {}", stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "a bad config is an invalid policy (exit 3): {}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("profile.toml:") && stderr(&out).contains("80800"),
+        "names file, line and value: {}",
+        stderr(&out)
+    );
     // The agent, asked directly, rejects it too and keeps running the old policy.
     must(&format!("kill -HUP {}", agent.pid()));
     std::thread::sleep(Duration::from_millis(500));
     let after = agent.status();
-    assert_eq!(after["policy_version"], before["policy_version"], "the old policy must stay");
-    assert_eq!(stdout(&lab.on_a(&format!("{} connect {} 8080", net_py(), lab.b4))).trim(), "ok", "still allowed");
-    assert_eq!(stdout(&lab.on_a(&format!("{} connect {} 8081", net_py(), lab.b4))).trim(), "EPERM", "still denied");
-    assert!(agent.output().contains("reload rejected"), "the agent logs why: {}", agent.output());
+    assert_eq!(
+        after["policy_version"], before["policy_version"],
+        "the old policy must stay"
+    );
+    assert_eq!(
+        stdout(&lab.on_a(&format!("{} connect {} 8080", net_py(), lab.b4))).trim(),
+        "ok",
+        "still allowed"
+    );
+    assert_eq!(
+        stdout(&lab.on_a(&format!("{} connect {} 8081", net_py(), lab.b4))).trim(),
+        "EPERM",
+        "still denied"
+    );
+    assert!(
+        agent.output().contains("reload rejected"),
+        "the agent logs why: {}",
+        agent.output()
+    );
     // A good config again: accepted.
     lab.write("profile.toml", &good);
     let out = agent.cli(&["reload"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(agent.status()["policy_version"].as_u64(), before["policy_version"].as_u64().map(|v| v + 1));
+    assert_eq!(
+        agent.status()["policy_version"].as_u64(),
+        before["policy_version"].as_u64().map(|v| v + 1)
+    );
 }
 
 /// Starts the load client on A, an allowed and a denied connection every
@@ -131,7 +213,13 @@ fn bad_config_on_reload_keeps_the_old_policy_and_says_why() {
 fn start_load(lab: &mut Lab, interval_ms: u32) -> (std::path::PathBuf, std::path::PathBuf) {
     let stop = lab.dir.join("stop");
     let result = lab.dir.join("load.json");
-    lab.spawn_a(&format!("exec {} load {} 8080 8081 {interval_ms} {} {}", net_py(), lab.b4, stop.display(), result.display()));
+    lab.spawn_a(&format!(
+        "exec {} load {} 8080 8081 {interval_ms} {} {}",
+        net_py(),
+        lab.b4,
+        stop.display(),
+        result.display()
+    ));
     (stop, result)
 }
 
@@ -141,7 +229,8 @@ fn finish_load(stop: &Path, result: &Path) -> serde_json::Value {
     while !result.exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    serde_json::from_str(&std::fs::read_to_string(result).expect("load result")).expect("load result JSON")
+    serde_json::from_str(&std::fs::read_to_string(result).expect("load result"))
+        .expect("load result JSON")
 }
 
 /// The reliability summary line of a load run (`RELIABILITY: ...`).
@@ -149,9 +238,15 @@ fn load_figures(test: &str, counts: &serde_json::Value, extra: &[(&str, String)]
     let n = |k: &str| counts[k].as_u64().unwrap_or(0);
     let mut fields = extra.to_vec();
     fields.extend([
-        ("allowed_tried", (n("allowed_ok") + n("allowed_failed")).to_string()),
+        (
+            "allowed_tried",
+            (n("allowed_ok") + n("allowed_failed")).to_string(),
+        ),
         ("allowed_failed", n("allowed_failed").to_string()),
-        ("denied_tried", (n("denied_blocked") + n("denied_ok")).to_string()),
+        (
+            "denied_tried",
+            (n("denied_blocked") + n("denied_ok")).to_string(),
+        ),
         ("denied_passed", n("denied_ok").to_string()),
     ]);
     figures(test, &fields);
@@ -169,18 +264,44 @@ fn kill_9_during_reload_50_times_under_load_loses_nothing() {
         std::thread::sleep(Duration::from_millis(round % 7));
         agent.kill9();
         agent = lab.agent(&cfg, &["--on-exit", "keep"]);
-        assert_eq!(links(&agent), 4, "round {round}: the restarted agent must leave exactly its own 4 links");
+        assert_eq!(
+            links(&agent),
+            4,
+            "round {round}: the restarted agent must leave exactly its own 4 links"
+        );
     }
     std::thread::sleep(Duration::from_millis(200));
     let counts = finish_load(&stop, &result);
     let s = agent.status();
-    load_figures("kill9-x50-under-load", &counts, &[("kills", "50".into()), ("interval_ms", "3".into())]);
-    assert_eq!(counts["allowed_failed"], 0, "allowed connections failed: {counts}");
-    assert_eq!(counts["denied_ok"], 0, "denied connections got through: {counts}");
-    assert!(counts["allowed_ok"].as_u64().unwrap_or(0) >= 50, "too little load: {counts}");
-    assert!(counts["denied_blocked"].as_u64().unwrap_or(0) >= 50, "{counts}");
-    assert!(s["policy_version"].as_u64().unwrap_or(0) >= 51, "the restarted agents adopted the pins: {s:#}");
-    assert!(rule_packets(&s, "web-out") > 0, "counters survive restarts: {s:#}");
+    load_figures(
+        "kill9-x50-under-load",
+        &counts,
+        &[("kills", "50".into()), ("interval_ms", "3".into())],
+    );
+    assert_eq!(
+        counts["allowed_failed"], 0,
+        "allowed connections failed: {counts}"
+    );
+    assert_eq!(
+        counts["denied_ok"], 0,
+        "denied connections got through: {counts}"
+    );
+    assert!(
+        counts["allowed_ok"].as_u64().unwrap_or(0) >= 50,
+        "too little load: {counts}"
+    );
+    assert!(
+        counts["denied_blocked"].as_u64().unwrap_or(0) >= 50,
+        "{counts}"
+    );
+    assert!(
+        s["policy_version"].as_u64().unwrap_or(0) >= 51,
+        "the restarted agents adopted the pins: {s:#}"
+    );
+    assert!(
+        rule_packets(&s, "web-out") > 0,
+        "counters survive restarts: {s:#}"
+    );
 }
 
 #[test]
@@ -197,10 +318,27 @@ fn a_thousand_reloads_under_load_lose_nothing() {
     }
     let elapsed = t.elapsed();
     let counts = finish_load(&stop, &result);
-    load_figures("reload-x1000-under-load", &counts, &[("reloads", "1000".into()), ("interval_ms", "1".into()), ("ms_per_reload", format!("{:.1}", elapsed.as_secs_f64()))]);
-    assert_eq!(counts["allowed_failed"], 0, "allowed connections failed: {counts}");
-    assert_eq!(counts["denied_ok"], 0, "denied connections got through: {counts}");
-    assert!(counts["allowed_ok"].as_u64().unwrap_or(0) >= 100, "too little load: {counts}");
+    load_figures(
+        "reload-x1000-under-load",
+        &counts,
+        &[
+            ("reloads", "1000".into()),
+            ("interval_ms", "1".into()),
+            ("ms_per_reload", format!("{:.1}", elapsed.as_secs_f64())),
+        ],
+    );
+    assert_eq!(
+        counts["allowed_failed"], 0,
+        "allowed connections failed: {counts}"
+    );
+    assert_eq!(
+        counts["denied_ok"], 0,
+        "denied connections got through: {counts}"
+    );
+    assert!(
+        counts["allowed_ok"].as_u64().unwrap_or(0) >= 100,
+        "too little load: {counts}"
+    );
     assert_eq!(agent.status()["policy_version"], 1001);
 }
 
@@ -212,19 +350,40 @@ fn detach_leaves_nothing_attached_or_pinned() {
     let agent = lab.agent(&cfg, &["--on-exit", "keep"]);
     let pin_dir = agent.pin_dir.clone();
     let cgroup = lab.cgroup.display().to_string();
-    assert_eq!(stdout(&lab.on_a(&format!("{} connect {} 8081", net_py(), lab.b4))).trim(), "EPERM");
+    assert_eq!(
+        stdout(&lab.on_a(&format!("{} connect {} 8081", net_py(), lab.b4))).trim(),
+        "EPERM"
+    );
     let attached = must(&format!("bpftool cgroup show {cgroup}"));
-    assert!(attached.contains("pc_ingress") && attached.contains("pc_connect4"), "attached before: {attached}");
+    assert!(
+        attached.contains("pc_ingress") && attached.contains("pc_connect4"),
+        "attached before: {attached}"
+    );
     let env = agent.env.clone();
     agent.kill9();
     // Still enforcing after the agent is gone.
-    assert_eq!(stdout(&lab.on_a(&format!("{} connect {} 8081", net_py(), lab.b4))).trim(), "EPERM", "pins keep enforcing");
-    let out = std::process::Command::new(bin()).args(["detach", "--json"]).envs(env).output().expect("detach");
+    assert_eq!(
+        stdout(&lab.on_a(&format!("{} connect {} 8081", net_py(), lab.b4))).trim(),
+        "EPERM",
+        "pins keep enforcing"
+    );
+    let out = std::process::Command::new(bin())
+        .args(["detach", "--json"])
+        .envs(env)
+        .output()
+        .expect("detach");
     assert!(out.status.success(), "{}", stderr(&out));
     let done: serde_json::Value = serde_json::from_slice(&out.stdout).expect("detach --json");
     assert_eq!(done["links"], 4, "{done}");
     assert!(!pin_dir.exists(), "pin directory left behind");
     let attached = must(&format!("bpftool cgroup show {cgroup}"));
-    assert!(!attached.contains("pc_"), "programs still attached: {attached}");
-    assert_eq!(stdout(&lab.on_a(&format!("{} connect {} 8081", net_py(), lab.b4))).trim(), "ok", "enforcement gone");
+    assert!(
+        !attached.contains("pc_"),
+        "programs still attached: {attached}"
+    );
+    assert_eq!(
+        stdout(&lab.on_a(&format!("{} connect {} 8081", net_py(), lab.b4))).trim(),
+        "ok",
+        "enforcement gone"
+    );
 }
