@@ -8,10 +8,14 @@
 //! - `test`: fmt, clippy (the eBPF crate on its own), unit tests, then the root
 //!   integration tests in `tests/` (real programs, cgroups, namespaces and clients).
 //! - `run`: the agent in audit mode on its built-in default policy.
+//! - `bench`: the performance figures (test_run cost, size independence, xdp-filter and
+//!   nftables side by side, memory, startup, reload) into `xtask/bench/`. Root; not part
+//!   of `test`.
 //! - `fuzz`: the cargo-fuzz targets in `tests/fuzz` for a while each (nightly).
 //! - `install`, `dist`: install the binary, unit, config, docs, man pages and
 //!   completions; or package the same as a .deb.
 
+mod bench;
 mod fuzz;
 mod install;
 mod setup;
@@ -27,7 +31,10 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(about = "portcullis build tasks", after_help = "Examples:\n  cargo xtask test\n  cargo xtask run\n  PORTCULLIS_SKIP_ROOT_TESTS=1 cargo xtask test")]
+#[command(
+    about = "portcullis build tasks",
+    after_help = "Examples:\n  cargo xtask test\n  cargo xtask run\n  PORTCULLIS_SKIP_ROOT_TESTS=1 cargo xtask test"
+)]
 struct Cli {
     #[command(subcommand)]
     task: Task,
@@ -53,6 +60,16 @@ enum Task {
         /// Staging directory prepended to every path (packaging).
         #[arg(long, default_value = "/")]
         destdir: PathBuf,
+    },
+    /// Build, then measure: per-packet cost, independence from policy size, xdp-filter
+    /// and nftables side by side, memory, startup, reload. Writes xtask/bench/. Root.
+    Bench {
+        /// Also write the raw results (one key per figure) to this file.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+        /// A short smoke run (3 rounds, smaller repeat counts): not publishable figures.
+        #[arg(long)]
+        quick: bool,
     },
     /// Build, then package everything `install` installs as a .deb in target/dist.
     Dist,
@@ -99,6 +116,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             build(&root)?;
             install::install(&root, &install::Layout { destdir, prefix })
         }
+        Task::Bench { json, quick } => {
+            setup::all()?;
+            build(&root)?;
+            bench::run(&root, &bench::Options { json, quick })
+        }
         Task::Fuzz { seconds } => {
             setup::all()?;
             build(&root)?;
@@ -117,7 +139,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let bin = root.join("target/release/portcullis");
             let mut cmd = Command::new(&bin);
             cmd.arg("run").arg("--mode").arg("audit").args(&args);
-            step(&format!("{} run --mode audit {}", bin.display(), args.join(" ")));
+            step(&format!(
+                "{} run --mode audit {}",
+                bin.display(),
+                args.join(" ")
+            ));
             let status = cmd.status().context("starting portcullis")?;
             if !status.success() {
                 bail!("portcullis exited with {status}");
@@ -129,7 +155,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// The workspace root (xtask lives one level below it).
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is inside the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is inside the workspace")
+        .to_path_buf()
 }
 
 /// Prints a step line.
@@ -152,13 +181,27 @@ pub fn sh(cmd: &mut Command) -> anyhow::Result<()> {
 fn nightly_cargo() -> Command {
     let mut cmd = Command::new("rustup");
     cmd.args(["run", "nightly", "cargo"]);
-    for var in ["RUSTUP_TOOLCHAIN", "RUSTC", "RUSTDOC", "CARGO", "RUSTC_WRAPPER"] {
+    for var in [
+        "RUSTUP_TOOLCHAIN",
+        "RUSTC",
+        "RUSTDOC",
+        "CARGO",
+        "RUSTC_WRAPPER",
+    ] {
         cmd.env_remove(var);
     }
     cmd
 }
 
-const EBPF_ARGS: [&str; 7] = ["-p", "portcullis-ebpf", "--release", "--target", "bpfel-unknown-none", "-Z", "build-std=core"];
+const EBPF_ARGS: [&str; 7] = [
+    "-p",
+    "portcullis-ebpf",
+    "--release",
+    "--target",
+    "bpfel-unknown-none",
+    "-Z",
+    "build-std=core",
+];
 
 fn build(root: &Path) -> anyhow::Result<()> {
     let t = Instant::now();
@@ -166,8 +209,13 @@ fn build(root: &Path) -> anyhow::Result<()> {
     sh(nightly_cargo().arg("build").args(EBPF_ARGS))?;
     let object = root.join("target/bpfel-unknown-none/release/portcullis-ebpf");
     step("building the agent (release, eBPF object embedded)");
-    sh(Command::new("cargo").args(["build", "--release", "-p", "portcullis"]).env("PORTCULLIS_EBPF_OBJECT", &object))?;
-    step(&format!("built target/release/portcullis in {:.0?}", t.elapsed()));
+    sh(Command::new("cargo")
+        .args(["build", "--release", "-p", "portcullis"])
+        .env("PORTCULLIS_EBPF_OBJECT", &object))?;
+    step(&format!(
+        "built target/release/portcullis in {:.0?}",
+        t.elapsed()
+    ));
     Ok(())
 }
 
@@ -177,30 +225,60 @@ fn test(root: &Path, filter: Option<&str>) -> anyhow::Result<()> {
     sh(Command::new("cargo").args(["fmt", "--all", "--check"]))?;
     step("clippy (agent, common, xtask, tests), warnings denied");
     sh(Command::new("cargo")
-        .args(["clippy", "--release", "--all-targets", "--", "-D", "warnings"])
+        .args([
+            "clippy",
+            "--release",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ])
         .env("PORTCULLIS_EBPF_OBJECT", &object))?;
     step("clippy (eBPF crate, nightly, bpfel-unknown-none), warnings denied");
-    sh(nightly_cargo().arg("clippy").args(EBPF_ARGS).args(["--", "-D", "warnings"]))?;
+    sh(nightly_cargo()
+        .arg("clippy")
+        .args(EBPF_ARGS)
+        .args(["--", "-D", "warnings"]))?;
     step("unit tests (no root)");
     let mut unit = Command::new("cargo");
-    unit.args(["test", "--release", "-p", "portcullis", "-p", "portcullis-common", "-p", "xtask"])
-        .env("PORTCULLIS_EBPF_OBJECT", &object);
+    unit.args([
+        "test",
+        "--release",
+        "-p",
+        "portcullis",
+        "-p",
+        "portcullis-common",
+        "-p",
+        "xtask",
+    ])
+    .env("PORTCULLIS_EBPF_OBJECT", &object);
     if let Some(f) = filter {
         unit.args(["--", f]);
     }
     sh(&mut unit)?;
     if env::var("PORTCULLIS_SKIP_ROOT_TESTS").as_deref() == Ok("1") {
         println!();
-        println!("!!! PORTCULLIS_SKIP_ROOT_TESTS=1: the root integration tests (real eBPF programs,");
-        println!("!!! cgroups, namespaces and traffic) were NOT run. Nothing was verified in the kernel.");
+        println!(
+            "!!! PORTCULLIS_SKIP_ROOT_TESTS=1: the root integration tests (real eBPF programs,"
+        );
+        println!(
+            "!!! cgroups, namespaces and traffic) were NOT run. Nothing was verified in the kernel."
+        );
         println!();
         return fuzz_and_summary(root, Vec::new());
     }
     step("root integration tests (real programs, cgroups, namespaces, clients)");
     let mut it = Command::new("cargo");
-    it.args(["test", "--release", "-p", "portcullis-tests", "--", "--test-threads=1"])
-        .env("PORTCULLIS_BIN", root.join("target/release/portcullis"))
-        .env("PORTCULLIS_EBPF_OBJECT", &object);
+    it.args([
+        "test",
+        "--release",
+        "-p",
+        "portcullis-tests",
+        "--",
+        "--test-threads=1",
+    ])
+    .env("PORTCULLIS_BIN", root.join("target/release/portcullis"))
+    .env("PORTCULLIS_EBPF_OBJECT", &object);
     if let Some(f) = filter {
         it.arg(f);
     }
@@ -259,7 +337,9 @@ fn tee_figures(cmd: &mut Command) -> anyhow::Result<(std::process::ExitStatus, V
             })
         })
         .collect();
-    let status = child.wait().with_context(|| format!("waiting for {line}"))?;
+    let status = child
+        .wait()
+        .with_context(|| format!("waiting for {line}"))?;
     for r in readers {
         let _ = r.join();
     }

@@ -1,0 +1,216 @@
+//! `prog_run`: the benchmark's BPF_PROG_TEST_RUN driver (`cargo xtask bench` runs it; it
+//! is not a test).
+//!
+//! ```text
+//! prog_run --object OBJ --repeat N --runs R LABEL=KIND:SOURCE:HEXFRAME...
+//!   KIND    xdp | skb-ingress | skb-egress
+//!   SOURCE  noop (the object's empty baseline of that type), or the bpffs path of a
+//!           pinned program (the agent's own programs, pinned by id with bpftool, or a
+//!           peer's such as xdp-filter's)
+//! ```
+//!
+//! Every job runs once to warm up, then `R` rounds in which each job runs once with
+//! `repeat = N`: the jobs of one round are adjacent in time, so the ratios the
+//! benchmark takes between them (ours / no-op, ours / xdp-filter) see the same machine
+//! noise. One line per job and round on stdout: `LABEL<TAB>ROUND<TAB>NS<TAB>RETURN`,
+//! where NS is the kernel's average time per run (`BPF_PROG_TEST_RUN`'s `duration`,
+//! whole nanoseconds).
+
+use std::{collections::HashMap, fs, process::ExitCode};
+
+use anyhow::{Context as _, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{CgroupSkb, CgroupSkbAttachType, TestRun, TestRunOptions, Xdp},
+};
+use aya_obj::programs::XdpAttachType;
+
+/// A program ready for test_run, whatever its type.
+enum Prog {
+    /// A baseline in this process's copy of the object, by name.
+    Noop {
+        name: &'static str,
+        xdp: bool,
+    },
+    Xdp(Xdp),
+    Skb(CgroupSkb),
+}
+
+impl Prog {
+    fn run(&self, ebpf: &Ebpf, frame: &[u8], repeat: u32) -> anyhow::Result<(u128, u32)> {
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..TestRunOptions::default()
+        };
+        let program = |name: &str| {
+            ebpf.program(name)
+                .with_context(|| format!("{name} in the object"))
+        };
+        let r = match self {
+            Prog::Noop { name, xdp: true } => <&Xdp>::try_from(program(name)?)?.test_run(opts),
+            Prog::Noop { name, xdp: false } => {
+                <&CgroupSkb>::try_from(program(name)?)?.test_run(opts)
+            }
+            Prog::Xdp(p) => p.test_run(opts),
+            Prog::Skb(p) => p.test_run(opts),
+        }
+        .context("BPF_PROG_TEST_RUN")?;
+        Ok((r.duration.as_nanos(), r.return_value))
+    }
+}
+
+/// The baselines' names in the object (`ebpf/src/noop.rs`).
+const NOOP_XDP: &str = "pc_noop_xdp";
+const NOOP_SKB: &str = "pc_noop_skb";
+
+struct Job {
+    label: String,
+    prog: usize,
+    frame: Vec<u8>,
+}
+
+fn hex(s: &str) -> anyhow::Result<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        bail!("odd-length hex frame {s:?}");
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| {
+            u8::from_str_radix(&s[i..i + 2], 16).with_context(|| format!("bad hex in frame {s:?}"))
+        })
+        .collect()
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("prog_run: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let (mut object, mut repeat, mut runs, mut specs) = (None, 1_000_000u32, 7u32, Vec::new());
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--object" => object = args.next(),
+            "--repeat" => {
+                repeat = args
+                    .next()
+                    .context("--repeat N")?
+                    .parse()
+                    .context("--repeat N")?
+            }
+            "--runs" => {
+                runs = args
+                    .next()
+                    .context("--runs R")?
+                    .parse()
+                    .context("--runs R")?
+            }
+            _ => specs.push(a),
+        }
+    }
+    let object = object.context("--object OBJ is required")?;
+    let bytes = fs::read(&object).with_context(|| format!("reading the eBPF object {object}"))?;
+    // Maps of this copy of the object are fresh and unpinned: the baselines touch none.
+    let mut ebpf = EbpfLoader::new()
+        .load(&bytes)
+        .with_context(|| format!("loading {object}"))?;
+    let mut progs: Vec<Prog> = Vec::new();
+    let mut by_source: HashMap<(String, String), usize> = HashMap::new();
+    let mut jobs = Vec::new();
+    for spec in &specs {
+        let (label, rest) = spec
+            .split_once('=')
+            .with_context(|| format!("job {spec:?}: expected LABEL=KIND:SOURCE:HEX"))?;
+        let mut parts = rest.splitn(3, ':');
+        let (Some(kind), Some(source), Some(frame)) = (parts.next(), parts.next(), parts.next())
+        else {
+            bail!("job {spec:?}: expected LABEL=KIND:SOURCE:HEX");
+        };
+        // Ingress and egress baselines are the same program.
+        let key = (
+            if source == "noop" {
+                kind.trim_end_matches("-egress")
+                    .trim_end_matches("-ingress")
+            } else {
+                kind
+            }
+            .to_owned(),
+            source.to_owned(),
+        );
+        let index = match by_source.get(&key) {
+            Some(i) => *i,
+            None => {
+                let prog = match (kind, source) {
+                    ("xdp", "noop") => {
+                        let p: &mut Xdp = ebpf
+                            .program_mut(NOOP_XDP)
+                            .context("pc_noop_xdp in the object")?
+                            .try_into()?;
+                        p.load().context("loading pc_noop_xdp")?;
+                        Prog::Noop {
+                            name: NOOP_XDP,
+                            xdp: true,
+                        }
+                    }
+                    ("skb-ingress" | "skb-egress", "noop") => {
+                        let p: &mut CgroupSkb = ebpf
+                            .program_mut(NOOP_SKB)
+                            .context("pc_noop_skb in the object")?
+                            .try_into()?;
+                        if p.fd().is_err() {
+                            p.load().context("loading pc_noop_skb")?;
+                        }
+                        Prog::Noop {
+                            name: NOOP_SKB,
+                            xdp: false,
+                        }
+                    }
+                    ("xdp", path) => Prog::Xdp(
+                        Xdp::from_pin(path, XdpAttachType::Interface)
+                            .with_context(|| format!("opening pinned program {path}"))?,
+                    ),
+                    ("skb-ingress", path) => Prog::Skb(
+                        CgroupSkb::from_pin(path, CgroupSkbAttachType::Ingress)
+                            .with_context(|| format!("opening pinned program {path}"))?,
+                    ),
+                    ("skb-egress", path) => Prog::Skb(
+                        CgroupSkb::from_pin(path, CgroupSkbAttachType::Egress)
+                            .with_context(|| format!("opening pinned program {path}"))?,
+                    ),
+                    (k, _) => {
+                        bail!("job {spec:?}: unknown kind {k:?} (xdp, skb-ingress, skb-egress)")
+                    }
+                };
+                progs.push(prog);
+                by_source.insert(key, progs.len() - 1);
+                progs.len() - 1
+            }
+        };
+        jobs.push(Job {
+            label: label.to_owned(),
+            prog: index,
+            frame: hex(frame)?,
+        });
+    }
+    for job in &jobs {
+        progs[job.prog]
+            .run(&ebpf, &job.frame, repeat.min(10_000))
+            .with_context(|| format!("warming up {}", job.label))?;
+    }
+    for round in 0..runs {
+        for job in &jobs {
+            let (ns, ret) = progs[job.prog]
+                .run(&ebpf, &job.frame, repeat)
+                .with_context(|| format!("running {}", job.label))?;
+            println!("{}\t{round}\t{ns}\t{ret}", job.label);
+        }
+    }
+    Ok(())
+}
