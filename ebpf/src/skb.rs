@@ -62,7 +62,9 @@ struct Flow {
     tcp_flags: u8,
     segments: u32,
     bytes: u32,
-    cgroup_id: u64,
+    /// The packet, for what only a deny needs (the cgroup id): a helper call saved on
+    /// every allowed packet.
+    skb: *mut aya_ebpf::bindings::__sk_buff,
 }
 
 impl Flow {
@@ -86,8 +88,7 @@ impl Flow {
             // A GSO buffer is several packets on the wire; count those.
             segments: if gso_segs > 1 { gso_segs } else { 1 },
             bytes: ctx.len(),
-            // SAFETY: plain helper call on the program's own context.
-            cgroup_id: unsafe { bpf_skb_cgroup_id(ctx.skb.skb) },
+            skb: ctx.skb.skb,
         }
     }
 
@@ -118,7 +119,8 @@ impl Flow {
             } else {
                 hook::INGRESS
             },
-            cgroup_id: self.cgroup_id,
+            // SAFETY: plain helper call on the program's own context.
+            cgroup_id: unsafe { bpf_skb_cgroup_id(self.skb) },
         }
     }
 
@@ -332,7 +334,15 @@ fn udp_unrecorded(
         &f.remote,
     );
     if let Decision::Allow(rule) = d {
-        remember(opened, &key, rule);
+        // Written only when missing or changed: an LRU update on every datagram of a
+        // busy flow costs more than the lookup (which also refreshes the entry).
+        let known = opened.get_ptr(key).is_some_and(|v| {
+            // SAFETY: see above.
+            unsafe { (*v).rule == rule }
+        });
+        if !known {
+            remember(opened, &key, rule);
+        }
     }
     verdict(cfg, f, direction, d, true)
 }
