@@ -255,7 +255,10 @@ fn test(root: &Path, filter: Option<&str>) -> anyhow::Result<()> {
     if let Some(f) = filter {
         unit.args(["--", f]);
     }
-    sh(&mut unit)?;
+    let (status, mut results) = tee_figures(&mut unit)?;
+    if !status.success() {
+        bail!("unit tests failed ({status})");
+    }
     if env::var("PORTCULLIS_SKIP_ROOT_TESTS").as_deref() == Ok("1") {
         println!();
         println!(
@@ -265,7 +268,7 @@ fn test(root: &Path, filter: Option<&str>) -> anyhow::Result<()> {
             "!!! cgroups, namespaces and traffic) were NOT run. Nothing was verified in the kernel."
         );
         println!();
-        return fuzz_and_summary(root, Vec::new());
+        return fuzz_and_summary(root, results);
     }
     step("root integration tests (real programs, cgroups, namespaces, clients)");
     let mut it = Command::new("cargo");
@@ -283,11 +286,12 @@ fn test(root: &Path, filter: Option<&str>) -> anyhow::Result<()> {
         it.arg(f);
     }
     let (status, figures) = tee_figures(&mut it)?;
+    results.extend(figures);
     if !status.success() {
-        print_summary(&figures);
+        print_summary(&results);
         bail!("root integration tests failed ({status})");
     }
-    fuzz_and_summary(root, figures)
+    fuzz_and_summary(root, results)
 }
 
 /// The fuzz smoke run (skipped only on request, loudly), then the reliability summary.
@@ -332,6 +336,8 @@ fn tee_figures(cmd: &mut Command) -> anyhow::Result<(std::process::ExitStatus, V
                     };
                     if let Some(at) = l.find("RELIABILITY: ") {
                         figures.lock().expect("figures").push(l[at..].to_owned());
+                    } else if l.starts_with("test result: ") {
+                        figures.lock().expect("figures").push(l);
                     }
                 }
             })
@@ -347,11 +353,44 @@ fn tee_figures(cmd: &mut Command) -> anyhow::Result<(std::process::ExitStatus, V
     Ok((status, figures))
 }
 
-/// The figures of every test in one block at the end (the README quotes them).
-fn print_summary(figures: &[String]) {
+/// The figures of every test in one block at the end (the README quotes them), then
+/// the total of every `cargo test` run as the last line: `tests: N passed, M failed`.
+fn print_summary(lines: &[String]) {
+    let (results, figures): (Vec<&String>, Vec<&String>) =
+        lines.iter().partition(|l| l.starts_with("test result: "));
     println!();
     println!("==> reliability summary ({} lines)", figures.len());
     for f in figures {
         println!("{f}");
+    }
+    let (passed, failed) = results.iter().fold((0, 0), |(p, f), l| {
+        let (lp, lf) = passed_failed(l);
+        (p + lp, f + lf)
+    });
+    println!();
+    println!("tests: {passed} passed, {failed} failed");
+}
+
+/// The counts of one `test result: ok. 6 passed; 0 failed; ...` line.
+fn passed_failed(line: &str) -> (u64, u64) {
+    let count = |word: &str| {
+        line.split([';', '.'])
+            .map(str::trim)
+            .find_map(|part| part.strip_suffix(word)?.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (count(" passed"), count(" failed"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_cargo_test_summaries() {
+        let line = "test result: ok. 58 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.14s";
+        assert_eq!(super::passed_failed(line), (58, 2));
+        assert_eq!(
+            super::passed_failed("test result: ok. 0 passed; 0 failed;"),
+            (0, 0)
+        );
     }
 }
