@@ -6,12 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use portcullis_tests::{Lab, denied_port, denies, net_py, rule, rule_field, rule_packets, stdout};
-
-/// The outbound rule most tests start from.
-fn web_out() -> String {
-    rule("web-out", "out", "tcp", 8080, "")
-}
+use portcullis_tests::{
+    Lab, denied_port, denies, net_py, rule, rule_field, rule_packets, stdout, web_out,
+};
 
 fn http_servers(lab: &mut Lab) {
     for port in [8080, 8081] {

@@ -20,28 +20,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use portcullis_tests::{Lab, bin, denies, figures, must, net_py, rule_packets, sh, stderr, stdout};
+use portcullis_tests::{
+    Lab, bin, denies, figures, must, net_py, rule_packets, sh, stderr, stdout, web_out,
+};
 use serde_json::Value;
-
-const RULES: &str = r#"
-[[rule]]
-id = "web-out"
-direction = "out"
-protocol = "tcp"
-ports = 8080
-why = "test"
-source = "tests"
-"#;
-
-/// Listeners on B: 8080 (allowed by [`RULES`]) and 8081 (denied).
-fn servers(lab: &mut Lab) {
-    for port in [8080, 8081] {
-        lab.spawn_b(&format!("exec {} listen {port}", net_py()));
-    }
-    let (ns, b4) = (lab.ns_b.clone(), lab.b4.clone());
-    lab.wait_tcp(&ns, &b4, 8080);
-    lab.wait_tcp(&ns, &b4, 8081);
-}
 
 /// `net.py connect` from A (enforced): ok | EPERM | timeout | ...
 fn connect(lab: &Lab, host: &str, port: u16) -> String {
@@ -186,8 +168,8 @@ fn agent_env(lab: &Lab) -> Vec<(String, String)> {
 #[test]
 fn bpffs_not_mounted_the_agent_mounts_it_and_enforces() {
     let mut lab = Lab::new("nobpffs");
-    servers(&mut lab);
-    let cfg = lab.config(RULES, "mode = \"enforce\"");
+    lab.web_listeners_on_b();
+    let cfg = lab.config(&web_out(), "mode = \"enforce\"");
     let env = agent_env(&lab);
     let host_pin = PathBuf::from(&env[0].1);
     let host_mounts_before = must("grep -c ' - bpf ' /proc/self/mountinfo");
@@ -277,7 +259,7 @@ fn bpffs_not_mounted_the_agent_mounts_it_and_enforces() {
 #[test]
 fn no_cgroup2_mount_is_a_clear_error_and_nothing_is_attached() {
     let lab = Lab::new("nocg2");
-    let cfg = lab.config(RULES, "mode = \"enforce\"");
+    let cfg = lab.config(&web_out(), "mode = \"enforce\"");
     let env = agent_env(&lab);
     let pin = PathBuf::from(&env[0].1);
     // Hide every cgroup2 mount in a private namespace (the host keeps its own), and only
@@ -323,8 +305,8 @@ fn no_cgroup2_mount_is_a_clear_error_and_nothing_is_attached() {
 #[test]
 fn no_bpf_permission_is_a_clear_error_and_nothing_is_attached() {
     let mut lab = Lab::new("noperm");
-    servers(&mut lab);
-    let cfg = lab.config(RULES, "mode = \"enforce\"");
+    lab.web_listeners_on_b();
+    let cfg = lab.config(&web_out(), "mode = \"enforce\"");
     let env = agent_env(&lab);
     let pin = PathBuf::from(&env[0].1);
     // Root without any capability, then an ordinary user (nobody): both must fail.
@@ -397,8 +379,8 @@ fn no_bpf_permission_is_a_clear_error_and_nothing_is_attached() {
 #[test]
 fn pinned_maps_of_another_layout_are_refused_and_the_old_programs_keep_enforcing() {
     let mut lab = Lab::new("layout");
-    servers(&mut lab);
-    let cfg = lab.config(RULES, "mode = \"enforce\"");
+    lab.web_listeners_on_b();
+    let cfg = lab.config(&web_out(), "mode = \"enforce\"");
     let agent = lab.agent(&cfg, &["--on-exit", "keep"]);
     let env = agent.env.clone();
     let pin_dir = agent.pin_dir.clone();
@@ -459,8 +441,8 @@ fn pinned_maps_of_another_layout_are_refused_and_the_old_programs_keep_enforcing
 #[test]
 fn enforced_cgroup_removed_and_created_again_is_reattached_within_two_seconds() {
     let mut lab = Lab::new("recg");
-    servers(&mut lab);
-    let cfg = lab.config(RULES, "mode = \"enforce\"");
+    lab.web_listeners_on_b();
+    let cfg = lab.config(&web_out(), "mode = \"enforce\"");
     let agent = lab.agent(&cfg, &[]);
     assert_enforced(&lab, "before");
     let mut rounds = Vec::new();
@@ -515,8 +497,8 @@ fn enforced_cgroup_removed_and_created_again_is_reattached_within_two_seconds() 
 #[test]
 fn full_ring_buffer_loses_events_not_enforcement() {
     let mut lab = Lab::new("ring");
-    servers(&mut lab);
-    let cfg = lab.config(RULES, "mode = \"enforce\"");
+    lab.web_listeners_on_b();
+    let cfg = lab.config(&web_out(), "mode = \"enforce\"");
     // No rate limit to speak of: every deny tries the ring buffer.
     let agent = lab.agent(&cfg, &["--events-per-sec", "10000000"]);
     // The agent stops reading (SIGSTOP): the ring fills, the kernel goes on enforcing.
@@ -1008,8 +990,8 @@ fn state_file(lab: &Lab) -> Value {
 #[test]
 fn every_kind_of_bad_config_on_reload_leaves_the_running_policy_untouched() {
     let mut lab = Lab::new("badcfg");
-    servers(&mut lab);
-    let cfg = lab.config(RULES, "mode = \"enforce\"");
+    lab.web_listeners_on_b();
+    let cfg = lab.config(&web_out(), "mode = \"enforce\"");
     let agent = lab.agent(&cfg, &[]);
     let profile = std::fs::read_to_string(lab.dir.join("profile.toml")).expect("profile");
     let site = std::fs::read_to_string(&cfg).expect("site");
@@ -1130,7 +1112,7 @@ fn ssh_stays_reachable_unless_the_config_says_failsafe_false() {
             .trim()
             .to_owned()
     };
-    let cfg = lab.config(RULES, "");
+    let cfg = lab.config(&web_out(), "");
     // The site as an operator writes it: enforce, and nothing said about the failsafe.
     let site = |failsafe: &str, scope: &str| {
         format!(

@@ -7,25 +7,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use portcullis_tests::{Agent, Lab, bin, figures, must, net_py, rule_packets, sh, stderr, stdout};
-
-const RULES: &str = r#"
-[[rule]]
-id = "web-out"
-direction = "out"
-protocol = "tcp"
-ports = 8080
-why = "test"
-source = "tests"
-"#;
-
-fn servers(lab: &mut Lab) {
-    for port in [8080, 8081] {
-        lab.spawn_b(&format!("exec {} listen {port}", net_py()));
-    }
-    lab.wait_tcp(&lab.ns_b.clone(), &lab.b4.clone(), 8080);
-    lab.wait_tcp(&lab.ns_b.clone(), &lab.b4.clone(), 8081);
-}
+use portcullis_tests::{
+    Agent, Lab, bin, figures, must, net_py, rule_packets, sh, stderr, stdout, web_out,
+};
 
 fn links(agent: &Agent) -> usize {
     std::fs::read_dir(agent.pin_dir.join("links")).map_or(0, Iterator::count)
@@ -70,7 +54,7 @@ fn notify_ready_only_after_attach_then_reloading_ready_and_watchdog() {
     socket
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
-    let cfg = lab.config(RULES, "mode = \"enforce\"");
+    let cfg = lab.config(&web_out(), "mode = \"enforce\"");
     let agent = lab.agent_env(
         &cfg,
         &[],
@@ -153,8 +137,8 @@ fn next_all(socket: &UnixDatagram) -> Vec<String> {
 #[test]
 fn bad_config_on_reload_keeps_the_old_policy_and_says_why() {
     let mut lab = Lab::new("badrel");
-    servers(&mut lab);
-    let cfg = lab.config(RULES, "mode = \"enforce\"");
+    lab.web_listeners_on_b();
+    let cfg = lab.config(&web_out(), "mode = \"enforce\"");
     let agent = lab.agent(&cfg, &[]);
     let before = agent.status();
     // Break the config: a port above 65535 on line 3 of the profile.
@@ -255,8 +239,8 @@ fn load_figures(test: &str, counts: &serde_json::Value, extra: &[(&str, String)]
 #[test]
 fn kill_9_during_reload_50_times_under_load_loses_nothing() {
     let mut lab = Lab::new("kill9");
-    servers(&mut lab);
-    let cfg = lab.config(RULES, "mode = \"enforce\"");
+    lab.web_listeners_on_b();
+    let cfg = lab.config(&web_out(), "mode = \"enforce\"");
     let mut agent = lab.agent(&cfg, &["--on-exit", "keep"]);
     let (stop, result) = start_load(&mut lab, 3);
     for round in 0..50u64 {
@@ -307,8 +291,8 @@ fn kill_9_during_reload_50_times_under_load_loses_nothing() {
 #[test]
 fn a_thousand_reloads_under_load_lose_nothing() {
     let mut lab = Lab::new("reload");
-    servers(&mut lab);
-    let cfg = lab.config(RULES, "mode = \"enforce\"");
+    lab.web_listeners_on_b();
+    let cfg = lab.config(&web_out(), "mode = \"enforce\"");
     let agent = lab.agent(&cfg, &[]);
     let (stop, result) = start_load(&mut lab, 1);
     let t = Instant::now();
@@ -345,8 +329,8 @@ fn a_thousand_reloads_under_load_lose_nothing() {
 #[test]
 fn detach_leaves_nothing_attached_or_pinned() {
     let mut lab = Lab::new("detach");
-    servers(&mut lab);
-    let cfg = lab.config(RULES, "mode = \"enforce\"");
+    lab.web_listeners_on_b();
+    let cfg = lab.config(&web_out(), "mode = \"enforce\"");
     let agent = lab.agent(&cfg, &["--on-exit", "keep"]);
     let pin_dir = agent.pin_dir.clone();
     let cgroup = lab.cgroup.display().to_string();

@@ -278,6 +278,17 @@ impl Lab {
         Agent::start(self, config, extra, env)
     }
 
+    /// Listeners on B's ports 8080 (what [`web_out`] allows) and 8081 (denied), ready
+    /// when this returns.
+    pub fn web_listeners_on_b(&mut self) {
+        for port in [8080, 8081] {
+            self.spawn_b(&format!("exec {} listen {port}", net_py()));
+        }
+        let (ns, b4) = (self.ns_b.clone(), self.b4.clone());
+        self.wait_tcp(&ns, &b4, 8080);
+        self.wait_tcp(&ns, &b4, 8081);
+    }
+
     /// Waits until a TCP port accepts connections on `ns` at `addr` (from that namespace).
     pub fn wait_tcp(&self, ns: &str, addr: &str, port: u16) {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -559,4 +570,9 @@ pub fn rule(id: &str, direction: &str, protocol: &str, ports: u16, extra: &str) 
         "\n[[rule]]\nid = \"{id}\"\ndirection = \"{direction}\"\nprotocol = \"{protocol}\"\n\
          ports = {ports}\nwhy = \"test\"\nsource = \"tests\"\n{extra}\n"
     )
+}
+
+/// The outbound rule most tests start from: TCP to port 8080.
+pub fn web_out() -> String {
+    rule("web-out", "out", "tcp", 8080, "")
 }
