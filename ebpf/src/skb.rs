@@ -124,6 +124,26 @@ impl Flow {
         }
     }
 
+    /// The policy's verdict on this packet as a new flow in `direction`: inbound flows
+    /// are judged by the local port, outbound ones by the remote port; the peer is the
+    /// remote address either way.
+    #[inline(always)]
+    fn decide(&self, cfg: &Config, direction: u8) -> Decision {
+        let port = if direction == DIR_IN {
+            self.local_port
+        } else {
+            self.remote_port
+        };
+        decide(
+            &KernelTables,
+            cfg.generation,
+            direction,
+            self.protocol,
+            port,
+            &self.remote,
+        )
+    }
+
     /// The direction a flow without any state would have: who opened it.
     #[inline(always)]
     fn natural_direction(&self) -> u8 {
@@ -277,26 +297,11 @@ fn by_record(cfg: &Config, f: &Flow, record: SockState) -> i32 {
 fn ingress_unrecorded(cfg: &Config, f: &Flow) -> i32 {
     if f.protocol == IPPROTO_UDP {
         // A reply to a datagram this host sent, else a new inbound flow.
-        return udp_unrecorded(
-            cfg,
-            f,
-            &PC_FLOWS_OUT,
-            DIR_OUT,
-            &PC_FLOWS_IN,
-            DIR_IN,
-            f.local_port,
-        );
+        return udp_unrecorded(cfg, f, &PC_FLOWS_OUT, DIR_OUT, &PC_FLOWS_IN, DIR_IN);
     }
     // TCP: the kernel only hands this socket segments of a flow it accepted through a
     // listener, or new connection attempts; both are judged by the local port.
-    let d = decide(
-        &KernelTables,
-        cfg.generation,
-        DIR_IN,
-        f.protocol,
-        f.local_port,
-        &f.remote,
-    );
+    let d = f.decide(cfg, DIR_IN);
     verdict(cfg, f, DIR_IN, d, true)
 }
 
@@ -308,7 +313,7 @@ type FlowMap = aya_ebpf::btf_maps::LruHashMap<
 
 /// A UDP datagram of a socket without a record: a reply to a flow the other side opened
 /// (found in `replies`, opened in `reply_direction`), else a new flow in `direction`,
-/// judged by `port` and remembered in `opened` so that its replies pass.
+/// remembered in `opened` so that its replies pass.
 #[inline(always)]
 fn udp_unrecorded(
     cfg: &Config,
@@ -317,7 +322,6 @@ fn udp_unrecorded(
     reply_direction: u8,
     opened: &FlowMap,
     direction: u8,
-    port: u16,
 ) -> i32 {
     let key = f.key();
     if let Some(v) = replies.get_ptr(key) {
@@ -325,14 +329,7 @@ fn udp_unrecorded(
         let rule = unsafe { (*v).rule };
         return verdict(cfg, f, reply_direction, Decision::Allow(rule), false);
     }
-    let d = decide(
-        &KernelTables,
-        cfg.generation,
-        direction,
-        f.protocol,
-        port,
-        &f.remote,
-    );
+    let d = f.decide(cfg, direction);
     if let Decision::Allow(rule) = d {
         // Written only when missing or changed: an LRU update on every datagram of a
         // busy flow costs more than the lookup (which also refreshes the entry).
@@ -353,41 +350,19 @@ fn egress_unrecorded(cfg: &Config, f: &Flow) -> i32 {
     if f.protocol == IPPROTO_UDP {
         // A reply to a datagram a peer sent us through an inbound rule, else a new
         // outbound flow.
-        return udp_unrecorded(
-            cfg,
-            f,
-            &PC_FLOWS_IN,
-            DIR_IN,
-            &PC_FLOWS_OUT,
-            DIR_OUT,
-            f.remote_port,
-        );
+        return udp_unrecorded(cfg, f, &PC_FLOWS_IN, DIR_IN, &PC_FLOWS_OUT, DIR_OUT);
     }
     // TCP. A SYN without ACK opens a flow: connect() should have recorded it, so this
     // is a path around the connect hooks (or a socket older than the agent); judge it
     // as the outbound flow it is.
     if f.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
-        let d = decide(
-            &KernelTables,
-            cfg.generation,
-            DIR_OUT,
-            f.protocol,
-            f.remote_port,
-            &f.remote,
-        );
+        let d = f.decide(cfg, DIR_OUT);
         return verdict(cfg, f, DIR_OUT, d, true);
     }
     // Anything else is the local service answering an inbound flow (SYN-ACK from the
     // request socket, data from the accepted socket): allowed only from a local port
     // an inbound rule opens to this peer.
-    let d = decide(
-        &KernelTables,
-        cfg.generation,
-        DIR_IN,
-        f.protocol,
-        f.local_port,
-        &f.remote,
-    );
+    let d = f.decide(cfg, DIR_IN);
     match d {
         Decision::Allow(_) => verdict(cfg, f, DIR_IN, d, false),
         Decision::Deny(_) => verdict(cfg, f, DIR_IN, Decision::Deny(reason::STATE), true),
