@@ -63,6 +63,21 @@ struct Wrapped {
 }
 
 impl Wrapped {
+    /// Runs `script` (a `portcullis run` that must be refused) to its end and returns its
+    /// output, after checking it never claimed to be ready and exited with 1 (`what`
+    /// says which case failed).
+    fn refused(script: &str, env: &[(String, String)], what: &str) -> String {
+        let mut agent = Wrapped::start(script, env);
+        let code = agent.wait_exit(Duration::from_secs(30));
+        let out = agent.output();
+        assert!(
+            !out.contains("ready:"),
+            "{what}: the agent must not claim to run:\n{out}"
+        );
+        assert_eq!(code, Some(1), "{what}: exit code 1:\n{out}");
+        out
+    }
+
     /// Runs `sh -c script` with the agent's environment; `$PORTCULLIS` is the binary.
     fn start(script: &str, env: &[(String, String)]) -> Wrapped {
         let mut child = Command::new("sh")
@@ -328,20 +343,14 @@ fn no_bpf_permission_is_a_clear_error_and_nothing_is_attached() {
         ),
     ];
     for (who, wrapper) in cases {
-        let mut agent = Wrapped::start(
+        let out = Wrapped::refused(
             &format!(
                 "exec {wrapper} \"$PORTCULLIS\" run --config {}",
                 cfg.display()
             ),
             &env,
+            who,
         );
-        let code = agent.wait_exit(Duration::from_secs(30));
-        let out = agent.output();
-        assert!(
-            !out.contains("ready:"),
-            "{who}: the agent must not claim to run:\n{out}"
-        );
-        assert_eq!(code, Some(1), "{who}: exit code 1:\n{out}");
         assert!(out.contains("error:"), "{who}: an error line:\n{out}");
         assert!(
             out.contains("CAP_BPF")
@@ -392,20 +401,14 @@ fn pinned_maps_of_another_layout_are_refused_and_the_old_programs_keep_enforcing
         "rm {r} && bpftool map create {r} type percpu_array key 4 value 8 entries 1 name PC_RATE",
         r = rate.display()
     ));
-    let mut agent = Wrapped::start(
+    let out = Wrapped::refused(
         &format!(
             "exec \"$PORTCULLIS\" run --config {} --on-exit keep",
             cfg.display()
         ),
         &env,
+        "a mismatched map must not be adopted",
     );
-    let code = agent.wait_exit(Duration::from_secs(30));
-    let out = agent.output();
-    assert!(
-        !out.contains("ready:"),
-        "a mismatched map must not be adopted:\n{out}"
-    );
-    assert_eq!(code, Some(1), "{out}");
     assert!(
         out.contains("PC_RATE") && out.contains("another layout"),
         "the error names the map:\n{out}"

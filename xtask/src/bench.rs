@@ -1637,6 +1637,18 @@ fn print_summary(r: &Results) {
 // ---------------------------------------------------------------------------------------
 // BENCHMARKS.md and the SVG.
 
+/// A ratio as a table cell: "median (min-max)", or "-" when it was not measured.
+fn ratio_cell(f: Option<&Figure>) -> String {
+    f.map_or("-".to_owned(), |f| {
+        format!("{} ({}-{})", fmt(f.median()), fmt(f.min()), fmt(f.max()))
+    })
+}
+
+/// Whether a ratio's median meets its goal, as a table cell ("" when not measured).
+fn goal_cell(f: Option<&Figure>, met: impl Fn(f64) -> bool) -> &'static str {
+    f.map_or("", |f| if met(f.median()) { "met" } else { "not met" })
+}
+
 fn fmt(v: f64) -> String {
     if !v.is_finite() {
         "-".to_owned()
@@ -1813,13 +1825,8 @@ fn markdown(r: &Results, m: &Machine) -> String {
             fmt(r.med(&format!("M2.100.{tail}.ns"))),
             fmt(r.med(&format!("M2.1000.{tail}.ns"))),
             fmt(r.med(&format!("M2.full.{tail}.ns"))),
-            ratio.map_or("-".to_owned(), |f| format!(
-                "{} ({}-{})",
-                fmt(f.median()),
-                fmt(f.min()),
-                fmt(f.max())
-            )),
-            ratio.map_or("", |f| if f.median() <= 1.1 { "met" } else { "not met" }),
+            ratio_cell(ratio),
+            goal_cell(ratio, |m| m <= 1.1),
         );
     }
 
@@ -1846,13 +1853,8 @@ fn markdown(r: &Results, m: &Machine) -> String {
                     "| xdp {fam} {proto} {verdict} | {} | {} | {} | {} |",
                     fmt(r.med(&format!("M2.1000.xdp.{t}.ns"))),
                     fmt(r.med(&format!("M3.{t}.xdp_filter.ns"))),
-                    ra.map_or("-".to_owned(), |f| format!(
-                        "{} ({}-{})",
-                        fmt(f.median()),
-                        fmt(f.min()),
-                        fmt(f.max())
-                    )),
-                    ra.map_or("", |f| if f.median() <= 1.0 { "met" } else { "not met" }),
+                    ratio_cell(ra),
+                    goal_cell(ra, |m| m <= 1.0),
                 );
             }
         }
