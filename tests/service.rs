@@ -207,6 +207,23 @@ fn start_load(lab: &mut Lab, interval_ms: u32) -> (std::path::PathBuf, std::path
     (stop, result)
 }
 
+/// The load client's verdict: no allowed connection failed, no denied one got through,
+/// and there was enough load (`min` allowed connections) for that to mean something.
+fn assert_nothing_lost(counts: &serde_json::Value, min: u64) {
+    assert_eq!(
+        counts["allowed_failed"], 0,
+        "allowed connections failed: {counts}"
+    );
+    assert_eq!(
+        counts["denied_ok"], 0,
+        "denied connections got through: {counts}"
+    );
+    assert!(
+        counts["allowed_ok"].as_u64().unwrap_or(0) >= min,
+        "too little load: {counts}"
+    );
+}
+
 fn finish_load(stop: &Path, result: &Path) -> serde_json::Value {
     std::fs::write(stop, "").expect("stop file");
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -262,18 +279,7 @@ fn kill_9_during_reload_50_times_under_load_loses_nothing() {
         &counts,
         &[("kills", "50".into()), ("interval_ms", "3".into())],
     );
-    assert_eq!(
-        counts["allowed_failed"], 0,
-        "allowed connections failed: {counts}"
-    );
-    assert_eq!(
-        counts["denied_ok"], 0,
-        "denied connections got through: {counts}"
-    );
-    assert!(
-        counts["allowed_ok"].as_u64().unwrap_or(0) >= 50,
-        "too little load: {counts}"
-    );
+    assert_nothing_lost(&counts, 50);
     assert!(
         counts["denied_blocked"].as_u64().unwrap_or(0) >= 50,
         "{counts}"
@@ -311,18 +317,7 @@ fn a_thousand_reloads_under_load_lose_nothing() {
             ("ms_per_reload", format!("{:.1}", elapsed.as_secs_f64())),
         ],
     );
-    assert_eq!(
-        counts["allowed_failed"], 0,
-        "allowed connections failed: {counts}"
-    );
-    assert_eq!(
-        counts["denied_ok"], 0,
-        "denied connections got through: {counts}"
-    );
-    assert!(
-        counts["allowed_ok"].as_u64().unwrap_or(0) >= 100,
-        "too little load: {counts}"
-    );
+    assert_nothing_lost(&counts, 100);
     assert_eq!(agent.status()["policy_version"], 1001);
 }
 
