@@ -2,26 +2,22 @@
 //! [`cli::main`]).
 //!
 //! Data flows one way, and the modules follow it:
-//! profile (`profile.rs`, `profiles/*.toml`) + site config (`site.rs`)
-//! -> compiler (`compiler.rs`, pure) -> [`policy::Policy`]
-//! -> map image (`image.rs`, pure; also the userspace mirror `explain` uses)
-//! -> loader (`loader.rs`, the only code that talks to the kernel)
-//! -> counters (`counters.rs`) -> status and report (`commands/`).
+//! [`config`] (profile + site config, parsed and validated)
+//! -> [`policy`] (compiler, pure -> [`policy::Policy`] -> map image, pure; the verdict
+//! lookup `explain` and `report` share)
+//! -> [`datapath`] (the only code that talks to the kernel: load, pin, attach, counters)
+//! -> `observe` (status, metrics, deny log and aggregate)
+//! -> `commands` (clap arguments and printing). The `daemon` runs the pipeline as a
+//! service. [`model`] is the typed vocabulary they all share.
 //!
 //! The pure stages are public so that the fuzz targets (`tests/fuzz`) and property
 //! tests can drive them; everything that touches the kernel stays private.
 
 pub mod cli;
 mod commands;
-pub mod compiler;
-mod counters;
-mod events;
-pub mod image;
-mod loader;
-mod metrics;
-mod notify;
+pub mod config;
+mod daemon;
+mod datapath;
+pub mod model;
+mod observe;
 pub mod policy;
-pub mod profile;
-pub mod site;
-mod state;
-mod xdp;

@@ -11,10 +11,11 @@
 use std::{collections::BTreeSet, fmt::Write as _, path::Path};
 
 use portcullis::{
-    compiler::{self, FAILSAFE_RULE, LOOPBACK_SET},
-    policy::{Direction, LoopbackMode, Policy, Protocol, Rule, RuleScope},
-    profile::Profile,
-    site::Site,
+    config::{profile::Profile, site::Site},
+    policy::{
+        Direction, LoopbackMode, Policy, Protocol, Rule, RuleScope,
+        compiler::{self, FAILSAFE_RULE, LOOPBACK_SET},
+    },
 };
 use proptest::prelude::*;
 
@@ -444,7 +445,7 @@ proptest! {
 
 #[test]
 fn every_shipped_profile_round_trips_with_all_features() {
-    for slug in portcullis::profile::SLUGS {
+    for slug in portcullis::config::profile::SLUGS {
         let policy =
             compiler::compile_product(slug, &[], true).expect("a shipped profile compiles");
         let (profile, site) = print(&policy);

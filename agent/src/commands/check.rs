@@ -7,9 +7,12 @@ use serde::Serialize;
 
 use super::profile::{EntryView, entry_views, print_entries, print_json};
 use crate::{
-    compiler::{self, PolicyError},
-    policy::{LoopbackMode, Mode, PeerSet, Policy, Rule},
-    site::{Metrics, ScopeTarget, Site},
+    config::{
+        PolicyError,
+        site::{Metrics, Site},
+    },
+    model::ScopeTarget,
+    policy::{LoopbackMode, Mode, PeerSet, Policy, Rule, compiler},
 };
 
 const EXAMPLES: &str = "\
@@ -65,7 +68,7 @@ struct Failure<'a> {
 
 /// Runs the subcommand.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let compiled = compiler::load_site(&args.config).and_then(|site| {
+    let compiled = crate::config::load_site(&args.config).and_then(|site| {
         let policy = compiler::compile_site(&site, Some(&args.config))?;
         Ok((site, policy))
     });

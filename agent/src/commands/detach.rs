@@ -4,7 +4,7 @@
 
 use std::process::ExitCode;
 
-use crate::loader::{PathArgs, detach_all};
+use crate::datapath::loader::{PathArgs, detach_all};
 
 /// Arguments of `portcullis detach`.
 #[derive(Debug, clap::Args)]

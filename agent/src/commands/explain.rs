@@ -24,11 +24,14 @@ use toml::Spanned;
 
 use super::profile::{FeatureArgs, print_json};
 use crate::{
-    compiler,
-    image::{Image, RuleIndex, addr16},
-    policy::{Direction, LoopbackMode, Mode, Policy, Protocol, Rule},
-    profile::{self, Profile},
-    site::Site,
+    config::{
+        profile::{self, Profile},
+        site::Site,
+    },
+    policy::{
+        Direction, LoopbackMode, Mode, Policy, Protocol, Rule, compiler,
+        image::{Image, RuleIndex, addr16},
+    },
 };
 
 /// The peer `explain` assumes without `--peer`: TEST-NET-1, a documentation address
@@ -245,7 +248,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 /// The profile, the site settings and the site file the arguments name.
 fn policy_inputs(args: &Args) -> anyhow::Result<(Profile, Site, Option<&Path>)> {
     if let Some(path) = &args.config {
-        let site = compiler::load_site(path)?;
+        let site = crate::config::load_site(path)?;
         let profile = compiler::site_profile(&site, Some(path))?;
         return Ok((profile, site, Some(path.as_path())));
     }

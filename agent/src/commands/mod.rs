@@ -8,5 +8,4 @@ pub mod mode;
 pub mod profile;
 pub mod reload;
 pub mod report;
-pub mod run;
 pub mod status;

@@ -12,9 +12,11 @@ use portcullis_common::{
 };
 
 use crate::{
-    loader::{PathArgs, open_pinned},
+    datapath::{
+        loader::{PathArgs, open_pinned},
+        state::State,
+    },
     policy::Mode,
-    state::State,
 };
 
 /// Arguments of `portcullis mode`.
@@ -23,7 +25,7 @@ use crate::{
 pub struct Args {
     /// The new mode.
     #[arg(value_enum)]
-    pub mode: crate::commands::run::ModeArg,
+    pub mode: crate::daemon::run::ModeArg,
     #[command(flatten)]
     pub paths: PathArgs,
 }
@@ -43,8 +45,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Mode::Audit
     };
     let (mode, value) = match args.mode {
-        crate::commands::run::ModeArg::Audit => (Mode::Audit, MODE_AUDIT),
-        crate::commands::run::ModeArg::Enforce => (Mode::Enforce, MODE_ENFORCE),
+        crate::daemon::run::ModeArg::Audit => (Mode::Audit, MODE_AUDIT),
+        crate::daemon::run::ModeArg::Enforce => (Mode::Enforce, MODE_ENFORCE),
     };
     c.mode = value;
     config.set(0, c, 0).context("writing the configuration")?;

@@ -11,9 +11,8 @@ use std::{io::Write as _, path::Path, process::ExitCode};
 use serde::Serialize;
 
 use crate::{
-    compiler,
-    policy::{Direction, Policy, Protocol, RuleScope},
-    profile,
+    config::profile,
+    policy::{Direction, Policy, Protocol, RuleScope, compiler},
 };
 
 const LIST_EXAMPLES: &str = "\

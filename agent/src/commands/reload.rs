@@ -12,7 +12,10 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{compiler, loader::PathArgs, state::State};
+use crate::{
+    datapath::{loader::PathArgs, state::State},
+    policy::compiler,
+};
 
 /// Arguments of `portcullis reload`.
 #[derive(Debug, clap::Args)]
@@ -32,7 +35,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let state_file = args.paths.state_file();
     let state = State::read(&state_file)?;
     if let Some(config) = &state.config {
-        let site = compiler::load_site(config)?;
+        let site = crate::config::load_site(config)?;
         compiler::compile_site(&site, Some(config))?;
     }
     let pid = i32::try_from(state.pid).context("pid in the state file")?;

@@ -35,15 +35,16 @@ use serde::Serialize;
 
 use super::{
     explain::{DEFAULT_PEER, Flow, Tables, Verdict},
-    run::DEFAULT_CONFIG,
     status::{self, Traffic},
 };
 use crate::{
-    compiler,
-    events::{self, DenyFile, Seen, protocol_number},
-    loader::{PathArgs, open_pinned},
-    policy::{Direction, Mode, Policy, Protocol},
-    state::State,
+    daemon::run::DEFAULT_CONFIG,
+    datapath::{
+        loader::{PathArgs, open_pinned},
+        state::State,
+    },
+    observe::events::{self, DenyFile, Seen, protocol_number},
+    policy::{Direction, Mode, Policy, Protocol, compiler},
 };
 
 const EXAMPLES: &str = "\
@@ -255,7 +256,7 @@ impl Hints {
         };
         let mut profile = None;
         if let Some(path) = path {
-            let compiled = compiler::load_site(path).and_then(|site| {
+            let compiled = crate::config::load_site(path).and_then(|site| {
                 let profile = compiler::site_profile(&site, Some(path))?;
                 let policy = compiler::compile_site(&site, Some(path))?;
                 Ok((profile, policy))

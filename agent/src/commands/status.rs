@@ -16,10 +16,12 @@ use portcullis_common::{
 use serde::Serialize;
 
 use crate::{
-    counters,
-    loader::{PathArgs, pinned_links},
+    datapath::{
+        counters,
+        loader::{PathArgs, pinned_links},
+        state::State,
+    },
     policy::Direction,
-    state::State,
 };
 
 /// Arguments of `portcullis status`.
@@ -138,7 +140,7 @@ pub struct XdpInterface {
     /// Interface name.
     pub interface: String,
     /// native (in the driver) | generic (on an skb: drivers without native XDP).
-    pub mode: crate::xdp::XdpMode,
+    pub mode: crate::datapath::xdp::XdpMode,
 }
 
 /// The XDP layer: where it is attached and what it counted. Its counters are its own:
@@ -348,7 +350,7 @@ fn denied_ports(
 fn xdp_status(state: &State, snap: &counters::Snapshot, links: &[std::path::PathBuf]) -> XdpStatus {
     let interfaces = links
         .iter()
-        .filter_map(|p| crate::xdp::describe_pin(p))
+        .filter_map(|p| crate::datapath::xdp::describe_pin(p))
         .map(|(interface, mode)| XdpInterface { interface, mode })
         .collect();
     let rules: Vec<XdpRule> = state
@@ -446,7 +448,7 @@ pub fn table(s: &Status, watch: Option<&Watch>) -> String {
         s.attached_links,
         s.policy_version,
         s.generation,
-        crate::events::rfc3339(s.loaded_at),
+        crate::observe::events::rfc3339(s.loaded_at),
         s.pid,
     );
     let _ = writeln!(o);
@@ -560,7 +562,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return watch(&args);
     }
     if args.prometheus {
-        print!("{}", crate::metrics::gather(&args.paths)?);
+        print!("{}", crate::observe::metrics::gather(&args.paths)?);
         return Ok(ExitCode::SUCCESS);
     }
     let s = collect(&args.paths)?;

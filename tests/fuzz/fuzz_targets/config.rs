@@ -14,10 +14,11 @@ use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
 use portcullis::{
-    compiler::{self, PolicyError},
-    image::{Image, RuleIndex},
-    profile::Profile,
-    site::Site,
+    config::{PolicyError, profile::Profile, site::Site},
+    policy::{
+        compiler,
+        image::{Image, RuleIndex},
+    },
 };
 
 const SPLIT: &str = "\n#--- profile\n";

@@ -16,8 +16,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use libfuzzer_sys::fuzz_target;
 use portcullis::{
-    image::{Image, RuleIndex},
-    policy::{Direction, Entry, LoopbackMode, Mode, PeerSet, Policy, Protocol, Rule, RuleScope},
+    policy::{
+        Direction, Entry, LoopbackMode, Mode, PeerSet, Policy, Protocol, Rule, RuleScope,
+        image::{Image, RuleIndex},
+    },
 };
 
 /// Reads the fuzzer's bytes as small numbers; zeros once they run out.

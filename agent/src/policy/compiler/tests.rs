@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use super::*;
 use crate::{
     commands::explain::{Flow, Tables, Verdict, evaluate},
-    image::{Image, RuleIndex},
+    policy::image::{Image, RuleIndex},
     policy::{LoopbackMode, Mode},
 };
 

@@ -24,15 +24,17 @@ use tokio::{
 
 use crate::{
     commands::status,
-    compiler,
-    events::EventLog,
-    image::{Image, RuleIndex},
-    loader::{self, Datapath, PathArgs, Scope},
-    metrics,
-    notify::Notifier,
-    policy::{LoopbackMode, Mode, Policy},
-    state::{ReloadOutcome, State, unix_now},
-    xdp,
+    daemon::notify::Notifier,
+    datapath::{
+        loader::{self, Datapath, PathArgs, Scope},
+        state::{ReloadOutcome, State, unix_now},
+        xdp,
+    },
+    observe::{events::EventLog, metrics},
+    policy::{
+        LoopbackMode, Mode, Policy, compiler,
+        image::{Image, RuleIndex},
+    },
 };
 
 /// Arguments of `portcullis run`.
@@ -125,7 +127,7 @@ fn resolve(args: &mut Args) -> anyhow::Result<(Policy, Settings, Option<PathBuf>
         _ => None,
     };
     let (mut policy, mut settings) = if let Some(path) = &config {
-        let site = compiler::load_site(path)?;
+        let site = crate::config::load_site(path)?;
         let policy = compiler::compile_site(&site, Some(path))?;
         if args.paths.pin_dir.is_none() {
             args.paths.pin_dir = Some(site.pin_dir.clone());

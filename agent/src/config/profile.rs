@@ -20,30 +20,30 @@ use serde::{Deserialize, Deserializer, de};
 use toml::Spanned;
 
 use crate::{
-    compiler::{Invalid, LineIndex, PolicyError, de_error},
+    config::error::{Invalid, LineIndex, PolicyError, de_error},
     policy::{Protocol, RuleScope},
 };
 
 /// The built-in profiles: (slug, TOML text).
 const BUILTIN: [(&str, &str); 6] = [
-    ("xeams", include_str!("../../profiles/xeams.toml")),
+    ("xeams", include_str!("../../../profiles/xeams.toml")),
     (
         "clearswift-seg",
-        include_str!("../../profiles/clearswift-seg.toml"),
+        include_str!("../../../profiles/clearswift-seg.toml"),
     ),
     (
         "clearswift-exchange",
-        include_str!("../../profiles/clearswift-exchange.toml"),
+        include_str!("../../../profiles/clearswift-exchange.toml"),
     ),
     (
         "gfi-mailessentials",
-        include_str!("../../profiles/gfi-mailessentials.toml"),
+        include_str!("../../../profiles/gfi-mailessentials.toml"),
     ),
     (
         "mdaemon-securitygateway",
-        include_str!("../../profiles/mdaemon-securitygateway.toml"),
+        include_str!("../../../profiles/mdaemon-securitygateway.toml"),
     ),
-    ("iredmail", include_str!("../../profiles/iredmail.toml")),
+    ("iredmail", include_str!("../../../profiles/iredmail.toml")),
 ];
 
 /// Slugs of the built-in profiles, in listing order.
@@ -449,7 +449,7 @@ impl Profile {
 
     /// Reads a profile file.
     pub fn load(path: &Path) -> Result<Self, PolicyError> {
-        let text = crate::compiler::read_config(
+        let text = crate::config::error::read_config(
             path,
             "profile",
             "give the path of a profile TOML file (schema in profiles/README.md)",

@@ -14,7 +14,7 @@ use portcullis_common::{
     stats::{Counter, DeniedKey, LAYER_CGROUP, LAYER_XDP, STATS_LEN},
 };
 
-use crate::loader::{PathArgs, open_pinned};
+use crate::datapath::loader::{PathArgs, open_pinned};
 
 /// All counters at one instant. `rules`, `stats` and `denied` are the cgroup layer's
 /// (what the per-service or host programs saw); the `xdp_*` fields the XDP layer's. A

@@ -7,10 +7,7 @@ use std::{fs, path::Path};
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    image::RuleIndex,
-    policy::{LoopbackMode, Mode, Policy},
-};
+use crate::policy::{LoopbackMode, Mode, Policy, image::RuleIndex};
 
 /// Version of the state file format.
 pub const FORMAT: u32 = 1;

@@ -25,7 +25,7 @@ use aya::programs::{
 };
 use portcullis_common::maps::programs;
 
-use crate::loader::Datapath;
+use crate::datapath::loader::Datapath;
 
 /// Where the XDP program runs on an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]

@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     commands::status::protocol_name,
-    loader::{self, PathArgs},
+    datapath::loader::{self, PathArgs},
     policy::Direction,
 };
 
@@ -67,7 +67,7 @@ pub fn denies_file(paths: &PathArgs) -> PathBuf {
     paths.state_dir.join(FILE_NAME)
 }
 
-pub use crate::state::unix_now;
+pub use crate::datapath::state::unix_now;
 
 /// A Unix time as RFC 3339 UTC, e.g. `2026-01-31T12:00:00Z`.
 pub fn rfc3339(unix: u64) -> String {
@@ -470,7 +470,7 @@ impl DenyFile {
 
     /// Writes atomically (temp file + rename in the same directory).
     pub fn write(&self, path: &Path) -> anyhow::Result<()> {
-        crate::state::write_json_atomically(path, self)
+        crate::datapath::state::write_json_atomically(path, self)
     }
 }
 

@@ -4,77 +4,13 @@
 //! It is flat, sorted and deterministic: the same inputs give the same `Policy`, byte for
 //! byte, so two compilations can be compared and a reload can tell what changed.
 
-use std::fmt;
+pub mod compiler;
+pub mod image;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-/// Who opens the flow.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    /// A remote peer opens the flow to a local port.
-    In,
-    /// This host opens the flow to a remote port.
-    Out,
-}
-
-impl Direction {
-    /// The datapath's encoding (`portcullis_common::policy::DIR_*`).
-    pub fn code(self) -> u8 {
-        match self {
-            Direction::In => portcullis_common::policy::DIR_IN,
-            Direction::Out => portcullis_common::policy::DIR_OUT,
-        }
-    }
-
-    /// From the datapath's encoding.
-    pub fn from_code(code: u8) -> Self {
-        if code == portcullis_common::policy::DIR_IN {
-            Direction::In
-        } else {
-            Direction::Out
-        }
-    }
-}
-
-impl fmt::Display for Direction {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Direction::In => "in",
-            Direction::Out => "out",
-        })
-    }
-}
-
-/// A transport protocol the policy can open ports for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    /// TCP.
-    Tcp,
-    /// UDP.
-    Udp,
-}
-
-impl Protocol {
-    /// IP protocol number.
-    pub fn number(self) -> u8 {
-        match self {
-            Protocol::Tcp => portcullis_common::policy::IPPROTO_TCP,
-            Protocol::Udp => portcullis_common::policy::IPPROTO_UDP,
-        }
-    }
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        })
-    }
-}
+pub use crate::model::{Direction, LoopbackMode, Mode, Protocol};
 
 /// Where a rule applies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -85,37 +21,6 @@ pub enum RuleScope {
     /// Loopback peers only (services that listen on 127.0.0.1/::1). Such rules only
     /// matter with `loopback = "enforce"`; otherwise loopback is exempt anyway.
     Loopback,
-}
-
-/// audit | enforce.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Decide and count, drop nothing.
-    #[default]
-    Audit,
-    /// Drop what is denied.
-    Enforce,
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Mode::Audit => "audit",
-            Mode::Enforce => "enforce",
-        })
-    }
-}
-
-/// How loopback traffic is treated.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LoopbackMode {
-    /// 127.0.0.0/8 and ::1 pass, counted on their own.
-    #[default]
-    Exempt,
-    /// The rules apply on loopback too.
-    Enforce,
 }
 
 /// One rule of the compiled policy, as the profile or the site wrote it.

@@ -15,10 +15,9 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    fmt,
     net::{IpAddr, SocketAddr},
     ops::Range,
-    path::{Component, Path, PathBuf},
+    path::{Path, PathBuf},
 };
 
 use ipnet::IpNet;
@@ -26,9 +25,13 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use toml::Spanned;
 
 use crate::{
-    compiler::{Invalid, LOOPBACK_SET, LineIndex, PolicyError, de_error},
+    config::{
+        error::{Invalid, LineIndex, PolicyError, de_error},
+        profile::{self, Profile, RuleSpec},
+    },
+    model::ScopeTarget,
+    policy::compiler::LOOPBACK_SET,
     policy::{LoopbackMode, Mode},
-    profile::{self, Profile, RuleSpec},
 };
 
 /// A site config. See the module docs for the defaults.
@@ -91,58 +94,6 @@ pub struct Metrics {
     /// Socket address to serve metrics on, e.g. `"127.0.0.1:9464"`. Default: off.
     #[serde(default, deserialize_with = "socket_addr")]
     pub listen: Option<SocketAddr>,
-}
-
-/// Where the programs attach.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum ScopeTarget {
-    /// The root cgroup: every process on the host.
-    Host,
-    /// A cgroup, relative to the cgroup2 mount (a systemd unit is its cgroup path, e.g.
-    /// `system.slice/xeams.service`). Relative, without `..`.
-    Cgroup(PathBuf),
-}
-
-impl fmt::Display for ScopeTarget {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ScopeTarget::Host => f.write_str("host"),
-            ScopeTarget::Cgroup(path) => write!(f, "{}", path.display()),
-        }
-    }
-}
-
-impl Serialize for ScopeTarget {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for ScopeTarget {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        if text == "host" {
-            return Ok(ScopeTarget::Host);
-        }
-        let path = PathBuf::from(&text);
-        let hint = "write \"host\", or a cgroup path relative to the cgroup2 mount such as \"system.slice/xeams.service\"";
-        if text.is_empty() || path.is_absolute() {
-            return Err(de_error(
-                format!("scope \"{text}\" is not a relative cgroup path"),
-                hint,
-            ));
-        }
-        if path
-            .components()
-            .any(|c| !matches!(c, Component::Normal(_)))
-        {
-            return Err(de_error(
-                format!("scope \"{text}\" must not contain \".\" or \"..\""),
-                hint,
-            ));
-        }
-        Ok(ScopeTarget::Cgroup(path))
-    }
 }
 
 /// A network of a peer group: a CIDR, or a bare address meaning that one host.

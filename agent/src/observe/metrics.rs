@@ -26,9 +26,11 @@ use tokio::{
 
 use crate::{
     commands::status::{self, Status},
-    counters::{self, Snapshot},
-    loader::{PathArgs, pinned_links},
-    state::State,
+    datapath::{
+        counters::{self, Snapshot},
+        loader::{PathArgs, pinned_links},
+        state::State,
+    },
 };
 
 /// Content type of the text exposition format.
@@ -677,7 +679,7 @@ mod tests {
 
     #[test]
     fn dashboard_uses_only_exported_metrics() {
-        let dashboard = include_str!("../dashboards/portcullis.json");
+        let dashboard = include_str!("../../dashboards/portcullis.json");
         let _: serde_json::Value = serde_json::from_str(dashboard).expect("the dashboard is JSON");
         let text = render(
             &status(),

@@ -32,7 +32,7 @@ use portcullis_common::{
     stats::{Counter, LAYERS},
 };
 
-use crate::image::Image;
+use crate::policy::image::Image;
 
 /// The kernel programs, built by `cargo xtask build` and embedded at compile time.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("PORTCULLIS_EBPF_OBJECT"));

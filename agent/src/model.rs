@@ -1,0 +1,215 @@
+//! The typed vocabulary every stage shares: who opens a flow ([`Direction`]), the
+//! transport ([`Protocol`]) and any IP protocol number ([`IpProtocol`]), audit or
+//! enforce ([`Mode`]), how loopback is treated ([`LoopbackMode`]) and where programs
+//! attach ([`ScopeTarget`]). Parsed once from text; nothing later compares strings.
+
+use std::{
+    fmt,
+    path::{Component, PathBuf},
+};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::config::error::de_error;
+
+/// Who opens the flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// A remote peer opens the flow to a local port.
+    In,
+    /// This host opens the flow to a remote port.
+    Out,
+}
+
+impl Direction {
+    /// The datapath's encoding (`portcullis_common::policy::DIR_*`).
+    pub fn code(self) -> u8 {
+        match self {
+            Direction::In => portcullis_common::policy::DIR_IN,
+            Direction::Out => portcullis_common::policy::DIR_OUT,
+        }
+    }
+
+    /// From the datapath's encoding.
+    pub fn from_code(code: u8) -> Self {
+        if code == portcullis_common::policy::DIR_IN {
+            Direction::In
+        } else {
+            Direction::Out
+        }
+    }
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Direction::In => "in",
+            Direction::Out => "out",
+        })
+    }
+}
+
+/// A transport protocol the policy can open ports for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl Protocol {
+    /// IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => portcullis_common::policy::IPPROTO_TCP,
+            Protocol::Udp => portcullis_common::policy::IPPROTO_UDP,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
+}
+
+/// audit | enforce.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Decide and count, drop nothing.
+    #[default]
+    Audit,
+    /// Drop what is denied.
+    Enforce,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Audit => "audit",
+            Mode::Enforce => "enforce",
+        })
+    }
+}
+
+/// How loopback traffic is treated.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LoopbackMode {
+    /// 127.0.0.0/8 and ::1 pass, counted on their own.
+    #[default]
+    Exempt,
+    /// The rules apply on loopback too.
+    Enforce,
+}
+
+/// Where the programs attach.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ScopeTarget {
+    /// The root cgroup: every process on the host.
+    Host,
+    /// A cgroup, relative to the cgroup2 mount (a systemd unit is its cgroup path, e.g.
+    /// `system.slice/xeams.service`). Relative, without `..`.
+    Cgroup(PathBuf),
+}
+
+impl fmt::Display for ScopeTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ScopeTarget::Host => f.write_str("host"),
+            ScopeTarget::Cgroup(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+impl Serialize for ScopeTarget {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ScopeTarget {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        if text == "host" {
+            return Ok(ScopeTarget::Host);
+        }
+        let path = PathBuf::from(&text);
+        let hint = "write \"host\", or a cgroup path relative to the cgroup2 mount such as \"system.slice/xeams.service\"";
+        if text.is_empty() || path.is_absolute() {
+            return Err(de_error(
+                format!("scope \"{text}\" is not a relative cgroup path"),
+                hint,
+            ));
+        }
+        if path
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_)))
+        {
+            return Err(de_error(
+                format!("scope \"{text}\" must not contain \".\" or \"..\""),
+                hint,
+            ));
+        }
+        Ok(ScopeTarget::Cgroup(path))
+    }
+}
+
+/// Any IP protocol number, named where the datapath knows it (tcp, udp, icmp, icmpv6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IpProtocol(pub u8);
+
+impl IpProtocol {
+    /// Known names and their numbers: the one table both ways go through.
+    const NAMES: [(&'static str, u8); 4] = [
+        ("tcp", portcullis_common::policy::IPPROTO_TCP),
+        ("udp", portcullis_common::policy::IPPROTO_UDP),
+        ("icmp", portcullis_common::policy::IPPROTO_ICMP),
+        ("icmpv6", portcullis_common::policy::IPPROTO_ICMPV6),
+    ];
+
+    /// From a name ("tcp") or a decimal number ("132").
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::NAMES
+            .iter()
+            .find(|(name, _)| *name == text)
+            .map(|(_, n)| Self(*n))
+            .or_else(|| text.parse().ok().map(Self))
+    }
+}
+
+impl fmt::Display for IpProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match Self::NAMES.iter().find(|(_, n)| *n == self.0) {
+            Some((name, _)) => f.write_str(name),
+            None => write!(f, "{}", self.0),
+        }
+    }
+}
+
+impl Serialize for IpProtocol {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for IpProtocol {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Self::parse(&text)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown IP protocol \"{text}\"")))
+    }
+}
+
+impl From<Protocol> for IpProtocol {
+    fn from(p: Protocol) -> Self {
+        Self(p.number())
+    }
+}
