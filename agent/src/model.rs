@@ -61,6 +61,13 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    /// TCP or UDP from an IP protocol number; None for any other protocol.
+    pub fn from_number(n: u8) -> Option<Self> {
+        [Protocol::Tcp, Protocol::Udp]
+            .into_iter()
+            .find(|p| p.number() == n)
+    }
+
     /// IP protocol number.
     pub fn number(self) -> u8 {
         match self {
@@ -90,12 +97,19 @@ pub enum Mode {
     Enforce,
 }
 
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Mode {
+    /// The name the config, the CLI and the JSON use.
+    pub fn as_str(self) -> &'static str {
+        match self {
             Mode::Audit => "audit",
             Mode::Enforce => "enforce",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -108,6 +122,22 @@ pub enum LoopbackMode {
     Exempt,
     /// The rules apply on loopback too.
     Enforce,
+}
+
+impl LoopbackMode {
+    /// The name the config and the JSON use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoopbackMode::Exempt => "exempt",
+            LoopbackMode::Enforce => "enforce",
+        }
+    }
+}
+
+impl fmt::Display for LoopbackMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Where the programs attach.

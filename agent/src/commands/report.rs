@@ -33,17 +33,16 @@ use portcullis_common::{
 };
 use serde::Serialize;
 
-use super::{
-    explain::{DEFAULT_PEER, Flow, Tables, Verdict},
-    status::{self, Traffic},
-};
+use super::explain::{DEFAULT_PEER, Flow, Tables, Verdict};
 use crate::{
     daemon::run::DEFAULT_CONFIG,
     datapath::{
         loader::{PathArgs, open_pinned},
         state::State,
     },
-    observe::events::{self, DenyFile, Seen, protocol_number},
+    model::IpProtocol,
+    observe::events::{self, DenyFile, Seen},
+    observe::status::{self, Traffic},
     policy::{Direction, Mode, Policy, Protocol, compiler},
 };
 
@@ -141,7 +140,7 @@ pub struct PortFinding {
     /// in | out.
     pub direction: Direction,
     /// tcp | udp | icmp | icmpv6 | a protocol number.
-    pub protocol: String,
+    pub protocol: IpProtocol,
     /// Local port (in), remote port (out).
     pub port: u16,
     /// Packets in the kernel's table (null when the window is narrower than its count).
@@ -331,10 +330,10 @@ pub fn build(args: &Args, now: u64) -> anyhow::Result<Report> {
     let kernel_in_window = cutoff.is_none_or(|c| counted_from >= c);
 
     let mut notes = Vec::new();
-    let mut ports: BTreeMap<(Direction, String, u16), PortFinding> = BTreeMap::new();
-    let blank = |direction, protocol: &str, port| PortFinding {
+    let mut ports: BTreeMap<(Direction, IpProtocol, u16), PortFinding> = BTreeMap::new();
+    let blank = |direction, protocol, port| PortFinding {
         direction,
-        protocol: protocol.to_owned(),
+        protocol,
         port,
         packets: None,
         bytes: None,
@@ -351,8 +350,8 @@ pub fn build(args: &Args, now: u64) -> anyhow::Result<Report> {
     if kernel_in_window {
         for d in &status.denied_ports {
             let f = ports
-                .entry((d.direction, d.protocol.clone(), d.port))
-                .or_insert_with(|| blank(d.direction, &d.protocol, d.port));
+                .entry((d.direction, d.protocol, d.port))
+                .or_insert_with(|| blank(d.direction, d.protocol, d.port));
             f.packets = Some(d.packets);
             f.bytes = Some(d.bytes);
         }
@@ -363,8 +362,8 @@ pub fn build(args: &Args, now: u64) -> anyhow::Result<Report> {
         .filter(|p| p.last_seen >= since)
     {
         let f = ports
-            .entry((p.direction, p.protocol.clone(), p.port))
-            .or_insert_with(|| blank(p.direction, &p.protocol, p.port));
+            .entry((p.direction, p.protocol, p.port))
+            .or_insert_with(|| blank(p.direction, p.protocol, p.port));
         f.events = p.denies + p.would_denies;
         f.denies = p.denies;
         f.would_denies = p.would_denies;
@@ -377,10 +376,8 @@ pub fn build(args: &Args, now: u64) -> anyhow::Result<Report> {
 
     let hints = Hints::load(&status.product, args.config.as_deref(), &mut notes);
     for f in ports.values_mut() {
-        let protocol = match protocol_number(&f.protocol) {
-            Some(6) => Protocol::Tcp,
-            Some(17) => Protocol::Udp,
-            _ => continue,
+        let Some(protocol) = Protocol::from_number(f.protocol.0) else {
+            continue;
         };
         // The busiest peer decides where a rule is limited to peer groups; without one,
         // a documentation address that is in no group.
@@ -541,7 +538,7 @@ fn print_text(r: &Report) {
                 Some(Cover::Feature { feature, rule }) => {
                     format!("feature \"{feature}\" (rule \"{rule}\")")
                 }
-                None if matches!(f.protocol.as_str(), "tcp" | "udp") => {
+                None if Protocol::from_number(f.protocol.0).is_some() => {
                     "nothing: add a site rule".to_owned()
                 }
                 None => "-".to_owned(),
@@ -645,7 +642,7 @@ mod tests {
     fn finding(port: u16, packets: Option<u64>, events: u64) -> PortFinding {
         PortFinding {
             direction: Direction::Out,
-            protocol: "tcp".into(),
+            protocol: IpProtocol(6),
             port,
             packets,
             bytes: None,
@@ -684,8 +681,8 @@ mod tests {
     fn empty_status() -> status::Status {
         status::Status {
             product: "lab".into(),
-            mode: "audit".into(),
-            loopback: "exempt".into(),
+            mode: Mode::Audit,
+            loopback: crate::model::LoopbackMode::Exempt,
             scopes: vec![],
             attached_links: 0,
             xdp: Default::default(),

@@ -23,7 +23,6 @@ use tokio::{
 };
 
 use crate::{
-    commands::status,
     daemon::notify::Notifier,
     datapath::{
         loader::{self, Datapath, PathArgs, Scope},
@@ -584,8 +583,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let paths = daemon.paths.clone();
     drop(daemon);
-    match status::collect(&paths) {
-        Ok(s) => status::print_table(&s),
+    match crate::observe::status::collect(&paths) {
+        Ok(s) => crate::observe::table::print_table(&s),
         Err(e) => log::warn!("reading final counters: {e:#}"),
     }
     match on_exit {

@@ -40,9 +40,8 @@ use portcullis_common::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    commands::status::protocol_name,
     datapath::loader::{self, PathArgs},
-    policy::Direction,
+    model::{Direction, IpProtocol},
 };
 
 /// Keys (direction, protocol, port) the aggregate keeps.
@@ -174,7 +173,7 @@ fn format_line(e: &DenyEvent, cgroup: Option<&CgroupName>) -> String {
     let mut line = format!(
         "verdict={} rule=none direction={direction} protocol={} src={src} sport={sport} dst={dst} dport={dport} reason={} hook={} cgroup={}",
         if e.dropped == 1 { "deny" } else { "would-deny" },
-        protocol_name(e.protocol),
+        IpProtocol(e.protocol),
         reason::NAMES.get(e.reason as usize).unwrap_or(&"unknown"),
         hook::NAMES.get(e.hook as usize).unwrap_or(&"unknown"),
         e.cgroup_id,
@@ -400,7 +399,7 @@ pub struct PortRecord {
     /// in | out.
     pub direction: Direction,
     /// tcp | udp | icmp | icmpv6 | the protocol number.
-    pub protocol: String,
+    pub protocol: IpProtocol,
     /// Local port (in) or remote port (out); 0 for protocols without ports.
     pub port: u16,
     /// Deny events (enforce mode).
@@ -498,9 +497,7 @@ impl Aggregate {
         let mut agg = Self::new(f.since, f.reset_at);
         agg.evicted = f.evicted;
         for p in f.ports.into_iter().take(MAX_PORTS) {
-            let Some(proto) = protocol_number(&p.protocol) else {
-                continue;
-            };
+            let proto = p.protocol.0;
             let mut s = PortStats {
                 denies: p.denies,
                 would_denies: p.would_denies,
@@ -576,7 +573,7 @@ impl Aggregate {
             .iter()
             .map(|((direction, proto, port), s)| PortRecord {
                 direction: *direction,
-                protocol: protocol_name(*proto),
+                protocol: IpProtocol(*proto),
                 port: *port,
                 denies: s.denies,
                 would_denies: s.would_denies,
@@ -604,17 +601,6 @@ impl Aggregate {
             evicted: self.evicted,
             ports,
         }
-    }
-}
-
-/// The inverse of [`protocol_name`].
-pub fn protocol_number(name: &str) -> Option<u8> {
-    match name {
-        "tcp" => Some(6),
-        "udp" => Some(17),
-        "icmp" => Some(1),
-        "icmpv6" => Some(58),
-        n => n.parse().ok(),
     }
 }
 
@@ -862,7 +848,7 @@ mod tests {
         );
         let p = &file.ports[1];
         assert_eq!(
-            (p.direction, p.protocol.as_str(), p.port),
+            (p.direction, p.protocol.to_string().as_str(), p.port),
             (Direction::Out, "tcp", 8081)
         );
         assert_eq!(

@@ -25,12 +25,12 @@ use tokio::{
 };
 
 use crate::{
-    commands::status::{self, Status},
     datapath::{
         counters::{self, Snapshot},
         loader::{PathArgs, pinned_links},
         state::State,
     },
+    observe::status::{self, Status},
 };
 
 /// Content type of the text exposition format.
@@ -273,8 +273,8 @@ pub fn render(
     .sample(
         &[
             ("product", &s.product),
-            ("mode", &s.mode),
-            ("loopback", &s.loopback),
+            ("mode", s.mode.as_str()),
+            ("loopback", s.loopback.as_str()),
             ("version", version),
         ],
         1,
@@ -374,7 +374,7 @@ pub fn render(
             let labels = [
                 ("product", s.product.as_str()),
                 ("direction", direction.as_str()),
-                ("protocol", d.protocol.as_str()),
+                ("protocol", &d.protocol.to_string()),
                 ("port", port.as_str()),
             ];
             f.sample(&labels, if bytes { d.bytes } else { d.packets });
@@ -463,15 +463,15 @@ mod tests {
 
     use super::*;
     use crate::{
-        commands::status::{DeniedPort, DenyStatus, EventStatus, RuleStatus, Traffic},
+        observe::status::{DeniedPort, DenyStatus, EventStatus, RuleStatus, Traffic},
         policy::Direction,
     };
 
     fn status() -> Status {
         Status {
             product: "xeams".into(),
-            mode: "audit".into(),
-            loopback: "exempt".into(),
+            mode: crate::model::Mode::Audit,
+            loopback: crate::model::LoopbackMode::Exempt,
             scopes: vec!["host".into()],
             attached_links: 4,
             xdp: Default::default(),
@@ -511,7 +511,7 @@ mod tests {
             malformed: Traffic::default(),
             denied_ports: vec![DeniedPort {
                 direction: Direction::Out,
-                protocol: "tcp".into(),
+                protocol: crate::model::IpProtocol(6),
                 port: 8081,
                 packets: 3,
                 bytes: 180,

@@ -4,3 +4,5 @@
 
 pub mod events;
 pub mod metrics;
+pub mod status;
+pub mod table;
