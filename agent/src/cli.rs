@@ -43,7 +43,7 @@ enum Command {
     /// Show the verdict the datapath gives a new flow, and the rule that decides it.
     Explain(commands::explain::Args),
     /// Load the policy into the kernel and enforce (or audit) until stopped.
-    Run(crate::daemon::run::Args),
+    Run(commands::run::Args),
     /// Show mode, scope, per-rule counters and denies of the running policy.
     Status(commands::status::Args),
     /// The audit -> enforce decision: what enforcing would break, rules never hit, and
@@ -76,7 +76,7 @@ pub fn main() -> ExitCode {
         Command::Profile(c) => commands::profile::run(c),
         Command::Check(a) => commands::check::run(a),
         Command::Explain(a) => commands::explain::run(a),
-        Command::Run(a) => crate::daemon::run::run(a),
+        Command::Run(a) => commands::run::run(a),
         Command::Status(a) => commands::status::run(a),
         Command::Report(a) => commands::report::run(a),
         Command::Reload(a) => commands::reload::run(a),

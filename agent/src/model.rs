@@ -5,12 +5,12 @@
 
 use std::{
     fmt,
-    path::{Component, PathBuf},
+    path::{Component, Path, PathBuf},
 };
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::config::error::de_error;
+use crate::config::error::Invalid;
 
 /// Who opens the flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -87,13 +87,13 @@ impl fmt::Display for Protocol {
 }
 
 /// audit | enforce.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
-    /// Decide and count, drop nothing.
+    /// Count what would be dropped; drop nothing.
     #[default]
     Audit,
-    /// Drop what is denied.
+    /// Drop what the policy denies.
     Enforce,
 }
 
@@ -165,16 +165,23 @@ impl Serialize for ScopeTarget {
     }
 }
 
-impl<'de> Deserialize<'de> for ScopeTarget {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
+impl ScopeTarget {
+    /// Scopes as one line for people and logs: "host, system.slice/x.service".
+    pub fn join(scopes: &[ScopeTarget], separator: &str) -> String {
+        let names: Vec<String> = scopes.iter().map(ToString::to_string).collect();
+        names.join(separator)
+    }
+
+    /// Parses a scope as the config writes it: "host" or a cgroup path relative to the
+    /// cgroup2 mount, without "." or "..".
+    pub fn parse(text: &str) -> Result<Self, Invalid> {
         if text == "host" {
             return Ok(ScopeTarget::Host);
         }
-        let path = PathBuf::from(&text);
+        let path = PathBuf::from(text);
         let hint = "write \"host\", or a cgroup path relative to the cgroup2 mount such as \"system.slice/xeams.service\"";
         if text.is_empty() || path.is_absolute() {
-            return Err(de_error(
+            return Err(Invalid::new(
                 format!("scope \"{text}\" is not a relative cgroup path"),
                 hint,
             ));
@@ -183,12 +190,33 @@ impl<'de> Deserialize<'de> for ScopeTarget {
             .components()
             .any(|c| !matches!(c, Component::Normal(_)))
         {
-            return Err(de_error(
+            return Err(Invalid::new(
                 format!("scope \"{text}\" must not contain \".\" or \"..\""),
                 hint,
             ));
         }
         Ok(ScopeTarget::Cgroup(path))
+    }
+
+    /// Parses `--scope`: what the config accepts, and also an absolute path under the
+    /// cgroup2 mount (checked when the scope is resolved).
+    pub fn parse_arg(text: &str) -> Result<Self, String> {
+        let path = Path::new(text);
+        if path.is_absolute()
+            && path
+                .components()
+                .all(|c| !matches!(c, Component::ParentDir))
+        {
+            return Ok(ScopeTarget::Cgroup(path.to_path_buf()));
+        }
+        Self::parse(text).map_err(|e| format!("{} (hint: {})", e.message, e.hint))
+    }
+}
+
+impl<'de> Deserialize<'de> for ScopeTarget {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Self::parse(&text).map_err(Invalid::de)
     }
 }
 

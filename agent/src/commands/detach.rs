@@ -4,7 +4,7 @@
 
 use std::process::ExitCode;
 
-use crate::datapath::loader::{PathArgs, detach_all};
+use crate::datapath::{attach::detach_all, paths::PathArgs};
 
 /// Arguments of `portcullis detach`.
 #[derive(Debug, clap::Args)]

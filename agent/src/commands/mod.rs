@@ -8,4 +8,5 @@ pub mod mode;
 pub mod profile;
 pub mod reload;
 pub mod report;
+pub mod run;
 pub mod status;

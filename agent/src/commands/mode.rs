@@ -4,19 +4,9 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context as _;
-use aya::maps::{Array, Map};
-use portcullis_common::{
-    config::{Config, MODE_AUDIT, MODE_ENFORCE},
-    maps as names,
-};
-
 use crate::{
-    datapath::{
-        loader::{PathArgs, open_pinned},
-        state::State,
-    },
-    policy::Mode,
+    datapath::{loader::write_mode, paths::PathArgs, state::State},
+    model::Mode,
 };
 
 /// Arguments of `portcullis mode`.
@@ -25,7 +15,7 @@ use crate::{
 pub struct Args {
     /// The new mode.
     #[arg(value_enum)]
-    pub mode: crate::daemon::run::ModeArg,
+    pub mode: Mode,
     #[command(flatten)]
     pub paths: PathArgs,
 }
@@ -34,24 +24,9 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let state_file = args.paths.state_file();
     let mut state = State::read(&state_file)?;
-    let mut config = Array::<_, Config>::try_from(Map::from_map_data(open_pinned(
-        &args.paths,
-        names::CONFIG,
-    )?)?)?;
-    let mut c = config.get(&0, 0).context("reading the configuration")?;
-    let was = if c.mode == MODE_ENFORCE {
-        Mode::Enforce
-    } else {
-        Mode::Audit
-    };
-    let (mode, value) = match args.mode {
-        crate::daemon::run::ModeArg::Audit => (Mode::Audit, MODE_AUDIT),
-        crate::daemon::run::ModeArg::Enforce => (Mode::Enforce, MODE_ENFORCE),
-    };
-    c.mode = value;
-    config.set(0, c, 0).context("writing the configuration")?;
-    state.mode = mode;
+    let was = write_mode(&args.paths, args.mode)?;
+    state.mode = args.mode;
     state.write(&state_file)?;
-    println!("mode: {mode} (was {was})");
+    println!("mode: {} (was {was})", args.mode);
     Ok(ExitCode::SUCCESS)
 }

@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use crate::{
-    datapath::{loader::PathArgs, state::State},
+    datapath::{paths::PathArgs, state::State},
     policy::compiler,
 };
 

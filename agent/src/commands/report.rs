@@ -22,24 +22,13 @@ use std::{
     process::ExitCode,
 };
 
-use anyhow::Context as _;
-use aya::{
-    maps::{Map, PerCpuArray, PerCpuHashMap, PerCpuValues},
-    util::nr_cpus,
-};
-use portcullis_common::{
-    maps::{self as names, MAX_RULES},
-    stats::{Counter, DeniedKey, STATS_LEN},
-};
+use portcullis_common::maps as names;
 use serde::Serialize;
 
 use super::explain::{DEFAULT_PEER, Flow, Tables, Verdict};
 use crate::{
-    daemon::run::DEFAULT_CONFIG,
-    datapath::{
-        loader::{PathArgs, open_pinned},
-        state::State,
-    },
+    daemon::settings::DEFAULT_CONFIG,
+    datapath::{paths::PathArgs, state::State},
     model::IpProtocol,
     observe::events::{self, DenyFile, Seen},
     observe::status::{self, Traffic},
@@ -588,26 +577,7 @@ fn print_text(r: &Report) {
 /// The writes race with the programs' per-CPU increments: a packet counted at the very
 /// instant of the reset may be lost or kept. That is the nature of a reset.
 pub fn reset(paths: &PathArgs) -> anyhow::Result<()> {
-    let cpus = nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?;
-    let zero = || PerCpuValues::try_from(vec![Counter::default(); cpus]);
-    for (name, len) in [(names::RULE_COUNTERS, MAX_RULES), (names::STATS, STATS_LEN)] {
-        let map = Map::from_map_data(open_pinned(paths, name)?)?;
-        let mut array = PerCpuArray::<_, Counter>::try_from(map)
-            .with_context(|| format!("opening map \"{name}\""))?;
-        for i in 0..len {
-            array
-                .set(i, zero()?, 0)
-                .with_context(|| format!("zeroing entry {i} of map \"{name}\""))?;
-        }
-    }
-    let map = Map::from_map_data(open_pinned(paths, names::DENIED)?)?;
-    let mut denied = PerCpuHashMap::<_, DeniedKey, Counter>::try_from(map)
-        .context("opening the denied-port table")?;
-    let keys: Vec<DeniedKey> = denied.keys().filter_map(Result::ok).collect();
-    for k in keys {
-        // Gone already (LRU eviction) is as good as removed.
-        let _ = denied.remove(&k);
-    }
+    crate::datapath::counters::reset(paths)?;
     let now = events::unix_now();
     DenyFile::empty(now, now).write(&events::denies_file(paths))
 }

@@ -10,7 +10,7 @@ use std::{
 };
 
 use crate::{
-    datapath::loader::PathArgs,
+    datapath::paths::PathArgs,
     observe::{
         status::collect,
         table::{Watch, print_table, table},

@@ -1,6 +1,9 @@
 //! The agent as a long-running service (`portcullis run`): settings resolved once into
-//! typed values, policy install and reload, scope re-attachment, the event loop, the
-//! metrics endpoint and the service manager's notifications.
+//! typed values ([`settings`]), policy install for start and reload ([`install`]), the
+//! run loop ([`run`]: events, reload, re-attachment, stop) and the service manager's
+//! notifications ([`notify`]).
 
+pub mod install;
 pub mod notify;
 pub mod run;
+pub mod settings;

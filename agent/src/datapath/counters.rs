@@ -3,18 +3,21 @@
 //! loopback and ICMP passes, events) and the table of denied ports.
 //!
 //! Reads go through the pins, so the running agent, `status` and `report` read the same
-//! thing the same way.
+//! thing the same way. [`reset`] zeroes every layer's counters (`report --reset`).
 
 use std::collections::BTreeMap;
 
 use anyhow::Context as _;
-use aya::maps::{Map, PerCpuArray, PerCpuHashMap};
+use aya::{
+    maps::{Map, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    util::nr_cpus,
+};
 use portcullis_common::{
     maps::{self as names, MAX_RULES},
-    stats::{Counter, DeniedKey, LAYER_CGROUP, LAYER_XDP, STATS_LEN},
+    stats::{Counter, DeniedKey, LAYER_CGROUP, LAYER_XDP, LAYERS, STATS_LEN},
 };
 
-use crate::datapath::loader::{PathArgs, open_pinned};
+use super::{loader::open_pinned, paths::PathArgs};
 
 /// All counters at one instant. `rules`, `stats` and `denied` are the cgroup layer's
 /// (what the per-service or host programs saw); the `xdp_*` fields the XDP layer's. A
@@ -104,4 +107,34 @@ impl Snapshot {
             .copied()
             .unwrap_or_default()
     }
+}
+
+/// Zeroes the counters of every layer: the rule counters and global counters (each map
+/// holds [`LAYERS`] consecutive blocks, one per layer) and the denied-port table, whose
+/// keys carry their layer.
+///
+/// The writes race with the programs' per-CPU increments: a packet counted at the very
+/// instant of the reset may be lost or kept. That is the nature of a reset.
+pub fn reset(paths: &PathArgs) -> anyhow::Result<()> {
+    let cpus = nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?;
+    let zero = || PerCpuValues::try_from(vec![Counter::default(); cpus]);
+    for (name, per_layer) in [(names::RULE_COUNTERS, MAX_RULES), (names::STATS, STATS_LEN)] {
+        let map = Map::from_map_data(open_pinned(paths, name)?)?;
+        let mut array = PerCpuArray::<_, Counter>::try_from(map)
+            .with_context(|| format!("opening map \"{name}\""))?;
+        for i in 0..LAYERS * per_layer {
+            array
+                .set(i, zero()?, 0)
+                .with_context(|| format!("zeroing entry {i} of map \"{name}\""))?;
+        }
+    }
+    let map = Map::from_map_data(open_pinned(paths, names::DENIED)?)?;
+    let mut denied = PerCpuHashMap::<_, DeniedKey, Counter>::try_from(map)
+        .context("opening the denied-port table")?;
+    let keys: Vec<DeniedKey> = denied.keys().filter_map(Result::ok).collect();
+    for k in keys {
+        // Gone already (LRU eviction) is as good as removed.
+        let _ = denied.remove(&k);
+    }
+    Ok(())
 }

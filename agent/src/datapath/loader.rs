@@ -1,208 +1,34 @@
-//! The only code that talks to the kernel: finds bpffs and the cgroup v2 mount, loads the
-//! embedded eBPF object with every map pinned under the pin directory (adopting maps a
-//! previous run pinned), writes a map image into the idle policy generation and flips to
-//! it, attaches the programs to cgroups through pinned links, and detaches.
+//! Loading: the embedded eBPF object is loaded with every map pinned under the pin
+//! directory (adopting maps an earlier run pinned, after checking their layout), and a
+//! map image is written into the idle policy generation and made live with one write of
+//! the configuration map.
 //!
 //! Pinned links keep enforcing when the agent exits or dies; `detach` is the only way
 //! out. A restart attaches new links before it removes the old ones: both programs read
 //! the same maps, so there is no instant without enforcement.
 
-use std::{
-    fs,
-    io::{self, BufRead as _},
-    os::unix::fs::MetadataExt as _,
-    path::{Path, PathBuf},
-};
+use std::{fs, path::PathBuf};
 
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, LpmTrie, MapData, PerCpuArray, PerCpuValues, lpm_trie::Key},
-    programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, links::FdLink,
-        links::PinnedLink,
-    },
+    maps::{Array, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues, lpm_trie::Key},
+    programs::{CgroupSkb, CgroupSockAddr},
     util::nr_cpus,
 };
 use portcullis_common::{
-    config::Config,
+    config::{Config, MODE_AUDIT, MODE_ENFORCE},
     maps::MAX_RULES,
     maps::{self as names, programs},
     policy::PeerAddr,
     stats::{Counter, LAYERS},
 };
 
-use crate::policy::image::Image;
+use super::paths::{PathArgs, ensure_bpffs};
+use crate::{model::Mode, policy::image::Image};
 
 /// The kernel programs, built by `cargo xtask build` and embedded at compile time.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("PORTCULLIS_EBPF_OBJECT"));
-
-/// Where pins and state live. Shared by `run`, `status`, `detach` and `reload`.
-#[derive(Clone, Debug, clap::Args)]
-pub struct PathArgs {
-    /// bpffs directory for pinned maps and links (bpffs is mounted if it is not).
-    /// Default: the config's `pin_dir`, else /sys/fs/bpf/portcullis.
-    #[arg(long, env = "PORTCULLIS_PIN_DIR")]
-    pub pin_dir: Option<PathBuf>,
-    /// Directory for the agent's state file (rule ids, scope, policy version).
-    #[arg(long, env = "PORTCULLIS_STATE_DIR", default_value = "/run/portcullis")]
-    pub state_dir: PathBuf,
-}
-
-/// Where maps and links are pinned unless told otherwise.
-pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/portcullis";
-
-impl PathArgs {
-    /// The pin directory: the flag or environment, else [`DEFAULT_PIN_DIR`].
-    pub fn pin_dir(&self) -> PathBuf {
-        self.pin_dir
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR))
-    }
-
-    /// Directory of the pinned maps.
-    pub fn maps(&self) -> PathBuf {
-        self.pin_dir().join("maps")
-    }
-
-    /// Pin path of one map.
-    pub fn map(&self, name: &str) -> PathBuf {
-        self.maps().join(name)
-    }
-
-    /// Directory of the pinned links.
-    pub fn links(&self) -> PathBuf {
-        self.pin_dir().join("links")
-    }
-
-    /// The state file.
-    pub fn state_file(&self) -> PathBuf {
-        self.state_dir.join("state.json")
-    }
-}
-
-/// One line of /proc/self/mountinfo: (mount point, filesystem type).
-fn mounts() -> anyhow::Result<Vec<(PathBuf, String)>> {
-    let file = fs::File::open("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
-    let mut out = Vec::new();
-    for line in io::BufReader::new(file).lines() {
-        let line = line.context("reading /proc/self/mountinfo")?;
-        // "<id> <parent> <maj:min> <root> <mount point> <options> [optional...] - <fstype> ..."
-        let mut fields = line.split(' ');
-        let Some(mount_point) = fields.nth(4) else {
-            continue;
-        };
-        let Some(fstype) = line.split(" - ").nth(1).and_then(|s| s.split(' ').next()) else {
-            continue;
-        };
-        out.push((PathBuf::from(unescape(mount_point)), fstype.to_owned()));
-    }
-    Ok(out)
-}
-
-/// mountinfo escapes space, tab, newline and backslash as octal.
-fn unescape(s: &str) -> String {
-    s.replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
-}
-
-/// The cgroup v2 mount point, from /proc/self/mountinfo (never assumed).
-pub fn cgroup2_mount() -> anyhow::Result<PathBuf> {
-    mounts()?
-        .into_iter()
-        .find(|(_, fstype)| fstype == "cgroup2")
-        .map(|(p, _)| p)
-        .context("no cgroup v2 filesystem is mounted (portcullis attaches to cgroup v2; mount one with `mount -t cgroup2 none /sys/fs/cgroup`)")
-}
-
-/// A cgroup the programs attach to.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Scope {
-    /// As the user wrote it ("host", "system.slice/xeams.service", ...).
-    pub label: String,
-    /// Absolute path of the cgroup directory.
-    pub path: PathBuf,
-}
-
-/// Resolves `host` (the cgroup v2 root: every process) or a cgroup path relative to the
-/// cgroup v2 mount (a systemd unit is `system.slice/NAME.service`).
-pub fn resolve_scope(scope: &str) -> anyhow::Result<Scope> {
-    let root = cgroup2_mount()?;
-    let path = if scope == "host" {
-        root.clone()
-    } else {
-        let rel = scope.trim_start_matches('/');
-        if rel.split('/').any(|c| c == "..") {
-            bail!("scope {scope:?} leaves the cgroup v2 mount");
-        }
-        // Accept an absolute path already under the mount, too.
-        let p = Path::new(scope);
-        if p.is_absolute() && p.starts_with(&root) {
-            p.to_path_buf()
-        } else {
-            root.join(rel)
-        }
-    };
-    if !path.join("cgroup.procs").is_file() {
-        bail!(
-            "scope {scope:?}: {} is not a cgroup v2 directory (hint: use \"host\", a path under {}, or a unit such as \"system.slice/xeams.service\" that is running)",
-            path.display(),
-            root.display()
-        );
-    }
-    Ok(Scope {
-        label: scope.to_owned(),
-        path,
-    })
-}
-
-/// Makes sure the pin directory is on a bpffs, mounting bpffs at its parent when nothing
-/// is mounted there (a fresh machine often has no /sys/fs/bpf mount).
-pub fn ensure_bpffs(pin_dir: &Path) -> anyhow::Result<()> {
-    let parent = pin_dir
-        .parent()
-        .context("the pin directory has no parent")?;
-    let on_bpffs = |mounts: &[(PathBuf, String)]| {
-        mounts
-            .iter()
-            .filter(|(m, _)| parent.starts_with(m))
-            .max_by_key(|(m, _)| m.as_os_str().len())
-            .is_some_and(|(_, t)| t == "bpf")
-    };
-    if on_bpffs(&mounts()?) {
-        return Ok(());
-    }
-    fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    let target = std::ffi::CString::new(parent.as_os_str().as_encoded_bytes())?;
-    // SAFETY: all pointers are valid NUL-terminated strings or NULL for `data`.
-    let rc = unsafe {
-        libc::mount(
-            c"bpf".as_ptr(),
-            target.as_ptr(),
-            c"bpf".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error()).with_context(|| {
-            format!(
-                "mounting bpffs at {} (needs CAP_SYS_ADMIN)",
-                parent.display()
-            )
-        });
-    }
-    log::info!("mounted bpffs at {}", parent.display());
-    Ok(())
-}
-
-/// On kernels with BPF links (5.7+) aya attaches cgroup programs with `bpf_link_create`,
-/// which rejects every flag (a cgroup link always coexists with other programs), so the
-/// mode must be the one that passes 0. Coexisting is what lets a restart attach the new
-/// programs before the old ones go.
-const ATTACH_MODE: CgroupAttachMode = CgroupAttachMode::Single;
 
 /// The loaded programs and maps.
 pub struct Datapath {
@@ -347,41 +173,6 @@ impl Datapath {
         }
         Ok(())
     }
-
-    /// Attaches the four programs to a cgroup and pins the links as
-    /// `links/<cgroup inode>-<program>-<tag>`. Returns the pin paths.
-    pub fn attach(&mut self, scope: &Scope, tag: &str) -> anyhow::Result<Vec<PathBuf>> {
-        let cgroup = fs::File::open(&scope.path)
-            .with_context(|| format!("opening cgroup {}", scope.path.display()))?;
-        let ino = cgroup.metadata()?.ino();
-        let mut pinned = Vec::new();
-        let mut pin = |link: FdLink, name: &str| -> anyhow::Result<()> {
-            let path = self.paths.links().join(format!("{ino}-{name}-{tag}"));
-            let _ = fs::remove_file(&path);
-            link.pin(&path)
-                .with_context(|| format!("pinning link {}", path.display()))?;
-            pinned.push(path);
-            Ok(())
-        };
-        for (name, kind) in [
-            (programs::INGRESS, CgroupSkbAttachType::Ingress),
-            (programs::EGRESS, CgroupSkbAttachType::Egress),
-        ] {
-            let prog: &mut CgroupSkb = program(&mut self.ebpf, name)?.try_into()?;
-            let id = prog
-                .attach(&cgroup, kind, ATTACH_MODE)
-                .with_context(|| format!("attaching {name} to {}", scope.path.display()))?;
-            pin(FdLink::try_from(prog.take_link(id)?)?, name)?;
-        }
-        for name in [programs::CONNECT4, programs::CONNECT6] {
-            let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?.try_into()?;
-            let id = prog
-                .attach(&cgroup, ATTACH_MODE)
-                .with_context(|| format!("attaching {name} to {}", scope.path.display()))?;
-            pin(FdLink::try_from(prog.take_link(id)?)?, name)?;
-        }
-        Ok(pinned)
-    }
 }
 
 /// Refuses maps pinned by a build whose map layout differs from this one's.
@@ -446,68 +237,13 @@ fn check_pinned_layout(paths: &PathArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::programs::Program> {
+pub(super) fn program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &str,
+) -> anyhow::Result<&'a mut aya::programs::Program> {
     ebpf.program_mut(name).with_context(|| {
         format!("the eBPF object has no program {name:?} (rebuild with `cargo xtask build`)")
     })
-}
-
-/// Pinned link files currently under the pin directory.
-pub fn pinned_links(paths: &PathArgs) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = fs::read_dir(paths.links())
-        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
-/// Detaches and unpins the given links.
-pub fn remove_links(links: &[PathBuf]) -> anyhow::Result<()> {
-    for path in links {
-        // Already gone: replaced in place (XDP link update) or removed by a racing detach.
-        if !path.exists() {
-            continue;
-        }
-        let link = PinnedLink::from_pin(path)
-            .with_context(|| format!("opening pinned link {}", path.display()))?;
-        // Unpinning removes the file; dropping the last fd detaches the program.
-        drop(
-            link.unpin()
-                .with_context(|| format!("unpinning {}", path.display()))?,
-        );
-    }
-    Ok(())
-}
-
-/// What `detach` removed.
-#[derive(Debug, Default, serde::Serialize)]
-pub struct Detached {
-    /// Link pins removed (each detached a program from a cgroup).
-    pub links: usize,
-    /// Map pins removed.
-    pub maps: usize,
-}
-
-/// Detaches every program and removes every pin and the state file.
-pub fn detach_all(paths: &PathArgs) -> anyhow::Result<Detached> {
-    let mut done = Detached::default();
-    let links = pinned_links(paths);
-    remove_links(&links)?;
-    done.links = links.len();
-    if let Ok(dir) = fs::read_dir(paths.maps()) {
-        for e in dir.filter_map(Result::ok) {
-            fs::remove_file(e.path())
-                .with_context(|| format!("removing {}", e.path().display()))?;
-            done.maps += 1;
-        }
-    }
-    for dir in [paths.links(), paths.maps(), paths.pin_dir()] {
-        if dir.exists() {
-            fs::remove_dir(&dir).with_context(|| format!("removing {}", dir.display()))?;
-        }
-    }
-    let _ = fs::remove_file(paths.state_file());
-    Ok(done)
 }
 
 /// Opens a pinned map for reading (used by `status` and the counters).
@@ -519,4 +255,23 @@ pub fn open_pinned(paths: &PathArgs, name: &str) -> anyhow::Result<MapData> {
             path.display()
         )
     })
+}
+
+/// Switches the running policy between audit and enforce with one write of the pinned
+/// configuration map. Returns the mode it had.
+pub fn write_mode(paths: &PathArgs, mode: Mode) -> anyhow::Result<Mode> {
+    let mut config =
+        Array::<_, Config>::try_from(Map::from_map_data(open_pinned(paths, names::CONFIG)?)?)?;
+    let mut c = config.get(&0, 0).context("reading the configuration")?;
+    let was = if c.mode == MODE_ENFORCE {
+        Mode::Enforce
+    } else {
+        Mode::Audit
+    };
+    c.mode = match mode {
+        Mode::Audit => MODE_AUDIT,
+        Mode::Enforce => MODE_ENFORCE,
+    };
+    config.set(0, c, 0).context("writing the configuration")?;
+    Ok(was)
 }

@@ -1,11 +1,14 @@
 //! The only code that talks to the kernel, and the only module that imports aya: it
-//! loads the embedded eBPF object, pins its maps and links, writes a map image into the
-//! idle policy generation and flips to it ([`loader`]), attaches cgroup programs and XDP
-//! and detaches them, reads and resets the counters of every layer ([`counters`]), reads
-//! the deny-event ring and the programs' run statistics, and keeps the agent's state file
-//! next to the pins ([`state`]).
+//! finds bpffs and the cgroup v2 mount ([`paths`]), loads the embedded eBPF object, pins
+//! its maps and writes a map image into the idle policy generation ([`loader`]),
+//! attaches cgroup programs and XDP and detaches them ([`attach`], [`xdp`]), reads and
+//! resets the counters of every layer ([`counters`]), reads the deny-event ring
+//! ([`events`]), and keeps the agent's state file ([`state`]).
 
+pub mod attach;
 pub mod counters;
+pub mod events;
 pub mod loader;
+pub mod paths;
 pub mod state;
 pub mod xdp;

@@ -7,7 +7,10 @@ use std::{fs, path::Path};
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
-use crate::policy::{LoopbackMode, Mode, Policy, image::RuleIndex};
+use crate::{
+    model::ScopeTarget,
+    policy::{LoopbackMode, Mode, Policy, image::RuleIndex},
+};
 
 /// Version of the state file format.
 pub const FORMAT: u32 = 1;
@@ -41,7 +44,7 @@ pub struct State {
     /// exempt | enforce.
     pub loopback: LoopbackMode,
     /// Scopes as configured.
-    pub scopes: Vec<String>,
+    pub scopes: Vec<ScopeTarget>,
     /// The live policy generation (0 or 1).
     pub generation: u32,
     /// Incremented by every policy install (start and reload).
@@ -78,7 +81,7 @@ impl State {
     pub fn new(
         policy: &Policy,
         index: &RuleIndex,
-        scopes: &[String],
+        scopes: &[ScopeTarget],
         generation: u32,
         policy_version: u64,
     ) -> Self {

@@ -40,7 +40,7 @@ use portcullis_common::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    datapath::loader::{self, PathArgs},
+    datapath::paths::{self, PathArgs},
     model::{Direction, IpProtocol},
 };
 
@@ -204,7 +204,7 @@ impl CgroupNames {
     /// A cache over the cgroup v2 mount (found in /proc/self/mountinfo; none: no names).
     pub fn new() -> Self {
         Self {
-            root: loader::cgroup2_mount().ok(),
+            root: paths::cgroup2_mount().ok(),
             ..Self::default()
         }
     }

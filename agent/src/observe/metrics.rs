@@ -26,8 +26,9 @@ use tokio::{
 
 use crate::{
     datapath::{
+        attach::pinned_links,
         counters::{self, Snapshot},
-        loader::{PathArgs, pinned_links},
+        paths::PathArgs,
         state::State,
     },
     observe::status::{self, Status},
@@ -472,7 +473,7 @@ mod tests {
             product: "xeams".into(),
             mode: crate::model::Mode::Audit,
             loopback: crate::model::LoopbackMode::Exempt,
-            scopes: vec!["host".into()],
+            scopes: vec![crate::model::ScopeTarget::Host],
             attached_links: 4,
             xdp: Default::default(),
             generation: 1,

@@ -10,12 +10,8 @@ use portcullis_common::{
 use serde::Serialize;
 
 use crate::{
-    datapath::{
-        counters,
-        loader::{PathArgs, pinned_links},
-        state::State,
-    },
-    model::{Direction, IpProtocol, LoopbackMode, Mode},
+    datapath::{attach::pinned_links, counters, paths::PathArgs, state::State},
+    model::{Direction, IpProtocol, LoopbackMode, Mode, ScopeTarget},
 };
 
 /// Packets and bytes.
@@ -150,7 +146,7 @@ pub struct Status {
     /// exempt | enforce.
     pub loopback: LoopbackMode,
     /// Scopes the programs are attached to.
-    pub scopes: Vec<String>,
+    pub scopes: Vec<ScopeTarget>,
     /// Pinned links (4 per scope while attached).
     pub attached_links: usize,
     /// Live policy generation (0 or 1).

@@ -4,6 +4,7 @@
 use std::{collections::HashMap, time::Instant};
 
 use super::status::Status;
+use crate::model::ScopeTarget;
 
 /// Prints a [`Status`] as tables.
 pub fn print_table(s: &Status) {
@@ -65,7 +66,7 @@ pub fn table(s: &Status, watch: Option<&Watch>) -> String {
         s.product,
         s.mode,
         s.loopback,
-        s.scopes.join(","),
+        ScopeTarget::join(&s.scopes, ","),
         s.attached_links,
         s.policy_version,
         s.generation,
@@ -165,7 +166,7 @@ pub(crate) mod tests {
             product: "lab".into(),
             mode: Mode::Audit,
             loopback: LoopbackMode::Exempt,
-            scopes: vec!["host".into()],
+            scopes: vec![ScopeTarget::Host],
             attached_links: 4,
             xdp: XdpStatus::default(),
             generation: 1,

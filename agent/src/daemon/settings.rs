@@ -1,0 +1,135 @@
+//! The daemon's settings, resolved once into typed values before anything touches the
+//! kernel: the site config (or a built-in product) compiled into a policy, then the
+//! command line's overrides applied. A reload resolves them again the same way.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use crate::{
+    datapath::paths::PathArgs,
+    model::{Mode, ScopeTarget},
+    policy::{Policy, compiler},
+};
+
+/// The config `run` reads when given neither --config nor --product.
+pub const DEFAULT_CONFIG: &str = "/etc/portcullis/portcullis.toml";
+/// The product of the built-in default policy.
+pub const DEFAULT_PRODUCT: &str = "xeams";
+
+/// The command line of `portcullis run` (flattened into its clap arguments); kept by
+/// the daemon, since a reload resolves the config again with the same overrides.
+#[derive(Debug, clap::Args)]
+pub struct Overrides {
+    /// Site config (TOML): product, features, peers, site rules, mode, scope.
+    #[arg(long, value_name = "FILE", conflicts_with = "product")]
+    pub config: Option<PathBuf>,
+    /// A built-in product profile (see `portcullis profile list`), default site settings.
+    #[arg(long, value_name = "NAME")]
+    pub product: Option<String>,
+    /// With --product: turn on an optional feature of the profile. Repeatable.
+    #[arg(long = "feature", value_name = "F", requires = "product")]
+    pub features: Vec<String>,
+    /// With --product: turn on every optional feature.
+    #[arg(long, requires = "product")]
+    pub all_features: bool,
+    /// audit (count what would be dropped) or enforce (drop). Overrides the config.
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
+    /// Where to enforce: "host" (every process) or a cgroup path under the cgroup v2
+    /// mount, e.g. system.slice/xeams.service. Repeatable. Overrides the config.
+    #[arg(long = "scope", value_name = "host|CGROUP", value_parser = ScopeTarget::parse_arg)]
+    pub scopes: Vec<ScopeTarget>,
+    /// Attach the XDP filter to this interface too (native mode where the driver
+    /// supports it, else generic). Repeatable. Overrides the config's `xdp`.
+    #[arg(long = "xdp", value_name = "IFACE")]
+    pub xdp: Vec<String>,
+    /// Serve Prometheus metrics at this address (the suggested one is 127.0.0.1:9975). Overrides the
+    /// config's `[metrics] listen`. Off by default.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Deny events per second per CPU (0: none). Overrides the config.
+    #[arg(long)]
+    pub events_per_sec: Option<u32>,
+    /// What to do with the programs on SIGINT/SIGTERM: detach them, or keep them
+    /// enforcing the last policy (what the systemd unit does).
+    #[arg(long, value_enum, default_value = "detach")]
+    pub on_exit: OnExit,
+    #[command(flatten)]
+    pub paths: PathArgs,
+}
+
+/// What `run` does with the programs when it stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnExit {
+    /// Detach everything: enforcement ends with the agent (interactive use).
+    Detach,
+    /// Leave the pinned programs enforcing the last policy (the systemd unit): a
+    /// restart or upgrade takes over without a gap; `portcullis detach` removes them.
+    Keep,
+}
+
+/// Everything `run` needs besides the policy.
+pub struct Settings {
+    /// Scopes to attach to.
+    pub scopes: Vec<ScopeTarget>,
+    /// Events per second per CPU.
+    pub events_per_sec: u32,
+    /// Interfaces to attach the XDP program to.
+    pub xdp: Vec<String>,
+    /// Where to serve Prometheus metrics, if anywhere.
+    pub metrics: Option<SocketAddr>,
+}
+
+/// Compiles the policy and settles the settings, before anything touches the kernel.
+pub fn resolve(args: &mut Overrides) -> anyhow::Result<(Policy, Settings, Option<PathBuf>)> {
+    let default_config = PathBuf::from(DEFAULT_CONFIG);
+    let config = match (&args.config, &args.product) {
+        (Some(c), _) => Some(c.clone()),
+        (None, None) if default_config.is_file() => Some(default_config),
+        _ => None,
+    };
+    let (mut policy, mut settings) = if let Some(path) = &config {
+        let site = crate::config::load_site(path)?;
+        let policy = compiler::compile_site(&site, Some(path))?;
+        if args.paths.pin_dir.is_none() {
+            args.paths.pin_dir = Some(site.pin_dir.clone());
+        }
+        let settings = Settings {
+            scopes: site.scope.clone(),
+            events_per_sec: site.events_per_sec,
+            xdp: site.xdp.clone(),
+            metrics: site.metrics.listen,
+        };
+        (policy, settings)
+    } else {
+        let product = args.product.as_deref().unwrap_or(DEFAULT_PRODUCT);
+        let policy = compiler::compile_product(product, &args.features, args.all_features)?;
+        (
+            policy,
+            Settings {
+                scopes: vec![ScopeTarget::Host],
+                events_per_sec: 100,
+                xdp: Vec::new(),
+                metrics: None,
+            },
+        )
+    };
+    if let Some(m) = args.mode {
+        policy.mode = m;
+    }
+    if !args.scopes.is_empty() {
+        settings.scopes = args.scopes.clone();
+    }
+    if settings.scopes.is_empty() {
+        settings.scopes = vec![ScopeTarget::Host];
+    }
+    if !args.xdp.is_empty() {
+        settings.xdp = args.xdp.clone();
+    }
+    if args.metrics_listen.is_some() {
+        settings.metrics = args.metrics_listen;
+    }
+    if let Some(e) = args.events_per_sec {
+        settings.events_per_sec = e;
+    }
+    Ok((policy, settings, config))
+}
