@@ -30,8 +30,11 @@ use crate::{
     daemon::settings::DEFAULT_CONFIG,
     datapath::{paths::PathArgs, state::State},
     model::IpProtocol,
-    observe::events::{self, DenyFile, Seen},
     observe::status::{self, Traffic},
+    observe::{
+        self,
+        aggregate::{self as events, DenyFile, Seen},
+    },
     policy::{Direction, Mode, Policy, Protocol, compiler},
 };
 
@@ -410,7 +413,7 @@ pub fn build(args: &Args, now: u64) -> anyhow::Result<Report> {
     if !kernel_in_window {
         notes.push(format!(
             "the kernel's counters run since {}, before the --since window: ports are from logged events only",
-            events::rfc3339(counted_from)
+            observe::rfc3339(counted_from)
         ));
     }
     let any_counted = if kernel_in_window {
@@ -463,7 +466,7 @@ fn verdict(
     ports: &[PortFinding],
     status: &status::Status,
 ) -> String {
-    let when = format!("{} ({})", events::rfc3339(since), ago(now, since));
+    let when = format!("{} ({})", observe::rfc3339(since), ago(now, since));
     let mut list: Vec<String> = ports.iter().take(10).map(port_label).collect();
     if ports.len() > 10 {
         list.push(format!("and {} more", ports.len() - 10));
@@ -492,7 +495,7 @@ fn print_text(r: &Report) {
         "product {}  mode {}  window since {} ({})",
         r.product,
         r.mode,
-        events::rfc3339(r.since),
+        observe::rfc3339(r.since),
         ago(now, r.since)
     );
     println!();

@@ -70,7 +70,7 @@ pub fn table(s: &Status, watch: Option<&Watch>) -> String {
         s.attached_links,
         s.policy_version,
         s.generation,
-        crate::observe::events::rfc3339(s.loaded_at),
+        crate::observe::rfc3339(s.loaded_at),
         s.pid,
     );
     let _ = writeln!(o);
