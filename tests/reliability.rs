@@ -935,7 +935,7 @@ fn bad_configs(profile: &str, site: &str) -> Vec<Bad> {
             name: "more-rules-than-fit",
             file: "profile.toml",
             text: format!("{profile}\n{many}").into_bytes(),
-            code: None,
+            code: Some(3),
             needle: "rules",
         },
         Bad {

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 
 use crate::commands;
 
@@ -82,7 +82,7 @@ pub fn main() -> ExitCode {
         Command::Reload(a) => commands::reload::run(a),
         Command::Mode(a) => commands::mode::run(a),
         Command::Detach(a) => commands::detach::run(a),
-        Command::Generate(a) => commands::generate::run(a),
+        Command::Generate(a) => commands::generate::run(a, Cli::command()),
     };
     match result {
         Ok(code) => code,

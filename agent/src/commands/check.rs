@@ -12,7 +12,10 @@ use crate::{
         site::{Metrics, Site},
     },
     model::ScopeTarget,
-    policy::{LoopbackMode, Mode, PeerSet, Policy, Rule, compiler},
+    policy::{
+        LoopbackMode, Mode, PeerSet, Policy, Rule, compiler,
+        image::{Image, RuleIndex},
+    },
 };
 
 const EXAMPLES: &str = "\
@@ -70,6 +73,16 @@ struct Failure<'a> {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let compiled = crate::config::load_site(&args.config).and_then(|site| {
         let policy = compiler::compile_site(&site, Some(&args.config))?;
+        // What `run` would write: a policy that does not fit the maps fails here, not
+        // at start.
+        if let Err(e) = RuleIndex::fresh(&policy).and_then(|index| Image::build(&policy, &index, 0))
+        {
+            let mut error =
+                PolicyError::new(format!("the policy does not fit the kernel maps: {e:#}"))
+                    .hint("use fewer rules or peer networks, or wider ranges");
+            error.file = Some(args.config.clone());
+            return Err(error);
+        }
         Ok((site, policy))
     });
     let (site, policy) = match compiled {

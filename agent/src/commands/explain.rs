@@ -15,12 +15,8 @@ use std::{
 };
 
 use anyhow::Context as _;
-use portcullis_common::{
-    policy::{Decision, is_loopback},
-    stats::reason,
-};
+use portcullis_common::stats::reason;
 use serde::Serialize;
-use toml::Spanned;
 
 use super::profile::{FeatureArgs, print_json};
 use crate::{
@@ -29,14 +25,10 @@ use crate::{
         site::Site,
     },
     policy::{
-        Direction, LoopbackMode, Mode, Policy, Protocol, Rule, compiler,
-        image::{Image, RuleIndex, addr16},
+        Direction, Mode, Policy, Protocol, Rule, compiler,
+        verdict::{DEFAULT_PEER, FeatureHints, Flow, Verdict, evaluate},
     },
 };
-
-/// The peer `explain` assumes without `--peer`: TEST-NET-1, a documentation address
-/// (RFC 5737) that no real peer group contains.
-pub const DEFAULT_PEER: &str = "192.0.2.1";
 
 const EXAMPLES: &str = "\
 The verdict is what the datapath decides for the first packet of a new flow. In audit
@@ -102,75 +94,6 @@ fn parse_protocol(s: &str) -> Result<Protocol, String> {
         "tcp" => Ok(Protocol::Tcp),
         "udp" => Ok(Protocol::Udp),
         _ => Err(format!("protocol \"{s}\" is not \"tcp\" or \"udp\"")),
-    }
-}
-
-/// A flow to decide.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Flow {
-    /// in | out.
-    pub direction: Direction,
-    /// tcp | udp.
-    pub protocol: Protocol,
-    /// Local port (in) or remote port (out).
-    pub port: u16,
-    /// The remote end.
-    pub peer: IpAddr,
-}
-
-/// How the datapath treats a new flow.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// Loopback traffic passes before the policy is consulted (`loopback = "exempt"`).
-    LoopbackExempt,
-    /// Allowed by the rule at this index of `Policy::rules`.
-    Allow(usize),
-    /// Denied, for this `portcullis_common::stats::reason`.
-    Deny(u32),
-}
-
-/// Decides `flow` under `policy`, through the map image and the datapath's `decide`.
-pub fn evaluate(policy: &Policy, flow: Flow) -> anyhow::Result<Verdict> {
-    Tables::build(policy)?.evaluate(policy, flow)
-}
-
-/// A policy's map image, built once to decide many flows (building is the costly part).
-pub struct Tables {
-    image: Image,
-}
-
-impl Tables {
-    /// The image the loader would write for `policy` (generation 0, fresh indices).
-    pub fn build(policy: &Policy) -> anyhow::Result<Self> {
-        let image = Image::build(policy, &RuleIndex::fresh(policy)?, 0)?;
-        Ok(Self { image })
-    }
-
-    /// Decides `flow` as the datapath does: the loopback exemption first, then
-    /// `decide` on the image. `policy` must be the one the tables were built from.
-    pub fn evaluate(&self, policy: &Policy, flow: Flow) -> anyhow::Result<Verdict> {
-        if policy.loopback == LoopbackMode::Exempt && is_loopback(&addr16(flow.peer)) {
-            return Ok(Verdict::LoopbackExempt);
-        }
-        let decision = self
-            .image
-            .decide(flow.direction, flow.protocol, flow.port, flow.peer);
-        Ok(match decision {
-            // `rule_index` holds the kernel index of each rule in policy order.
-            Decision::Allow(kernel_index) => {
-                let rule = self
-                    .image
-                    .rule_index
-                    .iter()
-                    .position(|&i| i == kernel_index);
-                Verdict::Allow(rule.ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "the datapath allowed by rule index {kernel_index}, which no rule has"
-                    )
-                })?)
-            }
-            Decision::Deny(why) => Verdict::Deny(why),
-        })
     }
 }
 
@@ -271,27 +194,14 @@ fn policy_inputs(args: &Args) -> anyhow::Result<(Profile, Site, Option<&Path>)> 
     Ok((profile, site, None))
 }
 
-/// For a port no rule opens: a feature of the profile whose rule would open it. Runs the
-/// same lookup on the policy compiled with every feature on (and the peer groups those
-/// features need standing for any peer).
+/// For a port no rule opens: a feature of the profile whose rule would open it.
 fn feature_hint(profile: &Profile, site: &Site, flow: Flow) -> Option<String> {
-    let mut all = site.clone();
-    all.set_features(profile.feature_names());
-    for group in profile.peer_groups() {
-        let empty = all.peers.get(&group).is_none_or(|n| n.get_ref().is_empty());
-        if empty && !all.any_peer_groups.iter().any(|g| g.get_ref() == &group) {
-            all.any_peer_groups.push(Spanned::new(0..0, group));
-        }
-    }
-    let policy = compiler::compile(profile, &all, None).ok()?;
-    let Ok(Verdict::Allow(i)) = evaluate(&policy, flow) else {
-        return None;
-    };
-    let rule = &policy.rules[i];
-    let feature = rule.feature.as_deref()?;
+    let hints = FeatureHints::new(profile, site).ok()?;
+    let rule = hints.opening(flow)?;
     Some(format!(
-        "rule \"{}\" opens it when feature \"{feature}\" is on",
-        rule.id
+        "rule \"{}\" opens it when feature \"{}\" is on",
+        rule.id,
+        rule.feature.as_deref()?
     ))
 }
 

@@ -5,9 +5,6 @@
 use std::{fs, path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
-use clap::CommandFactory as _;
-
-use crate::cli::Cli;
 
 /// Arguments of `portcullis generate`.
 #[derive(Debug, clap::Args)]
@@ -28,13 +25,13 @@ pub enum What {
     Completions,
 }
 
-/// Runs the subcommand.
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+/// Runs the subcommand on `cli`, the whole command line definition (handed in by
+/// `cli.rs`, which owns it).
+pub fn run(args: Args, cli: clap::Command) -> anyhow::Result<ExitCode> {
     fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
-    let cmd = Cli::command();
     match args.what {
         What::Man => {
-            clap_mangen::generate_to(cmd, &args.dir)
+            clap_mangen::generate_to(cli, &args.dir)
                 .with_context(|| format!("writing man pages to {}", args.dir.display()))?;
         }
         What::Completions => {
@@ -43,7 +40,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 clap_complete::Shell::Zsh,
                 clap_complete::Shell::Fish,
             ] {
-                clap_complete::generate_to(shell, &mut Cli::command(), "portcullis", &args.dir)
+                clap_complete::generate_to(shell, &mut cli.clone(), "portcullis", &args.dir)
                     .with_context(|| {
                         format!("writing {shell} completions to {}", args.dir.display())
                     })?;

@@ -1,41 +1,17 @@
 //! `portcullis report`: the audit -> enforce decision.
-//!
-//! It answers "what would break if I enforced now?" from two sources: the kernel's
-//! denied-port table (exact packet counts, not rate-limited, but undated) and the
-//! agent's deny aggregate `denies.json` (dated, with top peers and processes, but built
-//! from rate-limited events). Ports are grouped by (direction, protocol, port). For each
-//! port no rule opens, the report names what would open it: a rule of the site config
-//! (when the config is known) or a feature of the product's profile, found by compiling
-//! the profile with every feature on and asking the datapath's own lookup
-//! ([`explain::Tables`], i.e. `Image::decide`) — there is no second implementation.
-//!
-//! `--reset` starts a new observation window: it zeroes the pinned counters (rules,
-//! global counters, denied-port table) and empties `denies.json`, recording when. That
-//! is what to do after changing the policy, so old would-denies stop counting.
+//! `portcullis report`: its arguments and the text form; the report itself is
+//! `crate::observe::report`.
 
-use std::{
-    collections::BTreeMap,
-    fs,
-    net::IpAddr,
-    os::unix::fs::MetadataExt as _,
-    path::{Path, PathBuf},
-    process::ExitCode,
-};
+use std::{path::PathBuf, process::ExitCode};
 
-use portcullis_common::maps as names;
-use serde::Serialize;
-
-use super::explain::{DEFAULT_PEER, Flow, Tables, Verdict};
 use crate::{
-    daemon::settings::DEFAULT_CONFIG,
-    datapath::{paths::PathArgs, state::State},
-    model::IpProtocol,
-    observe::status::{self, Traffic},
+    datapath::paths::PathArgs,
+    model::{Mode, Protocol},
     observe::{
-        self,
-        aggregate::{self as events, DenyFile, Seen},
+        aggregate::{Seen, unix_now},
+        report::{self, Cover, Query, Report, ago},
+        rfc3339,
     },
-    policy::{Direction, Mode, Policy, Protocol, compiler},
 };
 
 const EXAMPLES: &str = "\
@@ -105,112 +81,19 @@ pub fn parse_duration(text: &str) -> Result<u64, String> {
     Ok(total)
 }
 
-/// What would open a denied port.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
-pub enum Cover {
-    /// A rule of the site config (or a profile rule the config turns on) opens it: the
-    /// config differs from the running policy, or the deny is older than the change.
-    ConfigRule {
-        /// Rule id.
-        rule: String,
-        /// The config file.
-        config: String,
-    },
-    /// A rule of an optional feature of the profile opens it.
-    Feature {
-        /// The feature to turn on.
-        feature: String,
-        /// The rule it turns on.
-        rule: String,
-    },
-}
-
-/// One denied (direction, protocol, port).
-#[derive(Clone, Debug, Serialize)]
-pub struct PortFinding {
-    /// in | out.
-    pub direction: Direction,
-    /// tcp | udp | icmp | icmpv6 | a protocol number.
-    pub protocol: IpProtocol,
-    /// Local port (in), remote port (out).
-    pub port: u16,
-    /// Packets in the kernel's table (null when the window is narrower than its count).
-    pub packets: Option<u64>,
-    /// Bytes in the kernel's table (likewise).
-    pub bytes: Option<u64>,
-    /// Deny events logged in the window (deny + would-deny).
-    pub events: u64,
-    /// Of which denies (enforce mode).
-    pub denies: u64,
-    /// Of which would-denies (audit mode).
-    pub would_denies: u64,
-    /// Unix time of the first logged event (null: no event logged).
-    pub first_seen: Option<u64>,
-    /// Unix time of the last logged event.
-    pub last_seen: Option<u64>,
-    /// Events by reason.
-    pub reasons: BTreeMap<String, u64>,
-    /// Top remote peers.
-    pub peers: Vec<Seen>,
-    /// Top processes (known for connect() only).
-    pub processes: Vec<Seen>,
-    /// What would open it, where something would.
-    pub covered_by: Option<Cover>,
-}
-
-/// A rule with no traffic in the window.
-#[derive(Clone, Debug, Serialize)]
-pub struct IdleRule {
-    /// Rule id.
-    pub id: String,
-    /// in | out.
-    pub direction: String,
-    /// tcp | udp | tcp,udp.
-    pub protocol: String,
-    /// Ports as written.
-    pub ports: String,
-    /// The vendor's reason.
-    pub why: String,
-}
-
-/// The `report --json` document.
-#[derive(Clone, Debug, Serialize)]
-pub struct Report {
-    /// Profile slug.
-    pub product: String,
-    /// audit | enforce.
-    pub mode: String,
-    /// Unix time the window starts (counters' start, last reset, or --since).
-    pub since: u64,
-    /// The --since duration in seconds, if given.
-    pub since_seconds: Option<u64>,
-    /// Denied ports, most packets (then events) first.
-    pub ports: Vec<PortFinding>,
-    /// Rules that allowed nothing since the counters started: candidates to remove.
-    pub rules_never_hit: Vec<IdleRule>,
-    /// Would-denies (audit) in the kernel's counters.
-    pub would_deny: Traffic,
-    /// Denies (enforce) in the kernel's counters.
-    pub denied: Traffic,
-    /// Deny events the kernel's rate limit dropped (not in denies.json).
-    pub events_rate_limited: u64,
-    /// True when nothing was (or would have been) denied in the window.
-    pub safe: bool,
-    /// The one-line verdict.
-    pub verdict: String,
-    /// Why some ports carry no `covered_by` even though something might open them.
-    pub notes: Vec<String>,
-}
-
 /// Runs the subcommand.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.reset {
-        reset(&args.paths)?;
+        report::reset(&args.paths)?;
         println!("counters and deny aggregate reset; the report's window starts now");
         return Ok(ExitCode::SUCCESS);
     }
-    let report = build(&args, events::unix_now())?;
+    let query = Query {
+        since: args.since,
+        config: args.config.clone(),
+        paths: args.paths.clone(),
+    };
+    let report = report::build(&query, unix_now())?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -219,290 +102,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// When the counters started: the last reset, else when the stats map was pinned (its
-/// inode's change time on bpffs).
-fn counting_since(paths: &PathArgs, file: Option<&DenyFile>) -> u64 {
-    let pinned = fs::metadata(paths.map(names::STATS)).map_or(0, |m| m.ctime().max(0) as u64);
-    pinned.max(file.map_or(0, |f| f.reset_at))
-}
-
-/// The policies that tell what would open a port: the site config's (if known) and the
-/// profile's with every feature on.
-struct Hints {
-    config: Option<(PathBuf, Policy, Tables)>,
-    all_features: Option<(Policy, Tables)>,
-}
-
-impl Hints {
-    fn load(product: &str, config: Option<&Path>, notes: &mut Vec<String>) -> Self {
-        let default = Path::new(DEFAULT_CONFIG);
-        let (path, explicit) = match config {
-            Some(p) => (Some(p), true),
-            None if default.is_file() => (Some(default), false),
-            None => (None, false),
-        };
-        let mut hints = Hints {
-            config: None,
-            all_features: None,
-        };
-        let mut profile = None;
-        if let Some(path) = path {
-            let compiled = crate::config::load_site(path).and_then(|site| {
-                let profile = compiler::site_profile(&site, Some(path))?;
-                let policy = compiler::compile_site(&site, Some(path))?;
-                Ok((profile, policy))
-            });
-            match compiled {
-                // The default config only counts when it is the running product's.
-                Ok((p, policy)) if explicit || policy.product == product => {
-                    if let Ok(tables) = Tables::build(&policy) {
-                        hints.config = Some((path.to_path_buf(), policy, tables));
-                    }
-                    profile = Some(p);
-                }
-                Ok(_) => {}
-                Err(e) => notes.push(format!(
-                    "config \"{}\" does not compile ({e}); no site-rule hints",
-                    path.display()
-                )),
-            }
-        }
-        let all = match &profile {
-            Some(p) => compiler::compile_profile(p, &[], true),
-            None => compiler::compile_product(product, &[], true),
-        };
-        match all {
-            Ok(policy) => {
-                if let Ok(tables) = Tables::build(&policy) {
-                    hints.all_features = Some((policy, tables));
-                }
-            }
-            Err(_) => notes.push(format!(
-                "\"{product}\" is not a built-in profile and no config was given: no feature hints (pass --config)"
-            )),
-        }
-        hints
-    }
-
-    /// What would open `flow`, if anything.
-    fn cover(&self, flow: Flow) -> Option<Cover> {
-        if let Some((path, policy, tables)) = &self.config
-            && let Ok(Verdict::Allow(i)) = tables.evaluate(policy, flow)
-        {
-            return Some(Cover::ConfigRule {
-                rule: policy.rules[i].id.clone(),
-                config: path.display().to_string(),
-            });
-        }
-        let (policy, tables) = self.all_features.as_ref()?;
-        match tables.evaluate(policy, flow) {
-            Ok(Verdict::Allow(i)) => {
-                let rule = &policy.rules[i];
-                rule.feature.as_ref().map(|f| Cover::Feature {
-                    feature: f.clone(),
-                    rule: rule.id.clone(),
-                })
-            }
-            _ => None,
-        }
-    }
-}
-
-/// Builds the report at `now`.
-pub fn build(args: &Args, now: u64) -> anyhow::Result<Report> {
-    let paths = &args.paths;
-    let status = status::collect(paths)?;
-    let state = State::read(&paths.state_file())?;
-    let file = DenyFile::read(&events::denies_file(paths))?;
-    let counted_from = counting_since(paths, file.as_ref());
-    let cutoff = args.since.map(|s| now.saturating_sub(s));
-    let since = cutoff.unwrap_or(counted_from).max(counted_from);
-    // The kernel's counts are undated: they belong to the window only when it holds
-    // everything they counted.
-    let kernel_in_window = cutoff.is_none_or(|c| counted_from >= c);
-
-    let mut notes = Vec::new();
-    let mut ports: BTreeMap<(Direction, IpProtocol, u16), PortFinding> = BTreeMap::new();
-    let blank = |direction, protocol, port| PortFinding {
-        direction,
-        protocol,
-        port,
-        packets: None,
-        bytes: None,
-        events: 0,
-        denies: 0,
-        would_denies: 0,
-        first_seen: None,
-        last_seen: None,
-        reasons: BTreeMap::new(),
-        peers: Vec::new(),
-        processes: Vec::new(),
-        covered_by: None,
-    };
-    if kernel_in_window {
-        for d in &status.denied_ports {
-            let f = ports
-                .entry((d.direction, d.protocol, d.port))
-                .or_insert_with(|| blank(d.direction, d.protocol, d.port));
-            f.packets = Some(d.packets);
-            f.bytes = Some(d.bytes);
-        }
-    }
-    for p in file
-        .iter()
-        .flat_map(|f| &f.ports)
-        .filter(|p| p.last_seen >= since)
-    {
-        let f = ports
-            .entry((p.direction, p.protocol, p.port))
-            .or_insert_with(|| blank(p.direction, p.protocol, p.port));
-        f.events = p.denies + p.would_denies;
-        f.denies = p.denies;
-        f.would_denies = p.would_denies;
-        f.first_seen = Some(p.first_seen);
-        f.last_seen = Some(p.last_seen);
-        f.reasons = p.reasons.clone();
-        f.peers = p.peers.clone();
-        f.processes = p.processes.clone();
-    }
-
-    let hints = Hints::load(&status.product, args.config.as_deref(), &mut notes);
-    for f in ports.values_mut() {
-        let Some(protocol) = Protocol::from_number(f.protocol.0) else {
-            continue;
-        };
-        // The busiest peer decides where a rule is limited to peer groups; without one,
-        // a documentation address that is in no group.
-        let peer = f
-            .peers
-            .first()
-            .and_then(|p| p.name.parse::<IpAddr>().ok())
-            .unwrap_or_else(|| {
-                DEFAULT_PEER
-                    .parse()
-                    .expect("the default peer is an address")
-            });
-        f.covered_by = hints.cover(Flow {
-            direction: f.direction,
-            protocol,
-            port: f.port,
-            peer,
-        });
-    }
-
-    let mut ports: Vec<PortFinding> = ports.into_values().collect();
-    ports.sort_by(|a, b| {
-        b.packets
-            .unwrap_or(0)
-            .cmp(&a.packets.unwrap_or(0))
-            .then(b.events.cmp(&a.events))
-            .then(a.port.cmp(&b.port))
-    });
-    let rules_never_hit = state
-        .rules
-        .iter()
-        .filter(|r| status.rules.iter().any(|s| s.id == r.id && s.packets == 0))
-        .map(|r| IdleRule {
-            id: r.id.clone(),
-            direction: r.direction.clone(),
-            protocol: r.protocol.clone(),
-            ports: r.ports.clone(),
-            why: r.why.clone(),
-        })
-        .collect();
-    if !kernel_in_window {
-        notes.push(format!(
-            "the kernel's counters run since {}, before the --since window: ports are from logged events only",
-            observe::rfc3339(counted_from)
-        ));
-    }
-    let any_counted = if kernel_in_window {
-        status.would_deny.packets + status.denied.packets > 0
-    } else {
-        false
-    };
-    let safe = ports.is_empty() && !any_counted;
-    let mode = state.mode;
-    let verdict = verdict(mode, safe, since, now, &ports, &status);
-    Ok(Report {
-        product: status.product.clone(),
-        mode: mode.to_string(),
-        since,
-        since_seconds: args.since,
-        ports,
-        rules_never_hit,
-        would_deny: status.would_deny,
-        denied: status.denied,
-        events_rate_limited: status.events.rate_limited,
-        safe,
-        verdict,
-        notes,
-    })
-}
-
-fn ago(now: u64, then: u64) -> String {
-    let s = now.saturating_sub(then);
-    match s {
-        0..120 => format!("{s}s ago"),
-        120..7200 => format!("{}m ago", s / 60),
-        7200..172_800 => format!("{}h ago", s / 3600),
-        _ => format!("{}d ago", s / 86_400),
-    }
-}
-
-fn port_label(f: &PortFinding) -> String {
-    let n = f.packets.map_or_else(
-        || format!("{} event{}", f.events, if f.events == 1 { "" } else { "s" }),
-        |p| format!("{p} packet{}", if p == 1 { "" } else { "s" }),
-    );
-    format!("{} {}/{} ({n})", f.direction, f.protocol, f.port)
-}
-
-fn verdict(
-    mode: Mode,
-    safe: bool,
-    since: u64,
-    now: u64,
-    ports: &[PortFinding],
-    status: &status::Status,
-) -> String {
-    let when = format!("{} ({})", observe::rfc3339(since), ago(now, since));
-    let mut list: Vec<String> = ports.iter().take(10).map(port_label).collect();
-    if ports.len() > 10 {
-        list.push(format!("and {} more", ports.len() - 10));
-    }
-    if list.is_empty() {
-        // Counted, but the denied-port table lost the entries (LRU).
-        list.push(format!(
-            "{} packets",
-            status.would_deny.packets + status.denied.packets
-        ));
-    }
-    match (mode, safe) {
-        (Mode::Audit, true) => format!("safe to enforce: no would-deny since {when}"),
-        (Mode::Audit, false) => format!(
-            "not safe to enforce: enforcing would break {}",
-            list.join(", ")
-        ),
-        (Mode::Enforce, true) => format!("enforcing: nothing denied since {when}"),
-        (Mode::Enforce, false) => format!("enforcing: denied since {when}: {}", list.join(", ")),
-    }
-}
-
 fn print_text(r: &Report) {
-    let now = events::unix_now();
+    let now = unix_now();
     println!(
         "product {}  mode {}  window since {} ({})",
         r.product,
         r.mode,
-        observe::rfc3339(r.since),
+        rfc3339(r.since),
         ago(now, r.since)
     );
     println!();
     if r.ports.is_empty() {
         println!("No denied ports in the window.");
     } else {
-        let title = if r.mode == "audit" {
+        let title = if r.mode == Mode::Audit {
             "Would-denies"
         } else {
             "Denies"
@@ -574,17 +187,6 @@ fn print_text(r: &Report) {
     println!("{}", r.verdict);
 }
 
-/// Zeroes the pinned counters and empties the deny aggregate (recording the reset time,
-/// which a running agent notices on its next flush and follows).
-///
-/// The writes race with the programs' per-CPU increments: a packet counted at the very
-/// instant of the reset may be lost or kept. That is the nature of a reset.
-pub fn reset(paths: &PathArgs) -> anyhow::Result<()> {
-    crate::datapath::counters::reset(paths)?;
-    let now = events::unix_now();
-    DenyFile::empty(now, now).write(&events::denies_file(paths))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -610,111 +212,5 @@ mod tests {
             let err = parse_duration(bad).unwrap_err();
             assert!(err.contains(&format!("\"{bad}\"")), "{bad}: {err}");
         }
-    }
-
-    fn finding(port: u16, packets: Option<u64>, events: u64) -> PortFinding {
-        PortFinding {
-            direction: Direction::Out,
-            protocol: IpProtocol(6),
-            port,
-            packets,
-            bytes: None,
-            events,
-            denies: 0,
-            would_denies: events,
-            first_seen: None,
-            last_seen: None,
-            reasons: BTreeMap::new(),
-            peers: vec![],
-            processes: vec![],
-            covered_by: None,
-        }
-    }
-
-    #[test]
-    fn verdict_lines() {
-        let status = empty_status();
-        let safe = verdict(Mode::Audit, true, 0, 60, &[], &status);
-        assert_eq!(
-            safe,
-            "safe to enforce: no would-deny since 1970-01-01T00:00:00Z (60s ago)"
-        );
-        let ports = [finding(8081, Some(3), 3), finding(5353, None, 1)];
-        let unsafe_ = verdict(Mode::Audit, false, 0, 60, &ports, &status);
-        assert_eq!(
-            unsafe_,
-            "not safe to enforce: enforcing would break out tcp/8081 (3 packets), out tcp/5353 (1 event)"
-        );
-        assert!(
-            verdict(Mode::Enforce, false, 0, 60, &ports, &status)
-                .starts_with("enforcing: denied since")
-        );
-    }
-
-    fn empty_status() -> status::Status {
-        status::Status {
-            product: "lab".into(),
-            mode: Mode::Audit,
-            loopback: crate::model::LoopbackMode::Exempt,
-            scopes: vec![],
-            attached_links: 0,
-            xdp: Default::default(),
-            generation: 0,
-            policy_version: 0,
-            loaded_at: 0,
-            pid: 0,
-            rules: vec![],
-            allowed: Traffic::default(),
-            denies: vec![],
-            denied: Traffic::default(),
-            would_deny: Traffic::default(),
-            loopback_exempt: Traffic::default(),
-            icmp_passed: Traffic::default(),
-            malformed: Traffic::default(),
-            denied_ports: vec![],
-            events: status::EventStatus {
-                sent: 0,
-                rate_limited: 0,
-                ring_full: 0,
-            },
-        }
-    }
-
-    #[test]
-    fn features_and_config_rules_cover_denied_ports() {
-        let mut notes = Vec::new();
-        // iRedMail's profile has optional features; with none of them on, a port only a
-        // feature opens is found through the all-features policy.
-        let hints = Hints::load("iredmail", None, &mut notes);
-        let (policy, _) = hints
-            .all_features
-            .as_ref()
-            .expect("iredmail compiles with every feature");
-        let feature_rule = policy
-            .rules
-            .iter()
-            .find(|r| {
-                r.feature.is_some() && r.peers.is_none() && r.scope == crate::policy::RuleScope::Any
-            })
-            .expect("iredmail has a feature rule open to any peer");
-        let flow = Flow {
-            direction: feature_rule.direction,
-            protocol: feature_rule.protocols[0],
-            port: feature_rule.ports[0].0,
-            peer: DEFAULT_PEER.parse().unwrap(),
-        };
-        match hints.cover(flow) {
-            Some(Cover::Feature { feature, .. }) => {
-                assert_eq!(Some(feature), feature_rule.feature.clone())
-            }
-            other => panic!("expected a feature hint for {flow:?}, got {other:?}"),
-        }
-        let nothing = Flow {
-            direction: Direction::Out,
-            protocol: Protocol::Udp,
-            port: 65000,
-            peer: DEFAULT_PEER.parse().unwrap(),
-        };
-        assert_eq!(hints.cover(nothing), None);
     }
 }

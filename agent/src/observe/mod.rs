@@ -9,6 +9,7 @@ pub mod cgroups;
 pub mod denylog;
 pub mod events;
 pub mod metrics;
+pub mod report;
 pub mod status;
 pub mod table;
 

@@ -31,6 +31,7 @@ use crate::{
     policy::{Direction, Entry, PeerSet, Policy, Protocol, Rule, RuleScope},
 };
 use ipnet::IpNet;
+use portcullis_common::maps::MAX_RULES;
 
 /// Id of the rule that keeps inbound SSH open unless the site sets `failsafe = false`.
 pub const FAILSAFE_RULE: &str = "failsafe-ssh";
@@ -158,6 +159,8 @@ pub fn compile(
     // Rules in policy order, each with the peer set it is limited to (None: any peer).
     let mut rules = Vec::new();
     let mut peers_of: Vec<Option<String>> = Vec::new();
+    // Counter index 0 means "no rule" in the maps, and the failsafe rule needs one too.
+    let capacity = MAX_RULES as usize - 1 - usize::from(site.failsafe);
     let specs = profile
         .rules
         .iter()
@@ -177,6 +180,13 @@ pub fn compile(
                 DirectionSpec::Both => format!("{}/{direction}", spec.id.get_ref()),
                 _ => spec.id.get_ref().clone(),
             };
+            if rules.len() == capacity {
+                return Err(at.error(
+                    spec.id.span(),
+                    format!("rule \"{id}\" does not fit: the datapath holds at most {capacity} rules"),
+                    "merge rules that differ only in ports (a rule takes a list of ports and ranges)".into(),
+                ));
+            }
             rules.push(Rule {
                 id,
                 direction,

@@ -6,6 +6,7 @@
 
 pub mod compiler;
 pub mod image;
+pub mod verdict;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};

@@ -8,8 +8,8 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::{
-    commands::explain::{Flow, Tables, Verdict, evaluate},
     policy::image::{Image, RuleIndex},
+    policy::verdict::{Flow, Tables, Verdict, evaluate},
     policy::{LoopbackMode, Mode},
 };
 
@@ -1068,4 +1068,29 @@ proptest! {
             prop_assert_eq!(got, generated.brute_force(flow), "flow {:?}", flow);
         }
     }
+}
+
+#[test]
+fn error_more_rules_than_the_maps_hold() {
+    // 5000 rules of 7 lines each after a 4-line header: rule i starts at line 5 + 7 i.
+    let rules: String = (0..5000)
+        .map(|i| {
+            format!(
+                "[[rule]]\nid = \"r{i}\"\ndirection = \"out\"\nprotocol = \"tcp\"\nports = {}\nwhy = \"w\"\nsource = \"s\"\n",
+                10000 + i
+            )
+        })
+        .collect();
+    let text = format!("slug = \"t\"\nproduct = \"t\"\nvendor = \"t\"\nsource = \"doc\"\n{rules}");
+    let profile = Profile::parse(&text, Path::new("profile.toml")).expect("the profile parses");
+    let site = Site::for_profile(&profile);
+    let err = compile(&profile, &site, None).expect_err("4095 rules do not fit with the failsafe");
+    // MAX_RULES = 4096: index 0 is "no rule", the failsafe takes one, so r4094 is the first
+    // that does not fit; its id is on the second line of its block.
+    assert_error(
+        &err,
+        "profile.toml",
+        5 + 7 * 4094 + 1,
+        "\"r4094\" does not fit",
+    );
 }
