@@ -1,6 +1,7 @@
 //! The typed vocabulary every stage shares: who opens a flow ([`Direction`]), the
 //! transport ([`Protocol`]) and any IP protocol number ([`IpProtocol`]), audit or
-//! enforce ([`Mode`]), how loopback is treated ([`LoopbackMode`]) and where programs
+//! enforce ([`Mode`]), how loopback is treated ([`LoopbackMode`]), which peers a rule
+//! admits ([`RuleScope`]) and where programs
 //! attach ([`ScopeTarget`]). Parsed once from text; nothing later compares strings.
 
 use std::{
@@ -9,8 +10,6 @@ use std::{
 };
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-use crate::config::error::Invalid;
 
 /// Who opens the flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -84,6 +83,17 @@ impl fmt::Display for Protocol {
             Protocol::Udp => "udp",
         })
     }
+}
+
+/// Where a rule applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleScope {
+    /// Any peer (or the rule's peer group).
+    Any,
+    /// Loopback peers only (services that listen on 127.0.0.1/::1). Such rules only
+    /// matter with `loopback = "enforce"`; otherwise loopback is exempt anyway.
+    Loopback,
 }
 
 /// audit | enforce.
@@ -172,28 +182,25 @@ impl ScopeTarget {
         names.join(separator)
     }
 
+    /// How to write a scope (the hint of every scope error).
+    pub const HINT: &'static str = "write \"host\", or a cgroup path relative to the cgroup2 mount such as \"system.slice/xeams.service\"";
+
     /// Parses a scope as the config writes it: "host" or a cgroup path relative to the
-    /// cgroup2 mount, without "." or "..".
-    pub fn parse(text: &str) -> Result<Self, Invalid> {
+    /// cgroup2 mount, without "." or "..". The error is the message; [`Self::HINT`] is
+    /// the fix.
+    pub fn parse(text: &str) -> Result<Self, String> {
         if text == "host" {
             return Ok(ScopeTarget::Host);
         }
         let path = PathBuf::from(text);
-        let hint = "write \"host\", or a cgroup path relative to the cgroup2 mount such as \"system.slice/xeams.service\"";
         if text.is_empty() || path.is_absolute() {
-            return Err(Invalid::new(
-                format!("scope \"{text}\" is not a relative cgroup path"),
-                hint,
-            ));
+            return Err(format!("scope \"{text}\" is not a relative cgroup path"));
         }
         if path
             .components()
             .any(|c| !matches!(c, Component::Normal(_)))
         {
-            return Err(Invalid::new(
-                format!("scope \"{text}\" must not contain \".\" or \"..\""),
-                hint,
-            ));
+            return Err(format!("scope \"{text}\" must not contain \".\" or \"..\""));
         }
         Ok(ScopeTarget::Cgroup(path))
     }
@@ -209,14 +216,13 @@ impl ScopeTarget {
         {
             return Ok(ScopeTarget::Cgroup(path.to_path_buf()));
         }
-        Self::parse(text).map_err(|e| format!("{} (hint: {})", e.message, e.hint))
+        Self::parse(text).map_err(|e| format!("{e} (hint: {})", Self::HINT))
     }
 }
 
 impl<'de> Deserialize<'de> for ScopeTarget {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        Self::parse(&text).map_err(Invalid::de)
+        Self::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
     }
 }
 

@@ -21,7 +21,7 @@ use toml::Spanned;
 
 use crate::{
     config::error::{Invalid, LineIndex, PolicyError, de_error},
-    policy::{Protocol, RuleScope},
+    model::{Protocol, RuleScope},
 };
 
 /// The built-in profiles: (slug, TOML text).

@@ -30,9 +30,14 @@ use crate::{
         profile::{self, Profile, RuleSpec},
     },
     model::ScopeTarget,
-    policy::compiler::LOOPBACK_SET,
-    policy::{LoopbackMode, Mode},
+    model::{LoopbackMode, Mode},
 };
+
+/// Name of the built-in peer set of `scope = "loopback"` rules. Sites can't define it.
+pub const LOOPBACK_SET: &str = "loopback";
+
+/// The site config the packaged agent runs (and `report` reads) unless told otherwise.
+pub const DEFAULT_CONFIG: &str = "/etc/portcullis/portcullis.toml";
 
 /// A site config. See the module docs for the defaults.
 #[derive(Clone, Debug, Deserialize)]
@@ -147,7 +152,10 @@ fn default_pin_dir() -> PathBuf {
 }
 
 fn scope_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ScopeTarget>, D::Error> {
-    let list = Vec::<ScopeTarget>::deserialize(d)?;
+    let list = Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| ScopeTarget::parse(s).map_err(|e| de_error(e, ScopeTarget::HINT)))
+        .collect::<Result<Vec<_>, _>>()?;
     if list.is_empty() {
         return Err(de_error(
             "scope is empty",

@@ -5,13 +5,12 @@
 use std::{net::SocketAddr, path::PathBuf};
 
 use crate::{
+    config::site::DEFAULT_CONFIG,
     datapath::paths::PathArgs,
     model::{Mode, ScopeTarget},
     policy::{Policy, compiler},
 };
 
-/// The config `run` reads when given neither --config nor --product.
-pub const DEFAULT_CONFIG: &str = "/etc/portcullis/portcullis.toml";
 /// The product of the built-in default policy.
 pub const DEFAULT_PRODUCT: &str = "xeams";
 

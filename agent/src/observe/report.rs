@@ -29,8 +29,10 @@ use super::{
     status::{self, Traffic},
 };
 use crate::{
-    config::{profile, site::Site},
-    daemon::settings::DEFAULT_CONFIG,
+    config::{
+        profile,
+        site::{DEFAULT_CONFIG, Site},
+    },
     datapath::{paths::PathArgs, state::State},
     model::{Direction, IpProtocol, Mode, Protocol},
     policy::{

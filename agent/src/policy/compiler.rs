@@ -36,8 +36,7 @@ use portcullis_common::maps::MAX_RULES;
 /// Id of the rule that keeps inbound SSH open unless the site sets `failsafe = false`.
 pub const FAILSAFE_RULE: &str = "failsafe-ssh";
 
-/// Name of the built-in peer set of `scope = "loopback"` rules. Sites can't define it.
-pub const LOOPBACK_SET: &str = "loopback";
+pub use crate::config::site::LOOPBACK_SET;
 
 /// Compiles a site config. Its profile is the embedded one of `site.product`, or the
 /// file `site.profile` (relative to the directory of `site_path`). `site_path` is only

@@ -11,18 +11,7 @@ pub mod verdict;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-pub use crate::model::{Direction, LoopbackMode, Mode, Protocol};
-
-/// Where a rule applies.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RuleScope {
-    /// Any peer (or the rule's peer group).
-    Any,
-    /// Loopback peers only (services that listen on 127.0.0.1/::1). Such rules only
-    /// matter with `loopback = "enforce"`; otherwise loopback is exempt anyway.
-    Loopback,
-}
+pub use crate::model::{Direction, LoopbackMode, Mode, Protocol, RuleScope};
 
 /// One rule of the compiled policy, as the profile or the site wrote it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
