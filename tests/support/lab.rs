@@ -16,7 +16,7 @@ use std::{
     ffi::OsStr,
     fs,
     os::fd::AsRawFd as _,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
@@ -139,6 +139,19 @@ pub fn in_netns(ns: &str, program: impl AsRef<OsStr>) -> Command {
     c.arg(format!("--net=/run/netns/{ns}"))
         .arg("--")
         .arg(program);
+    c
+}
+
+/// A command that joins `cgroup` first (inherited by everything exec'd after), then
+/// namespace `ns` (nsenter, as in [`in_netns`]), then execs the arguments added to it.
+pub fn in_cgroup_netns(cgroup: &Path, ns: &str) -> Command {
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs && exec nsenter --net=/run/netns/{ns} -- \"$@\"",
+            cgroup.display()
+        ))
+        .arg("sh");
     c
 }
 
@@ -332,18 +345,8 @@ impl Lab {
     }
 
     fn wrap_a(&self, cmd: &str) -> Command {
-        // Join the cgroup first (inherited by everything exec'd after), then the
-        // namespace. nsenter, unlike `ip netns exec`, leaves /sys (and the cgroup mount)
-        // alone.
-        let mut c = Command::new("sh");
-        c.arg("-c")
-            .arg(format!(
-                "echo $$ > {}/cgroup.procs && exec nsenter --net=/run/netns/{} -- sh -c \"$1\"",
-                self.cgroup.display(),
-                self.ns_a
-            ))
-            .arg("sh")
-            .arg(cmd);
+        let mut c = in_cgroup_netns(&self.cgroup, &self.ns_a);
+        c.args(["sh", "-c", cmd]);
         c
     }
 

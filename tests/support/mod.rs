@@ -28,7 +28,8 @@ use std::{
 
 pub use agent::{Agent, AgentSpec};
 pub use lab::{
-    Cgroup, End, Lab, Netns, Proc, Signal, cgroup2_mount, in_netns, output, rule, veth, web_out,
+    Cgroup, End, Lab, Netns, Proc, Signal, cgroup2_mount, in_cgroup_netns, in_netns, output, rule,
+    veth, web_out,
 };
 pub use status::{denied_port, denies, rule_field, rule_packets};
 
