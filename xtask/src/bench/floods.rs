@@ -23,7 +23,7 @@ use super::{
     BASE_PORT, FLOOD_PORT, Plan, SIZES,
     agent::denied,
     lab::Lab,
-    stats::{Goal, Results},
+    stats::{Goal, Results, ratio},
 };
 use crate::step;
 
@@ -300,7 +300,6 @@ fn add_flood(
     set: Vec<f64>,
     linear: Vec<f64>,
 ) {
-    let ratio = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x / y).collect::<Vec<f64>>();
     r.add(
         &format!("{fig}.{size}.{ours_name}.pps"),
         "drops/s",

@@ -25,7 +25,7 @@ use super::{
     agent::program_ids,
     allowed_port,
     lab::Lab,
-    stats::{Goal, Results},
+    stats::{Goal, Results, ratio},
 };
 use crate::step;
 
@@ -226,7 +226,6 @@ pub fn measure_programs(
             .cloned()
             .with_context(|| format!("prog_run gave no result for {k}"))
     };
-    let ratio = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x / y).collect::<Vec<f64>>();
 
     step("bench M1: ns/packet of our programs against a no-op program of the same type (10 rules)");
     for (hook, fam, proto, verdict) in cases() {

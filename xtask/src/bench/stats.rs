@@ -198,3 +198,8 @@ pub fn percentile(v: &[f64], p: f64) -> f64 {
     let rank = ((p / 100.0) * s.len() as f64).ceil().max(1.0) as usize;
     s[rank.min(s.len()) - 1]
 }
+
+/// Round by round ratios `a[i] / b[i]` of two series measured side by side.
+pub fn ratio(a: &[f64], b: &[f64]) -> Vec<f64> {
+    a.iter().zip(b).map(|(x, y)| x / y).collect()
+}
