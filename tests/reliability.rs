@@ -13,15 +13,14 @@
 //! figures with [`figures`] for the summary `cargo xtask test` ends with.
 
 use std::{
-    io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use portcullis_tests::{
-    Lab, bin, denies, figures, must, net_py, rule_packets, sh, stderr, stdout, web_out,
+    Lab, agent::Captured, bin, denies, figures, must, net_py, rule_packets, sh, stderr, stdout,
+    web_out,
 };
 use serde_json::Value;
 
@@ -59,7 +58,7 @@ fn attached(cgroup: &Path) -> String {
 /// collected. Killed (SIGKILL) when dropped if still running.
 struct Wrapped {
     child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
+    output: Captured,
 }
 
 impl Wrapped {
@@ -89,22 +88,12 @@ impl Wrapped {
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting the wrapped agent");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let out: Box<dyn std::io::Read + Send> = Box::new(child.stdout.take().expect("stdout"));
-        let err: Box<dyn std::io::Read + Send> = Box::new(child.stderr.take().expect("stderr"));
-        for stream in [out, err] {
-            let lines = lines.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    lines.lock().expect("lines").push(line);
-                }
-            });
-        }
-        Wrapped { child, lines }
+        let output = Captured::start(&mut child);
+        Wrapped { child, output }
     }
 
     fn output(&self) -> String {
-        self.lines.lock().expect("lines").join("\n")
+        self.output.text()
     }
 
     /// Waits for the ready line; panics with the output if the agent exits first.

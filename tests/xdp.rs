@@ -8,15 +8,13 @@
 //!
 //! Root only; they fail, never skip, when BPF is unavailable.
 
-mod xdp_support;
-
 use std::collections::{BTreeSet, HashMap};
 
 use portcullis_common::{
     policy::{DIR_IN, DIR_OUT, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
     stats::{self, reason},
 };
-use xdp_support::*;
+use portcullis_tests::{Lab, frames::*, object::*, require_root};
 
 // Rules of the test policy.
 const R_SMTP: u16 = 1; // in tcp 25
@@ -1209,18 +1207,17 @@ fn open_ports(grepable: &str) -> BTreeSet<u16> {
 struct Protected {
     dp: Datapath,
     mode: &'static str,
-    cgroup: Cgroup,
 }
 
 impl Protected {
-    fn new(lab: &Lab, tag: &str, generic_only: bool) -> Protected {
+    fn new(lab: &Lab, generic_only: bool) -> Protected {
         let mut dp = Datapath::load();
         dp.set_config(true, false);
         dp.allow(DIR_IN, IPPROTO_TCP, 25, R_SMTP);
         dp.allow(DIR_IN, IPPROTO_TCP, 443, R_HTTPS);
         dp.allow(DIR_OUT, IPPROTO_TCP, 8025, R_OUT_SMTP);
         dp.allow(DIR_OUT, IPPROTO_UDP, 5353, R_OUT_DNS);
-        let iface = lab.veth_a.clone();
+        let iface = lab.veth_a();
         let prog = dp.xdp_mut();
         let mode = lab.in_ns_a(|| {
             let native = if generic_only {
@@ -1237,8 +1234,7 @@ impl Protected {
                 });
             "generic"
         });
-        let cgroup = Cgroup::new(tag);
-        let dir = std::fs::File::open(&cgroup.path).unwrap();
+        let dir = std::fs::File::open(&lab.cgroup).unwrap();
         for name in ["pc_ingress", "pc_egress"] {
             let p: &mut aya::programs::CgroupSkb =
                 dp.ebpf.program_mut(name).unwrap().try_into().unwrap();
@@ -1258,23 +1254,7 @@ impl Protected {
             p.attach(&dir, aya::programs::CgroupAttachMode::Single)
                 .unwrap_or_else(|e| panic!("attaching {name}: {e:#}"));
         }
-        Protected { dp, mode, cgroup }
-    }
-
-    /// Runs `cmd` in namespace `a`, inside the enforced cgroup. The cgroup is joined
-    /// before `ip netns exec`, which mounts a fresh /sys without the cgroup tree.
-    fn run_enforced(&self, lab: &Lab, cmd: &str) -> std::process::Output {
-        let procs = self.cgroup.path.join("cgroup.procs");
-        std::process::Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "echo $$ > {} && exec ip netns exec {} \"$@\"",
-                procs.display(),
-                lab.ns_a
-            ))
-            .args(["sh", "sh", "-c", cmd])
-            .output()
-            .expect("running a client in the enforced cgroup")
+        Protected { dp, mode }
     }
 }
 
@@ -1356,22 +1336,19 @@ fn py(script: &str) -> String {
 #[test]
 fn veth_nmap_sees_only_allowed_ports_and_own_flows_get_replies() {
     require_root();
-    let lab = Lab::new("n", 61);
-    let p = Protected::new(&lab, "nmap", false);
-    println!("pc_xdp attached to {} in {} mode", lab.veth_a, p.mode);
+    let mut lab = Lab::new("nmap");
+    let p = Protected::new(&lab, false);
+    println!("pc_xdp attached to {} in {} mode", lab.veth_a(), p.mode);
 
     // Listeners on allowed (25, 443) and not-allowed (2222, 8080) ports.
-    let _listen = lab.spawn(&lab.ns_a, &format!("{} 25 443 2222 8080", py(LISTENER)));
+    lab.spawn_a_unenforced(&format!("exec {} 25 443 2222 8080", py(LISTENER)));
     for port in [25, 443, 2222, 8080] {
-        lab.wait_listening(&lab.ns_a, port, false);
+        lab.wait_tcp(&lab.ns_a, &lab.a4, port);
     }
 
     // Every TCP port, IPv4.
     let t = std::time::Instant::now();
-    let out = lab.exec(
-        &lab.ns_b,
-        &format!("nmap -n -Pn -p- -T5 -oG - {}", lab.a4()),
-    );
+    let out = lab.on_b(&format!("nmap -n -Pn -p- -T5 -oG - {}", lab.a4));
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
@@ -1421,10 +1398,10 @@ fn veth_nmap_sees_only_allowed_ports_and_own_flows_get_replies() {
     assert!(p.dp.stat(stats::PASS_NON_IP).packets >= 1, "no ARP passed");
 
     // IPv6: needs neighbour discovery to pass.
-    let out = lab.exec(
-        &lab.ns_b,
-        &format!("nmap -6 -n -Pn -p 1-1024,2222,8080 -T5 -oG - {}", lab.a6()),
-    );
+    let out = lab.on_b(&format!(
+        "nmap -6 -n -Pn -p 1-1024,2222,8080 -T5 -oG - {}",
+        lab.a6
+    ));
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(
         open_ports(&text),
@@ -1438,10 +1415,10 @@ fn veth_nmap_sees_only_allowed_ports_and_own_flows_get_replies() {
 
     // A spoofed "reply" from an allowed outbound port to a listener no rule opens: an
     // ACK scan from source port 8025 must find it filtered (dropped), not unfiltered (RST).
-    let out = lab.exec(
-        &lab.ns_b,
-        &format!("nmap -n -Pn -sA -g 8025 -p 2222,8080 -oG - {}", lab.a4()),
-    );
+    let out = lab.on_b(&format!(
+        "nmap -n -Pn -sA -g 8025 -p 2222,8080 -oG - {}",
+        lab.a4
+    ));
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         text.contains("2222/filtered") && text.contains("8080/filtered"),
@@ -1459,12 +1436,12 @@ fn veth_nmap_sees_only_allowed_ports_and_own_flows_get_replies() {
     // opens, with a listener there: dropped at XDP, never received.
     let sink = format!("/tmp/pcx-sink-{}", std::process::id());
     let _ = std::fs::remove_file(&sink);
-    let _sink = lab.spawn(&lab.ns_a, &format!("{} {sink}", py(SINK)));
-    lab.wait_listening(&lab.ns_a, 9999, true);
+    lab.spawn_a_unenforced(&format!("exec {} {sink}", py(SINK)));
+    lab.wait_udp(&lab.ns_a, 9999);
     let drops =
         p.dp.stat(stats::deny_index(false, DIR_IN, reason::NO_RULE))
             .packets;
-    lab.exec(&lab.ns_b, &format!("{} {}", py(SPOOF), lab.a4()));
+    lab.on_b(&format!("{} {}", py(SPOOF), lab.a4));
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert!(
         p.dp.stat(stats::deny_index(false, DIR_IN, reason::NO_RULE))
@@ -1478,19 +1455,19 @@ fn veth_nmap_sees_only_allowed_ports_and_own_flows_get_replies() {
     );
 
     // Flows the protected side opens: their replies pass through XDP.
-    let _tcp = lab.spawn(&lab.ns_b, &format!("{} 8025", py(LISTENER)));
-    let _udp = lab.spawn(&lab.ns_b, &format!("{} 5353", py(UDP_ECHO)));
-    lab.wait_listening(&lab.ns_b, 8025, false);
-    lab.wait_listening(&lab.ns_b, 5353, true);
+    lab.spawn_b(&format!("exec {} 8025", py(LISTENER)));
+    lab.spawn_b(&format!("exec {} 5353", py(UDP_ECHO)));
+    lab.wait_tcp(&lab.ns_b, &lab.b4, 8025);
+    lab.wait_udp(&lab.ns_b, 5353);
     let before_tcp = p.dp.rule(R_OUT_SMTP).packets;
     let before_udp = p.dp.rule(R_OUT_DNS).packets;
-    for host in [lab.b4(), lab.b6()] {
+    for host in [lab.b4.clone(), lab.b6.clone()] {
         for (kind, port, want) in [
             ("tcp", 8025, "hello"),
             ("udp", 5353, "echo:unconnected"),
             ("connected-udp", 5353, "echo:connected"),
         ] {
-            let out = p.run_enforced(&lab, &format!("{} {kind} {host} {port}", py(CLIENT)));
+            let out = lab.on_a(&format!("{} {kind} {host} {port}", py(CLIENT)));
             let got = String::from_utf8_lossy(&out.stdout).trim().to_owned();
             assert_eq!(
                 got,
@@ -1516,18 +1493,17 @@ fn veth_nmap_sees_only_allowed_ports_and_own_flows_get_replies() {
 #[test]
 fn veth_generic_mode_filters_the_same() {
     require_root();
-    let lab = Lab::new("g", 62);
-    let p = Protected::new(&lab, "generic", true);
+    let mut lab = Lab::new("generic");
+    let p = Protected::new(&lab, true);
     assert_eq!(p.mode, "generic");
-    let _listen = lab.spawn(&lab.ns_a, &format!("{} 25 443 2222 8080", py(LISTENER)));
+    lab.spawn_a_unenforced(&format!("exec {} 25 443 2222 8080", py(LISTENER)));
     for port in [25, 443, 2222, 8080] {
-        lab.wait_listening(&lab.ns_a, port, false);
+        lab.wait_tcp(&lab.ns_a, &lab.a4, port);
     }
-    for (flag, addr) in [("", lab.a4()), ("-6", lab.a6())] {
-        let out = lab.exec(
-            &lab.ns_b,
-            &format!("nmap {flag} -n -Pn -p 1-1024,2222,8080 -T5 -oG - {addr}"),
-        );
+    for (flag, addr) in [("", lab.a4.clone()), ("-6", lab.a6.clone())] {
+        let out = lab.on_b(&format!(
+            "nmap {flag} -n -Pn -p 1-1024,2222,8080 -T5 -oG - {addr}"
+        ));
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         assert_eq!(
             open_ports(&text),
@@ -1542,9 +1518,9 @@ fn veth_generic_mode_filters_the_same() {
         no_rule >= 2 * 1024,
         "only {no_rule} SYNs denied (no-rule) for two scans of 1026 ports"
     );
-    let _tcp = lab.spawn(&lab.ns_b, &format!("{} 8025", py(LISTENER)));
-    lab.wait_listening(&lab.ns_b, 8025, false);
-    let out = p.run_enforced(&lab, &format!("{} tcp {} 8025", py(CLIENT), lab.b4()));
+    lab.spawn_b(&format!("exec {} 8025", py(LISTENER)));
+    lab.wait_tcp(&lab.ns_b, &lab.b4, 8025);
+    let out = lab.on_a(&format!("{} tcp {} 8025", py(CLIENT), lab.b4));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         "hello",

@@ -1,0 +1,400 @@
+//! M1, M2, M3: the agents' attached programs and their peers run with
+//! BPF_PROG_TEST_RUN by the `prog_run` example of the root-test crate
+//! (`tests/bench/prog_run.rs`), on frames from the root tests' frame builder
+//! (`portcullis_tests::frames`), round-robin with empty programs of the same types and
+//! with xdp-filter's program, so that every ratio is taken inside one round.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    path::Path,
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, bail};
+use portcullis_common::policy::{IPPROTO_TCP, IPPROTO_UDP};
+use portcullis_tests::{
+    Agent,
+    frames::{self, ETH_P_IP, ETH_P_IPV6, NOT_FRAGMENTED, TCP_SYN, eth, ipv4, ipv6},
+    in_netns, output,
+};
+use serde_json::Value;
+
+use super::{
+    BASE_PORT, DENIED_PORT, Plan, SIZES, Tools,
+    agent::program_ids,
+    allowed_port,
+    lab::Lab,
+    stats::{Goal, Results, ratio},
+};
+use crate::step;
+
+// Frame addresses: the benchmarking range and a ULA prefix of the benchmark's own.
+const LOCAL4: [u8; 4] = [198, 19, 200, 1];
+const REMOTE4: [u8; 4] = [198, 19, 200, 2];
+const LOCAL6: [u8; 16] = [0xfd, 0x71, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+const REMOTE6: [u8; 16] = [0xfd, 0x71, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+
+/// A test frame, 64 bytes where the headers allow (IPv6 TCP needs 74): a TCP SYN or a
+/// UDP datagram from port 40000 to `port`. `outbound`: from this host (egress), else to
+/// it (ingress, XDP).
+fn frame(v6: bool, tcp: bool, port: u16, outbound: bool) -> Vec<u8> {
+    // The remote end's port for egress, the local one otherwise: the policy port.
+    let (sport, dport): (u16, u16) = (40000, port);
+    let headers = 14 + if v6 { 40 } else { 20 } + if tcp { 20 } else { 8 };
+    let pad = vec![0u8; 64usize.saturating_sub(headers)];
+    let (l4, proto) = if tcp {
+        let mut t = frames::tcp(sport, dport, TCP_SYN);
+        t.extend_from_slice(&pad);
+        (t, IPPROTO_TCP)
+    } else {
+        (frames::udp(sport, dport, &pad), IPPROTO_UDP)
+    };
+    if v6 {
+        let (src, dst) = if outbound {
+            (LOCAL6, REMOTE6)
+        } else {
+            (REMOTE6, LOCAL6)
+        };
+        eth(&[], ETH_P_IPV6, &ipv6(src, dst, proto, &l4))
+    } else {
+        let (src, dst) = if outbound {
+            (LOCAL4, REMOTE4)
+        } else {
+            (REMOTE4, LOCAL4)
+        };
+        eth(
+            &[],
+            ETH_P_IP,
+            &ipv4(src, dst, proto, &[], NOT_FRAGMENTED, &l4),
+        )
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// The measured paths: (hook, family, protocol, verdict).
+pub fn cases() -> Vec<(&'static str, &'static str, &'static str, &'static str)> {
+    let mut v = Vec::new();
+    for hook in ["xdp", "ingress", "egress"] {
+        for fam in ["v4", "v6"] {
+            for proto in ["tcp", "udp"] {
+                for verdict in ["allow", "deny"] {
+                    v.push((hook, fam, proto, verdict));
+                }
+            }
+        }
+    }
+    v
+}
+
+pub fn measure_programs(
+    tools: &Tools,
+    lab: &Lab,
+    plan: &Plan,
+    agents: &[Agent],
+    r: &mut Results,
+) -> anyhow::Result<()> {
+    let filter = XdpFilter::load(lab, SIZES[2].1)?;
+    step(&format!(
+        "bench M1/M2/M3: BPF_PROG_TEST_RUN, repeat {}, {} rounds: 4 policy sizes x 24 paths, no-op baselines, xdp-filter",
+        plan.repeat, plan.rounds
+    ));
+    let mut jobs: Vec<String> = Vec::new();
+    for (i, agent) in agents.iter().enumerate() {
+        let size = SIZES[i].0;
+        let ids = program_ids(agent)?;
+        let mut pins = BTreeMap::new();
+        for (kind, id) in &ids {
+            pins.insert(*kind, lab.pin_program(*id, &format!("{size}-{kind}"))?);
+        }
+        for (hook, fam, proto, verdict) in cases() {
+            let port = if verdict == "allow" {
+                allowed_port(SIZES[i].1)
+            } else {
+                DENIED_PORT
+            };
+            let f = frame(fam == "v6", proto == "tcp", port, hook == "egress");
+            let kind = if hook == "xdp" {
+                "xdp".to_owned()
+            } else {
+                format!("skb-{hook}")
+            };
+            jobs.push(format!(
+                "{size}.{hook}.{fam}.{proto}.{verdict}={kind}:{}:{}",
+                pins[hook].display(),
+                hex(&f)
+            ));
+        }
+        if size == "10" {
+            // Early exits, for the breakdown of where the time goes: a loopback packet
+            // (config, parse, cgroup id, one counter) and a non-IP frame on XDP.
+            let mut lo = frame(false, false, 53, false);
+            lo[26..30].copy_from_slice(&[127, 0, 0, 1]);
+            lo[30..34].copy_from_slice(&[127, 0, 0, 1]);
+            jobs.push(format!(
+                "probe.ingress.loopback=skb-ingress:{}:{}",
+                pins["ingress"].display(),
+                hex(&lo)
+            ));
+            let mut arp = frame(false, false, 53, false);
+            arp[12..14].copy_from_slice(&[0x08, 0x06]);
+            jobs.push(format!(
+                "probe.xdp.nonip=xdp:{}:{}",
+                pins["xdp"].display(),
+                hex(&arp)
+            ));
+        }
+    }
+    let xf = lab.pin_program(filter.prog_id, "xdp-filter")?;
+    for fam in ["v4", "v6"] {
+        for proto in ["tcp", "udp"] {
+            for outbound in [false, true] {
+                let f = frame(fam == "v6", proto == "tcp", 53, outbound);
+                let dir = if outbound { "out" } else { "in" };
+                jobs.push(format!("noop.xdp.{fam}.{proto}.{dir}=xdp:noop:{}", hex(&f)));
+                jobs.push(format!(
+                    "noop.skb.{fam}.{proto}.{dir}=skb-ingress:noop:{}",
+                    hex(&f)
+                ));
+            }
+            for verdict in ["allow", "deny"] {
+                let port = if verdict == "allow" {
+                    allowed_port(SIZES[2].1)
+                } else {
+                    DENIED_PORT
+                };
+                let f = frame(fam == "v6", proto == "tcp", port, false);
+                jobs.push(format!(
+                    "xdpfilter.{fam}.{proto}.{verdict}=xdp:{}:{}",
+                    xf.display(),
+                    hex(&f)
+                ));
+            }
+        }
+    }
+    let out = output(
+        Command::new(&tools.prog_run)
+            .arg("--object")
+            .arg(&tools.object)
+            .args([
+                "--repeat",
+                &plan.repeat.to_string(),
+                "--runs",
+                &plan.rounds.to_string(),
+            ])
+            .args(&jobs),
+    )?;
+    // label -> per-round ns, return values.
+    let mut ns: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for line in out.lines() {
+        let f: Vec<&str> = line.split('\t').collect();
+        if f.len() == 4 {
+            ns.entry(f[0].to_owned())
+                .or_default()
+                .push(f[2].parse().unwrap_or(f64::NAN));
+            let ret: u32 = f[3].parse().unwrap_or(99);
+            // The verdict must be what the label says, or the figure measures a path
+            // it does not name.
+            let want = match (
+                f[0].contains(".xdp.") || f[0].starts_with("xdpfilter."),
+                f[0].ends_with(".allow"),
+                f[0].ends_with(".deny"),
+            ) {
+                (true, true, _) => Some(2),
+                (true, _, true) => Some(1),
+                (false, true, _) => Some(1),
+                (false, _, true) => Some(0),
+                _ => None,
+            };
+            if want.is_some_and(|w| w != ret) {
+                bail!(
+                    "{}: the program returned {ret}, expected {}: the frame does not take the path it is named after",
+                    f[0],
+                    want.unwrap_or(0)
+                );
+            }
+        }
+    }
+    let get = |k: &str| {
+        ns.get(k)
+            .cloned()
+            .with_context(|| format!("prog_run gave no result for {k}"))
+    };
+
+    step("bench M1: ns/packet of our programs against a no-op program of the same type (10 rules)");
+    for (hook, fam, proto, verdict) in cases() {
+        let ours = get(&format!("10.{hook}.{fam}.{proto}.{verdict}"))?;
+        let dir = if hook == "egress" { "out" } else { "in" };
+        let noop = get(&format!(
+            "noop.{}.{fam}.{proto}.{dir}",
+            if hook == "xdp" { "xdp" } else { "skb" }
+        ))?;
+        let key = format!("M1.{hook}.{fam}.{proto}.{verdict}");
+        r.add(&format!("{key}.ns"), "ns", ours.clone(), None);
+        r.add(
+            &format!("{key}.ratio"),
+            "x no-op",
+            ratio(&ours, &noop),
+            Some(Goal::AtMost(1.25)),
+        );
+    }
+    for (k, v) in &ns {
+        if k.starts_with("noop.") || k.starts_with("probe.") {
+            r.add(&format!("M1.{k}.ns"), "ns", v.clone(), None);
+        }
+    }
+
+    step("bench M2: cost against policy size (10, 100, 1000 rules, full range)");
+    for (hook, fam, proto, verdict) in cases() {
+        let base = get(&format!("10.{hook}.{fam}.{proto}.{verdict}"))?;
+        for (size, _) in &SIZES[1..] {
+            let v = get(&format!("{size}.{hook}.{fam}.{proto}.{verdict}"))?;
+            r.add(
+                &format!("M2.{size}.{hook}.{fam}.{proto}.{verdict}.ns"),
+                "ns",
+                v.clone(),
+                None,
+            );
+            if *size == "full" {
+                r.add(
+                    &format!("M2.{hook}.{fam}.{proto}.{verdict}.full_vs_10"),
+                    "ratio",
+                    ratio(&v, &base),
+                    Some(Goal::AtMost(1.1)),
+                );
+            }
+        }
+    }
+
+    // All 24 paths together, per round: one noisy path cannot decide it either way.
+    let total = |size: &str| -> anyhow::Result<Vec<f64>> {
+        let mut sum = vec![0.0; plan.rounds];
+        for (hook, fam, proto, verdict) in cases() {
+            for (i, v) in get(&format!("{size}.{hook}.{fam}.{proto}.{verdict}"))?
+                .iter()
+                .enumerate()
+            {
+                sum[i] += v;
+            }
+        }
+        Ok(sum)
+    };
+    r.add(
+        "M2.all_paths.full_vs_10",
+        "ratio",
+        ratio(&total("full")?, &total("10")?),
+        Some(Goal::AtMost(1.1)),
+    );
+    r.add(
+        "M2.all_paths.1000_vs_10",
+        "ratio",
+        ratio(&total("1000")?, &total("10")?),
+        Some(Goal::AtMost(1.1)),
+    );
+
+    step("bench M3: our XDP program against xdp-filter with the same 1000 ports");
+    r.xdp_filter_features = filter.features.clone();
+    for fam in ["v4", "v6"] {
+        for proto in ["tcp", "udp"] {
+            for verdict in ["allow", "deny"] {
+                let theirs = get(&format!("xdpfilter.{fam}.{proto}.{verdict}"))?;
+                let ours = get(&format!("1000.xdp.{fam}.{proto}.{verdict}"))?;
+                r.add(
+                    &format!("M3.{fam}.{proto}.{verdict}.xdp_filter.ns"),
+                    "ns",
+                    theirs.clone(),
+                    None,
+                );
+                r.add(
+                    &format!("M3.{fam}.{proto}.{verdict}.ours_vs_xdp_filter"),
+                    "ratio",
+                    ratio(&ours, &theirs),
+                    Some(Goal::AtMost(1.0)),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// xdp-filter (xdp-tools) loaded on `pcbfa` in namespace B with policy deny and the
+/// given ports allowed; unloaded on drop.
+struct XdpFilter {
+    ns: String,
+    prog_id: u64,
+    features: String,
+}
+
+impl XdpFilter {
+    fn load(lab: &Lab, ports: usize) -> anyhow::Result<XdpFilter> {
+        step(&format!(
+            "bench: loading xdp-filter (policy deny, {ports} ports allowed) on a veth in our namespace"
+        ));
+        // Its maps are pinned host-wide: refuse to touch another user's filter.
+        if Path::new("/sys/fs/bpf/xdp-filter").exists() {
+            bail!(
+                "/sys/fs/bpf/xdp-filter exists: xdp-filter is in use on this host; the benchmark will not change its port list"
+            );
+        }
+        let xf = |args: &[&str]| {
+            let mut c = lab.ns_b.command("xdp-filter");
+            // The program itself on the interface, not libxdp's dispatcher, so its id
+            // is the one to test_run.
+            c.env("LIBXDP_SKIP_DISPATCHER", "1").args(args);
+            output(&mut c)
+        };
+        xf(&["load", "-m", "skb", "-p", "deny", "pcbfa"])?;
+        let mut filter = XdpFilter {
+            ns: lab.ns_b.name.clone(),
+            prog_id: 0,
+            features: String::new(),
+        };
+        for p in 0..ports {
+            xf(&["port", &(BASE_PORT as usize + p).to_string()])?;
+        }
+        let v: Value = serde_json::from_str(&output(Command::new("ip").args([
+            "-n",
+            &lab.ns_b.name,
+            "-j",
+            "-d",
+            "link",
+            "show",
+            "pcbfa",
+        ]))?)?;
+        let prog = &v[0]["xdp"]["prog"];
+        let prog_id = prog["id"]
+            .as_u64()
+            .context("xdp-filter's program id (ip -d link show)")?;
+        let status = xf(&["status"])?;
+        let features = status
+            .lines()
+            .skip_while(|l| !l.contains("Enabled features"))
+            .find(|l| l.contains("pcbfa"))
+            .and_then(|l| l.split_whitespace().last())
+            .unwrap_or("?")
+            .to_owned();
+        println!(
+            "    xdp-filter program {} (id {prog_id}), features {features}",
+            prog["name"].as_str().unwrap_or("?")
+        );
+        filter.prog_id = prog_id;
+        filter.features = features;
+        Ok(filter)
+    }
+}
+
+impl Drop for XdpFilter {
+    fn drop(&mut self) {
+        let _ = in_netns(&self.ns, "xdp-filter")
+            .args(["unload", "pcbfa"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
