@@ -11,7 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use portcullis_tests::{Agent, Lab, denied_port, denies, net_py, rule_packets, stderr, stdout};
+use portcullis_tests::{
+    Agent, AgentSpec, Lab, denied_port, denies, net_py, rule_packets, stderr, stdout,
+};
 use serde_json::Value;
 
 const WEB_OUT: &str = r#"
@@ -508,4 +510,93 @@ fn status_json_is_stable_and_watch_redraws() {
         text.contains("PKTS/S") && text.contains("LAST HIT") && text.contains("web-out"),
         "{text}"
     );
+}
+
+/// `report --reset` zeroes the XDP layer's counters as well as the cgroup layer's: the
+/// maps hold one block per layer, and a reset that walked only the first block left the
+/// XDP counters standing.
+#[test]
+fn report_reset_zeroes_the_xdp_layer_too() {
+    let mut lab = Lab::new("rstxdp");
+    // The listener runs outside the enforced cgroup: XDP alone decides what reaches it.
+    for port in [2525, 2526] {
+        lab.spawn_a_unenforced(&format!(
+            "exec python3 -m http.server {port} --bind 0.0.0.0"
+        ));
+    }
+    let (ns_a, a4) = (lab.ns_a.clone(), lab.a4.clone());
+    for port in [2525, 2526] {
+        lab.wait_tcp(&ns_a, &a4, port);
+    }
+    let cfg = lab.config(WEB_OUT, "mode = \"enforce\"");
+    // The agent runs in namespace A, where the veth it filters lives.
+    let agent = Agent::start(&AgentSpec {
+        config: &cfg,
+        pin_dir: std::path::PathBuf::from(format!("/sys/fs/bpf/portcullis-{}", lab.tag)),
+        state_dir: lab.dir.join("state"),
+        netns: Some(&lab.ns_a),
+        args: &["--xdp", &lab.veth_a()],
+        env: &[],
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let from_b = |port: u16| {
+        stdout(&lab.on_b(&format!(
+            "curl -s -o /dev/null -w '%{{http_code}}' --max-time 2 http://{}:{port}/",
+            lab.a4
+        )))
+    };
+    let xdp_rule = |s: &Value| {
+        s["xdp"]["rules"]
+            .as_array()
+            .expect("xdp.rules")
+            .iter()
+            .find(|r| r["id"] == "smtp-in")
+            .map_or(0, |r| r["packets"].as_u64().unwrap_or(0))
+    };
+    let xdp_denied_port = |s: &Value, port: u64| {
+        s["xdp"]["denied_ports"]
+            .as_array()
+            .expect("xdp.denied_ports")
+            .iter()
+            .filter(|d| d["port"] == port)
+            .map(|d| d["packets"].as_u64().unwrap_or(0))
+            .sum::<u64>()
+    };
+    let traffic = || {
+        assert_eq!(from_b(2525), "200", "XDP lets the allowed port through");
+        assert_eq!(from_b(2526), "000", "XDP drops the port no rule opens");
+    };
+
+    traffic();
+    let s = agent.status();
+    assert!(xdp_rule(&s) > 0, "XDP counted the allowed flow: {s:#}");
+    assert!(
+        s["xdp"]["denied"]["packets"].as_u64().unwrap_or(0) > 0 && xdp_denied_port(&s, 2526) > 0,
+        "XDP counted the drops on 2526: {s:#}"
+    );
+
+    let out = agent.cli(&["report", "--reset"]);
+    assert!(
+        out.status.success(),
+        "report --reset failed: {}",
+        stderr(&out)
+    );
+    let s = agent.status();
+    assert_eq!(xdp_rule(&s), 0, "the XDP rule counter is zeroed: {s:#}");
+    assert_eq!(
+        s["xdp"]["denied"]["packets"], 0,
+        "XDP denies are zeroed: {s:#}"
+    );
+    assert_eq!(
+        s["xdp"]["denied_ports"].as_array().map(Vec::len),
+        Some(0),
+        "the XDP denied-port entries are gone: {s:#}"
+    );
+    assert_eq!(s["denied"]["packets"], 0, "cgroup denies are zeroed: {s:#}");
+
+    // Still enforcing, counting from zero.
+    traffic();
+    let s = agent.status();
+    assert!(xdp_rule(&s) > 0, "counting starts again: {s:#}");
+    assert!(xdp_denied_port(&s, 2526) > 0, "{s:#}");
 }
