@@ -1,8 +1,9 @@
 //! The agent as a long-running service (`portcullis run`): settings resolved once into
 //! typed values ([`settings`]), policy install for start and reload ([`install`]), the
-//! run loop ([`run`]: events, reload, re-attachment, stop) and the service manager's
-//! notifications ([`notify`]).
+//! run loop ([`run`]: events, reload, re-attachment, stop), the metrics endpoint
+//! ([`http`]) and the service manager's notifications ([`notify`]).
 
+pub mod http;
 pub mod install;
 pub mod notify;
 pub mod run;

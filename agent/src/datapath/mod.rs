@@ -3,12 +3,14 @@
 //! its maps and writes a map image into the idle policy generation ([`loader`]),
 //! attaches cgroup programs and XDP and detaches them ([`attach`], [`xdp`]), reads and
 //! resets the counters of every layer ([`counters`]), reads the deny-event ring
-//! ([`events`]), and keeps the agent's state file ([`state`]).
+//! ([`events`]) and the programs' run statistics ([`programs`]), and keeps the agent's
+//! state file ([`state`]).
 
 pub mod attach;
 pub mod counters;
 pub mod events;
 pub mod loader;
 pub mod paths;
+pub mod programs;
 pub mod state;
 pub mod xdp;
