@@ -78,9 +78,9 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// GET `path` on 127.0.0.1:`port`, retrying the connection for a few seconds (the
-/// agent binds the endpoint after it becomes ready). Returns (status line, body).
-fn http_get(port: u16, path: &str) -> (String, String) {
+/// `method` `path` on 127.0.0.1:`port`, retrying the connection for a few seconds (the
+/// agent binds the endpoint after it becomes ready). Returns (head, body).
+fn http_request(port: u16, method: &str, path: &str) -> (String, String) {
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut stream = loop {
         match TcpStream::connect(("127.0.0.1", port)) {
@@ -95,7 +95,11 @@ fn http_get(port: u16, path: &str) -> (String, String) {
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .expect("socket timeout");
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").expect("sending the request");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    )
+    .expect("sending the request");
     let mut raw = String::new();
     stream
         .read_to_string(&mut raw)
@@ -103,10 +107,13 @@ fn http_get(port: u16, path: &str) -> (String, String) {
     let (head, body) = raw
         .split_once("\r\n\r\n")
         .unwrap_or_else(|| panic!("no HTTP head in {raw:?}"));
-    (
-        head.lines().next().unwrap_or_default().to_owned(),
-        body.to_owned(),
-    )
+    (head.to_owned(), body.to_owned())
+}
+
+/// GET `path`: (status line, body).
+fn http_get(port: u16, path: &str) -> (String, String) {
+    let (head, body) = http_request(port, "GET", path);
+    (head.lines().next().unwrap_or_default().to_owned(), body)
 }
 
 /// The value of the sample whose line starts with `series` (name and labels, exact).
@@ -237,6 +244,16 @@ fn metrics_scraped_over_http_match_traffic_and_pass_promtool() {
     let (status_line, body) = http_get(port, "/metrics");
     assert_eq!(status_line, "HTTP/1.1 200 OK", "GET /metrics");
     check_exposition(&body, &s);
+    let (head, head_body) = http_request(port, "HEAD", "/metrics");
+    assert!(
+        head.starts_with("HTTP/1.1 200 OK\r\n") && head_body.is_empty(),
+        "HEAD /metrics: the status and no body, got {head:?} {head_body:?}"
+    );
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain; version=0.0.4; charset=utf-8\r\n"),
+        "the 0.0.4 text format's content type: {head:?}"
+    );
     let (not_found, _) = http_get(port, "/");
     assert_eq!(
         not_found, "HTTP/1.1 404 Not Found",
