@@ -26,7 +26,7 @@ use crate::{
         state::{ReloadOutcome, State, unix_now},
     },
     model::{Mode, ScopeTarget},
-    observe::{events::EventLog, metrics},
+    observe::events::EventLog,
 };
 
 /// Deny log lines per second before the log summarises ("suppressed N lines"); the
@@ -276,11 +276,10 @@ async fn serve(daemon: &mut Daemon) -> anyhow::Result<()> {
     if let Some(addr) = daemon.metrics {
         let paths = daemon.paths.clone();
         tokio::spawn(async move {
-            if let Err(e) = metrics::serve(addr, paths).await {
+            if let Err(e) = super::http::serve(addr, paths).await {
                 log::error!("metrics endpoint {addr}: {e:#}");
             }
         });
-        log::info!("serving metrics at http://{addr}/metrics");
     }
     // A scope's cgroup can be removed and created again under a running agent.
     let mut scope_check = tokio::time::interval(SCOPE_CHECK_INTERVAL);

@@ -68,13 +68,6 @@ pub fn gather(paths: &PathArgs) -> anyhow::Result<String> {
     .render())
 }
 
-/// Serves `/metrics` on `listen` until the task is dropped (see `daemon::http`).
-// Kept here until `daemon/run.rs` calls `daemon::http::serve` itself; observe must not
-// depend on daemon once it does.
-pub async fn serve(listen: std::net::SocketAddr, paths: PathArgs) -> anyhow::Result<()> {
-    crate::daemon::http::serve(listen, paths).await
-}
-
 impl Scrape {
     /// The exposition text. Pure: what a scrape shows for these inputs.
     pub fn render(self) -> String {
