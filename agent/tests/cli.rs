@@ -295,3 +295,33 @@ fn explain_with_a_config_uses_its_peer_groups() {
         (Some("deny"), Some("peer"))
     );
 }
+
+#[test]
+fn check_refuses_a_policy_that_does_not_fit_the_maps_with_file_and_line() {
+    // More site rules than the rule counters hold (4096 indices, one meaning "no rule",
+    // one for the failsafe): `check` fails as `run` would, with exit code 3.
+    let rules: String = (0..5000)
+        .map(|i| {
+            format!(
+                "[[rule]]\nid = \"r{i}\"\ndirection = \"out\"\nprotocol = \"tcp\"\nports = {}\nwhy = \"w\"\n",
+                10000 + i
+            )
+        })
+        .collect();
+    let site = TempConfig::new("check-full", &format!("product = \"xeams\"\n\n{rules}"));
+    let out = portcullis(&["check", "--config", site.arg()]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.starts_with(&format!("error: {}:", site.arg())) && err.contains("does not fit"),
+        "{err}"
+    );
+    let out = portcullis(&["check", "--config", site.arg(), "--json"]);
+    assert_eq!(out.status.code(), Some(3));
+    let report = json(&out);
+    assert_eq!(report["ok"], false);
+    assert!(
+        report["error"]["line"].as_u64().is_some_and(|l| l > 1),
+        "{report:#}"
+    );
+}
