@@ -468,32 +468,9 @@ mod tests {
     }
 
     fn empty_status() -> status::Status {
-        status::Status {
-            product: "lab".into(),
-            mode: Mode::Audit,
-            loopback: crate::model::LoopbackMode::Exempt,
-            scopes: vec![],
-            attached_links: 0,
-            xdp: Default::default(),
-            generation: 0,
-            policy_version: 0,
-            loaded_at: 0,
-            pid: 0,
-            rules: vec![],
-            allowed: Traffic::default(),
-            denies: vec![],
-            denied: Traffic::default(),
-            would_deny: Traffic::default(),
-            loopback_exempt: Traffic::default(),
-            icmp_passed: Traffic::default(),
-            malformed: Traffic::default(),
-            denied_ports: vec![],
-            events: status::EventStatus {
-                sent: 0,
-                rate_limited: 0,
-                ring_full: 0,
-            },
-        }
+        let mut s = crate::observe::table::tests::status(0);
+        s.rules.clear();
+        s
     }
 
     #[test]
