@@ -54,6 +54,7 @@ impl Datapath {
         let pins: Vec<(&str, PathBuf)> = names::ALL.iter().map(|n| (*n, paths.map(n))).collect();
         let adopted = paths.map(names::PORTS).exists();
         let mut loader = EbpfLoader::new();
+        loader.btf(None);
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
         }
