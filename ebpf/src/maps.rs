@@ -64,7 +64,10 @@ pub struct KernelTables;
 impl PolicyTables for KernelTables {
     #[inline(always)]
     fn port_entry(&self, index: u32) -> u32 {
-        PC_PORTS.get(index).copied().unwrap_or(0)
+        // Through `black_box`: both outcomes of the lookup then write one stack slot.
+        // Without it LLVM may leave the register of the absent case unset, and read it
+        // on a path that never uses it, which the verifier rejects (`!read_ok`).
+        core::hint::black_box(PC_PORTS.get(index).copied().unwrap_or(0))
     }
 
     #[inline(always)]

@@ -26,6 +26,10 @@ pub struct Packet {
     pub icmp_type: u8,
     /// IPv6 (else IPv4).
     pub ipv6: bool,
+    /// IPv6 hop limit (0 for IPv4): link-local ICMPv6 must carry 255 or 1.
+    pub hop_limit: u8,
+    /// Offset of the transport header: where an ICMP message starts.
+    pub l4: usize,
 }
 
 pub const TCP_SYN: u8 = 0x02;
@@ -60,6 +64,8 @@ fn parse_v4(ctx: &SkBuffContext) -> Result<Packet, ()> {
         tcp_flags: 0,
         icmp_type: 0,
         ipv6: false,
+        hop_limit: 0,
+        l4: ihl,
     };
     // A non-first fragment has no transport header. The cgroup hooks see packets after
     // reassembly (ingress) and before fragmentation (egress), so this is a stray: it is
@@ -89,6 +95,8 @@ fn parse_v6(ctx: &SkBuffContext) -> Result<Packet, ()> {
         tcp_flags: 0,
         icmp_type: 0,
         ipv6: true,
+        hop_limit: h[7],
+        l4: 40,
     };
     let mut offset = 40usize;
     // One more round than there may be extension headers: the last one must find the
@@ -118,6 +126,7 @@ fn parse_v6(ctx: &SkBuffContext) -> Result<Packet, ()> {
                 offset += (e[1] as usize + 2) * 4;
             }
             _ => {
+                p.l4 = offset;
                 transport(ctx, offset, &mut p)?;
                 return Ok(p);
             }
