@@ -248,23 +248,39 @@ fn corpus() -> Vec<Case> {
         );
         add(
             &format!("v4 {name}, quoting an own flow"),
-            v4(PEER4, IPPROTO_ICMP, &icmp_error4(ty, code, LOCAL4, 40000, PEER4, 25, TCP)),
+            v4(
+                PEER4,
+                IPPROTO_ICMP,
+                &icmp_error4(ty, code, LOCAL4, 40000, PEER4, 25, TCP),
+            ),
             Icmp,
         );
         add(
             &format!("v4 {name}, quoting an unknown flow"),
-            v4(PEER4, IPPROTO_ICMP, &icmp_error4(ty, code, LOCAL4, 40001, PEER4, 25, TCP)),
+            v4(
+                PEER4,
+                IPPROTO_ICMP,
+                &icmp_error4(ty, code, LOCAL4, 40001, PEER4, 25, TCP),
+            ),
             Deny(reason::STATE),
         );
     }
     add(
         "v4 dest unreachable, quoting own udp flow",
-        v4(PEER4, IPPROTO_ICMP, &icmp_error4(3, 3, LOCAL4, 40053, PEER4, 53, UDP)),
+        v4(
+            PEER4,
+            IPPROTO_ICMP,
+            &icmp_error4(3, 3, LOCAL4, 40053, PEER4, 53, UDP),
+        ),
         Icmp,
     );
     add(
         "v4 dest unreachable, quoting a flow of another host",
-        v4(PEER4, IPPROTO_ICMP, &icmp_error4(3, 3, STRANGER4, 40000, PEER4, 25, TCP)),
+        v4(
+            PEER4,
+            IPPROTO_ICMP,
+            &icmp_error4(3, 3, STRANGER4, 40000, PEER4, 25, TCP),
+        ),
         Deny(reason::STATE),
     );
     add(
@@ -701,12 +717,20 @@ fn corpus() -> Vec<Case> {
         );
         add(
             &format!("v6 {name}, quoting an own flow"),
-            v6f(peer6(), IPPROTO_ICMPV6, &icmp_error6(ty, local6(), 40000, peer6(), 25, TCP)),
+            v6f(
+                peer6(),
+                IPPROTO_ICMPV6,
+                &icmp_error6(ty, local6(), 40000, peer6(), 25, TCP),
+            ),
             Icmp,
         );
         add(
             &format!("v6 {name}, quoting an unknown flow"),
-            v6f(peer6(), IPPROTO_ICMPV6, &icmp_error6(ty, local6(), 40002, peer6(), 25, TCP)),
+            v6f(
+                peer6(),
+                IPPROTO_ICMPV6,
+                &icmp_error6(ty, local6(), 40002, peer6(), 25, TCP),
+            ),
             Deny(reason::STATE),
         );
     }

@@ -152,13 +152,7 @@ impl Datapath {
             self.ebpf.map_mut(maps::FLOWS_OUT).unwrap(),
         )
         .unwrap();
-        flows
-            .insert(
-                key,
-                FlowValue::allowed(rule, 0),
-                0,
-            )
-            .unwrap();
+        flows.insert(key, FlowValue::allowed(rule, 0), 0).unwrap();
     }
 
     /// Whether the flow table holds `key`.

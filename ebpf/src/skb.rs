@@ -27,7 +27,6 @@
 
 use aya_ebpf::{
     bindings::{BPF_SK_STORAGE_GET_F_CREATE, bpf_sock},
-    cty::c_void,
     helpers::generated::{bpf_sk_fullsock, bpf_sk_storage_get, bpf_skb_cgroup_id},
     macros::cgroup_skb,
     programs::SkBuffContext,
@@ -45,9 +44,9 @@ use portcullis_common::{
 
 use crate::{
     account::{Denied, count_rule, count_stat, deny},
-    maps::{KernelTables, PC_FLOWS_IN, PC_FLOWS_OUT, PC_SOCKETS, config},
-    packet::{Packet, TCP_ACK, TCP_SYN, parse},
-    related::{echo_answered, related, remember_echo},
+    maps::{KernelTables, PC_FLOWS_IN, PC_FLOWS_OUT, PC_SOCKETS, config_ref},
+    packet::{Packet, TCP_ACK, TCP_SYN, parse_into},
+    related::{echo_answered, in_tables, remember_echo},
 };
 
 /// `ingress_ifindex` of a packet that crossed the loopback device (`LOOPBACK_IFINDEX`:
@@ -171,18 +170,22 @@ impl Flow {
 
 #[inline(always)]
 fn judge(ctx: &SkBuffContext, egress: bool) -> i32 {
-    let cfg = config();
-    let p = match parse(ctx) {
-        Ok(p) => p,
-        Err(()) => return malformed(ctx, &cfg, egress),
+    // A never-written entry is zeroed: audit mode, which passes. The lookup of index 0 of
+    // a one-entry array cannot fail; passing there matches that zeroed entry.
+    let Some(cfg) = config_ref() else {
+        return PASS;
     };
+    let mut p = Packet::EMPTY;
+    if !parse_into(ctx, &mut p) {
+        return malformed(ctx, cfg, egress);
+    }
     let f = Flow::new(ctx, &p, egress);
 
     // SAFETY: reads a field of the program's own context.
     let from_lo = egress || unsafe { (*ctx.skb.skb).ingress_ifindex } == LOOPBACK_IFINDEX;
     if is_spoofed(&f.remote, p.ipv6, from_lo) && !dad_or_mld(&p, &f) {
         return verdict(
-            &cfg,
+            cfg,
             &f,
             f.natural_direction(),
             Decision::Deny(reason::SPOOFED),
@@ -202,14 +205,11 @@ fn judge(ctx: &SkBuffContext, egress: bool) -> i32 {
         IPPROTO_TCP | IPPROTO_UDP => {}
         // Each ICMP only in its own IP version: protocol 58 over IPv4 is just an unknown
         // protocol (and 1 over IPv6).
-        IPPROTO_ICMP if !p.ipv6 => return icmp(ctx, &cfg, &p, &f, icmp4_class(p.icmp_type)),
-        IPPROTO_ICMPV6 if p.ipv6 => {
-            let class = icmp6_class(p.icmp_type, p.hop_limit, &p.src);
-            return icmp(ctx, &cfg, &p, &f, class);
-        }
+        IPPROTO_ICMP if !p.ipv6 => return icmp_verdict(ctx, cfg, &p, &f),
+        IPPROTO_ICMPV6 if p.ipv6 => return icmp_verdict(ctx, cfg, &p, &f),
         _ => {
             return verdict(
-                &cfg,
+                cfg,
                 &f,
                 f.natural_direction(),
                 Decision::Deny(reason::PROTOCOL),
@@ -224,13 +224,13 @@ fn judge(ctx: &SkBuffContext, egress: bool) -> i32 {
         // SAFETY: non-NULL socket storage of this map's type, owned by the socket.
         let record = unsafe { &mut *record };
         if record.applies_to(&f.remote, f.remote_port) {
-            return by_record(&cfg, &f, record);
+            return by_record(cfg, &f, record);
         }
     }
     if f.egress {
-        egress_unrecorded(&cfg, &f, sk)
+        egress_unrecorded(cfg, &f, sk)
     } else {
-        ingress_unrecorded(&cfg, &f, sk)
+        ingress_unrecorded(cfg, &f, sk)
     }
 }
 
@@ -244,54 +244,72 @@ fn dad_or_mld(p: &Packet, f: &Flow) -> bool {
         && icmp6_class(p.icmp_type, p.hop_limit, &p.src) == Icmp::Local
 }
 
+/// What [`icmp`] returns for a message that passes.
+const ICMP_PASSES: u32 = u32::MAX;
+
 /// ICMP, related-only: link-local IPv6 configuration traffic passes; echo requests follow
 /// `icmp_echo` (and this host's own are remembered); echo replies pass only for those;
-/// an error passes only when the flow it quotes is one this host has. What fails the
-/// relation is denied for `state`, what the rules never allow for `icmp`. Not inlined:
-/// the quote has its own stack frame, away from the TCP/UDP path's.
+/// an error passes only when the flow it quotes is one this host has. Returns
+/// [`ICMP_PASSES`] (counted here) or the reason to deny for: `state` for what fails the
+/// relation (an echo too short to carry an identifier among it), `icmp` for what the
+/// rules never allow. Not inlined: the quote has its own stack frame, and the deny is
+/// applied by the caller so that the two frames never stack.
 #[inline(never)]
-fn icmp(ctx: &SkBuffContext, cfg: &Config, p: &Packet, f: &Flow, class: Icmp) -> i32 {
+fn icmp(ctx: &SkBuffContext, cfg: &Config, p: &Packet, f: &Flow) -> u32 {
+    let class = if p.ipv6 {
+        icmp6_class(p.icmp_type, p.hop_limit, &p.src)
+    } else {
+        icmp4_class(p.icmp_type)
+    };
     let related_ok = match class {
         Icmp::Local => true,
-        Icmp::EchoRequest | Icmp::EchoReply if cfg.icmp_echo != 1 => {
-            return verdict(cfg, f, f.natural_direction(), Decision::Deny(reason::ICMP), true);
-        }
-        Icmp::EchoRequest => {
-            if f.egress {
-                match echo_id(ctx, p) {
-                    Some(id) => remember_echo(&echo_key(f.local, f.remote, id, f.protocol), cfg.epoch),
-                    None => return malformed(ctx, cfg, f.egress),
-                }
+        Icmp::EchoRequest | Icmp::EchoReply if cfg.icmp_echo != 1 => return reason::ICMP,
+        Icmp::EchoRequest if f.egress => match echo_id(ctx, p) {
+            Some(id) => {
+                remember_echo(&echo_key(f.local, f.remote, id, f.protocol), cfg.epoch);
+                true
             }
-            true
-        }
+            None => false,
+        },
+        Icmp::EchoRequest => true,
         // An echo reply this host sends answers a request `icmp_echo` let in.
         Icmp::EchoReply if f.egress => true,
         Icmp::EchoReply => match echo_id(ctx, p) {
             Some(id) => echo_answered(&echo_key(f.local, f.remote, id, f.protocol)),
-            None => return malformed(ctx, cfg, f.egress),
+            None => false,
         },
-        Icmp::Error => {
-            let quote = p.l4 + 8;
-            let mut key = FlowKey::default();
-            let known = if p.ipv6 {
-                ctx.load::<[u8; 48]>(quote)
-                    .is_ok_and(|q| quoted_flow6(&q, &mut key, !f.egress))
-            } else {
-                ctx.load::<[u8; 28]>(quote)
-                    .is_ok_and(|q| quoted_flow4(&q, &mut key, !f.egress))
-            };
-            known && related(ctx.skb.skb as *mut c_void, &key)
-        }
-        Icmp::Other => {
-            return verdict(cfg, f, f.natural_direction(), Decision::Deny(reason::ICMP), true);
-        }
+        Icmp::Error => error_related(ctx, p, f.egress),
+        Icmp::Other => return reason::ICMP,
     };
-    if related_ok {
-        count_stat(stats::LAYER_CGROUP, stats::PASS_ICMP, f.segments, f.bytes);
-        return PASS;
+    if !related_ok {
+        return reason::STATE;
     }
-    verdict(cfg, f, f.natural_direction(), Decision::Deny(reason::STATE), true)
+    count_stat(stats::LAYER_CGROUP, stats::PASS_ICMP, f.segments, f.bytes);
+    ICMP_PASSES
+}
+
+/// Whether an ICMP error quotes a flow this host has (`related::in_tables`). Inlined
+/// into [`icmp`], whose frame is only on the stack for ICMP.
+#[inline(always)]
+fn error_related(ctx: &SkBuffContext, p: &Packet, egress: bool) -> bool {
+    let quote = p.l4 + 8;
+    let mut key = FlowKey::default();
+    let known = if p.ipv6 {
+        ctx.load::<[u8; 48]>(quote)
+            .is_ok_and(|q| quoted_flow6(&q, &mut key, !egress))
+    } else {
+        ctx.load::<[u8; 28]>(quote)
+            .is_ok_and(|q| quoted_flow4(&q, &mut key, !egress))
+    };
+    known && in_tables(&key)
+}
+
+#[inline(always)]
+fn icmp_verdict(ctx: &SkBuffContext, cfg: &Config, p: &Packet, f: &Flow) -> i32 {
+    match icmp(ctx, cfg, p, f) {
+        ICMP_PASSES => PASS,
+        why => verdict(cfg, f, f.natural_direction(), Decision::Deny(why), true),
+    }
 }
 
 /// The identifier of an echo request or reply.
@@ -338,11 +356,9 @@ fn storage(sk: *mut bpf_sock, init: Option<&SockState>) -> *mut SockState {
 #[inline(never)]
 fn by_record(cfg: &Config, f: &Flow, record: &mut SockState) -> i32 {
     let direction = record.direction;
-    let j = record
-        .value
-        .judge(cfg.epoch, || f.decide(cfg, direction));
-    if let Some(v) = j.store {
-        record.value = v;
+    let j = record.value.judge(cfg.epoch, || f.decide(cfg, direction));
+    if j.changed {
+        record.value = j.store;
     }
     // The XDP program sees replies before any socket does; it finds the flows this
     // host opened in PC_FLOWS_OUT, with their verdict (a would-denied one too, so its
@@ -446,9 +462,9 @@ fn by_entry(cfg: &Config, f: &Flow, v: *mut FlowValue, direction: u8) -> i32 {
     // SAFETY: LRU values stay valid for the program's run (RCU); a concurrent writer
     // writes the same verdict.
     let j = unsafe { (*v).judge(cfg.epoch, || f.decide(cfg, direction)) };
-    if let Some(n) = j.store {
+    if j.changed {
         // SAFETY: as above.
-        unsafe { *v = n };
+        unsafe { *v = j.store };
     }
     verdict(cfg, f, direction, j.decision, j.event)
 }

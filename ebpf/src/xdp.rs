@@ -248,9 +248,9 @@ fn not_by_port(cfg: &Config, f: &Frame, why: u32) -> Verdict {
                 )
             })
         };
-        if let Some(n) = j.store {
+        if j.changed {
             // SAFETY: as above.
-            unsafe { *v = n };
+            unsafe { *v = j.store };
         }
         return Verdict {
             direction: DIR_OUT,

@@ -15,7 +15,7 @@ udp-send HOST PORT COUNT SIZE
 udp-per-flow HOST ALLOWED DENIED LOOPBACK
     one UDP socket connect()ed to HOST:ALLOWED, then sendto() elsewhere, after
     connect(AF_UNSPEC), after a refused re-connect, and from a socket connected to
-    LOOPBACK:ALLOWED; prints one "step=result" line per step
+    LOOPBACK:ALLOWED (then dissolved); prints one "step=result" line per step
 hold HOST TCPPORT UDPPORT GOFILE OUTFILE
     opens a TCP connection and a connected UDP socket, sends "1" on both, waits for
     GOFILE, sends "2" on both; writes the results as JSON to OUTFILE
@@ -163,6 +163,9 @@ def udp_per_flow(args):
     step("send_after_refused", lambda: s.send(b"allowed-again"))
     lo = socket.socket(family(loopback), socket.SOCK_DGRAM)
     step("connect_loopback", lambda: lo.connect((loopback, allowed)))
+    # Dissolve the association (which also unbinds the loopback source address), then
+    # send elsewhere: the exempt record must not carry the datagram.
+    libc.connect(lo.fileno(), unspec, 16)
     step("after_loopback", lambda: lo.sendto(b"bypass-4", (host, denied)))
 
 

@@ -126,30 +126,35 @@ impl FlowValue {
     /// denied before (audit mode) stays denied without a second event.
     #[inline(always)]
     pub fn judge(&self, epoch: u32, fresh: impl FnOnce() -> Decision) -> Judged {
-        if self.epoch == epoch && self.verdict != VERDICT_EXEMPT {
-            return match self.verdict {
-                VERDICT_ALLOW => Judged::keep(Decision::Allow(self.rule)),
-                _ => Judged::keep(Decision::Deny(self.reason as u32)),
-            };
-        }
-        match fresh() {
-            Decision::Allow(rule) => Judged {
-                decision: Decision::Allow(rule),
-                store: Some(FlowValue::allowed(rule, epoch)),
-                event: false,
-            },
-            Decision::Deny(why) => {
-                let (why, event) = if self.verdict == VERDICT_DENY {
-                    (why, false)
-                } else {
-                    (reason::REVOKED, true)
-                };
-                Judged {
-                    decision: Decision::Deny(why),
-                    store: Some(FlowValue::denied(why, epoch)),
-                    event,
-                }
+        // Every path sets every field; the decision is built once at the end (see
+        // `policy::decide` for why: the verifier rejects unset payload registers).
+        let current = self.epoch == epoch && self.verdict != VERDICT_EXEMPT;
+        let (allow, value, event) = if current {
+            if self.verdict == VERDICT_ALLOW {
+                (true, self.rule as u32, false)
+            } else {
+                (false, self.reason as u32, false)
             }
+        } else {
+            match fresh() {
+                Decision::Allow(rule) => (true, rule as u32, false),
+                Decision::Deny(why) if self.verdict == VERDICT_DENY => (false, why, false),
+                Decision::Deny(_) => (false, reason::REVOKED, true),
+            }
+        };
+        let (decision, store) = if allow {
+            (
+                Decision::Allow(value as u16),
+                FlowValue::allowed(value as u16, epoch),
+            )
+        } else {
+            (Decision::Deny(value), FlowValue::denied(value, epoch))
+        };
+        Judged {
+            decision,
+            changed: !current,
+            store,
+            event,
         }
     }
 }
@@ -159,21 +164,12 @@ impl FlowValue {
 pub struct Judged {
     /// The verdict on the packet.
     pub decision: Decision,
-    /// The entry to write back, when it changed.
-    pub store: Option<FlowValue>,
+    /// Whether the entry must be rewritten with `store` (the flow was decided again).
+    pub changed: bool,
+    /// The entry for this verdict under the live epoch.
+    pub store: FlowValue,
     /// Whether the packet raises a deny event (the first of a flow's denies only).
     pub event: bool,
-}
-
-impl Judged {
-    #[inline(always)]
-    const fn keep(decision: Decision) -> Self {
-        Judged {
-            decision,
-            store: None,
-            event: false,
-        }
-    }
 }
 
 /// The flow an ICMP error is about, from the packet the error quotes: the IP header and

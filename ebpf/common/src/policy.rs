@@ -130,21 +130,32 @@ pub fn decide<T: PolicyTables>(
     port: u16,
     peer: &[u8; 16],
 ) -> Decision {
-    let Some(index) = port_index(generation, direction, protocol, port) else {
-        return Decision::Deny(crate::stats::reason::PROTOCOL);
+    // Every path sets both `allow` and `value` (rule or reason): the variant is built
+    // once, at the end. Returning variants from each path lets LLVM leave the payload
+    // register of a path that never sets it unset, and read it on the join, which the
+    // verifier rejects as uninitialised (`!read_ok`).
+    let (allow, value) = match port_index(generation, direction, protocol, port) {
+        None => (false, crate::stats::reason::PROTOCOL),
+        Some(index) => {
+            let entry = tables.port_entry(index);
+            let rule = entry_rule(entry);
+            let set = entry_peer_set(entry);
+            if rule != 0 {
+                (true, rule as u32)
+            } else if set == 0 {
+                (false, crate::stats::reason::NO_RULE)
+            } else {
+                match tables.peer_rule(&PeerAddr::new(generation, set, *peer)) {
+                    0 => (false, crate::stats::reason::PEER),
+                    rule => (true, rule as u32),
+                }
+            }
+        }
     };
-    let entry = tables.port_entry(index);
-    let rule = entry_rule(entry);
-    if rule != 0 {
-        return Decision::Allow(rule);
-    }
-    let set = entry_peer_set(entry);
-    if set == 0 {
-        return Decision::Deny(crate::stats::reason::NO_RULE);
-    }
-    match tables.peer_rule(&PeerAddr::new(generation, set, *peer)) {
-        0 => Decision::Deny(crate::stats::reason::PEER),
-        rule => Decision::Allow(rule),
+    if allow {
+        Decision::Allow(value as u16)
+    } else {
+        Decision::Deny(value)
     }
 }
 
@@ -158,7 +169,9 @@ pub fn is_v4_mapped(addr: &[u8; 16]) -> bool {
 /// Whether the address is unspecified: `::` or (mapped) `0.0.0.0`.
 #[inline(always)]
 pub fn is_unspecified(addr: &[u8; 16]) -> bool {
-    addr[..10] == [0; 10] && addr[12..] == [0; 4] && (addr[10..12] == [0; 2] || addr[10..12] == [0xff; 2])
+    addr[..10] == [0; 10]
+        && addr[12..] == [0; 4]
+        && (addr[10..12] == [0; 2] || addr[10..12] == [0xff; 2])
 }
 
 /// Whether the address is IPv6 link-local (`fe80::/10`).
