@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use portcullis_tests::{
-    Lab, denied_port, denies, net_py, rule, rule_field, rule_packets, stdout, web_out,
+    Lab, denied_port, denies, must, net_py, rule, rule_field, rule_packets, stdout, web_out,
 };
 
 fn http_servers(lab: &mut Lab) {
@@ -320,5 +320,104 @@ fn loopback_is_exempt_by_default_and_enforced_on_request() {
     assert!(
         rule_packets(&s, "local-db/out") + rule_packets(&s, "local-db/in") >= 3,
         "{s:#}"
+    );
+}
+
+/// Issue 13, bypass 1: UDP state is per flow, not per socket. A socket connect()ed to an
+/// allowed server cannot sendto() anywhere else, not after connect(AF_UNSPEC), not after
+/// a refused re-connect, and a loopback-exempt socket carries no other destination.
+#[test]
+fn connected_udp_socket_cannot_send_to_other_destinations() {
+    let mut lab = Lab::new("udpflow");
+    let rules = rule("dns-out", "out", "udp", 5300, "");
+    for port in [5300, 9999] {
+        lab.spawn_b(&format!(
+            "exec {} listen {port} --udp --log {}/b-{port}",
+            net_py(),
+            lab.dir.display()
+        ));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let cfg = lab.config(&rules, "mode = \"enforce\"");
+    let agent = lab.agent(&cfg, &[]);
+    let out = stdout(&lab.on_a(&format!(
+        "{} udp-per-flow {} 5300 9999 127.0.0.1",
+        net_py(),
+        lab.b4
+    )));
+    let step = |name: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("no {name} in {out}"))
+            .to_owned()
+    };
+    assert_eq!(step("connect"), "ok", "{out}");
+    assert_eq!(step("send"), "ok", "the allowed flow works: {out}");
+    for bypass in [
+        "sendto_other",
+        "after_unspec",
+        "after_refused",
+        "after_loopback",
+    ] {
+        assert_eq!(step(bypass), "EPERM", "{bypass}: {out}");
+    }
+    assert_eq!(step("reconnect_denied"), "EPERM", "{out}");
+    assert_eq!(step("send_after_refused"), "ok", "{out}");
+    std::thread::sleep(Duration::from_millis(300));
+    let got = std::fs::read_to_string(lab.dir.join("b-9999")).unwrap_or_default();
+    assert!(got.is_empty(), "datagrams reached the denied port: {got:?}");
+    let ok = std::fs::read_to_string(lab.dir.join("b-5300")).unwrap_or_default();
+    assert!(
+        ok.contains("allowed"),
+        "the allowed datagrams arrived: {ok:?}"
+    );
+    let s = agent.status();
+    assert!(rule_packets(&s, "dns-out") >= 2, "{s:#}");
+    // Four sendto()s and one refused connect().
+    assert_eq!(denied_port(&s, "out", "udp", 9999), 5, "{s:#}");
+    assert_eq!(denies(&s, "out", "no-rule", false).0, 5, "{s:#}");
+}
+
+/// Issue 13, bypass 2: an IPv6 datagram from an IPv4-mapped source (here
+/// `::ffff:127.0.0.1`, which passed as loopback) is denied as spoofed, never delivered.
+#[test]
+fn ipv4_mapped_sources_are_spoofed_not_loopback() {
+    let mut lab = Lab::new("spoof");
+    lab.spawn_a(&format!(
+        "exec {} listen 5353 --udp --log {}/a-5353",
+        net_py(),
+        lab.dir.display()
+    ));
+    std::thread::sleep(Duration::from_millis(300));
+    let cfg = lab.config(&web_out(), "mode = \"enforce\"");
+    let agent = lab.agent(&cfg, &[]);
+    let mac = must(&format!(
+        "ip -n {} -br link show {} | awk '{{print $3}}'",
+        lab.ns_a,
+        lab.veth_a()
+    ));
+    let b_iface = format!("{}y", lab.tag);
+    for src in ["::ffff:127.0.0.1", "::ffff:198.18.0.9"] {
+        lab.on_b(&format!(
+            "{} udp6-frame {b_iface} {} {src} {} 40000 5353 spoofed",
+            net_py(),
+            mac.trim(),
+            lab.a6
+        ));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let got = std::fs::read_to_string(lab.dir.join("a-5353")).unwrap_or_default();
+    assert!(
+        got.is_empty(),
+        "a mapped source reached the socket: {got:?}"
+    );
+    let s = agent.status();
+    assert_eq!(denies(&s, "in", "spoofed", false).0, 2, "{s:#}");
+    assert_eq!(s["loopback_exempt"]["packets"], 0, "{s:#}");
+    // The honest path still works.
+    assert_eq!(
+        connect(&lab, &format!("{} 8081", lab.b4)),
+        "EPERM",
+        "the policy still applies"
     );
 }

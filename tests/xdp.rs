@@ -232,20 +232,54 @@ fn corpus() -> Vec<Case> {
         v4(PEER4, IPPROTO_ICMP, &icmp(0, 0)),
         Deny(reason::ICMP),
     );
+    // ICMP is related-only (issue 13): an error passes when the packet it quotes is of a
+    // flow this host has (here: LOCAL4:40000 -> PEER4:25 in the flow table), never bare.
+    for (ty, code, name) in [
+        (3, 4, "dest unreachable"),
+        (11, 0, "time exceeded"),
+        (12, 0, "parameter problem"),
+    ] {
+        add(
+            &format!("v4 {name}, quoting nothing"),
+            v4(PEER4, IPPROTO_ICMP, &icmp(ty, code)),
+            Deny(reason::STATE),
+        );
+        add(
+            &format!("v4 {name}, quoting an own flow"),
+            v4(
+                PEER4,
+                IPPROTO_ICMP,
+                &icmp_error4(ty, code, LOCAL4, 40000, PEER4, 25, TCP),
+            ),
+            Icmp,
+        );
+        add(
+            &format!("v4 {name}, quoting an unknown flow"),
+            v4(
+                PEER4,
+                IPPROTO_ICMP,
+                &icmp_error4(ty, code, LOCAL4, 40001, PEER4, 25, TCP),
+            ),
+            Deny(reason::STATE),
+        );
+    }
     add(
-        "v4 dest unreachable",
-        v4(PEER4, IPPROTO_ICMP, &icmp(3, 4)),
+        "v4 dest unreachable, quoting own udp flow",
+        v4(
+            PEER4,
+            IPPROTO_ICMP,
+            &icmp_error4(3, 3, LOCAL4, 40053, PEER4, 53, UDP),
+        ),
         Icmp,
     );
     add(
-        "v4 time exceeded",
-        v4(PEER4, IPPROTO_ICMP, &icmp(11, 0)),
-        Icmp,
-    );
-    add(
-        "v4 parameter problem",
-        v4(PEER4, IPPROTO_ICMP, &icmp(12, 0)),
-        Icmp,
+        "v4 dest unreachable, quoting a flow of another host",
+        v4(
+            PEER4,
+            IPPROTO_ICMP,
+            &icmp_error4(3, 3, STRANGER4, 40000, PEER4, 25, TCP),
+        ),
+        Deny(reason::STATE),
     );
     add(
         "v4 redirect",
@@ -566,7 +600,7 @@ fn corpus() -> Vec<Case> {
                 IPPROTO_ICMP,
                 &[],
                 frag(14, true, 0),
-                &icmp(3, 4),
+                &icmp_error4(3, 4, LOCAL4, 40000, PEER4, 25, TCP),
             ),
         ),
         Icmp,
@@ -673,18 +707,75 @@ fn corpus() -> Vec<Case> {
         (2, "packet too big"),
         (3, "time exceeded"),
         (4, "parameter problem"),
+    ] {
+        add(
+            &format!("v6 {name}, quoting nothing"),
+            v6f(peer6(), IPPROTO_ICMPV6, &icmp(ty, 0)),
+            Deny(reason::STATE),
+        );
+        add(
+            &format!("v6 {name}, quoting an own flow"),
+            v6f(
+                peer6(),
+                IPPROTO_ICMPV6,
+                &icmp_error6(ty, local6(), 40000, peer6(), 25, TCP),
+            ),
+            Icmp,
+        );
+        add(
+            &format!("v6 {name}, quoting an unknown flow"),
+            v6f(
+                peer6(),
+                IPPROTO_ICMPV6,
+                &icmp_error6(ty, local6(), 40002, peer6(), 25, TCP),
+            ),
+            Deny(reason::STATE),
+        );
+    }
+    // Link-local configuration traffic (RFC 4890 4.4.1): hop limit 255 for neighbour and
+    // router discovery; a routed one (hop limit 64) is not link-local.
+    for (ty, name) in [
         (133, "router solicitation"),
         (134, "router advertisement"),
         (135, "neighbour solicitation"),
         (136, "neighbour advertisement"),
-        (137, "redirect"),
     ] {
         add(
             &format!("v6 {name}"),
-            v6f(peer6(), IPPROTO_ICMPV6, &icmp(ty, 0)),
+            v6_hop(peer6(), local6(), 255, IPPROTO_ICMPV6, &icmp(ty, 0)),
             Icmp,
         );
+        add(
+            &format!("v6 {name}, hop limit 64"),
+            v6f(peer6(), IPPROTO_ICMPV6, &icmp(ty, 0)),
+            Deny(reason::ICMP),
+        );
     }
+    add(
+        "v6 redirect",
+        v6_hop(peer6(), local6(), 255, IPPROTO_ICMPV6, &icmp(137, 0)),
+        Deny(reason::ICMP),
+    );
+    add(
+        "v6 node information query",
+        v6_hop(peer6(), local6(), 255, IPPROTO_ICMPV6, &icmp(139, 0)),
+        Deny(reason::ICMP),
+    );
+    add(
+        "v6 mld report from link-local",
+        v6_hop(link_local6(), local6(), 1, IPPROTO_ICMPV6, &icmp(143, 0)),
+        Icmp,
+    );
+    add(
+        "v6 mld report from a global address",
+        v6_hop(peer6(), local6(), 1, IPPROTO_ICMPV6, &icmp(143, 0)),
+        Deny(reason::ICMP),
+    );
+    add(
+        "v6 dad neighbour solicitation from ::",
+        v6_hop([0; 16], local6(), 255, IPPROTO_ICMPV6, &icmp(135, 0)),
+        Icmp,
+    );
     add(
         "v6 echo request (echo off)",
         v6f(peer6(), IPPROTO_ICMPV6, &icmp(128, 0)),
@@ -702,8 +793,55 @@ fn corpus() -> Vec<Case> {
     );
     add(
         "v6 ns behind hop-by-hop",
-        v6f(peer6(), 0, &cat(&[&ext(IPPROTO_ICMPV6, 1), &icmp(135, 0)])),
+        v6_hop(
+            peer6(),
+            local6(),
+            255,
+            0,
+            &cat(&[&ext(IPPROTO_ICMPV6, 1), &icmp(135, 0)]),
+        ),
         Icmp,
+    );
+
+    // --- Spoofed sources (issue 13): never loopback, never a peer, denied for their own
+    // reason. Port 25 is open to everyone and 389 to 198.18.0.0/24, whose IPv4-mapped
+    // prefix a mapped IPv6 source would otherwise match.
+    for (name, src) in [
+        ("v6 from ipv4-mapped peer", mapped(PEER4)),
+        ("v6 from ipv4-mapped loopback", mapped([127, 0, 0, 1])),
+        ("v6 from ::1", v6_loopback()),
+        ("v6 from ::", [0; 16]),
+    ] {
+        add(
+            &format!("{name}, syn to 25"),
+            v6f(src, TCP, &tcp(33000, 25, TCP_SYN)),
+            Deny(reason::SPOOFED),
+        );
+        add(
+            &format!("{name}, udp to 53"),
+            v6f(src, UDP, &udp(33000, 53, b"x")),
+            Deny(reason::SPOOFED),
+        );
+    }
+    add(
+        "v6 from ipv4-mapped peer-set member, syn to 389",
+        v6f(mapped(PEER4), TCP, &tcp(33000, 389, TCP_SYN)),
+        Deny(reason::SPOOFED),
+    );
+    add(
+        "v4 from 127.0.0.1 on a device, syn to 25",
+        v4([127, 0, 0, 1], TCP, &tcp(33000, 25, TCP_SYN)),
+        Deny(reason::SPOOFED),
+    );
+    add(
+        "v4 from 0.0.0.0, udp to 53",
+        v4([0, 0, 0, 0], UDP, &udp(68, 53, b"x")),
+        Deny(reason::SPOOFED),
+    );
+    add(
+        "v4 from 127.0.0.1, reply to own flow",
+        v4([127, 0, 0, 1], TCP, &tcp(25, 40000, TCP_ACK)),
+        Deny(reason::SPOOFED),
     );
 
     // --- IPv6 extension header chains.
@@ -1008,6 +1146,8 @@ fn check_counters(dp: &Datapath, t: &Totals, enforce: bool) {
         reason::PROTOCOL,
         reason::ICMP,
         reason::MALFORMED,
+        reason::SPOOFED,
+        reason::REVOKED,
     ] {
         let name = reason::NAMES[r as usize];
         check(
@@ -1063,9 +1203,11 @@ fn corpus_enforce() {
             "no denied-port entry for {proto}/{port}: {denied:?}"
         );
     }
-    assert!(
-        !denied.contains_key(&(DIR_IN, IPPROTO_TCP, 25)),
-        "port 25 is allowed but listed as denied: {denied:?}"
+    // Port 25 is allowed: only the five spoofed SYNs to it are denied.
+    assert_eq!(
+        denied.get(&(DIR_IN, IPPROTO_TCP, 25)).map(|c| c.packets),
+        Some(5),
+        "port 25 is allowed; only spoofed sources may be denied there: {denied:?}"
     );
 }
 

@@ -7,8 +7,12 @@
 //! outbound flow that no outbound rule allows: its packets are judged by this record,
 //! never by its local port.
 //!
-//! Unconnected UDP (sendto() with an address) is judged per datagram by the egress
-//! program, which also fails sendto() with EPERM when it drops.
+//! The record is for the one destination connect() named. Unconnected UDP (sendto()
+//! with an address), and a connected socket's sendto() to anywhere else, are judged per
+//! datagram by the egress program, which also fails sendto() with EPERM when it drops.
+//! A refused re-connect leaves a record that applies to nothing (`VERDICT_NONE`): the
+//! socket's earlier verdict is not kept in force. `connect(AF_UNSPEC)` runs no hook; the
+//! record then only ever matches datagrams to the destination it was given for.
 
 use aya_ebpf::{
     helpers::bpf_get_current_cgroup_id, macros::cgroup_sock_addr, programs::SockAddrContext,
@@ -16,7 +20,7 @@ use aya_ebpf::{
 use portcullis_common::{
     config::LOOPBACK_EXEMPT,
     event::hook,
-    flow::{SockState, VERDICT_ALLOW, VERDICT_DENY, VERDICT_EXEMPT},
+    flow::{FlowValue, SockState, VERDICT_ALLOW, VERDICT_EXEMPT, VERDICT_NONE},
     policy::{DIR_OUT, Decision, IPPROTO_TCP, IPPROTO_UDP, decide, is_loopback, v4_mapped},
     stats,
 };
@@ -75,8 +79,16 @@ fn on_connect(ctx: &SockAddrContext, addr: [u8; 16], port_be: u32, protocol: u32
     }
     let port = u16::from_be(port_be as u16);
     let cfg = config();
+    let mut state = SockState {
+        remote: addr,
+        remote_port: port,
+        direction: DIR_OUT,
+        _pad: 0,
+        value: FlowValue::allowed(0, cfg.epoch),
+    };
     if cfg.loopback == LOOPBACK_EXEMPT && is_loopback(&addr) {
-        record(ctx, 0, VERDICT_EXEMPT, 0);
+        state.value.verdict = VERDICT_EXEMPT;
+        record(ctx, &mut state);
         return ALLOW;
     }
     match decide(
@@ -88,7 +100,9 @@ fn on_connect(ctx: &SockAddrContext, addr: [u8; 16], port_be: u32, protocol: u32
         &addr,
     ) {
         Decision::Allow(rule) => {
-            record(ctx, rule, VERDICT_ALLOW, 0);
+            state.value.rule = rule;
+            state.value.verdict = VERDICT_ALLOW;
+            record(ctx, &mut state);
             ALLOW
         }
         Decision::Deny(reason) => {
@@ -105,9 +119,21 @@ fn on_connect(ctx: &SockAddrContext, addr: [u8; 16], port_be: u32, protocol: u32
                 cgroup_id: unsafe { bpf_get_current_cgroup_id() },
             };
             if deny_connect(&cfg, &d) {
+                // The socket stays connected to its earlier destination (if any), but
+                // that verdict is not this call's: the record is emptied rather than
+                // left in force. Only an existing record is touched.
+                // SAFETY: the helper reads the socket from the context; NULL when none.
+                let slot = unsafe { PC_SOCKETS.get_ptr_mut(ctx) };
+                if !slot.is_null() {
+                    state.value = FlowValue::denied(reason, cfg.epoch);
+                    state.value.verdict = VERDICT_NONE;
+                    // SAFETY: non-null socket storage of the right type.
+                    unsafe { *slot = state };
+                }
                 REFUSE
             } else {
-                record(ctx, 0, VERDICT_DENY, reason as u8);
+                state.value = FlowValue::denied(reason, cfg.epoch);
+                record(ctx, &mut state);
                 ALLOW
             }
         }
@@ -117,20 +143,13 @@ fn on_connect(ctx: &SockAddrContext, addr: [u8; 16], port_be: u32, protocol: u32
 /// Records the verdict on the socket. A second connect() on the same socket (UDP may
 /// re-connect) overwrites it: the socket's flow is now the new one.
 #[inline(always)]
-fn record(ctx: &SockAddrContext, rule: u16, verdict: u8, reason: u8) {
-    let mut state = SockState {
-        rule,
-        verdict,
-        direction: DIR_OUT,
-        reason,
-        _pad: [0; 3],
-    };
+fn record(ctx: &SockAddrContext, state: &mut SockState) {
     // SAFETY: the helper reads the socket from the context and returns NULL on failure.
-    let slot = unsafe { PC_SOCKETS.get_or_insert_ptr_mut(ctx, Some(&mut state)) };
+    let slot = unsafe { PC_SOCKETS.get_or_insert_ptr_mut(ctx, Some(state)) };
     if slot.is_null() {
         count_stat(stats::LAYER_CGROUP, stats::SOCKET_STORAGE_FULL, 1, 0);
         return;
     }
     // SAFETY: non-null socket storage of the right type, owned by this socket.
-    unsafe { *slot = state };
+    unsafe { *slot = *state };
 }

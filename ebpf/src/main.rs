@@ -6,6 +6,7 @@
 //! - [`skb`]: cgroup_skb `ingress`/`egress` judge every packet of the enforced cgroups:
 //!   by the socket's record when it has one, else by the policy and the flow tables.
 //! - [`packet`]: bounds-checked header parsing.
+//! - [`related`]: whether an ICMP error or echo reply belongs to a flow this host has.
 //! - [`account`]: counters, the denied-port table and rate-limited deny events.
 //! - [`maps`]: the maps, with names and sizes from `portcullis-common`.
 //! - [`noop`]: empty baseline programs for the benchmark only; never attached.
@@ -19,6 +20,7 @@ mod connect;
 mod maps;
 mod noop;
 mod packet;
+mod related;
 mod skb;
 mod xdp;
 mod xdp_parse;

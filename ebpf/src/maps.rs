@@ -49,6 +49,13 @@ pub static PC_EVENTS: RingBuf<DenyEvent, { EVENTS_BYTES as usize }> = RingBuf::n
 #[btf_map]
 pub static PC_RATE: PerCpuArray<Counter, 1> = PerCpuArray::new();
 
+/// The live configuration, in the map (no copy on the program's stack). The entry of a
+/// one-entry array always exists; `None` is for the verifier only.
+#[inline(always)]
+pub fn config_ref() -> Option<&'static Config> {
+    PC_CONFIG.get(0)
+}
+
 /// The live configuration. A zeroed (never written) entry means audit mode, generation 0.
 #[inline(always)]
 pub fn config() -> Config {
@@ -64,7 +71,10 @@ pub struct KernelTables;
 impl PolicyTables for KernelTables {
     #[inline(always)]
     fn port_entry(&self, index: u32) -> u32 {
-        PC_PORTS.get(index).copied().unwrap_or(0)
+        // Through `black_box`: both outcomes of the lookup then write one stack slot.
+        // Without it LLVM may leave the register of the absent case unset, and read it
+        // on a path that never uses it, which the verifier rejects (`!read_ok`).
+        core::hint::black_box(PC_PORTS.get(index).copied().unwrap_or(0))
     }
 
     #[inline(always)]

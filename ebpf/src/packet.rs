@@ -26,6 +26,33 @@ pub struct Packet {
     pub icmp_type: u8,
     /// IPv6 (else IPv4).
     pub ipv6: bool,
+    /// IPv6 hop limit (0 for IPv4): link-local ICMPv6 must carry 255 or 1.
+    pub hop_limit: u8,
+    /// Offset of the transport header: where an ICMP message starts.
+    pub l4: usize,
+}
+
+impl Packet {
+    /// A packet before parsing.
+    pub const EMPTY: Packet = Packet {
+        protocol: 0,
+        src: [0; 16],
+        dst: [0; 16],
+        sport: 0,
+        dport: 0,
+        tcp_flags: 0,
+        icmp_type: 0,
+        ipv6: false,
+        hop_limit: 0,
+        l4: 0,
+    };
+}
+
+/// [`parse`] into `p`; false when the headers cannot be parsed. Not inlined: the header
+/// copies parsing needs stay in this frame, which is gone before the verdict's calls.
+#[inline(never)]
+pub fn parse_into(ctx: &SkBuffContext, p: &mut Packet) -> bool {
+    parse(ctx, p).is_ok()
 }
 
 pub const TCP_SYN: u8 = 0x02;
@@ -35,61 +62,46 @@ pub const TCP_ACK: u8 = 0x10;
 const MAX_EXT_HEADERS: usize = 6;
 
 #[inline(always)]
-pub fn parse(ctx: &SkBuffContext) -> Result<Packet, ()> {
+fn parse(ctx: &SkBuffContext, p: &mut Packet) -> Result<(), ()> {
     let first: u8 = ctx.load(0).map_err(|_| ())?;
     match first >> 4 {
-        4 => parse_v4(ctx),
-        6 => parse_v6(ctx),
+        4 => parse_v4(ctx, p),
+        6 => parse_v6(ctx, p),
         _ => Err(()),
     }
 }
 
 #[inline(always)]
-fn parse_v4(ctx: &SkBuffContext) -> Result<Packet, ()> {
+fn parse_v4(ctx: &SkBuffContext, p: &mut Packet) -> Result<(), ()> {
     let h: [u8; 20] = ctx.load(0).map_err(|_| ())?;
     let ihl = (h[0] & 0x0f) as usize * 4;
     if ihl < 20 {
         return Err(());
     }
-    let mut p = Packet {
-        protocol: h[9],
-        src: v4_mapped([h[12], h[13], h[14], h[15]]),
-        dst: v4_mapped([h[16], h[17], h[18], h[19]]),
-        sport: 0,
-        dport: 0,
-        tcp_flags: 0,
-        icmp_type: 0,
-        ipv6: false,
-    };
+    p.protocol = h[9];
+    p.src = v4_mapped([h[12], h[13], h[14], h[15]]);
+    p.dst = v4_mapped([h[16], h[17], h[18], h[19]]);
+    p.l4 = ihl;
     // A non-first fragment has no transport header. The cgroup hooks see packets after
     // reassembly (ingress) and before fragmentation (egress), so this is a stray: it is
     // judged without ports, which no port rule allows.
     let frag_offset = u16::from_be_bytes([h[6] & 0x1f, h[7]]);
     if frag_offset != 0 {
         p.protocol = 0xff;
-        return Ok(p);
+        return Ok(());
     }
-    transport(ctx, ihl, &mut p)?;
-    Ok(p)
+    transport(ctx, ihl, p)
 }
 
 #[inline(always)]
-fn parse_v6(ctx: &SkBuffContext) -> Result<Packet, ()> {
-    let h: [u8; 40] = ctx.load(0).map_err(|_| ())?;
-    let mut src = [0u8; 16];
-    let mut dst = [0u8; 16];
-    src.copy_from_slice(&h[8..24]);
-    dst.copy_from_slice(&h[24..40]);
-    let mut p = Packet {
-        protocol: h[6],
-        src,
-        dst,
-        sport: 0,
-        dport: 0,
-        tcp_flags: 0,
-        icmp_type: 0,
-        ipv6: true,
-    };
+fn parse_v6(ctx: &SkBuffContext, p: &mut Packet) -> Result<(), ()> {
+    let h: [u8; 8] = ctx.load(0).map_err(|_| ())?;
+    p.src = ctx.load(8).map_err(|_| ())?;
+    p.dst = ctx.load(24).map_err(|_| ())?;
+    p.protocol = h[6];
+    p.ipv6 = true;
+    p.hop_limit = h[7];
+    p.l4 = 40;
     let mut offset = 40usize;
     // One more round than there may be extension headers: the last one must find the
     // transport header.
@@ -108,7 +120,7 @@ fn parse_v6(ctx: &SkBuffContext) -> Result<Packet, ()> {
                 offset += 8;
                 if u16::from_be_bytes([e[2], e[3]]) & 0xfff8 != 0 {
                     p.protocol = 0xff;
-                    return Ok(p);
+                    return Ok(());
                 }
             }
             // Authentication header: length in 4-byte units, minus two.
@@ -118,8 +130,8 @@ fn parse_v6(ctx: &SkBuffContext) -> Result<Packet, ()> {
                 offset += (e[1] as usize + 2) * 4;
             }
             _ => {
-                transport(ctx, offset, &mut p)?;
-                return Ok(p);
+                p.l4 = offset;
+                return transport(ctx, offset, p);
             }
         }
     }

@@ -1,14 +1,23 @@
 //! cgroup_skb ingress and egress: the per-packet verdict.
 //!
 //! Order of questions, cheapest and most certain first:
-//! 1. loopback (exempt by default), ICMP (errors and NDP always pass, echo is a setting),
-//!    other IP protocols (denied);
-//! 2. does the socket carry a connect() record? Then the record decides, in both
-//!    directions: the flow was judged once, as the outbound flow it is;
-//! 3. otherwise the packet belongs to a listener, an accepted socket or an unconnected
-//!    UDP socket: inbound packets are judged by their local port (a new inbound flow or
-//!    more of one), UDP replies by the flow tables, TCP replies by the local port that
-//!    an inbound rule opened.
+//! 1. a spoofed remote address (IPv4-mapped in IPv6, loopback not from the loopback
+//!    device, unspecified) is denied for `spoofed`, before anything could take it for
+//!    loopback or a peer;
+//! 2. loopback (exempt by default), ICMP (related-only: see `related`), other IP
+//!    protocols (denied);
+//! 3. does the socket carry a record for this packet's remote end? Then the record
+//!    decides, in both directions: the flow was judged once, as the flow it is. A record
+//!    is for one remote address and port; a datagram the socket sends anywhere else
+//!    is judged as an unconnected one;
+//! 4. otherwise the packet belongs to a listener, a new accepted socket or an
+//!    unconnected UDP socket: inbound packets are judged by their local port (a new
+//!    inbound flow or more of one), UDP replies by the flow tables, TCP replies by the
+//!    local port that an inbound rule opened (and the accepted socket then gets a record).
+//!
+//! Records and flow entries carry the policy epoch of their verdict; after a reload each
+//! flow is decided again on its next packet and denied for `revoked` when its rule is
+//! gone (`FlowValue::judge`).
 //!
 //! Source ports are never trusted: an inbound packet from port 53 or 25 is judged by the
 //! local port it is sent to like any other (the "spoofed reply" attack).
@@ -17,26 +26,34 @@
 //! enforce mode) and counted as malformed.
 
 use aya_ebpf::{
+    bindings::{BPF_SK_STORAGE_GET_F_CREATE, bpf_sock},
     helpers::generated::{bpf_sk_fullsock, bpf_sk_storage_get, bpf_skb_cgroup_id},
     macros::cgroup_skb,
     programs::SkBuffContext,
 };
 use portcullis_common::{
-    config::{Config, LOOPBACK_EXEMPT},
+    config::{Config, LOOPBACK_EXEMPT, MODE_AUDIT},
     event::hook,
-    flow::{FlowKey, FlowValue, SockState, VERDICT_ALLOW, VERDICT_DENY, VERDICT_EXEMPT},
+    flow::{FlowKey, FlowValue, SockState, echo_key, quoted_flow4, quoted_flow6},
     policy::{
-        DIR_IN, DIR_OUT, Decision, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, decide,
-        icmp4_is_echo, icmp4_is_error, icmp6_is_echo, is_loopback,
+        DIR_IN, DIR_OUT, Decision, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Icmp,
+        decide, icmp4_class, icmp6_class, is_loopback, is_spoofed, is_unspecified,
     },
     stats::{self, reason},
 };
 
 use crate::{
     account::{Denied, count_rule, count_stat, deny},
-    maps::{KernelTables, PC_FLOWS_IN, PC_FLOWS_OUT, PC_SOCKETS, config},
-    packet::{Packet, TCP_ACK, TCP_SYN, parse},
+    maps::{KernelTables, PC_FLOWS_IN, PC_FLOWS_OUT, PC_SOCKETS, config_ref},
+    packet::{Packet, TCP_ACK, TCP_SYN, parse_into},
+    related::{echo_answered, in_tables, remember_echo},
 };
+
+/// `ingress_ifindex` of a packet that crossed the loopback device (`LOOPBACK_IFINDEX`:
+/// the same in every network namespace).
+const LOOPBACK_IFINDEX: u32 = 1;
+/// `TCP_LISTEN` in `bpf_sock::state`.
+const TCP_LISTEN: u32 = 10;
 
 const PASS: i32 = 1;
 const DROP: i32 = 0;
@@ -153,13 +170,28 @@ impl Flow {
 
 #[inline(always)]
 fn judge(ctx: &SkBuffContext, egress: bool) -> i32 {
-    let cfg = config();
-    let p = match parse(ctx) {
-        Ok(p) => p,
-        Err(()) => return malformed(ctx, &cfg, egress),
+    // A never-written entry is zeroed: audit mode, which passes. The lookup of index 0 of
+    // a one-entry array cannot fail; passing there matches that zeroed entry.
+    let Some(cfg) = config_ref() else {
+        return PASS;
     };
+    let mut p = Packet::EMPTY;
+    if !parse_into(ctx, &mut p) {
+        return malformed(ctx, cfg, egress);
+    }
     let f = Flow::new(ctx, &p, egress);
 
+    // SAFETY: reads a field of the program's own context.
+    let from_lo = egress || unsafe { (*ctx.skb.skb).ingress_ifindex } == LOOPBACK_IFINDEX;
+    if is_spoofed(&f.remote, p.ipv6, from_lo) && !dad_or_mld(&p, &f) {
+        return verdict(
+            cfg,
+            &f,
+            f.natural_direction(),
+            Decision::Deny(reason::SPOOFED),
+            true,
+        );
+    }
     if cfg.loopback == LOOPBACK_EXEMPT && is_loopback(&f.remote) {
         count_stat(
             stats::LAYER_CGROUP,
@@ -173,18 +205,11 @@ fn judge(ctx: &SkBuffContext, egress: bool) -> i32 {
         IPPROTO_TCP | IPPROTO_UDP => {}
         // Each ICMP only in its own IP version: protocol 58 over IPv4 is just an unknown
         // protocol (and 1 over IPv6).
-        IPPROTO_ICMP if !p.ipv6 => {
-            return icmp(
-                &cfg,
-                &f,
-                icmp4_is_error(p.icmp_type),
-                icmp4_is_echo(p.icmp_type),
-            );
-        }
-        IPPROTO_ICMPV6 if p.ipv6 => return icmp(&cfg, &f, !icmp6_is_echo(p.icmp_type), true),
+        IPPROTO_ICMP if !p.ipv6 => return icmp_verdict(ctx, cfg, &p, &f),
+        IPPROTO_ICMPV6 if p.ipv6 => return icmp_verdict(ctx, cfg, &p, &f),
         _ => {
             return verdict(
-                &cfg,
+                cfg,
                 &f,
                 f.natural_direction(),
                 Decision::Deny(reason::PROTOCOL),
@@ -193,116 +218,202 @@ fn judge(ctx: &SkBuffContext, egress: bool) -> i32 {
         }
     }
 
-    if let Some(record) = socket_record(ctx) {
-        // The XDP program sees replies before any socket does; it finds the flows this
-        // host opened in PC_FLOWS_OUT. TCP and connected UDP alike: inserted when absent
-        // (the SYN, a connected socket's first datagram), so a flow the LRU evicted comes
-        // back with its next outbound packet; the lookup also refreshes the entry. Only
-        // while XDP is attached: without it nothing reads these entries.
-        if cfg.xdp_flows == 1
-            && f.egress
-            && record.verdict == VERDICT_ALLOW
-            && PC_FLOWS_OUT.get_ptr(f.key()).is_none()
-        {
-            remember(&PC_FLOWS_OUT, &f.key(), record.rule);
+    let sk = full_socket(ctx);
+    let record = storage(sk, None);
+    if !record.is_null() {
+        // SAFETY: non-NULL socket storage of this map's type, owned by the socket.
+        let record = unsafe { &mut *record };
+        if record.applies_to(&f.remote, f.remote_port) {
+            return by_record(cfg, &f, record);
         }
-        return by_record(&cfg, &f, record);
     }
     if f.egress {
-        egress_unrecorded(&cfg, &f)
+        egress_unrecorded(cfg, &f, sk)
     } else {
-        ingress_unrecorded(&cfg, &f)
+        ingress_unrecorded(cfg, &f, sk)
     }
 }
 
-/// ICMP: errors (and for ICMPv6 everything but echo) pass; echo is a setting.
+/// Duplicate address detection and multicast listener reports come from `::` before an
+/// address is configured: the one honest unspecified source.
 #[inline(always)]
-fn icmp(cfg: &Config, f: &Flow, always: bool, echo: bool) -> i32 {
-    if always || (echo && cfg.icmp_echo == 1) {
-        count_stat(stats::LAYER_CGROUP, stats::PASS_ICMP, f.segments, f.bytes);
-        return PASS;
-    }
-    verdict(
-        cfg,
-        f,
-        f.natural_direction(),
-        Decision::Deny(reason::ICMP),
-        true,
-    )
+fn dad_or_mld(p: &Packet, f: &Flow) -> bool {
+    p.ipv6
+        && p.protocol == IPPROTO_ICMPV6
+        && is_unspecified(&f.remote)
+        && icmp6_class(p.icmp_type, p.hop_limit, &p.src) == Icmp::Local
 }
 
-/// The record connect() left on the packet's socket, if any.
+/// What [`icmp`] returns for a message that passes.
+const ICMP_PASSES: u32 = u32::MAX;
+
+/// ICMP, related-only: link-local IPv6 configuration traffic passes; echo requests follow
+/// `icmp_echo` (and this host's own are remembered); echo replies pass only for those;
+/// an error passes only when the flow it quotes is one this host has. Returns
+/// [`ICMP_PASSES`] (counted here) or the reason to deny for: `state` for what fails the
+/// relation (an echo too short to carry an identifier among it), `icmp` for what the
+/// rules never allow. Not inlined: the quote has its own stack frame, and the deny is
+/// applied by the caller so that the two frames never stack.
+#[inline(never)]
+fn icmp(ctx: &SkBuffContext, cfg: &Config, p: &Packet, f: &Flow) -> u32 {
+    let class = if p.ipv6 {
+        icmp6_class(p.icmp_type, p.hop_limit, &p.src)
+    } else {
+        icmp4_class(p.icmp_type)
+    };
+    let related_ok = match class {
+        Icmp::Local => true,
+        Icmp::EchoRequest | Icmp::EchoReply if cfg.icmp_echo != 1 => return reason::ICMP,
+        Icmp::EchoRequest if f.egress => match echo_id(ctx, p) {
+            Some(id) => {
+                remember_echo(&echo_key(f.local, f.remote, id, f.protocol), cfg.epoch);
+                true
+            }
+            None => false,
+        },
+        Icmp::EchoRequest => true,
+        // An echo reply this host sends answers a request `icmp_echo` let in.
+        Icmp::EchoReply if f.egress => true,
+        Icmp::EchoReply => match echo_id(ctx, p) {
+            Some(id) => echo_answered(&echo_key(f.local, f.remote, id, f.protocol)),
+            None => false,
+        },
+        Icmp::Error => error_related(ctx, p, f.egress),
+        Icmp::Other => return reason::ICMP,
+    };
+    if !related_ok {
+        return reason::STATE;
+    }
+    count_stat(stats::LAYER_CGROUP, stats::PASS_ICMP, f.segments, f.bytes);
+    ICMP_PASSES
+}
+
+/// Whether an ICMP error quotes a flow this host has (`related::in_tables`). Inlined
+/// into [`icmp`], whose frame is only on the stack for ICMP.
 #[inline(always)]
-fn socket_record(ctx: &SkBuffContext) -> Option<SockState> {
-    // SAFETY: `sk` is a field of the context; the helpers accept NULL and non-full
-    // sockets by returning NULL, which is checked before any dereference.
+fn error_related(ctx: &SkBuffContext, p: &Packet, egress: bool) -> bool {
+    let quote = p.l4 + 8;
+    let mut key = FlowKey::default();
+    let known = if p.ipv6 {
+        ctx.load::<[u8; 48]>(quote)
+            .is_ok_and(|q| quoted_flow6(&q, &mut key, !egress))
+    } else {
+        ctx.load::<[u8; 28]>(quote)
+            .is_ok_and(|q| quoted_flow4(&q, &mut key, !egress))
+    };
+    known && in_tables(&key)
+}
+
+#[inline(always)]
+fn icmp_verdict(ctx: &SkBuffContext, cfg: &Config, p: &Packet, f: &Flow) -> i32 {
+    match icmp(ctx, cfg, p, f) {
+        ICMP_PASSES => PASS,
+        why => verdict(cfg, f, f.natural_direction(), Decision::Deny(why), true),
+    }
+}
+
+/// The identifier of an echo request or reply.
+#[inline(always)]
+fn echo_id(ctx: &SkBuffContext, p: &Packet) -> Option<u16> {
+    ctx.load::<[u8; 2]>(p.l4 + 4).ok().map(u16::from_be_bytes)
+}
+
+/// The packet's full socket, or NULL (no socket, a request or time-wait socket).
+#[inline(always)]
+fn full_socket(ctx: &SkBuffContext) -> *mut bpf_sock {
+    // SAFETY: `sk` is a field of the context; the helper accepts NULL and returns NULL
+    // for sockets that are not full.
     unsafe {
         let sk = (*ctx.skb.skb).__bindgen_anon_2.sk;
         if sk.is_null() {
-            return None;
+            return core::ptr::null_mut();
         }
-        let full = bpf_sk_fullsock(sk);
-        if full.is_null() {
-            return None;
-        }
-        let map = core::ptr::from_ref(&PC_SOCKETS).cast_mut().cast();
-        let state = bpf_sk_storage_get(map, full.cast(), core::ptr::null_mut(), 0);
-        if state.is_null() {
-            return None;
-        }
-        Some(*(state as *const SockState))
+        bpf_sk_fullsock(sk)
     }
 }
 
+/// The socket's record: looked up, or created with `init` when given. NULL when the
+/// socket is NULL, has none, or storage is exhausted.
 #[inline(always)]
-fn by_record(cfg: &Config, f: &Flow, record: SockState) -> i32 {
-    match record.verdict {
-        VERDICT_ALLOW => verdict(
-            cfg,
-            f,
-            record.direction,
-            Decision::Allow(record.rule),
-            false,
-        ),
-        VERDICT_EXEMPT => {
-            count_stat(
-                stats::LAYER_CGROUP,
-                stats::PASS_LOOPBACK,
-                f.segments,
-                f.bytes,
-            );
-            PASS
-        }
-        // Recorded in audit mode: every packet is a would-deny (or a deny, if the mode
-        // has since switched to enforce). connect() already sent the event.
-        VERDICT_DENY => verdict(
-            cfg,
-            f,
-            record.direction,
-            Decision::Deny(record.reason as u32),
-            false,
-        ),
-        _ => verdict(
-            cfg,
-            f,
-            record.direction,
-            Decision::Deny(reason::STATE),
-            true,
-        ),
+fn storage(sk: *mut bpf_sock, init: Option<&SockState>) -> *mut SockState {
+    if sk.is_null() {
+        return core::ptr::null_mut();
     }
+    let map = core::ptr::from_ref(&PC_SOCKETS).cast_mut().cast();
+    let (value, flags) = match init {
+        Some(v) => (
+            core::ptr::from_ref(v).cast_mut().cast(),
+            BPF_SK_STORAGE_GET_F_CREATE as u64,
+        ),
+        None => (core::ptr::null_mut(), 0),
+    };
+    // SAFETY: a full socket and a value of the map's type (or NULL).
+    unsafe { bpf_sk_storage_get(map, sk.cast(), value, flags) as *mut SockState }
 }
 
-/// Inbound packet to a socket without a connect() record.
+/// A packet of the flow a socket's record is for. Not inlined (nor is the UDP path):
+/// each path keeps its own stack frame.
+#[inline(never)]
+fn by_record(cfg: &Config, f: &Flow, record: &mut SockState) -> i32 {
+    let direction = record.direction;
+    let j = record.value.judge(cfg.epoch, || f.decide(cfg, direction));
+    if j.changed {
+        record.value = j.store;
+    }
+    // The XDP program sees replies before any socket does; it finds the flows this
+    // host opened in PC_FLOWS_OUT, with their verdict (a would-denied one too, so its
+    // replies count against it). Only while XDP is attached: without it nothing reads
+    // these entries.
+    if cfg.xdp_flows == 1 && f.egress && direction == DIR_OUT {
+        note(&PC_FLOWS_OUT, &f.key(), &record.value);
+    }
+    verdict(cfg, f, direction, j.decision, j.event)
+}
+
+/// Inbound packet no record applies to.
 #[inline(always)]
-fn ingress_unrecorded(cfg: &Config, f: &Flow) -> i32 {
+fn ingress_unrecorded(cfg: &Config, f: &Flow, sk: *mut bpf_sock) -> i32 {
     if f.protocol == IPPROTO_UDP {
         // A reply to a datagram this host sent, else a new inbound flow.
-        return udp_unrecorded(cfg, f, &PC_FLOWS_OUT, DIR_OUT, &PC_FLOWS_IN, DIR_IN);
+        return udp_unrecorded(cfg, f);
     }
     // TCP: the kernel only hands this socket segments of a flow it accepted through a
     // listener, or new connection attempts; both are judged by the local port.
     let d = f.decide(cfg, DIR_IN);
+    if let Decision::Allow(rule) = d {
+        record_inbound(cfg, f, sk, rule);
+    }
     verdict(cfg, f, DIR_IN, d, true)
+}
+
+/// Gives an accepted TCP socket (not a listener) the record of the inbound flow it
+/// carries, so that a reload that revokes the rule is seen as a revocation. With XDP,
+/// the flow is also noted in PC_FLOWS_IN so that XDP can tell a revoked flow's packets
+/// from strangers'. Not inlined: it runs once per accepted connection.
+#[inline(never)]
+fn record_inbound(cfg: &Config, f: &Flow, sk: *mut bpf_sock, rule: u16) {
+    // SAFETY: a non-NULL full socket's fields are readable.
+    if sk.is_null() || unsafe { (*sk).state } == TCP_LISTEN {
+        return;
+    }
+    let init = SockState {
+        remote: f.remote,
+        remote_port: f.remote_port,
+        direction: DIR_IN,
+        _pad: 0,
+        value: FlowValue::allowed(rule, cfg.epoch),
+    };
+    let r = storage(sk, Some(&init));
+    if r.is_null() {
+        count_stat(stats::LAYER_CGROUP, stats::SOCKET_STORAGE_FULL, 1, 0);
+        return;
+    }
+    // SAFETY: see `judge`. A socket that had a record for another remote end (none
+    // does: TCP sockets have one peer) is overwritten.
+    unsafe { *r = init };
+    if cfg.xdp_flows == 1 {
+        note(&PC_FLOWS_IN, &f.key(), &init.value);
+    }
 }
 
 type FlowMap = aya_ebpf::btf_maps::LruHashMap<
@@ -311,46 +422,64 @@ type FlowMap = aya_ebpf::btf_maps::LruHashMap<
     { portcullis_common::maps::FLOWS_MAX as usize },
 >;
 
-/// A UDP datagram of a socket without a record: a reply to a flow the other side opened
-/// (found in `replies`, opened in `reply_direction`), else a new flow in `direction`,
-/// remembered in `opened` so that its replies pass.
-#[inline(always)]
-fn udp_unrecorded(
-    cfg: &Config,
-    f: &Flow,
-    replies: &FlowMap,
-    reply_direction: u8,
-    opened: &FlowMap,
-    direction: u8,
-) -> i32 {
+/// A UDP datagram no record applies to: a reply to a flow the other side opened (found
+/// in the other direction's table), more of a flow already judged (in this direction's
+/// table), else a new flow in the packet's direction, remembered in this direction's
+/// table so that its replies pass (or, in audit mode, count against it). Flows this host
+/// opens live in PC_FLOWS_OUT, flows peers open in PC_FLOWS_IN.
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "the key is looked up by reference: no 40-byte copy per lookup on a tight stack"
+)]
+#[inline(never)]
+fn udp_unrecorded(cfg: &Config, f: &Flow) -> i32 {
+    let (replies, reply_direction, opened, direction) = if f.egress {
+        (&PC_FLOWS_IN, DIR_IN, &PC_FLOWS_OUT, DIR_OUT)
+    } else {
+        (&PC_FLOWS_OUT, DIR_OUT, &PC_FLOWS_IN, DIR_IN)
+    };
     let key = f.key();
-    if let Some(v) = replies.get_ptr(key) {
-        // SAFETY: LRU values stay valid for the program's run (RCU).
-        let rule = unsafe { (*v).rule };
-        return verdict(cfg, f, reply_direction, Decision::Allow(rule), false);
+    if let Some(v) = replies.get_ptr_mut(&key) {
+        return by_entry(cfg, f, v, reply_direction);
+    }
+    if let Some(v) = opened.get_ptr_mut(&key) {
+        return by_entry(cfg, f, v, direction);
     }
     let d = f.decide(cfg, direction);
-    if let Decision::Allow(rule) = d {
-        // Written only when missing or changed: an LRU update on every datagram of a
-        // busy flow costs more than the lookup (which also refreshes the entry).
-        let known = opened.get_ptr(key).is_some_and(|v| {
-            // SAFETY: see above.
-            unsafe { (*v).rule == rule }
-        });
-        if !known {
-            remember(opened, &key, rule);
+    match d {
+        Decision::Allow(rule) => remember(opened, &key, FlowValue::allowed(rule, cfg.epoch)),
+        // A would-denied flow is remembered too (one event per flow, and its replies
+        // count against it instead of as new inbound flows). Not in enforce mode: the
+        // datagram is dropped, and a scan must not fill the table.
+        Decision::Deny(why) if cfg.mode == MODE_AUDIT => {
+            remember(opened, &key, FlowValue::denied(why, cfg.epoch))
         }
+        Decision::Deny(_) => {}
     }
     verdict(cfg, f, direction, d, true)
 }
 
-/// Outbound packet from a socket without a connect() record.
+/// A datagram of a flow with a table entry: the entry's verdict, decided again when the
+/// policy changed since (revocation).
 #[inline(always)]
-fn egress_unrecorded(cfg: &Config, f: &Flow) -> i32 {
+fn by_entry(cfg: &Config, f: &Flow, v: *mut FlowValue, direction: u8) -> i32 {
+    // SAFETY: LRU values stay valid for the program's run (RCU); a concurrent writer
+    // writes the same verdict.
+    let j = unsafe { (*v).judge(cfg.epoch, || f.decide(cfg, direction)) };
+    if j.changed {
+        // SAFETY: as above.
+        unsafe { *v = j.store };
+    }
+    verdict(cfg, f, direction, j.decision, j.event)
+}
+
+/// Outbound packet no record applies to.
+#[inline(always)]
+fn egress_unrecorded(cfg: &Config, f: &Flow, sk: *mut bpf_sock) -> i32 {
     if f.protocol == IPPROTO_UDP {
         // A reply to a datagram a peer sent us through an inbound rule, else a new
         // outbound flow.
-        return udp_unrecorded(cfg, f, &PC_FLOWS_IN, DIR_IN, &PC_FLOWS_OUT, DIR_OUT);
+        return udp_unrecorded(cfg, f);
     }
     // TCP. A SYN without ACK opens a flow: connect() should have recorded it, so this
     // is a path around the connect hooks (or a socket older than the agent); judge it
@@ -364,23 +493,30 @@ fn egress_unrecorded(cfg: &Config, f: &Flow) -> i32 {
     // an inbound rule opens to this peer.
     let d = f.decide(cfg, DIR_IN);
     match d {
-        Decision::Allow(_) => verdict(cfg, f, DIR_IN, d, false),
+        Decision::Allow(rule) => {
+            record_inbound(cfg, f, sk, rule);
+            verdict(cfg, f, DIR_IN, d, false)
+        }
         Decision::Deny(_) => verdict(cfg, f, DIR_IN, Decision::Deny(reason::STATE), true),
     }
 }
 
 #[inline(always)]
-fn remember(map: &FlowMap, key: &FlowKey, rule: u16) {
-    // Existing entries are left alone: their LRU position is refreshed by the lookup.
-    let _ = map.insert(
-        key,
-        FlowValue {
-            rule,
-            verdict: VERDICT_ALLOW,
-            _pad: [0; 5],
-        },
-        0,
-    );
+fn remember(map: &FlowMap, key: &FlowKey, value: FlowValue) {
+    let _ = map.insert(key, value, 0);
+}
+
+/// Writes `value` for `key` unless the entry already says so (the lookup also refreshes
+/// its LRU position): an update on every packet of a busy flow costs more than a lookup.
+#[inline(always)]
+fn note(map: &FlowMap, key: &FlowKey, value: &FlowValue) {
+    let same = map.get_ptr(key).is_some_and(|v| {
+        // SAFETY: see `by_entry`.
+        unsafe { *v == *value }
+    });
+    if !same {
+        remember(map, key, *value);
+    }
 }
 
 /// Counts and applies a decision.
@@ -391,17 +527,23 @@ fn verdict(cfg: &Config, f: &Flow, direction: u8, d: Decision, event: bool) -> i
             count_rule(stats::LAYER_CGROUP, rule, f.segments, f.bytes);
             PASS
         }
-        Decision::Deny(why) => {
-            if deny(cfg, &f.denied(direction, why), f.segments, f.bytes, event) {
-                DROP
-            } else {
-                PASS
-            }
-        }
+        Decision::Deny(why) => deny_flow(cfg, f, direction, why, event),
     }
 }
 
-#[inline(always)]
+/// Accounts a denied packet. Not inlined: the deny path (event, denied-port table) has
+/// its own stack frame, which keeps the allow path's within the 512-byte limit.
+#[inline(never)]
+fn deny_flow(cfg: &Config, f: &Flow, direction: u8, why: u32, event: bool) -> i32 {
+    if deny(cfg, &f.denied(direction, why), f.segments, f.bytes, event) {
+        DROP
+    } else {
+        PASS
+    }
+}
+
+/// Not inlined, like [`deny_flow`].
+#[inline(never)]
 fn malformed(ctx: &SkBuffContext, cfg: &Config, egress: bool) -> i32 {
     count_stat(stats::LAYER_CGROUP, stats::MALFORMED, 1, ctx.len());
     let d = Denied::malformed(

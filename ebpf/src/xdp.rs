@@ -9,15 +9,22 @@
 //! Per packet, in order:
 //! 1. non-IP frames pass (ARP among them; counted in `PASS_NON_IP`); a frame whose
 //!    headers cannot be parsed is denied as malformed (fail closed);
-//! 2. a later fragment (no ports) passes only if its datagram's first fragment was
+//! 2. a spoofed source (IPv4-mapped in IPv6, loopback, unspecified outside neighbour
+//!    discovery) is denied for `SPOOFED`;
+//! 3. a later fragment (no ports) passes only if its datagram's first fragment was
 //!    allowed (`PC_FRAGS`, below); otherwise it is denied (reason `STATE`);
-//! 3. ICMP errors and every ICMPv6 type but echo pass (neighbour discovery among them);
-//!    echo is `Config::icmp_echo`; other protocols than TCP and UDP are denied;
-//! 4. TCP SYN without ACK opens a flow: the rule for the destination port decides;
-//! 5. any other TCP segment, and any UDP datagram, passes when the destination port is
+//! 4. ICMP is related-only (`crate::related`): an error passes when it quotes a flow
+//!    this host has, an echo reply when this host sent the request, an echo request
+//!    when `Config::icmp_echo` says so, IPv6 neighbour discovery and MLD when link-local
+//!    (RFC 4890); other protocols than TCP and UDP are denied;
+//! 5. TCP SYN without ACK opens a flow: the rule for the destination port decides;
+//! 6. any other TCP segment, and any UDP datagram, passes when the destination port is
 //!    open to this peer (more of an allowed inbound flow, or a new UDP one), or when it
-//!    answers a flow this host opened (`PC_FLOWS_OUT`); otherwise it is denied (TCP:
-//!    reason `STATE`; UDP: the policy's reason, as the cgroup side reports it).
+//!    answers a flow this host opened (`PC_FLOWS_OUT`, decided again when the policy
+//!    epoch changed: a revoked flow is denied for `REVOKED`, and a flow audit mode
+//!    would deny counts its replies against itself); otherwise it is denied (TCP:
+//!    reason `STATE`; UDP: the policy's reason, as the cgroup side reports it; either:
+//!    `REVOKED` when the cgroup side had let the inbound flow in, `PC_FLOWS_IN`).
 //!
 //! Source ports are never trusted: a segment from port 25 or 53 to a port no rule opens
 //! passes only if this host opened exactly that flow.
@@ -62,8 +69,7 @@
 //! (the last fragment can arrive before a middle one); the LRU recycles them.
 //!
 //! Not done here: the loopback exemption (loopback traffic never reaches a device's XDP
-//! hook; a 127/8 source on the wire is judged like any other address and the kernel
-//! drops it as a martian anyway).
+//! hook; a 127/8 or `::1` source on the wire is spoofed).
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
@@ -74,20 +80,42 @@ use aya_ebpf::{
 use portcullis_common::{
     config::Config,
     event::hook,
-    flow::{FlowKey, FlowValue, FragKey, VERDICT_ALLOW},
+    flow::{FlowKey, FlowValue, FragKey, VERDICT_ALLOW, echo_key, quoted_flow4, quoted_flow6},
     maps::FRAGS_MAX,
     policy::{
-        DIR_IN, Decision, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, decide,
-        icmp4_is_echo, icmp4_is_error, icmp6_is_echo,
+        DIR_IN, DIR_OUT, Decision, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Icmp,
+        decide, icmp4_class, icmp6_class, is_spoofed, is_unspecified,
     },
     stats::{self, reason},
 };
 
 use crate::{
     account::{Denied, count_rule, count_stat, deny},
-    maps::{KernelTables, PC_FLOWS_OUT, config},
-    xdp_parse::{Fragment, Frame, Parsed, TCP_ACK, TCP_SYN, parse},
+    maps::{KernelTables, PC_FLOWS_IN, PC_FLOWS_OUT, config},
+    related::{echo_answered, in_tables},
+    xdp_parse::{Fragment, Frame, Parsed, TCP_ACK, TCP_SYN, parse, read_at},
 };
+
+/// A verdict on an inbound packet, with the direction of the flow it belongs to (an
+/// answer to a flow this host opened is counted as that outbound flow) and whether a
+/// deny raises an event (once per flow).
+#[derive(Clone, Copy)]
+struct Verdict {
+    direction: u8,
+    decision: Decision,
+    event: bool,
+}
+
+impl Verdict {
+    #[inline(always)]
+    const fn inbound(decision: Decision) -> Self {
+        Verdict {
+            direction: DIR_IN,
+            decision,
+            event: true,
+        }
+    }
+}
 
 /// Allowed first fragments, for the rest of their datagram (see the module docs). Only
 /// this program uses it, so it lives here rather than with the shared maps.
@@ -102,7 +130,7 @@ pub fn pc_xdp(ctx: XdpContext) -> u32 {
     let cfg = config();
     let mut f = Frame::EMPTY;
     match parse(&ctx, &mut f) {
-        Ok(Parsed::Ip) => judge(&cfg, &f),
+        Ok(Parsed::Ip) => judge(&ctx, &cfg, &f),
         Ok(Parsed::NonIp) => {
             count_stat(stats::LAYER_XDP, stats::PASS_NON_IP, 1, frame_len(&ctx));
             XDP_PASS
@@ -119,81 +147,87 @@ fn frame_len(ctx: &XdpContext) -> u32 {
 }
 
 #[inline(always)]
-fn judge(cfg: &Config, f: &Frame) -> u32 {
+fn judge(ctx: &XdpContext, cfg: &Config, f: &Frame) -> u32 {
+    // XDP runs on the interfaces the configuration names, where a loopback source is
+    // always forged (loopback traffic never crosses them; BPF_PROG_TEST_RUN reports the
+    // loopback device as the receiving one, so the device is not asked).
+    if is_spoofed(&f.src, f.v6, false) && !dad_or_mld(f) {
+        return apply(cfg, f, &Verdict::inbound(Decision::Deny(reason::SPOOFED)));
+    }
     let first = match f.fragment {
         Fragment::Later => return later_fragment(cfg, f),
         Fragment::First => true,
         Fragment::None => false,
     };
-    let d = match (f.protocol, f.v6) {
+    let v = match (f.protocol, f.v6) {
         (IPPROTO_TCP, _) => tcp(cfg, f),
         (IPPROTO_UDP, _) => udp(cfg, f),
-        (IPPROTO_ICMP, false) => {
-            return icmp(
-                cfg,
-                f,
-                first,
-                icmp4_is_error(f.icmp_type),
-                icmp4_is_echo(f.icmp_type),
-            );
-        }
-        (IPPROTO_ICMPV6, true) => return icmp(cfg, f, first, !icmp6_is_echo(f.icmp_type), true),
-        _ => Decision::Deny(reason::PROTOCOL),
+        (IPPROTO_ICMP, false) | (IPPROTO_ICMPV6, true) => match icmp(ctx, cfg, f, first) {
+            ICMP_PASSES => return XDP_PASS,
+            why => Verdict::inbound(Decision::Deny(why)),
+        },
+        _ => Verdict::inbound(Decision::Deny(reason::PROTOCOL)),
     };
-    if let (true, Decision::Allow(rule)) = (first, d) {
+    if let (true, Decision::Allow(rule)) = (first, v.decision) {
         remember_fragment(f, rule);
     }
-    apply(cfg, f, d)
+    apply(cfg, f, &v)
+}
+
+/// Duplicate address detection and multicast listener reports come from `::`.
+#[inline(always)]
+fn dad_or_mld(f: &Frame) -> bool {
+    f.v6 && f.protocol == IPPROTO_ICMPV6
+        && is_unspecified(&f.src)
+        && icmp6_class(f.icmp_type, f.hop_limit, &f.src) == Icmp::Local
+}
+
+/// The policy's verdict on this packet as a new inbound flow.
+#[inline(always)]
+fn inbound(cfg: &Config, f: &Frame) -> Decision {
+    decide(
+        &KernelTables,
+        cfg.generation,
+        DIR_IN,
+        f.protocol,
+        f.dport,
+        &f.src,
+    )
 }
 
 /// TCP: a SYN without ACK is a new flow; anything else must belong to an allowed one.
 #[inline(always)]
-fn tcp(cfg: &Config, f: &Frame) -> Decision {
-    let d = decide(
-        &KernelTables,
-        cfg.generation,
-        DIR_IN,
-        IPPROTO_TCP,
-        f.dport,
-        &f.src,
-    );
+fn tcp(cfg: &Config, f: &Frame) -> Verdict {
+    let d = inbound(cfg, f);
     if f.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
-        return d;
+        return Verdict::inbound(d);
     }
     match d {
         // More of an inbound flow the port's rule allows (judged by port, like the
         // cgroup ingress program judges accepted sockets).
-        Decision::Allow(_) => d,
-        Decision::Deny(_) => match reply_rule(f) {
-            Some(rule) => Decision::Allow(rule),
-            None => Decision::Deny(reason::STATE),
-        },
+        Decision::Allow(_) => Verdict::inbound(d),
+        Decision::Deny(_) => not_by_port(cfg, f, reason::STATE),
     }
 }
 
 /// UDP: open port for this peer, or a reply to a flow this host opened.
 #[inline(always)]
-fn udp(cfg: &Config, f: &Frame) -> Decision {
-    let d = decide(
-        &KernelTables,
-        cfg.generation,
-        DIR_IN,
-        IPPROTO_UDP,
-        f.dport,
-        &f.src,
-    );
-    match d {
-        Decision::Allow(_) => d,
-        Decision::Deny(_) => match reply_rule(f) {
-            Some(rule) => Decision::Allow(rule),
-            None => d,
-        },
+fn udp(cfg: &Config, f: &Frame) -> Verdict {
+    match inbound(cfg, f) {
+        d @ Decision::Allow(_) => Verdict::inbound(d),
+        Decision::Deny(why) => not_by_port(cfg, f, why),
     }
 }
 
-/// The rule of the outbound flow this packet answers, if this host opened one.
-#[inline(always)]
-fn reply_rule(f: &Frame) -> Option<u16> {
+/// A packet the port table does not let in: the answer to a flow this host opened, the
+/// packet of an inbound flow a reload revoked, or denied for `why`. Not inlined: the
+/// reply path keeps the allow path's stack small.
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "the key is looked up by reference: no 40-byte copy per lookup on a tight stack"
+)]
+#[inline(never)]
+fn not_by_port(cfg: &Config, f: &Frame, why: u32) -> Verdict {
     // This host's view: the packet's destination is local.
     let key = FlowKey {
         local: f.dst,
@@ -203,35 +237,95 @@ fn reply_rule(f: &Frame) -> Option<u16> {
         protocol: f.protocol,
         _pad: [0; 3],
     };
-    // SAFETY: LRU hash values stay valid for the program's run (RCU).
-    PC_FLOWS_OUT.get_ptr(key).map(|v| unsafe { (*v).rule })
+    if let Some(v) = PC_FLOWS_OUT.get_ptr_mut(&key) {
+        // SAFETY: LRU hash values stay valid for the program's run (RCU); the cgroup
+        // programs write the same verdict.
+        let j = unsafe {
+            (*v).judge(cfg.epoch, || {
+                decide(
+                    &KernelTables,
+                    cfg.generation,
+                    DIR_OUT,
+                    f.protocol,
+                    f.sport,
+                    &f.src,
+                )
+            })
+        };
+        if j.changed {
+            // SAFETY: as above.
+            unsafe { *v = j.store };
+        }
+        return Verdict {
+            direction: DIR_OUT,
+            decision: j.decision,
+            event: j.event,
+        };
+    }
+    // An inbound flow the cgroup side let in whose port no rule opens any more.
+    let revoked = PC_FLOWS_IN.get_ptr(&key).is_some_and(|v| {
+        // SAFETY: as above.
+        unsafe { (*v).verdict == VERDICT_ALLOW }
+    });
+    Verdict::inbound(Decision::Deny(if revoked { reason::REVOKED } else { why }))
 }
 
-/// ICMP: errors (for ICMPv6 everything but echo, neighbour discovery included) pass;
-/// echo is a setting; the rest is denied.
-#[inline(always)]
-fn icmp(cfg: &Config, f: &Frame, first: bool, always: bool, echo: bool) -> u32 {
-    if always || (echo && cfg.icmp_echo == 1) {
-        if first {
-            remember_fragment(f, NO_RULE);
-        }
-        count_stat(stats::LAYER_XDP, stats::PASS_ICMP, 1, f.ip_len);
-        return XDP_PASS;
+/// What [`icmp`] returns for a message that passes.
+const ICMP_PASSES: u32 = u32::MAX;
+
+/// ICMP, related-only (see the module docs): [`ICMP_PASSES`] when it passes (counted
+/// here), else the reason to deny it for. Not inlined: the ICMP paths stay out of the
+/// TCP/UDP path's frame; the deny is applied by the caller, so the two frames never stack.
+#[inline(never)]
+fn icmp(ctx: &XdpContext, cfg: &Config, f: &Frame, first: bool) -> u32 {
+    let class = if f.v6 {
+        icmp6_class(f.icmp_type, f.hop_limit, &f.src)
+    } else {
+        icmp4_class(f.icmp_type)
+    };
+    let ok = match class {
+        Icmp::Local => true,
+        Icmp::EchoRequest if cfg.icmp_echo == 1 => true,
+        Icmp::EchoReply if cfg.icmp_echo == 1 => match read_at::<2>(ctx, f.l4 + 4) {
+            Ok(id) => echo_answered(&echo_key(f.dst, f.src, u16::from_be_bytes(id), f.protocol)),
+            Err(()) => false,
+        },
+        Icmp::Error => error_related(ctx, f),
+        _ => return reason::ICMP,
+    };
+    if !ok {
+        return reason::STATE;
     }
-    apply(cfg, f, Decision::Deny(reason::ICMP))
+    if first {
+        remember_fragment(f, NO_RULE);
+    }
+    count_stat(stats::LAYER_XDP, stats::PASS_ICMP, 1, f.ip_len);
+    ICMP_PASSES
+}
+
+/// Whether an ICMP error quotes a flow this host has (a flow-table entry: see
+/// `related::in_tables`). Inlined into [`icmp`], whose frame it shares.
+#[inline(always)]
+fn error_related(ctx: &XdpContext, f: &Frame) -> bool {
+    let quote = f.l4 + 8;
+    let mut key = FlowKey::default();
+    let known = if f.v6 {
+        match read_at::<48>(ctx, quote) {
+            Ok(q) => quoted_flow6(&q, &mut key, true),
+            Err(()) => false,
+        }
+    } else {
+        match read_at::<28>(ctx, quote) {
+            Ok(q) => quoted_flow4(&q, &mut key, true),
+            Err(()) => false,
+        }
+    };
+    known && in_tables(&key)
 }
 
 #[inline(always)]
 fn remember_fragment(f: &Frame, rule: u16) {
-    let _ = PC_FRAGS.insert(
-        f.frag_key(),
-        FlowValue {
-            rule,
-            verdict: VERDICT_ALLOW,
-            _pad: [0; 5],
-        },
-        0,
-    );
+    let _ = PC_FRAGS.insert(f.frag_key(), FlowValue::allowed(rule, 0), 0);
 }
 
 /// A fragment after the first: its datagram's first fragment decided for it.
@@ -244,30 +338,32 @@ fn later_fragment(cfg: &Config, f: &Frame) -> u32 {
                 count_stat(stats::LAYER_XDP, stats::PASS_ICMP, 1, f.ip_len);
                 XDP_PASS
             }
-            rule => apply(cfg, f, Decision::Allow(rule)),
+            rule => apply(cfg, f, &Verdict::inbound(Decision::Allow(rule))),
         },
-        None => apply(cfg, f, Decision::Deny(reason::STATE)),
+        None => apply(cfg, f, &Verdict::inbound(Decision::Deny(reason::STATE))),
     }
 }
 
-/// Counts and applies a decision on an inbound packet.
-#[inline(always)]
-fn apply(cfg: &Config, f: &Frame, d: Decision) -> u32 {
-    match d {
+/// Counts and applies a verdict on an inbound packet. Not inlined: the verdict reaches
+/// it through memory, so no path reads the payload of a variant it did not build (LLVM
+/// may hoist such a read into a register, which the verifier rejects as uninitialised).
+#[inline(never)]
+fn apply(cfg: &Config, f: &Frame, v: &Verdict) -> u32 {
+    match v.decision {
         Decision::Allow(rule) => {
             count_rule(stats::LAYER_XDP, rule, 1, f.ip_len);
             XDP_PASS
         }
-        Decision::Deny(why) => deny_packet(cfg, f, why),
+        Decision::Deny(why) => deny_packet(cfg, f, v.direction, why, v.event),
     }
 }
 
 /// Accounts a denied packet. Not inlined: the deny path (event, denied-port table) has
 /// its own stack frame, which keeps the allow path's within the 512-byte limit.
 #[inline(never)]
-fn deny_packet(cfg: &Config, f: &Frame, why: u32) -> u32 {
+fn deny_packet(cfg: &Config, f: &Frame, direction: u8, why: u32, event: bool) -> u32 {
     let denied = Denied {
-        direction: DIR_IN,
+        direction,
         reason: why,
         protocol: f.protocol,
         local: f.dst,
@@ -277,7 +373,7 @@ fn deny_packet(cfg: &Config, f: &Frame, why: u32) -> u32 {
         hook: hook::XDP,
         cgroup_id: 0,
     };
-    if deny(cfg, &denied, 1, f.ip_len, true) {
+    if deny(cfg, &denied, 1, f.ip_len, event) {
         XDP_DROP
     } else {
         XDP_PASS

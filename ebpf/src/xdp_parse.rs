@@ -84,6 +84,12 @@ fn read<const N: usize>(ctx: &XdpContext, offset: usize) -> Result<[u8; N], ()> 
     Ok(unsafe { *at::<[u8; N]>(ctx, offset)? })
 }
 
+/// Reads `N` bytes at `offset`, for the verdict code (ICMP quotes, echo identifiers).
+#[inline(always)]
+pub fn read_at<const N: usize>(ctx: &XdpContext, offset: usize) -> Result<[u8; N], ()> {
+    read(ctx, offset)
+}
+
 /// Where a packet stands in its datagram's fragmentation.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Fragment {
@@ -125,6 +131,10 @@ pub struct Frame {
     /// fragment header's next header (the same in every fragment of a datagram).
     pub frag_protocol: u8,
     pub fragment: Fragment,
+    /// IPv6 hop limit (0 for IPv4): link-local ICMPv6 must carry 255 or 1.
+    pub hop_limit: u8,
+    /// Offset of the transport header in the frame: where an ICMP message starts.
+    pub l4: usize,
 }
 
 impl Frame {
@@ -141,6 +151,8 @@ impl Frame {
         frag_id: 0,
         frag_protocol: 0,
         fragment: Fragment::None,
+        hop_limit: 0,
+        l4: 0,
     };
 
     /// The key of this packet's datagram in the fragment table.
@@ -234,13 +246,14 @@ fn parse_v4(ctx: &XdpContext, l3: usize, f: &mut Frame) -> Result<usize, ()> {
 /// [`parse_v4`]).
 #[inline(always)]
 fn parse_v6(ctx: &XdpContext, l3: usize, f: &mut Frame) -> Result<usize, ()> {
-    let [version, _, _, _, len_hi, len_lo, next, _hop] = read(ctx, l3)?;
+    let [version, _, _, _, len_hi, len_lo, next, hop] = read(ctx, l3)?;
     let payload = u16::from_be_bytes([len_hi, len_lo]) as usize;
     if version >> 4 != 6 {
         return Err(());
     }
     let ip_end = l3 + 40 + payload;
     f.v6 = true;
+    f.hop_limit = hop;
     f.protocol = next;
     f.src = read(ctx, l3 + 8)?;
     f.dst = read(ctx, l3 + 24)?;
@@ -306,6 +319,7 @@ fn transport(ctx: &XdpContext, offset: usize, ip_end: usize, f: &mut Frame) -> R
     if offset + need > ip_end {
         return Err(());
     }
+    f.l4 = offset;
     // Each read covers the whole minimal header, though only some fields are used.
     match f.protocol {
         IPPROTO_TCP => {

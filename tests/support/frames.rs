@@ -170,3 +170,77 @@ pub fn ip_len(frame: &[u8]) -> u64 {
         _ => frame.len() as u64,
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Frames for the hardening tests (issue 13): ICMP errors that quote a packet, IPv6 with a
+// chosen hop limit, special addresses.
+
+/// An ICMPv4 error (`ty`, `code`) quoting the IPv4 header (no options) and first 8 bytes
+/// of a `protocol` packet `src:sport -> dst:dport`, as a router would send back.
+pub fn icmp_error4(
+    ty: u8,
+    code: u8,
+    src: [u8; 4],
+    sport: u16,
+    dst: [u8; 4],
+    dport: u16,
+    protocol: u8,
+) -> Vec<u8> {
+    let mut m = vec![ty, code, 0, 0, 0, 0, 0, 0];
+    let l4 = quoted_l4(sport, dport);
+    m.extend_from_slice(&ipv4(src, dst, protocol, &[], NOT_FRAGMENTED, &l4)[..28]);
+    m
+}
+
+/// An ICMPv6 error of type `ty` quoting an IPv6 `protocol` packet `src:sport -> dst:dport`.
+pub fn icmp_error6(
+    ty: u8,
+    src: [u8; 16],
+    sport: u16,
+    dst: [u8; 16],
+    dport: u16,
+    protocol: u8,
+) -> Vec<u8> {
+    let mut m = vec![ty, 0, 0, 0, 0, 0, 0, 0];
+    m.extend_from_slice(&ipv6(src, dst, protocol, &quoted_l4(sport, dport)));
+    m
+}
+
+/// The first 8 bytes of a TCP or UDP header (ports, then zeros).
+fn quoted_l4(sport: u16, dport: u16) -> Vec<u8> {
+    let mut l4 = sport.to_be_bytes().to_vec();
+    l4.extend_from_slice(&dport.to_be_bytes());
+    l4.resize(8, 0);
+    l4
+}
+
+/// An Ethernet frame with an IPv6 packet of hop limit `hop_limit`.
+pub fn v6_hop(src: [u8; 16], dst: [u8; 16], hop_limit: u8, next: u8, payload: &[u8]) -> Vec<u8> {
+    let mut ip = ipv6(src, dst, next, payload);
+    ip[7] = hop_limit;
+    eth(&[], ETH_P_IPV6, &ip)
+}
+
+/// An ICMP echo request or reply (`ty`) with identifier `id`.
+pub fn echo(ty: u8, id: u16) -> Vec<u8> {
+    let mut m = vec![ty, 0, 0, 0];
+    m.extend_from_slice(&id.to_be_bytes());
+    m.extend_from_slice(&[0, 1]);
+    m
+}
+
+/// `fe80::1`.
+pub fn link_local6() -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a[0] = 0xfe;
+    a[1] = 0x80;
+    a[15] = 1;
+    a
+}
+
+/// `::1`.
+pub fn v6_loopback() -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a[15] = 1;
+    a
+}

@@ -12,6 +12,22 @@ load HOST ALLOWED DENIED INTERVAL_MS STOPFILE OUTFILE
 udp-send HOST PORT COUNT SIZE
     sends COUNT datagrams of SIZE payload bytes from one unconnected socket;
     prints "sent=N eperm=M"
+udp-per-flow HOST ALLOWED DENIED LOOPBACK
+    one UDP socket connect()ed to HOST:ALLOWED, then sendto() elsewhere, after
+    connect(AF_UNSPEC), after a refused re-connect, and from a socket connected to
+    LOOPBACK:ALLOWED (then dissolved); prints one "step=result" line per step
+hold HOST TCPPORT UDPPORT GOFILE OUTFILE
+    opens a TCP connection and a connected UDP socket, sends "1" on both, waits for
+    GOFILE, sends "2" on both; writes the results as JSON to OUTFILE
+ping HOST ID
+    one ICMP echo request (raw socket) with identifier ID; prints reply | timeout
+icmp-listen SECONDS OUTFILE
+    raw ICMP socket: appends "type code" of each message received to OUTFILE
+icmp-error HOST TYPE CODE QSRC QSPORT QDST QDPORT PROTO
+    sends an ICMP error to HOST quoting an IPv4 PROTO packet QSRC:QSPORT -> QDST:QDPORT
+udp6-frame IFACE DSTMAC SRC DST SPORT DPORT PAYLOAD
+    sends one Ethernet frame on IFACE (AF_PACKET): IPv6 SRC -> DST, UDP, any source
+    address at all (IPv4-mapped, ::1): what a spoofing peer puts on the wire
 """
 import errno
 import socket
@@ -115,5 +131,151 @@ def load(args):
         json.dump(counts, f)
 
 
+def errname(e):
+    return errno.errorcode.get(e.errno, str(e.errno)) if e.errno else "timeout"
+
+
+def udp_per_flow(args):
+    import ctypes
+    host, allowed, denied, loopback = args[0], int(args[1]), int(args[2]), args[3]
+    s = socket.socket(family(host), socket.SOCK_DGRAM)
+    s.settimeout(1)
+
+    def step(name, fn):
+        try:
+            fn()
+            print(f"{name}=ok", flush=True)
+        except OSError as e:
+            print(f"{name}={errname(e)}", flush=True)
+
+    step("connect", lambda: s.connect((host, allowed)))
+    step("send", lambda: s.send(b"allowed"))
+    step("sendto_other", lambda: s.sendto(b"bypass-1", (host, denied)))
+    # connect(AF_UNSPEC): a sockaddr whose family is 0 dissolves the association.
+    libc = ctypes.CDLL(None, use_errno=True)
+    unspec = ctypes.create_string_buffer(16)
+    rc = libc.connect(s.fileno(), unspec, 16)
+    print(f"unspec={'ok' if rc == 0 else errno.errorcode[ctypes.get_errno()]}", flush=True)
+    step("after_unspec", lambda: s.sendto(b"bypass-2", (host, denied)))
+    step("connect_again", lambda: s.connect((host, allowed)))
+    step("reconnect_denied", lambda: s.connect((host, denied)))
+    step("after_refused", lambda: s.sendto(b"bypass-3", (host, denied)))
+    step("send_after_refused", lambda: s.send(b"allowed-again"))
+    lo = socket.socket(family(loopback), socket.SOCK_DGRAM)
+    step("connect_loopback", lambda: lo.connect((loopback, allowed)))
+    # Dissolve the association (which also unbinds the loopback source address), then
+    # send elsewhere: the exempt record must not carry the datagram.
+    libc.connect(lo.fileno(), unspec, 16)
+    step("after_loopback", lambda: lo.sendto(b"bypass-4", (host, denied)))
+
+
+def hold(args):
+    import json, os, time
+    host, tcp_port, udp_port, gofile, outfile = args[0], int(args[1]), int(args[2]), args[3], args[4]
+    t = socket.create_connection((host, tcp_port), timeout=3)
+    u = socket.socket(family(host), socket.SOCK_DGRAM)
+    u.connect((host, udp_port))
+    res = {}
+
+    def send(name, fn):
+        try:
+            fn()
+            res[name] = "ok"
+        except OSError as e:
+            res[name] = errname(e)
+
+    send("tcp1", lambda: t.send(b"1"))
+    send("udp1", lambda: u.send(b"1"))
+    while not os.path.exists(gofile):
+        time.sleep(0.02)
+    send("tcp2", lambda: t.send(b"2"))
+    send("udp2", lambda: u.send(b"2"))
+    time.sleep(0.5)
+    with open(outfile, "w") as f:
+        json.dump(res, f)
+
+
+def checksum(data):
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2))
+    while total >> 16:
+        total = (total & 0xffff) + (total >> 16)
+    return (~total) & 0xffff
+
+
+def ping(args):
+    import struct, time
+    host, ident = args[0], int(args[1])
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    body = struct.pack("!BBHHH", 8, 0, 0, ident, 1) + b"portcullis"
+    body = body[:2] + checksum(body).to_bytes(2, "big") + body[4:]
+    try:
+        s.sendto(body, (host, 0))
+    except OSError as e:
+        print(errname(e))
+        return
+    s.settimeout(0.2)
+    deadline = time.time() + 2
+    while time.time() < deadline:
+        try:
+            data = s.recv(2048)
+        except socket.timeout:
+            continue
+        ihl = (data[0] & 0x0f) * 4
+        if data[ihl] == 0 and int.from_bytes(data[ihl + 4:ihl + 6], "big") == ident:
+            print("reply")
+            return
+    print("timeout")
+
+
+def icmp_listen(args):
+    import time
+    seconds, outfile = float(args[0]), args[1]
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    s.settimeout(0.1)
+    open(outfile, "w").close()
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            data = s.recv(2048)
+        except socket.timeout:
+            continue
+        ihl = (data[0] & 0x0f) * 4
+        with open(outfile, "a") as f:
+            f.write(f"{data[ihl]} {data[ihl + 1]}\n")
+
+
+def icmp_error(args):
+    import struct
+    host, ty, code = args[0], int(args[1]), int(args[2])
+    qsrc, qsport, qdst, qdport, proto = args[3], int(args[4]), args[5], int(args[6]), int(args[7])
+    quoted = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28, 1, 0, 64, proto, 0,
+                         socket.inet_aton(qsrc), socket.inet_aton(qdst))
+    quoted += struct.pack("!HHHH", qsport, qdport, 8, 0)
+    body = struct.pack("!BBHI", ty, code, 0, 0) + quoted
+    body = body[:2] + checksum(body).to_bytes(2, "big") + body[4:]
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    s.sendto(body, (host, 0))
+
+
+def udp6_frame(args):
+    import struct
+    iface, dstmac, src, dst = args[0], bytes.fromhex(args[1].replace(":", "")), args[2], args[3]
+    sport, dport, payload = int(args[4]), int(args[5]), args[6].encode()
+    s6, d6 = socket.inet_pton(socket.AF_INET6, src), socket.inet_pton(socket.AF_INET6, dst)
+    length = 8 + len(payload)
+    pseudo = s6 + d6 + struct.pack("!I3xB", length, 17)
+    udp = struct.pack("!HHHH", sport, dport, length, 0) + payload
+    udp = udp[:6] + (checksum(pseudo + udp) or 0xffff).to_bytes(2, "big") + udp[8:]
+    ip = struct.pack("!IHBB", 6 << 28, length, 17, 64) + s6 + d6
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    s.bind((iface, 0))
+    srcmac = s.getsockname()[4]
+    s.send(dstmac + srcmac + b"\x86\xdd" + ip + udp)
+
+
 if __name__ == "__main__":
-    {"connect": connect, "udp-send": udp_send, "listen": listen, "load": load}[sys.argv[1]](sys.argv[2:])
+    {"connect": connect, "udp-send": udp_send, "listen": listen, "load": load,
+     "udp-per-flow": udp_per_flow, "hold": hold, "ping": ping, "icmp-listen": icmp_listen,
+     "icmp-error": icmp_error, "udp6-frame": udp6_frame}[sys.argv[1]](sys.argv[2:])

@@ -17,7 +17,7 @@ use aya::{
 };
 use portcullis_common::{
     config::{Config, MODE_AUDIT, MODE_ENFORCE},
-    flow::{FlowKey, FlowValue, VERDICT_ALLOW},
+    flow::{FlowKey, FlowValue},
     maps,
     policy::{PEER_SET_BITS, PeerAddr, port_entry, port_index, v4_mapped},
     stats::{self, Counter, DeniedKey},
@@ -93,7 +93,8 @@ impl Datapath {
             icmp_echo: u32::from(icmp_echo),
             events_per_sec: 0,
             xdp_flows: 1,
-            _reserved: [0; 2],
+            epoch: 0,
+            _reserved: [0; 1],
         };
         cfg.set(0, c, 0).unwrap();
     }
@@ -135,17 +136,7 @@ impl Datapath {
             self.ebpf.map_mut(maps::FLOWS_OUT).unwrap(),
         )
         .unwrap();
-        flows
-            .insert(
-                key,
-                FlowValue {
-                    rule,
-                    verdict: VERDICT_ALLOW,
-                    _pad: [0; 5],
-                },
-                0,
-            )
-            .unwrap();
+        flows.insert(key, FlowValue::allowed(rule, 0), 0).unwrap();
     }
 
     /// Whether the flow table holds `key`.

@@ -33,7 +33,8 @@ pub fn config_for(policy: &Policy, generation: u32, settings: &Settings) -> Conf
         icmp_echo: u32::from(policy.icmp_echo),
         events_per_sec: settings.events_per_sec,
         xdp_flows: u32::from(!settings.xdp.is_empty()),
-        _reserved: [0; 2],
+        epoch: 0,
+        _reserved: [0; 1],
     }
 }
 
@@ -52,10 +53,16 @@ pub fn install(
         .map(|(_, i)| i)
         .collect();
     // Build first: a policy that does not fit is rejected before any map is touched.
-    let generation = 1 - (dp.config()?.generation & 1);
+    let live = dp.config()?;
+    let generation = 1 - (live.generation & 1);
     let image = Image::build(policy, &index, generation)?;
     dp.reset_rule_counters(&fresh)?;
-    dp.install(&image, config_for(policy, generation, settings))?;
+    // A new epoch: every flow is decided again on its next packet (revocation).
+    let config = Config {
+        epoch: live.epoch.wrapping_add(1),
+        ..config_for(policy, generation, settings)
+    };
+    dp.install(&image, config)?;
     let version = previous.map_or(1, |s| s.policy_version + 1);
     Ok(State::new(
         policy,

@@ -32,6 +32,11 @@ pub struct Config {
     /// connect()ed socket opens in `PC_FLOWS_OUT`, so XDP can let its replies in. 0 spares
     /// cgroup-only deployments that lookup per packet.
     pub xdp_flows: u32,
+    /// Policy epoch: bumped by every install of a policy (a reload, a restart). Each socket
+    /// record and flow-table entry keeps the epoch its verdict was given under; a packet
+    /// that finds an older epoch has its flow decided again by the live policy, so a rule
+    /// a reload removes or narrows stops the flows it allowed (reason `revoked`).
+    pub epoch: u32,
     /// Reserved, zero.
-    pub _reserved: [u32; 2],
+    pub _reserved: [u32; 1],
 }

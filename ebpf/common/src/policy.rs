@@ -97,8 +97,7 @@ pub const fn v4_mapped(v4: [u8; 4]) -> [u8; 16] {
 /// Whether the address is loopback: `127.0.0.0/8` (mapped) or `::1`.
 #[inline(always)]
 pub fn is_loopback(addr: &[u8; 16]) -> bool {
-    let mapped = addr[..10] == [0; 10] && addr[10] == 0xff && addr[11] == 0xff;
-    (mapped && addr[12] == 127) || (addr[..15] == [0; 15] && addr[15] == 1)
+    (is_v4_mapped(addr) && addr[12] == 127) || (addr[..15] == [0; 15] && addr[15] == 1)
 }
 
 /// Read access to one policy image: the kernel's maps, or the agent's copy of them.
@@ -131,43 +130,118 @@ pub fn decide<T: PolicyTables>(
     port: u16,
     peer: &[u8; 16],
 ) -> Decision {
-    let Some(index) = port_index(generation, direction, protocol, port) else {
-        return Decision::Deny(crate::stats::reason::PROTOCOL);
+    // Every path sets both `allow` and `value` (rule or reason): the variant is built
+    // once, at the end. Returning variants from each path lets LLVM leave the payload
+    // register of a path that never sets it unset, and read it on the join, which the
+    // verifier rejects as uninitialised (`!read_ok`).
+    let (allow, value) = match port_index(generation, direction, protocol, port) {
+        None => (false, crate::stats::reason::PROTOCOL),
+        Some(index) => {
+            let entry = tables.port_entry(index);
+            let rule = entry_rule(entry);
+            let set = entry_peer_set(entry);
+            if rule != 0 {
+                (true, rule as u32)
+            } else if set == 0 {
+                (false, crate::stats::reason::NO_RULE)
+            } else {
+                match tables.peer_rule(&PeerAddr::new(generation, set, *peer)) {
+                    0 => (false, crate::stats::reason::PEER),
+                    rule => (true, rule as u32),
+                }
+            }
+        }
     };
-    let entry = tables.port_entry(index);
-    let rule = entry_rule(entry);
-    if rule != 0 {
-        return Decision::Allow(rule);
-    }
-    let set = entry_peer_set(entry);
-    if set == 0 {
-        return Decision::Deny(crate::stats::reason::NO_RULE);
-    }
-    match tables.peer_rule(&PeerAddr::new(generation, set, *peer)) {
-        0 => Decision::Deny(crate::stats::reason::PEER),
-        rule => Decision::Allow(rule),
+    if allow {
+        Decision::Allow(value as u16)
+    } else {
+        Decision::Deny(value)
     }
 }
 
-/// ICMP types (v4) that always pass: destination unreachable, time exceeded, parameter
-/// problem. They carry the errors TCP and UDP need (PMTU discovery among them).
+/// Whether the address is IPv4-mapped (`::ffff:0:0/96`): how this crate stores IPv4,
+/// and a source no real IPv6 packet has.
 #[inline(always)]
-pub const fn icmp4_is_error(icmp_type: u8) -> bool {
-    matches!(icmp_type, 3 | 11 | 12)
+pub fn is_v4_mapped(addr: &[u8; 16]) -> bool {
+    addr[..10] == [0; 10] && addr[10] == 0xff && addr[11] == 0xff
 }
 
-/// ICMPv4 echo reply (0) and request (8).
+/// Whether the address is unspecified: `::` or (mapped) `0.0.0.0`.
 #[inline(always)]
-pub const fn icmp4_is_echo(icmp_type: u8) -> bool {
-    matches!(icmp_type, 0 | 8)
+pub fn is_unspecified(addr: &[u8; 16]) -> bool {
+    addr[..10] == [0; 10]
+        && addr[12..] == [0; 4]
+        && (addr[10..12] == [0; 2] || addr[10..12] == [0xff; 2])
 }
 
-/// ICMPv6 echo request (128) and reply (129). Every other ICMPv6 type (errors 1-4,
-/// neighbour and router discovery 133-137, multicast listener messages) always passes:
-/// IPv6 does not work without them.
+/// Whether the address is IPv6 link-local (`fe80::/10`).
 #[inline(always)]
-pub const fn icmp6_is_echo(icmp_type: u8) -> bool {
-    matches!(icmp_type, 128 | 129)
+pub const fn is_link_local6(addr: &[u8; 16]) -> bool {
+    addr[0] == 0xfe && addr[1] & 0xc0 == 0x80
+}
+
+/// Whether `remote`, the far end of a packet, cannot be real: an IPv4-mapped address in
+/// an IPv6 header (`ipv6`), a loopback address on a packet that did not cross the
+/// loopback device (`loopback_device`; pass true for egress, where the kernel routes
+/// loopback destinations to it), or the unspecified address. Checked before the loopback
+/// exemption and before any peer lookup, so such a source is never loopback and never a
+/// member of a peer group (an IPv4 group's mapped prefix included). IPv6 neighbour
+/// discovery from `::` (duplicate address detection) is the one honest unspecified
+/// source: callers let [`Icmp::Local`] messages through first.
+#[inline(always)]
+pub fn is_spoofed(remote: &[u8; 16], ipv6: bool, loopback_device: bool) -> bool {
+    (ipv6 && is_v4_mapped(remote))
+        || (!loopback_device && is_loopback(remote))
+        || is_unspecified(remote)
+}
+
+/// What an ICMP or ICMPv6 message is, for the related-only rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Icmp {
+    /// An error (v4: destination unreachable, time exceeded, parameter problem; v6:
+    /// types 1-4): passes only when it quotes a flow this host has.
+    Error,
+    /// Echo request: `Config::icmp_echo` decides.
+    EchoRequest,
+    /// Echo reply: passes only as the answer to an echo request this host sent.
+    EchoReply,
+    /// IPv6 link-local configuration traffic RFC 4890 (4.4.1) says a host must accept:
+    /// neighbour and router discovery, inverse ND and SEND with hop limit 255; multicast
+    /// listener and multicast router discovery messages from a link-local (or, for
+    /// reports, the unspecified) source with hop limit 1. Anything else with these types
+    /// (a hop limit that shows the packet was routed) is not link-local and is denied.
+    Local,
+    /// Everything else (redirects, timestamps, router renumbering, node information,
+    /// unknown types): denied.
+    Other,
+}
+
+/// The class of an ICMPv4 message.
+#[inline(always)]
+pub const fn icmp4_class(icmp_type: u8) -> Icmp {
+    match icmp_type {
+        3 | 11 | 12 => Icmp::Error,
+        8 => Icmp::EchoRequest,
+        0 => Icmp::EchoReply,
+        _ => Icmp::Other,
+    }
+}
+
+/// The class of an ICMPv6 message with this IPv6 hop limit and source address.
+#[inline(always)]
+pub fn icmp6_class(icmp_type: u8, hop_limit: u8, src: &[u8; 16]) -> Icmp {
+    match icmp_type {
+        1..=4 => Icmp::Error,
+        128 => Icmp::EchoRequest,
+        129 => Icmp::EchoReply,
+        133..=136 | 141 | 142 | 148 | 149 if hop_limit == 255 => Icmp::Local,
+        130..=132 | 143 | 151..=153
+            if hop_limit == 1 && (is_link_local6(src) || is_unspecified(src)) =>
+        {
+            Icmp::Local
+        }
+        _ => Icmp::Other,
+    }
 }
 
 #[cfg(test)]
@@ -226,6 +300,53 @@ mod tests {
             &p,
         );
         assert_eq!(icmp, Decision::Deny(crate::stats::reason::PROTOCOL));
+    }
+
+    #[test]
+    fn spoofed_sources() {
+        let mapped_lo = v4_mapped([127, 0, 0, 1]);
+        let peer = v4_mapped([198, 18, 0, 2]);
+        // IPv4-mapped in an IPv6 header: never real.
+        assert!(is_spoofed(&peer, true, false));
+        assert!(is_spoofed(&mapped_lo, true, true));
+        // The same bytes are how IPv4 packets are stored: fine in an IPv4 header.
+        assert!(!is_spoofed(&peer, false, false));
+        // Loopback only from the loopback device.
+        assert!(is_spoofed(&mapped_lo, false, false));
+        assert!(!is_spoofed(&mapped_lo, false, true));
+        let mut one = [0u8; 16];
+        one[15] = 1;
+        assert!(is_spoofed(&one, true, false));
+        assert!(!is_spoofed(&one, true, true));
+        // Unspecified, both families.
+        assert!(is_spoofed(&[0; 16], true, true));
+        assert!(is_spoofed(&v4_mapped([0; 4]), false, true));
+        let mut ula = [0u8; 16];
+        ula[0] = 0xfd;
+        ula[15] = 2;
+        assert!(!is_spoofed(&ula, true, false));
+    }
+
+    #[test]
+    fn icmp_classes() {
+        let mut ll = [0u8; 16];
+        ll[0] = 0xfe;
+        ll[1] = 0x80;
+        ll[15] = 1;
+        let mut global = [0u8; 16];
+        global[0] = 0x20;
+        global[15] = 1;
+        assert_eq!(icmp4_class(3), Icmp::Error);
+        assert_eq!(icmp4_class(0), Icmp::EchoReply);
+        assert_eq!(icmp4_class(5), Icmp::Other);
+        assert_eq!(icmp6_class(2, 64, &global), Icmp::Error);
+        assert_eq!(icmp6_class(135, 255, &global), Icmp::Local);
+        assert_eq!(icmp6_class(135, 64, &ll), Icmp::Other, "routed NS");
+        assert_eq!(icmp6_class(137, 255, &ll), Icmp::Other, "redirect");
+        assert_eq!(icmp6_class(143, 1, &ll), Icmp::Local);
+        assert_eq!(icmp6_class(143, 1, &[0; 16]), Icmp::Local);
+        assert_eq!(icmp6_class(131, 1, &global), Icmp::Other);
+        assert_eq!(icmp6_class(139, 255, &ll), Icmp::Other, "node information");
     }
 
     #[test]

@@ -13,7 +13,9 @@ pub struct Counter {
 
 /// Loopback packets let through by the loopback exemption.
 pub const PASS_LOOPBACK: u32 = 0;
-/// ICMP/ICMPv6 errors and neighbour discovery, always let through.
+/// ICMP/ICMPv6 let through: errors that quote a flow this host has, echo (when
+/// `icmp_echo` allows it; replies only to requests this host sent), and the link-local
+/// neighbour discovery and multicast listener messages RFC 4890 says hosts must accept.
 pub const PASS_ICMP: u32 = 1;
 /// Deny events written to the ring buffer.
 pub const EVENTS_SENT: u32 = 2;
@@ -36,7 +38,8 @@ pub mod reason {
     /// A rule opens the port, but only for peers this address is not in.
     pub const PEER: u32 = 1;
     /// A packet that belongs to no known flow and does not open one (e.g. a TCP
-    /// segment without SYN, or a reply to nothing).
+    /// segment without SYN, a reply to nothing, an ICMP error quoting a flow this host
+    /// does not have, an echo reply to a request it never sent).
     pub const STATE: u32 = 2;
     /// An IP protocol other than TCP, UDP, ICMP and ICMPv6.
     pub const PROTOCOL: u32 = 3;
@@ -45,10 +48,26 @@ pub mod reason {
     pub const ICMP: u32 = 4;
     /// A packet whose headers could not be parsed.
     pub const MALFORMED: u32 = 5;
+    /// A source no honest packet has: an IPv4-mapped address (`::ffff:0:0/96`) in an IPv6
+    /// header, a loopback address (127/8, `::1`) that did not arrive on the loopback
+    /// device, or the unspecified address (outside IPv6 neighbour discovery). Such a
+    /// packet is never loopback and never matches a peer group.
+    pub const SPOOFED: u32 = 6;
+    /// A packet of a flow a rule allowed, after a reload removed or narrowed that rule.
+    pub const REVOKED: u32 = 7;
     /// Number of reasons (the stride of the deny counters).
     pub const COUNT: u32 = 8;
     /// Display names, indexed by reason.
-    pub const NAMES: [&str; 6] = ["no-rule", "peer", "state", "protocol", "icmp", "malformed"];
+    pub const NAMES: [&str; 8] = [
+        "no-rule",
+        "peer",
+        "state",
+        "protocol",
+        "icmp",
+        "malformed",
+        "spoofed",
+        "revoked",
+    ];
 }
 
 /// First index of the deny counters.
