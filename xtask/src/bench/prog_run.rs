@@ -227,7 +227,9 @@ pub fn measure_programs(
             .with_context(|| format!("prog_run gave no result for {k}"))
     };
 
-    step("bench M1: ns/packet of our programs against a no-op program of the same type (10 rules)");
+    // A no-op parses nothing, so it is no peer to aim at (xdp-filter and nftables are):
+    // M1 says how many ns each path spends above it, per round, with no goal.
+    step("bench M1: ns/packet of our programs above a no-op program of the same type (10 rules)");
     for (hook, fam, proto, verdict) in cases() {
         let ours = get(&format!("10.{hook}.{fam}.{proto}.{verdict}"))?;
         let dir = if hook == "egress" { "out" } else { "in" };
@@ -238,10 +240,10 @@ pub fn measure_programs(
         let key = format!("M1.{hook}.{fam}.{proto}.{verdict}");
         r.add(&format!("{key}.ns"), "ns", ours.clone(), None);
         r.add(
-            &format!("{key}.ratio"),
-            "x no-op",
-            ratio(&ours, &noop),
-            Some(Goal::AtMost(1.25)),
+            &format!("{key}.above_noop"),
+            "ns",
+            ours.iter().zip(&noop).map(|(o, n)| o - n).collect(),
+            None,
         );
     }
     for (k, v) in &ns {
