@@ -1,8 +1,9 @@
 //! The contract between portcullis' eBPF programs and its agent.
 //!
 //! Everything both sides must agree on lives here and only here: map names and sizes
-//! ([`maps`]), the byte layout of every key and value ([`policy`], [`flow`], [`stats`],
-//! [`event`], [`config`]) and the verdict a new flow gets ([`policy::decide`]). The kernel
+//! ([`maps`]), the byte layout of every key and value ([`policy`], [`names`], [`flow`],
+//! [`stats`], [`event`], [`config`]), the DNS answer parser the datapath learns names
+//! with ([`dns`]) and the verdict a new flow gets ([`policy::decide`]). The kernel
 //! programs call `decide` with lookups in the real maps; the agent's `explain` calls the
 //! same function with lookups in its userspace image of those maps, so the two cannot
 //! drift apart.
@@ -14,9 +15,11 @@
 #![no_std]
 
 pub mod config;
+pub mod dns;
 pub mod event;
 pub mod flow;
 pub mod maps;
+pub mod names;
 pub mod policy;
 pub mod stats;
 
@@ -40,6 +43,12 @@ pod!(
     flow::FragKey,
     flow::FlowValue,
     flow::SockState,
+    names::Learned,
+    names::LearnedKey,
+    names::NameKey,
+    names::NameValue,
+    names::SlotKey,
+    names::SlotNames,
     policy::PeerAddr,
     stats::Counter,
     stats::DeniedKey,

@@ -44,6 +44,23 @@ pub const EVENTS_BYTES: u32 = 256 * 1024;
 /// (`packets` = tokens left, `bytes` = time of the last refill in ns).
 pub const EVENT_RATE: &str = "PC_RATE";
 
+/// Name patterns of the policy (both generations): `names::NameKey` -> `names::NameValue`.
+/// `HashMap`. Written by the agent with the policy (issue 15: the kernel side that reads
+/// it lands with the DNS learning programs).
+pub const NAMES: &str = "PC_NAMES";
+/// Capacity of [`NAMES`] (patterns across both generations).
+pub const NAMES_MAX: u32 = 8 * 1024;
+/// Name groups of each peer-restricted port slot: `names::SlotKey` -> `names::SlotNames`.
+/// `HashMap`.
+pub const SLOT_NAMES: &str = "PC_SLOT_NAMES";
+/// Capacity of [`SLOT_NAMES`] (slots with names across both generations).
+pub const SLOT_NAMES_MAX: u32 = 2 * 1024;
+/// Addresses learned from DNS answers: `names::LearnedKey` -> `names::Learned`.
+/// `LruHashMap`: the least recently used address is evicted first.
+pub const LEARNED: &str = "PC_LEARNED";
+/// Capacity of [`LEARNED`] (addresses in total).
+pub const LEARNED_MAX: u32 = 64 * 1024;
+
 /// Every map the object defines, for pinning and for the adoption check.
 pub const ALL: [&str; 12] = [
     PORTS,

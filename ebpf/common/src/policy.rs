@@ -106,6 +106,12 @@ pub trait PolicyTables {
     fn port_entry(&self, index: u32) -> u32;
     /// The rule of the longest `PEERS` prefix matching `key` (0 when none matches).
     fn peer_rule(&self, key: &PeerAddr) -> u16;
+    /// The rule that opens `slot` to `peer` because a trusted resolver gave `peer` for
+    /// a listed name (`names::learned_rule`); 0 when none. Tables without learned
+    /// addresses keep the default.
+    fn learned_rule(&self, _generation: u32, _slot: u16, _peer: &[u8; 16]) -> u16 {
+        0
+    }
 }
 
 /// The verdict on a new flow.
@@ -120,7 +126,8 @@ pub enum Decision {
 /// Decides a new flow of `protocol` in `direction` whose policy port is `port` (the local
 /// port for inbound flows, the remote port for outbound ones) and whose remote end is
 /// `peer`. This is the whole policy lookup: O(1) array read, plus one trie lookup only
-/// when the port is open to named peers only.
+/// when the port is open to named peers only, and, when the trie has no network for
+/// `peer`, the addresses learned from DNS answers for the slot's names.
 #[inline(always)]
 pub fn decide<T: PolicyTables>(
     tables: &T,
@@ -146,7 +153,10 @@ pub fn decide<T: PolicyTables>(
                 (false, crate::stats::reason::NO_RULE)
             } else {
                 match tables.peer_rule(&PeerAddr::new(generation, set, *peer)) {
-                    0 => (false, crate::stats::reason::PEER),
+                    0 => match tables.learned_rule(generation, set, peer) {
+                        0 => (false, crate::stats::reason::PEER),
+                        rule => (true, rule as u32),
+                    },
                     rule => (true, rule as u32),
                 }
             }
