@@ -325,3 +325,83 @@ fn check_refuses_a_policy_that_does_not_fit_the_maps_with_file_and_line() {
         "{report:#}"
     );
 }
+
+#[test]
+fn vendor_names_are_shown_checked_and_explained() {
+    let out = portcullis(&["profile", "show", "gfi-mailessentials"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("\npeer groups:\n"), "{text}");
+    assert!(text.contains("  gfi-ftp: ftp.gfisoftware.com\n"), "{text}");
+    let entries = json(&portcullis(&[
+        "profile",
+        "show",
+        "gfi-mailessentials",
+        "--json",
+    ]));
+    let updates = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == "http-updates")
+        .unwrap()
+        .clone();
+    assert!(
+        updates["peer_names"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n == "*.mailshell.net"),
+        "{updates}"
+    );
+
+    // A bad host name is a policy error at its line: exit 3.
+    let site = TempConfig::new(
+        "bad-name",
+        "product = \"gfi-mailessentials\"\n[peers]\ngfi-ftp = [\n  \"ftp..example.com\"]\n",
+    );
+    let out = portcullis(&["check", "--config", site.arg()]);
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.starts_with(&format!(
+            "error: {}:4: host name \"ftp..example.com\" has an empty label (hint: ",
+            site.arg()
+        )),
+        "{err}"
+    );
+
+    // A name given to --peer is resolved (here by /etc/hosts) and judged as learned.
+    let site = TempConfig::new(
+        "explain-name",
+        "product = \"gfi-mailessentials\"\nloopback = \"enforce\"\n[peers]\ngfi-update-servers = [\"localhost\"]\n",
+    );
+    let explain = |peer: &str| {
+        json(&portcullis(&[
+            "explain",
+            "--config",
+            site.arg(),
+            "--direction",
+            "out",
+            "--protocol",
+            "tcp",
+            "--port",
+            "443",
+            "--peer",
+            peer,
+            "--json",
+        ]))
+    };
+    let named = explain("localhost");
+    assert_eq!(named["verdict"], "allow", "{named}");
+    assert_eq!(named["rule"], "http-updates");
+    assert_eq!(named["peer_name"], "localhost");
+    assert!(!named["resolved"].as_array().unwrap().is_empty());
+    let addr = named["peer"].as_str().unwrap().to_string();
+    let by_address = explain(&addr);
+    assert_eq!(
+        by_address["verdict"], "deny",
+        "an address alone is not learned: {by_address}"
+    );
+    assert_eq!(by_address["reason"], "peer");
+}

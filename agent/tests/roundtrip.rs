@@ -103,7 +103,8 @@ fn halves(a: &Rule, b: &Rule) -> Option<String> {
 }
 
 /// Prints `policy` as (profile, site). `both` rules come back as one rule; the failsafe
-/// rule as `failsafe = true`; peer sets as `[peers]`; groups meaning any peer as
+/// rule as `failsafe = true`; peer sets (networks and names, the profile's own
+/// `[[peer_group]]`s included) as `[peers]`; groups meaning any peer as
 /// `any_peer_groups`; every feature a rule names is declared and turned on.
 fn print(policy: &Policy) -> (String, String) {
     let mut rules: Vec<&Rule> = policy.rules.iter().collect();
@@ -195,8 +196,14 @@ fn print(policy: &Policy) -> (String, String) {
             .iter()
             .filter(|s| defined.contains(s.name.as_str()))
         {
-            let nets: Vec<String> = set.networks.iter().map(|n| basic(&n.to_string())).collect();
-            let _ = writeln!(site, "{} = [{}]", basic(&set.name), nets.join(", "));
+            let members: Vec<String> = set
+                .networks
+                .iter()
+                .map(ToString::to_string)
+                .chain(set.names.iter().map(ToString::to_string))
+                .map(|m| basic(&m))
+                .collect();
+            let _ = writeln!(site, "{} = [{}]", basic(&set.name), members.join(", "));
         }
     }
     (profile, site)
@@ -216,13 +223,18 @@ fn compile(profile: &str, site: &str) -> Policy {
 // ---------------------------------------------------------------------------------
 
 const GROUPS: [&str; 3] = ["dns-servers", "ldap", "g.2_x"];
-const NETS: [&str; 6] = [
+/// Members of a peer group: networks and host names (in the cases people write them).
+const NETS: [&str; 10] = [
     "192.0.2.0/24",
     "198.51.100.7/32",
     "10.0.0.0/8",
     "2001:db8::/32",
     "fd00::1/128",
     "0.0.0.0/0",
+    "repo.example.com",
+    "*.Mail.Example.NET",
+    "xn--bcher-kva.example",
+    "a-1.b2.example.org",
 ];
 
 #[derive(Clone, Debug)]
@@ -244,7 +256,8 @@ struct GenRule {
 #[derive(Clone, Debug)]
 struct GenConfig {
     rules: Vec<GenRule>,
-    /// Networks of each group; empty: the group is listed in any_peer_groups.
+    /// Members (networks and names) of each group; empty: the group is listed in
+    /// any_peer_groups.
     groups: [Vec<usize>; 3],
     features_on: Vec<bool>,
     mode: bool,

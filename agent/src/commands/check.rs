@@ -172,7 +172,7 @@ fn print_summary(args: &Args, site: &Site, policy: &Policy) -> anyhow::Result<()
             out,
             "peers {}: {}",
             set.name,
-            list(set.networks.iter().map(ToString::to_string).collect())
+            super::profile::peer_set_members(set)
         )?;
     }
     writeln!(out)?;

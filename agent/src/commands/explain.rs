@@ -25,8 +25,8 @@ use crate::{
         site::Site,
     },
     policy::{
-        Direction, Mode, Policy, Protocol, Rule, compiler,
-        verdict::{DEFAULT_PEER, FeatureHints, Flow, Verdict, evaluate},
+        Direction, HostName, Mode, Policy, Protocol, Rule, compiler,
+        verdict::{DEFAULT_PEER, FeatureHints, Flow, Tables, Verdict},
     },
 };
 
@@ -37,7 +37,9 @@ whatever the verdict.
 
 --json prints an object: {verdict: \"allow\"|\"deny\", rule: id|null, reason:
 \"no-rule\"|\"peer\"|\"loopback-exempt\"|null, why, source, note, feature, hint,
-direction, protocol, port, peer, product, mode}.
+direction, protocol, port, peer, peer_name, resolved, product, mode}; with
+--peer NAME, the name is resolved now with the system resolver, \"resolved\" lists
+its addresses and the verdict is for the first one, as if learned from a DNS answer.
 
 Examples:
   portcullis explain --product iredmail --direction in --protocol tcp --port 25
@@ -45,7 +47,9 @@ Examples:
   portcullis explain --config site.toml --direction out --protocol udp --port 53 \\
       --peer 192.0.2.53 --json
   portcullis explain --profile ./my-product.toml --all-features \\
-      --direction out --protocol tcp --port 443";
+      --direction out --protocol tcp --port 443
+  portcullis explain --product gfi-mailessentials --direction out --protocol tcp \\
+      --port 443 --peer meupdate.gfi.com";
 
 /// Arguments of `portcullis explain`.
 #[derive(Debug, clap::Args)]
@@ -72,13 +76,50 @@ pub struct Args {
     /// The local port of an inbound flow, the remote port of an outbound one.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     port: u16,
-    /// The remote peer. The default is a documentation address (RFC 5737) that is in no
-    /// peer group.
-    #[arg(long, default_value = DEFAULT_PEER)]
-    peer: IpAddr,
+    /// The remote peer: an address, or a host name, which is resolved with the system
+    /// resolver and judged as the datapath judges addresses learned from DNS answers for
+    /// it. The default is a documentation address (RFC 5737) that is in no peer group.
+    #[arg(long, default_value = DEFAULT_PEER, value_parser = parse_peer)]
+    peer: PeerArg,
     /// Print JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// `--peer`: an address, or a host name to resolve.
+#[derive(Clone, Debug)]
+enum PeerArg {
+    Addr(IpAddr),
+    Name(HostName),
+}
+
+fn parse_peer(s: &str) -> Result<PeerArg, String> {
+    if let Ok(addr) = s.parse() {
+        return Ok(PeerArg::Addr(addr));
+    }
+    match HostName::parse(s.trim_end_matches('.')) {
+        Ok(name) if !name.wildcard => Ok(PeerArg::Name(name)),
+        Ok(_) => Err(format!(
+            "\"{s}\" is a wildcard; give an address or one host name"
+        )),
+        Err(e) => Err(format!("\"{s}\" is not an address, and {}", e.message)),
+    }
+}
+
+/// The addresses of `name` from the system resolver (getaddrinfo).
+fn resolve(name: &HostName) -> anyhow::Result<Vec<IpAddr>> {
+    use std::net::ToSocketAddrs as _;
+    let mut addrs: Vec<IpAddr> = (name.name.as_str(), 0)
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve \"{name}\" with the system resolver"))?
+        .map(|a| a.ip())
+        .collect();
+    addrs.sort();
+    addrs.dedup();
+    if addrs.is_empty() {
+        anyhow::bail!("\"{name}\" resolves to no address");
+    }
+    Ok(addrs)
 }
 
 fn parse_direction(s: &str) -> Result<Direction, String> {
@@ -112,6 +153,10 @@ struct Explanation<'a> {
     protocol: Protocol,
     port: u16,
     peer: IpAddr,
+    /// The host name `--peer` gave, when it gave one.
+    peer_name: Option<&'a str>,
+    /// What the name resolves to now; the verdict is for the first address.
+    resolved: Vec<IpAddr>,
     product: &'a str,
     mode: Mode,
 }
@@ -120,13 +165,17 @@ struct Explanation<'a> {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (profile, site, site_path) = policy_inputs(&args)?;
     let policy = compiler::compile(&profile, &site, site_path)?;
+    let (resolved, name) = match &args.peer {
+        PeerArg::Addr(addr) => (vec![*addr], None),
+        PeerArg::Name(name) => (resolve(name)?, Some(name.name.as_str())),
+    };
     let flow = Flow {
         direction: args.direction,
         protocol: args.protocol,
         port: args.port,
-        peer: args.peer,
+        peer: resolved[0],
     };
-    let verdict = evaluate(&policy, flow)?;
+    let verdict = Tables::build(&policy)?.evaluate_as(&policy, flow, name)?;
     let rule: Option<&Rule> = match verdict {
         Verdict::Allow(i) => Some(&policy.rules[i]),
         _ => None,
@@ -157,6 +206,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         protocol: flow.protocol,
         port: flow.port,
         peer: flow.peer,
+        peer_name: name,
+        resolved: if name.is_some() { resolved } else { vec![] },
         product: &policy.product,
         mode: policy.mode,
     };
@@ -218,9 +269,20 @@ fn peer_hint(policy: &Policy, flow: Flow) -> String {
         .filter_map(|e| e.peer_set.map(|s| policy.peer_sets[s].name.as_str()))
         .collect();
     groups.dedup();
+    let named = groups.iter().any(|g| {
+        policy
+            .peer_sets
+            .iter()
+            .any(|s| s.name == *g && !s.names.is_empty())
+    });
     format!(
-        "the port is open only to peer group(s) {}; pass a peer from one of them with --peer",
-        groups.join(", ")
+        "the port is open only to peer group(s) {}; pass a peer from one of them with --peer{}",
+        groups.join(", "),
+        if named {
+            " (a host name of a group is resolved and judged as if learned from DNS)"
+        } else {
+            ""
+        }
     )
 }
 
@@ -236,11 +298,24 @@ fn print_text(e: &Explanation<'_>) -> anyhow::Result<()> {
     } else {
         "to"
     };
+    let peer = match e.peer_name {
+        Some(name) => format!("{name} ({})", e.peer),
+        None => e.peer.to_string(),
+    };
     writeln!(
         out,
-        "{}: {} {}/{} {preposition} {}{audit}",
-        e.verdict, e.direction, e.protocol, e.port, e.peer
+        "{}: {} {}/{} {preposition} {peer}{audit}",
+        e.verdict, e.direction, e.protocol, e.port
     )?;
+    if let Some(name) = e.peer_name {
+        let all: Vec<String> = e.resolved.iter().map(ToString::to_string).collect();
+        writeln!(
+            out,
+            "{:<9}{name} -> {} (system resolver, now)",
+            "dns:",
+            all.join(", ")
+        )?;
+    }
     let line = |out: &mut std::io::StdoutLock<'_>, key: &str, value: Option<&str>| match value {
         Some(v) => writeln!(out, "{key:<9}{v}"),
         None => Ok(()),

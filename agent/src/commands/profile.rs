@@ -179,6 +179,9 @@ pub struct EntryView<'a> {
     /// The networks the entry is limited to; null for any peer (also for a peer group
     /// the site lists in `any_peer_groups`).
     pub peer_networks: Option<Vec<String>>,
+    /// The host names and wildcards the entry is limited to (addresses learned from
+    /// DNS answers for them); null for any peer.
+    pub peer_names: Option<Vec<String>>,
     /// The vendor's reason.
     pub why: &'a str,
     /// Document and row.
@@ -208,6 +211,13 @@ pub fn entry_views(policy: &Policy) -> Vec<EntryView<'_>> {
                 peer_networks: e.peer_set.map(|s| {
                     policy.peer_sets[s]
                         .networks
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect()
+                }),
+                peer_names: e.peer_set.map(|s| {
+                    policy.peer_sets[s]
+                        .names
                         .iter()
                         .map(ToString::to_string)
                         .collect()
@@ -276,7 +286,29 @@ pub fn print_entries(policy: &Policy) -> anyhow::Result<()> {
             writeln!(out, "  {}: {note}", ids.join(", "))?;
         }
     }
+    let groups: Vec<_> = policy
+        .peer_sets
+        .iter()
+        .filter(|s| s.name != crate::config::site::LOOPBACK_SET)
+        .collect();
+    if !groups.is_empty() {
+        writeln!(out, "\npeer groups:")?;
+        for set in groups {
+            writeln!(out, "  {}: {}", set.name, peer_set_members(set))?;
+        }
+    }
     Ok(())
+}
+
+/// A peer set's networks, then its names, comma-separated.
+pub fn peer_set_members(set: &crate::policy::PeerSet) -> String {
+    let members: Vec<String> = set
+        .networks
+        .iter()
+        .map(ToString::to_string)
+        .chain(set.names.iter().map(ToString::to_string))
+        .collect();
+    members.join(", ")
 }
 
 /// Prints rows in aligned columns (the last one unpadded).

@@ -5,6 +5,7 @@
 //! (`crate::policy`) turns both into one policy.
 
 pub mod error;
+pub mod peers;
 pub mod profile;
 pub mod site;
 

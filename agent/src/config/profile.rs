@@ -20,7 +20,11 @@ use serde::{Deserialize, Deserializer, de};
 use toml::Spanned;
 
 use crate::{
-    config::error::{Invalid, LineIndex, PolicyError, de_error},
+    config::{
+        error::{Invalid, LineIndex, PolicyError, de_error},
+        peers::PeerList,
+        site::LOOPBACK_SET,
+    },
     model::{Protocol, RuleScope},
 };
 
@@ -72,6 +76,9 @@ pub struct Profile {
     /// Optional functionality a site can turn on.
     #[serde(default)]
     pub features: Vec<Feature>,
+    /// The vendor's named servers, as peer groups its rules use.
+    #[serde(default, rename = "peer_group")]
+    pub vendor_groups: Vec<VendorGroup>,
     /// The rules, in profile order.
     #[serde(default, rename = "rule")]
     pub rules: Vec<RuleSpec>,
@@ -90,6 +97,22 @@ pub struct Feature {
     pub name: Spanned<String>,
     /// What turning it on means.
     pub description: String,
+}
+
+/// A peer group the vendor's table fills in: the servers (host names, wildcards or
+/// networks) a row names.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VendorGroup {
+    /// The group's name, as rules write it in `peers = ".."`.
+    pub name: Spanned<String>,
+    /// Its members.
+    #[serde(deserialize_with = "crate::config::peers::peer_list")]
+    pub peers: PeerList,
+    /// What the servers are for, short.
+    pub why: String,
+    /// Document and row the servers are named in.
+    pub source: String,
 }
 
 /// One rule as a profile or a site config writes it. Spanned fields are the ones later
@@ -422,6 +445,53 @@ pub(crate) fn check_rules(
     Ok(())
 }
 
+/// A profile's `[[peer_group]]`s: valid unique names, not the built-in `loopback`, at
+/// least one member, a `why` and a `source`.
+fn check_vendor_groups(
+    groups: &[VendorGroup],
+    file: &Path,
+    lines: &LineIndex,
+) -> Result<(), PolicyError> {
+    let mut names = BTreeSet::new();
+    for group in groups {
+        let name = group.name.get_ref();
+        let here = |message: String, hint: &str| {
+            PolicyError::new(message)
+                .hint(hint)
+                .at(Some(file), lines, group.name.span())
+        };
+        check_name("peer group", &group.name, file, lines)?;
+        if name == LOOPBACK_SET {
+            return Err(here(
+                "peer group \"loopback\" is built in".into(),
+                "use scope = \"loopback\" in the rule, or another group name",
+            ));
+        }
+        if !names.insert(name.as_str()) {
+            return Err(here(
+                format!("duplicate peer group \"{name}\""),
+                "declare each peer group once",
+            ));
+        }
+        if group.peers.get_ref().is_empty() {
+            return Err(
+                PolicyError::new(format!("peer group \"{name}\" has no peers"))
+                    .hint(
+                        "list the servers the vendor names, e.g. peers = [\"updates.example.com\"]",
+                    )
+                    .at(Some(file), lines, group.peers.span()),
+            );
+        }
+        if group.why.trim().is_empty() || group.source.trim().is_empty() {
+            return Err(here(
+                format!("peer group \"{name}\" needs a \"why\" and a \"source\""),
+                "say what the servers are for and the document and row that names them",
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl Profile {
     /// Parses and checks a profile's `text`; `file` names it in errors.
     pub fn parse(text: &str, file: &Path) -> Result<Self, PolicyError> {
@@ -443,6 +513,7 @@ impl Profile {
                 .at(Some(file), lines, feature.name.span()));
             }
         }
+        check_vendor_groups(&profile.vendor_groups, file, lines)?;
         check_rules(&profile.rules, file, lines, Some(&features))?;
         Ok(profile)
     }
@@ -472,6 +543,21 @@ impl Profile {
             .filter_map(|r| r.peers.as_ref())
             .map(|p| p.get_ref().clone())
             .collect()
+    }
+
+    /// The peer groups its rules name that it does not fill in itself: the site's to
+    /// define (DNS servers, LDAP servers, ...).
+    pub fn site_groups(&self) -> BTreeSet<String> {
+        let mut groups = self.peer_groups();
+        for g in &self.vendor_groups {
+            groups.remove(g.name.get_ref());
+        }
+        groups
+    }
+
+    /// The `[[peer_group]]` named `name`.
+    pub fn vendor_group(&self, name: &str) -> Option<&VendorGroup> {
+        self.vendor_groups.iter().find(|g| g.name.get_ref() == name)
     }
 
     /// Byte offset -> line index of the profile's text.
@@ -549,6 +635,67 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn every_vendor_group_is_used_and_sourced() {
+        for profile in builtin().unwrap() {
+            let used = profile.peer_groups();
+            for g in &profile.vendor_groups {
+                assert!(
+                    used.contains(g.name.get_ref()),
+                    "{}: peer group {} is declared but no rule uses it",
+                    profile.slug.get_ref(),
+                    g.name.get_ref()
+                );
+                assert!(g.source.contains(&profile.source), "{}", g.name.get_ref());
+            }
+        }
+    }
+
+    #[test]
+    fn bad_vendor_groups_are_errors_at_their_line() {
+        let head = "slug = \"t\"\nproduct = \"t\"\nvendor = \"t\"\nsource = \"s\"\n";
+        for (group, needle) in [
+            (
+                "name = \"u\"\npeers = [\n\"a.example\",\n\"bad_name.example\"]\nwhy = \"w\"\nsource = \"s\"",
+                "character '_'",
+            ),
+            (
+                "name = \"u\"\npeers = []\nwhy = \"w\"\nsource = \"s\"",
+                "has no peers",
+            ),
+            (
+                "name = \"loopback\"\npeers = [\"a.example\"]\nwhy = \"w\"\nsource = \"s\"",
+                "built in",
+            ),
+            (
+                "name = \"u\"\npeers = [\"a.example\"]\nwhy = \"\"\nsource = \"s\"",
+                "needs a \"why\"",
+            ),
+            (
+                "name = \"U\"\npeers = [\"a.example\"]\nwhy = \"w\"\nsource = \"s\"",
+                "not a valid name",
+            ),
+        ] {
+            let text = format!("{head}[[peer_group]]\n{group}\n");
+            let err = Profile::parse(&text, Path::new("p.toml")).unwrap_err();
+            assert!(err.message.contains(needle), "{group}: {err}");
+            assert!(err.line.is_some_and(|l| l >= 6), "{group}: {err}");
+            assert!(err.hint.is_some(), "{group}");
+        }
+        let text = format!(
+            "{head}[[peer_group]]\nname = \"u\"\npeers = [\"a.example\"]\nwhy = \"w\"\nsource = \"s\"\n[[peer_group]]\nname = \"u\"\npeers = [\"b.example\"]\nwhy = \"w\"\nsource = \"s\"\n"
+        );
+        let err = Profile::parse(&text, Path::new("p.toml")).unwrap_err();
+        assert!(err.message.contains("duplicate peer group"), "{err}");
+        assert_eq!(err.line, Some(11));
+        let line_of_bad_name = Profile::parse(
+            &format!("{head}[[peer_group]]\nname = \"u\"\npeers = [\n\"a.example\",\n\"-x.example\"]\nwhy = \"w\"\nsource = \"s\"\n"),
+            Path::new("p.toml"),
+        )
+        .unwrap_err();
+        assert_eq!(line_of_bad_name.line, Some(9), "{line_of_bad_name}");
     }
 
     #[test]

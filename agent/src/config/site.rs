@@ -9,24 +9,27 @@
 //!
 //! Defaults (an empty file is a valid site config apart from naming no product):
 //! `features = []`, `mode = "audit"`, `failsafe = true`, `loopback = "exempt"`,
-//! `icmp_echo = true`, no `[peers]`, `any_peer_groups = []`, no `[[rule]]`,
+//! `icmp_echo = true`, no `[peers]`, `any_peer_groups = []`, `vendor_peers = "names"`,
+//! no `[[rule]]`,
 //! `scope = ["host"]`, `xdp = []`, `events_per_sec = 100`,
 //! `pin_dir = "/sys/fs/bpf/portcullis"`, and `[metrics] listen` unset (no endpoint).
 
+pub use crate::config::peers::Cidr;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     ops::Range,
     path::{Path, PathBuf},
 };
 
-use ipnet::IpNet;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use toml::Spanned;
 
 use crate::{
     config::{
-        error::{Invalid, LineIndex, PolicyError, de_error},
+        error::{LineIndex, PolicyError, de_error},
+        peers::{self, PeerList},
         profile::{self, Profile, RuleSpec},
     },
     model::ScopeTarget,
@@ -64,12 +67,17 @@ pub struct Site {
     /// Let ICMP echo through. Default true.
     #[serde(default = "yes")]
     pub icmp_echo: bool,
-    /// Peer groups: name -> networks.
+    /// Peer groups: name -> networks and host names. A group the profile defines too
+    /// is replaced by the site's list.
     #[serde(default, deserialize_with = "peer_groups")]
-    pub peers: BTreeMap<String, Spanned<Vec<Cidr>>>,
+    pub peers: BTreeMap<String, PeerList>,
     /// Peer groups that may be undefined or empty, meaning "any peer".
     #[serde(default)]
     pub any_peer_groups: Vec<Spanned<String>>,
+    /// names (default): rules with a peer group of the profile's named servers are
+    /// limited to those servers; any: those groups mean any peer.
+    #[serde(default)]
+    pub vendor_peers: VendorPeers,
     /// Extra site rules, after the profile's.
     #[serde(default, rename = "rule")]
     pub rules: Vec<RuleSpec>,
@@ -92,6 +100,27 @@ pub struct Site {
     lines: LineIndex,
 }
 
+/// What the profile's named servers (its `[[peer_group]]`s) mean for the site.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VendorPeers {
+    /// Rules of those groups are limited to the vendor's servers, learned from DNS.
+    #[default]
+    Names,
+    /// Those groups mean any peer (the policy before names existed).
+    Any,
+}
+
+impl VendorPeers {
+    /// The name the config and the JSON use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VendorPeers::Names => "names",
+            VendorPeers::Any => "any",
+        }
+    }
+}
+
 /// `[metrics]`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -99,40 +128,6 @@ pub struct Metrics {
     /// Socket address to serve metrics on, e.g. `"127.0.0.1:9464"`. Default: off.
     #[serde(default, deserialize_with = "socket_addr")]
     pub listen: Option<SocketAddr>,
-}
-
-/// A network of a peer group: a CIDR, or a bare address meaning that one host.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Cidr(pub IpNet);
-
-impl Cidr {
-    /// Parses a CIDR or a bare address.
-    pub fn parse(text: &str) -> Result<Cidr, Invalid> {
-        let net = match (text.parse::<IpNet>(), text.parse::<IpAddr>()) {
-            (Ok(net), _) => net,
-            (_, Ok(addr)) => IpNet::from(addr),
-            _ => {
-                return Err(Invalid::new(
-                    format!("invalid CIDR \"{text}\""),
-                    "write an IPv4 or IPv6 network such as \"192.0.2.0/24\" or \"2001:db8::/32\", or a single address",
-                ));
-            }
-        };
-        // A typo such as 10.0.0.5/8 would open far more than meant: refuse host bits.
-        if net.trunc() != net {
-            return Err(Invalid::new(
-                format!("CIDR \"{text}\" has host bits set"),
-                format!("did you mean \"{}\"?", net.trunc()),
-            ));
-        }
-        Ok(Cidr(net))
-    }
-}
-
-impl Serialize for Cidr {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&self.0)
-    }
 }
 
 fn yes() -> bool {
@@ -178,23 +173,12 @@ fn scope_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ScopeTarget>, D::Er
     Ok(list)
 }
 
-/// `[peers]`: each network is checked with its own span, so an error in a list written
-/// over several lines points at the right one.
-fn peer_groups<'de, D: Deserializer<'de>>(
-    d: D,
-) -> Result<BTreeMap<String, Spanned<Vec<Cidr>>>, D::Error> {
-    let raw = BTreeMap::<String, Spanned<Vec<Spanned<String>>>>::deserialize(d)?;
-    raw.into_iter()
-        .map(|(name, list)| {
-            let span = list.span();
-            let networks = list
-                .into_inner()
-                .into_iter()
-                .map(|text| Cidr::parse(text.get_ref()).map_err(|e| e.de_at(text.span())))
-                .collect::<Result<Vec<_>, D::Error>>()?;
-            Ok((name, Spanned::new(span, networks)))
-        })
-        .collect()
+/// `[peers]`: each member is checked with its own span ([`peers::peer_list`]).
+fn peer_groups<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, PeerList>, D::Error> {
+    #[derive(Deserialize)]
+    struct Members(#[serde(deserialize_with = "peers::peer_list")] PeerList);
+    let raw = BTreeMap::<String, Members>::deserialize(d)?;
+    Ok(raw.into_iter().map(|(name, m)| (name, m.0)).collect())
 }
 
 fn interfaces<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -246,7 +230,7 @@ fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D:
 
 impl Site {
     /// The top-level keys of a site config (to spot one misplaced under a table).
-    pub const TOP_LEVEL_KEYS: [&str; 14] = [
+    pub const TOP_LEVEL_KEYS: [&str; 15] = [
         "product",
         "profile",
         "features",
@@ -255,6 +239,7 @@ impl Site {
         "loopback",
         "icmp_echo",
         "any_peer_groups",
+        "vendor_peers",
         "scope",
         "xdp",
         "events_per_sec",
@@ -285,8 +270,9 @@ impl Site {
     }
 
     /// The built-in default site for a product: audit, failsafe on, loopback exempt,
-    /// and every peer group of the product's profile meaning any peer (the default
-    /// knows nothing of the site's servers). `product` is not checked here; compiling
+    /// the vendor's named servers on (`vendor_peers = "names"`), and every peer group
+    /// the site would fill in meaning any peer (the default knows nothing of the
+    /// site's servers). `product` is not checked here; compiling
     /// reports an unknown one.
     pub fn default_for(product: &str) -> Site {
         match profile::find(product) {
@@ -303,7 +289,7 @@ impl Site {
         Site {
             product: Some(Spanned::new(0..0, profile.slug.get_ref().clone())),
             any_peer_groups: profile
-                .peer_groups()
+                .site_groups()
                 .into_iter()
                 .map(|g| Spanned::new(0..0, g))
                 .collect(),
@@ -417,7 +403,7 @@ mod tests {
         let nets: Vec<String> = site.peers["a"]
             .get_ref()
             .iter()
-            .map(|c| c.0.to_string())
+            .map(ToString::to_string)
             .collect();
         assert_eq!(nets, ["192.0.2.1/32", "2001:db8::/32"]);
         let err = parse("product = \"x\"\n[peers]\na = [\"10.0.0.5/8\"]").unwrap_err();

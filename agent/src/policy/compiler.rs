@@ -10,9 +10,11 @@
 //! - Rules whose feature is off are dropped. A `direction = "both"` rule becomes two
 //!   rules, `<id>/in` and `<id>/out`.
 //! - Peer groups are resolved. `scope = "loopback"` uses the built-in `loopback` set. A
-//!   named group uses the site's networks, or means any peer when the site lists it in
-//!   `any_peer_groups`. Such a rule keeps the group's name in `Rule::peers`, but its
-//!   entries have `peer_set: None`.
+//!   named group uses the site's members (networks and host names), else the profile's
+//!   `[[peer_group]]` of the vendor's named servers; it means any peer when the site
+//!   lists it in `any_peer_groups` (or, for a vendor group, sets `vendor_peers =
+//!   "any"`). Such a rule keeps the group's name in `Rule::peers`, but its entries have
+//!   `peer_set: None`.
 //! - The failsafe rule goes last, then the flat entries are built: one per (rule,
 //!   protocol, merged port range), sorted.
 //!
@@ -25,13 +27,14 @@ use crate::{
     config::{
         PolicyError,
         error::LineIndex,
+        peers::{self, Peer},
         profile::{self, DirectionSpec, Profile, RuleSpec},
-        site::Site,
+        site::{Site, VendorPeers},
     },
     policy::{Direction, Entry, PeerSet, Policy, Protocol, Rule, RuleScope},
 };
 use ipnet::IpNet;
-use portcullis_common::maps::MAX_RULES;
+use portcullis_common::{maps::MAX_RULES, names::MAX_NAME_GROUPS};
 
 /// Id of the rule that keeps inbound SSH open unless the site sets `failsafe = false`.
 pub const FAILSAFE_RULE: &str = "failsafe-ssh";
@@ -173,7 +176,7 @@ pub fn compile(
         if !on {
             continue;
         }
-        let peers = resolve_peers(spec, at, site, site_at)?;
+        let peers = resolve_peers(spec, at, profile, site, site_at)?;
         for &direction in directions(spec.direction) {
             let id = match spec.direction {
                 DirectionSpec::Both => format!("{}/{direction}", spec.id.get_ref()),
@@ -205,7 +208,15 @@ pub fn compile(
         rules.push(failsafe_rule());
         peers_of.push(None);
     }
-    let peer_sets = peer_sets(site, &peers_of);
+    let peer_sets = peer_sets(profile, site, &peers_of);
+    let named = peer_sets.iter().filter(|s| !s.names.is_empty()).count();
+    if named > MAX_NAME_GROUPS {
+        return Err(site_at.error(
+            site.profile_span(),
+            format!("the policy has {named} peer groups with host names; the datapath holds at most {MAX_NAME_GROUPS}"),
+            "merge groups whose rules open the same ports, or set vendor_peers = \"any\"".into(),
+        ));
+    }
     let entries = entries(&rules, &peers_of, &peer_sets);
     Ok(Policy {
         product: profile.slug.get_ref().clone(),
@@ -299,24 +310,33 @@ fn check_rule_ids(profile: &Profile, site: &Site, site_at: Origin<'_>) -> Result
 }
 
 /// The peer sets the rules use, by name, so that their indices do not depend on rule
-/// order.
-fn peer_sets(site: &Site, peers_of: &[Option<String>]) -> Vec<PeerSet> {
+/// order. A group's members are the site's list, else the profile's `[[peer_group]]`.
+fn peer_sets(profile: &Profile, site: &Site, peers_of: &[Option<String>]) -> Vec<PeerSet> {
     let used: BTreeSet<&str> = peers_of.iter().flatten().map(String::as_str).collect();
     used.into_iter()
         .map(|name| {
+            let members: &[Peer] = match (site.peers.get(name), profile.vendor_group(name)) {
+                (Some(list), _) => list.get_ref(),
+                (None, Some(group)) => group.peers.get_ref(),
+                (None, None) => &[],
+            };
             let mut networks: Vec<IpNet> = if name == LOOPBACK_SET {
                 vec![
                     "127.0.0.0/8".parse().expect("valid CIDR"),
                     "::1/128".parse().expect("valid CIDR"),
                 ]
             } else {
-                site.peers[name].get_ref().iter().map(|c| c.0).collect()
+                peers::networks(members).collect()
             };
             networks.sort();
             networks.dedup();
+            let mut names: Vec<_> = peers::names(members).cloned().collect();
+            names.sort();
+            names.dedup();
             PeerSet {
                 name: name.to_string(),
                 networks,
+                names,
             }
         })
         .collect()
@@ -438,11 +458,13 @@ fn check_peer_groups(
     Ok(())
 }
 
-/// The peer set a rule is limited to: `loopback`, a site group with networks, or None
-/// for any peer (no group, or a group listed in `any_peer_groups`).
+/// The peer set a rule is limited to: `loopback`, a group with members (the site's,
+/// else the vendor's named servers), or None for any peer (no group, a group listed in
+/// `any_peer_groups`, or a vendor group under `vendor_peers = "any"`).
 fn resolve_peers(
     spec: &RuleSpec,
     at: Origin<'_>,
+    profile: &Profile,
     site: &Site,
     site_at: Origin<'_>,
 ) -> Result<Option<String>, PolicyError> {
@@ -462,28 +484,34 @@ fn resolve_peers(
         ));
     }
     let listed = site.any_peer_groups.iter().any(|g| g.get_ref() == name);
+    if !site.peers.contains_key(name) && profile.vendor_group(name).is_some() {
+        return Ok(match (listed, site.vendor_peers) {
+            (false, VendorPeers::Names) => Some(name.clone()),
+            _ => None,
+        });
+    }
     // A profile rule's group is filled in by the site, so the error points at the
     // site (at the group if it is there, else at the line that picked the profile).
     let (span, at) = match site.peers.get(name) {
-        Some(networks) => (networks.span(), site_at),
+        Some(members) => (members.span(), site_at),
         None if at.in_profile => (site.profile_span(), site_at),
         None => (group.span(), at),
     };
     match site.peers.get(name) {
-        Some(networks) if !networks.get_ref().is_empty() => Ok(Some(name.clone())),
+        Some(members) if !members.get_ref().is_empty() => Ok(Some(name.clone())),
         _ if listed => Ok(None),
         Some(_) => Err(at.error(
             span,
             format!("peer group \"{name}\" of rule \"{id}\" is empty"),
             format!(
-                "add its networks under [peers], or list it in any_peer_groups = [\"{name}\"] to let any peer through"
+                "add its networks or host names under [peers], or list it in any_peer_groups = [\"{name}\"] to let any peer through"
             ),
         )),
         None => Err(at.error(
             span,
             format!("rule \"{id}\" uses peer group \"{name}\", which the site config does not define"),
             format!(
-                "add {name} = [\"<cidr>\", ...] under [peers], or list it in any_peer_groups = [\"{name}\"] to let any peer through"
+                "add {name} = [\"<cidr or host name>\", ...] under [peers], or list it in any_peer_groups = [\"{name}\"] to let any peer through"
             ),
         )),
     }

@@ -13,7 +13,11 @@ use std::{
 use anyhow::{Context as _, bail};
 use ipnet::IpNet;
 use portcullis_common::{
-    maps::{MAX_RULES, PEERS_MAX},
+    maps::{MAX_RULES, NAMES_MAX, PEERS_MAX, SLOT_NAMES_MAX},
+    names::{
+        self, KIND_EXACT, KIND_WILDCARD, Learned, NameKey, NameTables, NameValue, SlotKey,
+        SlotNames,
+    },
     policy::{self, Decision, PEER_SET_BITS, PeerAddr, PolicyTables, port_entry, port_index},
 };
 
@@ -98,6 +102,11 @@ pub struct Image {
     pub peers: Vec<PeerEntry>,
     /// Kernel rule index of each rule of the policy, in policy order.
     pub rule_index: Vec<u16>,
+    /// `NAMES` entries for this generation: each host name and wildcard with the name
+    /// groups (bits) it is in. A peer set's bit is its rank among the sets with names.
+    pub names: BTreeMap<NameKey, NameValue>,
+    /// `SLOT_NAMES` entries for this generation: the name groups of each slot.
+    pub slot_names: BTreeMap<SlotKey, SlotNames>,
     peer_lookup: HashMap<(u32, u32, [u8; 16]), u16>,
 }
 
@@ -180,8 +189,9 @@ impl Image {
         let mut peer_lookup = HashMap::new();
         let mut by_slot: Vec<_> = slots.into_iter().collect();
         by_slot.sort_by_key(|(_, s)| *s);
-        for (cands, slot) in by_slot {
-            for (rule, set) in cands {
+        for (cands, slot) in &by_slot {
+            let slot = *slot;
+            for &(rule, set) in cands {
                 for net in &policy.peer_sets[set].networks {
                     let (addr, bits) = ipv6_form(net);
                     let key = PeerAddr::new(generation, slot, addr);
@@ -198,6 +208,16 @@ impl Image {
                 }
             }
         }
+        let (names, slot_names) = name_tables(policy, &rule_index, generation, &by_slot);
+        if names.len() > NAMES_MAX as usize / 2 || slot_names.len() > SLOT_NAMES_MAX as usize / 2 {
+            bail!(
+                "the policy needs {} host name entries and {} port groups with names; at most {} and {} fit",
+                names.len(),
+                slot_names.len(),
+                NAMES_MAX / 2,
+                SLOT_NAMES_MAX / 2
+            );
+        }
         if peers.len() > PEERS_MAX as usize / 2 {
             bail!(
                 "the policy needs {} peer entries; at most {} fit",
@@ -210,8 +230,46 @@ impl Image {
             ports,
             peers,
             rule_index,
+            names,
+            slot_names,
             peer_lookup,
         })
+    }
+
+    /// The verdict on a new flow to `peer` as if a trusted resolver had just given
+    /// `peer` as an address of `host` (what the datapath learns from DNS answers).
+    pub fn decide_learned(
+        &self,
+        direction: Direction,
+        protocol: Protocol,
+        port: u16,
+        peer: IpAddr,
+        host: &str,
+    ) -> Decision {
+        let mut learned = Learned::default();
+        if let Some((labels, count)) = names::dotted_labels(host.trim_end_matches('.')) {
+            names::record_listed(
+                self,
+                &labels,
+                count,
+                self.generation,
+                u64::MAX,
+                &mut learned,
+            );
+        }
+        let with = WithLearned {
+            image: self,
+            peer: addr16(peer),
+            learned,
+        };
+        policy::decide(
+            &with,
+            self.generation,
+            direction.code(),
+            protocol.number(),
+            port,
+            &addr16(peer),
+        )
     }
 
     /// The verdict on a new flow, computed by the datapath's own `decide`.
@@ -259,6 +317,88 @@ impl PolicyTables for Image {
     }
 }
 
+impl NameTables for Image {
+    fn name_groups(&self, key: &NameKey) -> u64 {
+        self.names.get(key).map_or(0, |v| v.groups)
+    }
+
+    fn slot_names(&self, key: &SlotKey) -> Option<SlotNames> {
+        self.slot_names.get(key).copied()
+    }
+}
+
+/// The image plus one address learned from DNS, as the kernel's `LEARNED` map would
+/// hold it.
+struct WithLearned<'a> {
+    image: &'a Image,
+    peer: [u8; 16],
+    learned: Learned,
+}
+
+impl PolicyTables for WithLearned<'_> {
+    fn port_entry(&self, index: u32) -> u32 {
+        self.image.port_entry(index)
+    }
+
+    fn peer_rule(&self, key: &PeerAddr) -> u16 {
+        self.image.peer_rule(key)
+    }
+
+    fn learned_rule(&self, generation: u32, slot: u16, peer: &[u8; 16]) -> u16 {
+        if *peer != self.peer {
+            return 0;
+        }
+        names::learned_rule(self.image, generation, slot, &self.learned, 0)
+    }
+}
+
+/// `NAMES` and `SLOT_NAMES` of a generation. Name group bit `b` is the `b`-th peer set
+/// with names (the compiler refuses more than `MAX_NAME_GROUPS`); a slot's rule for a
+/// bit is its first candidate in policy order from that group.
+fn name_tables(
+    policy: &Policy,
+    rule_index: &[u16],
+    generation: u32,
+    slots: &[(Vec<(usize, usize)>, u16)],
+) -> (BTreeMap<NameKey, NameValue>, BTreeMap<SlotKey, SlotNames>) {
+    let bit_of: HashMap<usize, usize> = policy
+        .peer_sets
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| !s.names.is_empty())
+        .enumerate()
+        .map(|(bit, (set, _))| (set, bit))
+        .collect();
+    let mut names = BTreeMap::new();
+    for (&set, &bit) in &bit_of {
+        for host in &policy.peer_sets[set].names {
+            let kind = if host.wildcard {
+                KIND_WILDCARD
+            } else {
+                KIND_EXACT
+            };
+            let key = NameKey::new(names::name_hash(&host.name), generation, kind);
+            names.entry(key).or_insert(NameValue::default()).groups |= 1u64 << bit;
+        }
+    }
+    let mut slot_names = BTreeMap::new();
+    for (cands, slot) in slots {
+        let mut entry = SlotNames::default();
+        for &(rule, set) in cands {
+            if let Some(&bit) = bit_of.get(&set)
+                && entry.mask & (1 << bit) == 0
+            {
+                entry.mask |= 1 << bit;
+                entry.rules[bit] = rule_index[rule];
+            }
+        }
+        if entry.mask != 0 {
+            slot_names.insert(SlotKey::new(generation, *slot), entry);
+        }
+    }
+    (names, slot_names)
+}
+
 /// An address in the datapath's 16-byte form (IPv4 mapped).
 pub fn addr16(ip: IpAddr) -> [u8; 16] {
     match ip {
@@ -295,7 +435,7 @@ fn mask(mut addr: [u8; 16], bits: u32) -> [u8; 16] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{Entry, LoopbackMode, Mode, PeerSet, Rule, RuleScope};
+    use crate::policy::{Entry, HostName, LoopbackMode, Mode, PeerSet, Rule, RuleScope};
 
     fn rule(id: &str) -> Rule {
         Rule {
@@ -323,6 +463,7 @@ mod tests {
                 PeerSet {
                     name: "a".into(),
                     networks: vec!["198.18.0.0/24".parse().unwrap()],
+                    names: vec![],
                 },
                 PeerSet {
                     name: "b".into(),
@@ -330,6 +471,7 @@ mod tests {
                         "198.18.0.128/25".parse().unwrap(),
                         "2001:db8::/32".parse().unwrap(),
                     ],
+                    names: vec![],
                 },
             ],
             entries: vec![
@@ -419,6 +561,74 @@ mod tests {
             assert_eq!(
                 out,
                 Decision::Deny(portcullis_common::stats::reason::NO_RULE)
+            );
+        }
+    }
+
+    #[test]
+    fn learned_addresses_of_listed_names_open_their_groups_ports() {
+        let mut p = policy();
+        p.rules.push(rule("updates"));
+        p.peer_sets.push(PeerSet {
+            name: "vendor".into(),
+            networks: vec![],
+            names: vec![
+                HostName::parse("repo.example.com").unwrap(),
+                HostName::parse("*.cdn.example.net").unwrap(),
+            ],
+        });
+        p.entries.push(Entry {
+            direction: Direction::Out,
+            protocol: Protocol::Tcp,
+            from: 443,
+            to: 443,
+            peer_set: Some(2),
+            rule: 3,
+        });
+        // The same port opened to group "a" by an earlier rule: both are candidates.
+        p.entries.push(Entry {
+            direction: Direction::Out,
+            protocol: Protocol::Tcp,
+            from: 443,
+            to: 443,
+            peer_set: Some(0),
+            rule: 1,
+        });
+        let idx = RuleIndex::fresh(&p).unwrap();
+        let updates = Decision::Allow(idx.get("updates").unwrap());
+        let peer = Decision::Deny(portcullis_common::stats::reason::PEER);
+        for generation in [0, 1] {
+            let img = Image::build(&p, &idx, generation).unwrap();
+            assert_eq!(img.names.len(), 2);
+            assert_eq!(img.slot_names.len(), 1);
+            let d = |ip: &str, host: &str| {
+                img.decide_learned(
+                    Direction::Out,
+                    Protocol::Tcp,
+                    443,
+                    ip.parse().unwrap(),
+                    host,
+                )
+            };
+            assert_eq!(d("203.0.113.1", "REPO.example.com"), updates);
+            assert_eq!(d("203.0.113.1", "a.b.cdn.example.net"), updates);
+            assert_eq!(d("203.0.113.1", "cdn.example.net"), peer, "not the apex");
+            assert_eq!(d("203.0.113.1", "x.repo.example.com"), peer);
+            assert_eq!(d("203.0.113.1", "example.org"), peer);
+            // The network of group "a" still decides by its own rule.
+            assert_eq!(
+                d("198.18.0.9", "example.org"),
+                Decision::Allow(idx.get("ldap-a").unwrap())
+            );
+            // Nothing learned: denied.
+            assert_eq!(
+                img.decide(
+                    Direction::Out,
+                    Protocol::Tcp,
+                    443,
+                    "203.0.113.1".parse().unwrap()
+                ),
+                peer
             );
         }
     }

@@ -11,6 +11,7 @@ pub mod verdict;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+pub use crate::config::peers::HostName;
 pub use crate::model::{Direction, LoopbackMode, Mode, Protocol, RuleScope};
 
 /// One rule of the compiled policy, as the profile or the site wrote it.
@@ -38,13 +39,18 @@ pub struct Rule {
     pub note: Option<String>,
 }
 
-/// A named set of networks. A rule limited to a peer group refers to one by index.
+/// A named set of networks and host names. A rule limited to a peer group refers to
+/// one by index.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerSet {
     /// The group's name (`loopback` is built in).
     pub name: String,
     /// Its networks, sorted, deduplicated.
     pub networks: Vec<IpNet>,
+    /// Its host names and wildcards, sorted, deduplicated: addresses a trusted
+    /// resolver gives for them join the set until their TTL (plus grace) runs out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<HostName>,
 }
 
 /// One line of the flat policy: a port range opened in one direction for one protocol,

@@ -66,12 +66,25 @@ impl Tables {
     /// Decides `flow` as the datapath does: the loopback exemption first, then
     /// `decide` on the image. `policy` must be the one the tables were built from.
     pub fn evaluate(&self, policy: &Policy, flow: Flow) -> anyhow::Result<Verdict> {
+        self.evaluate_as(policy, flow, None)
+    }
+
+    /// Like [`Tables::evaluate`], with `flow.peer` learned from a trusted resolver's
+    /// answer for `host` (None: learned from nothing).
+    pub fn evaluate_as(
+        &self,
+        policy: &Policy,
+        flow: Flow,
+        host: Option<&str>,
+    ) -> anyhow::Result<Verdict> {
         if policy.loopback == LoopbackMode::Exempt && is_loopback(&addr16(flow.peer)) {
             return Ok(Verdict::LoopbackExempt);
         }
-        let decision = self
-            .image
-            .decide(flow.direction, flow.protocol, flow.port, flow.peer);
+        let (d, p, port, peer) = (flow.direction, flow.protocol, flow.port, flow.peer);
+        let decision = match host {
+            Some(host) => self.image.decide_learned(d, p, port, peer, host),
+            None => self.image.decide(d, p, port, peer),
+        };
         Ok(match decision {
             // `rule_index` holds the kernel index of each rule in policy order.
             Decision::Allow(kernel_index) => {
@@ -104,7 +117,7 @@ impl FeatureHints {
     pub fn new(profile: &Profile, site: &Site) -> anyhow::Result<Self> {
         let mut all = site.clone();
         all.set_features(profile.feature_names());
-        for group in profile.peer_groups() {
+        for group in profile.site_groups() {
             let empty = all.peers.get(&group).is_none_or(|n| n.get_ref().is_empty());
             if empty && !all.any_peer_groups.iter().any(|g| g.get_ref() == &group) {
                 all.any_peer_groups.push(Spanned::new(0..0, group));

@@ -85,7 +85,19 @@ fn check_product(slug: &str, rows: &[Row], unlisted: &[(&str, &str, u16, &str)])
                             && r.ports.iter().any(|&(a, b)| (a..=b).contains(&port))
                     })
                     .unwrap_or_else(|| panic!("{what}: no rule {base:?} covers it"));
-                match tables.evaluate(&policy, flow).unwrap() {
+                // A row limited to the vendor's named servers is checked with an
+                // address learned for its first name.
+                let host = policy.rules[own].peers.as_ref().and_then(|g| {
+                    let set = policy.peer_sets.iter().find(|s| &s.name == g)?;
+                    set.names.first().map(|n| {
+                        if n.wildcard {
+                            format!("x.{}", n.name)
+                        } else {
+                            n.name.clone()
+                        }
+                    })
+                });
+                match tables.evaluate_as(&policy, flow, host.as_deref()).unwrap() {
                     // The first rule in policy order wins, and a rule open to any peer
                     // beats one limited to peers (loopback here).
                     Verdict::Allow(i) => assert!(
@@ -497,7 +509,12 @@ fn site_peer_groups_limit_rules() {
     let site = Site::parse(text, Path::new("site.toml")).unwrap();
     let policy = compile_site(&site, Some(Path::new("site.toml"))).unwrap();
     assert_eq!(policy.mode, Mode::Enforce);
-    let names: Vec<_> = policy.peer_sets.iter().map(|s| s.name.as_str()).collect();
+    let names: Vec<_> = policy
+        .peer_sets
+        .iter()
+        .filter(|s| s.names.is_empty())
+        .map(|s| s.name.as_str())
+        .collect();
     assert_eq!(
         names,
         ["dns-servers", "domain-mail-servers", "ldap-servers"]
@@ -541,6 +558,114 @@ fn site_peer_groups_limit_rules() {
         id(flow(Direction::Out, Protocol::Tcp, 25, "203.0.113.8")),
         "smtp-out-internet"
     );
+}
+
+#[test]
+fn vendor_groups_limit_rules_to_their_names_by_default() {
+    let compile_text = |text: &str| {
+        let site = Site::parse(text, Path::new("site.toml")).unwrap();
+        compile_site(&site, Some(Path::new("site.toml"))).unwrap()
+    };
+    let out = |port, peer: &str| Flow {
+        direction: Direction::Out,
+        protocol: Protocol::Tcp,
+        port,
+        peer: peer.parse().unwrap(),
+    };
+    let id = |policy: &Policy, flow, host: Option<&str>| match Tables::build(policy)
+        .unwrap()
+        .evaluate_as(policy, flow, host)
+        .unwrap()
+    {
+        Verdict::Allow(i) => policy.rules[i].id.clone(),
+        other => format!("{other:?}"),
+    };
+    let peer_deny = format!(
+        "{:?}",
+        Verdict::Deny(portcullis_common::stats::reason::PEER)
+    );
+
+    let policy = compile_text("product = \"gfi-mailessentials\"\n");
+    let set = policy
+        .peer_sets
+        .iter()
+        .find(|s| s.name == "gfi-update-servers")
+        .unwrap();
+    assert_eq!(set.names.len(), 9);
+    assert!(set.networks.is_empty());
+    assert_eq!(
+        id(&policy, out(443, "203.0.113.9"), Some("meupdate.gfi.com")),
+        "http-updates"
+    );
+    assert_eq!(
+        id(&policy, out(80, "203.0.113.9"), Some("sn12.MAILSHELL.net")),
+        "http-updates"
+    );
+    assert_eq!(
+        id(&policy, out(443, "203.0.113.9"), Some("mailshell.net")),
+        peer_deny,
+        "apex"
+    );
+    assert_eq!(
+        id(&policy, out(443, "203.0.113.9"), Some("example.com")),
+        peer_deny
+    );
+    assert_eq!(id(&policy, out(443, "203.0.113.9"), None), peer_deny);
+    assert_eq!(
+        id(&policy, out(21, "203.0.113.9"), Some("ftp.gfisoftware.com")),
+        "ftp-updates"
+    );
+    assert_eq!(
+        id(&policy, out(21, "203.0.113.9"), Some("meupdate.gfi.com")),
+        peer_deny
+    );
+
+    // One line back to any peer: for every vendor group, or for one.
+    let any = compile_text("product = \"gfi-mailessentials\"\nvendor_peers = \"any\"\n");
+    assert!(any.peer_sets.iter().all(|s| s.names.is_empty()));
+    assert_eq!(id(&any, out(443, "203.0.113.9"), None), "http-updates");
+    let one = compile_text(
+        "product = \"gfi-mailessentials\"\nany_peer_groups = [\"gfi-update-servers\"]\n",
+    );
+    assert_eq!(id(&one, out(443, "203.0.113.9"), None), "http-updates");
+    assert_eq!(id(&one, out(21, "203.0.113.9"), None), peer_deny);
+
+    // The site's list replaces the vendor's: a proxy and a mirror by name.
+    let own = compile_text(
+        "product = \"gfi-mailessentials\"\n[peers]\ngfi-update-servers = [\"192.0.2.8\", \"mirror.example.org\"]\n",
+    );
+    assert_eq!(id(&own, out(443, "192.0.2.8"), None), "http-updates");
+    assert_eq!(
+        id(&own, out(443, "203.0.113.9"), Some("mirror.example.org")),
+        "http-updates"
+    );
+    assert_eq!(
+        id(&own, out(443, "203.0.113.9"), Some("meupdate.gfi.com")),
+        peer_deny
+    );
+}
+
+#[test]
+fn error_bad_host_name_in_a_site_group() {
+    let err = site_error(
+        "product = \"mdaemon-securitygateway\"\n[peers]\ndns-servers = [\"192.0.2.53\",\n  \"resolver_1.example\"]\n",
+    );
+    assert_error(
+        &err,
+        "site.toml",
+        4,
+        "host name \"resolver_1.example\" has the character '_'",
+    );
+    let err = site_error("product = \"xeams\"\nvendor_peers = \"some\"\n");
+    assert_eq!(err.line, Some(2), "{err}");
+}
+
+#[test]
+fn error_vendor_group_in_any_peer_groups_with_site_members() {
+    let err = site_error(
+        "product = \"gfi-mailessentials\"\nany_peer_groups = [\"gfi-ftp\"]\n[peers]\ngfi-ftp = [\"192.0.2.8\"]\n",
+    );
+    assert_error(&err, "site.toml", 2, "in any_peer_groups but has networks");
 }
 
 /// The error of compiling `site` (site.toml) against a built-in product, or of
