@@ -1,5 +1,6 @@
 //! `cargo xtask fuzz`: the cargo-fuzz targets of `tests/fuzz` (the profile and site
-//! parsers with the compiler, and the map image with `decide`), each for a fixed time.
+//! parsers with the compiler, the map image with `decide`, and the DNS answer parser
+//! the datapath learns names with), each for a fixed time.
 //!
 //! The seed corpus in `tests/fuzz/corpus/<target>` is read but never written: what the
 //! fuzzer finds goes to `target/fuzz/corpus/<target>`, and a crash to
@@ -16,7 +17,7 @@ use anyhow::{Context as _, bail};
 use crate::{nightly_cargo, step};
 
 /// The fuzz targets (`tests/fuzz/fuzz_targets/<name>.rs`).
-pub const TARGETS: [&str; 2] = ["config", "decide"];
+pub const TARGETS: [&str; 3] = ["config", "decide", "dns"];
 
 /// Installs cargo-fuzz when it is missing.
 fn ensure_cargo_fuzz() -> anyhow::Result<()> {

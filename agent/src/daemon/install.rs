@@ -56,6 +56,7 @@ pub fn install(
     let live = dp.config()?;
     let generation = 1 - (live.generation & 1);
     let image = Image::build(policy, &index, generation)?;
+    warn_unlearned_names(policy);
     dp.reset_rule_counters(&fresh)?;
     // A new epoch: every flow is decided again on its next packet (revocation).
     let config = Config {
@@ -71,4 +72,22 @@ pub fn install(
         generation,
         version,
     ))
+}
+
+/// The datapath of this build does not yet learn addresses from DNS answers (issue 15,
+/// kernel side pending), so a peer group that is only host names admits no address:
+/// say so once per install, with the way back.
+fn warn_unlearned_names(policy: &Policy) {
+    let groups: Vec<&str> = policy
+        .peer_sets
+        .iter()
+        .filter(|s| !s.names.is_empty())
+        .map(|s| s.name.as_str())
+        .collect();
+    if !groups.is_empty() {
+        log::warn!(
+            "peer groups with host names ({}) admit only their networks: this build does not learn addresses from DNS answers yet; set vendor_peers = \"any\" (or list the groups in any_peer_groups) to keep their ports open to any peer",
+            groups.join(", ")
+        );
+    }
 }

@@ -79,6 +79,7 @@ fuzz_target!(|data: &[u8]| {
             PeerSet {
                 name: format!("set{i}"),
                 networks,
+                names: vec![],
             }
         })
         .collect();
