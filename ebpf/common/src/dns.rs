@@ -18,7 +18,7 @@
 //! a limit is not learned (fail closed).
 //!
 //! **What counts.** A response (QR = 1) to a standard query (opcode 0) with RCODE 0 and
-//! exactly one question. A record counts when its owner is the question's name or a
+//! exactly one question, which is not the root. A record counts when its owner is the question's name or a
 //! name a counted CNAME pointed to, and its class is IN. A CNAME to a name hides
 //! nothing: an unlisted question never yields addresses, whatever its chain reaches.
 //! An address's TTL is the smallest TTL along its chain (RFC 2181: a TTL with the top
@@ -345,6 +345,11 @@ impl Parser {
         let next = self.name.after + 4;
         if be32(buf, self.len, self.name.after).is_none() {
             return self.finish(Status::Truncated);
+        }
+        // The root has no host addresses, and no pattern can list it (found by fuzzing:
+        // records of the root would otherwise be reported for an unusable question).
+        if self.name.count == 0 {
+            return self.finish(Status::NotAnswer);
         }
         self.question = self.name.labels;
         self.question_labels = self.name.count;

@@ -259,3 +259,16 @@ fn every_prefix_and_every_byte_flip_terminates() {
         }
     }
 }
+
+/// Found by the `dns` fuzz target: a question for the root with an A record of the
+/// root reported an address for a question that can match no pattern.
+#[test]
+fn a_question_for_the_root_is_not_an_answer() {
+    let crash = [
+        0x12, 0x34, 0x81, 0x80, 0, 1, 0, 1, 3, 0x6e, 0x65, 0x74, 0, 0, 1, 0, 1, 0xc0, 0x0c, 0, 1,
+        0, 1, 0, 0, 1, 0x2c, 0, 4, 0x32, 4, 0xc0, 0x5b, 0, 2, 7,
+    ];
+    let p = parse(&crash);
+    assert_eq!(p.status(), Status::NotAnswer);
+    assert!(p.addresses().is_empty());
+}
