@@ -11,7 +11,10 @@ use std::{io::Write as _, path::Path, process::ExitCode};
 use serde::Serialize;
 
 use crate::{
-    config::profile,
+    config::{
+        profile,
+        site::{Site, VendorPeers},
+    },
     policy::{Direction, Policy, Protocol, RuleScope, compiler},
 };
 
@@ -140,15 +143,16 @@ fn list(args: &ListArgs) -> anyhow::Result<ExitCode> {
 
 fn show(args: &ShowArgs) -> anyhow::Result<ExitCode> {
     let (features, all) = (&args.features.features, args.features.all_features);
-    let policy = if profile::is_path(&args.name) {
-        compiler::compile_profile(
-            &profile::Profile::load(Path::new(&args.name))?,
-            features,
-            all,
-        )?
+    let (profile, mut site) = if profile::is_path(&args.name) {
+        let profile = profile::Profile::load(Path::new(&args.name))?;
+        let site = Site::for_profile(&profile);
+        (profile, site)
     } else {
-        compiler::compile_product(&args.name, features, all)?
+        (profile::find(&args.name)?, Site::default_for(&args.name))
     };
+    // The vendor's table as documented: rules limited to its named servers.
+    site.vendor_peers = VendorPeers::Names;
+    let policy = compiler::compile_with_defaults(&profile, site, features, all)?;
     if args.json {
         print_json(&entry_views(&policy))?;
     } else {

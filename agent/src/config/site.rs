@@ -9,7 +9,7 @@
 //!
 //! Defaults (an empty file is a valid site config apart from naming no product):
 //! `features = []`, `mode = "audit"`, `failsafe = true`, `loopback = "exempt"`,
-//! `icmp_echo = true`, no `[peers]`, `any_peer_groups = []`, `vendor_peers = "names"`,
+//! `icmp_echo = true`, no `[peers]`, `any_peer_groups = []`, `vendor_peers = "any"`,
 //! no `[[rule]]`,
 //! `scope = ["host"]`, `xdp = []`, `events_per_sec = 100`,
 //! `pin_dir = "/sys/fs/bpf/portcullis"`, and `[metrics] listen` unset (no endpoint).
@@ -74,8 +74,9 @@ pub struct Site {
     /// Peer groups that may be undefined or empty, meaning "any peer".
     #[serde(default)]
     pub any_peer_groups: Vec<Spanned<String>>,
-    /// names (default): rules with a peer group of the profile's named servers are
-    /// limited to those servers; any: those groups mean any peer.
+    /// names: rules with a peer group of the profile's named servers are limited to
+    /// those servers; any (default until the kernel learns names): those groups mean
+    /// any peer.
     #[serde(default)]
     pub vendor_peers: VendorPeers,
     /// Extra site rules, after the profile's.
@@ -105,9 +106,11 @@ pub struct Site {
 #[serde(rename_all = "lowercase")]
 pub enum VendorPeers {
     /// Rules of those groups are limited to the vendor's servers, learned from DNS.
-    #[default]
     Names,
-    /// Those groups mean any peer (the policy before names existed).
+    /// Those groups mean any peer. The default while this build cannot learn addresses
+    /// from DNS answers in the kernel: with names, a group of host names would admit
+    /// no address at all and close the vendor's update ports.
+    #[default]
     Any,
 }
 

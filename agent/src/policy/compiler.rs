@@ -108,7 +108,8 @@ pub fn compile_profile(
     compile_with_defaults(profile, Site::for_profile(profile), features, all_features)
 }
 
-fn compile_with_defaults(
+/// Compiles `profile` under `site` with these features (or all of them) turned on.
+pub fn compile_with_defaults(
     profile: &Profile,
     mut site: Site,
     features: &[String],

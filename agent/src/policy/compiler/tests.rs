@@ -561,7 +561,7 @@ fn site_peer_groups_limit_rules() {
 }
 
 #[test]
-fn vendor_groups_limit_rules_to_their_names_by_default() {
+fn vendor_groups_mean_any_peer_by_default_and_their_names_on_request() {
     let compile_text = |text: &str| {
         let site = Site::parse(text, Path::new("site.toml")).unwrap();
         compile_site(&site, Some(Path::new("site.toml"))).unwrap()
@@ -585,7 +585,12 @@ fn vendor_groups_limit_rules_to_their_names_by_default() {
         Verdict::Deny(portcullis_common::stats::reason::PEER)
     );
 
-    let policy = compile_text("product = \"gfi-mailessentials\"\n");
+    // Any peer by default while the kernel learns no names: nothing is closed unasked.
+    let default = compile_text("product = \"gfi-mailessentials\"\n");
+    assert!(default.peer_sets.iter().all(|s| s.names.is_empty()));
+    assert_eq!(id(&default, out(443, "203.0.113.9"), None), "http-updates");
+
+    let policy = compile_text("product = \"gfi-mailessentials\"\nvendor_peers = \"names\"\n");
     let set = policy
         .peer_sets
         .iter()
@@ -625,14 +630,14 @@ fn vendor_groups_limit_rules_to_their_names_by_default() {
     assert!(any.peer_sets.iter().all(|s| s.names.is_empty()));
     assert_eq!(id(&any, out(443, "203.0.113.9"), None), "http-updates");
     let one = compile_text(
-        "product = \"gfi-mailessentials\"\nany_peer_groups = [\"gfi-update-servers\"]\n",
+        "product = \"gfi-mailessentials\"\nvendor_peers = \"names\"\nany_peer_groups = [\"gfi-update-servers\"]\n",
     );
     assert_eq!(id(&one, out(443, "203.0.113.9"), None), "http-updates");
     assert_eq!(id(&one, out(21, "203.0.113.9"), None), peer_deny);
 
     // The site's list replaces the vendor's: a proxy and a mirror by name.
     let own = compile_text(
-        "product = \"gfi-mailessentials\"\n[peers]\ngfi-update-servers = [\"192.0.2.8\", \"mirror.example.org\"]\n",
+        "product = \"gfi-mailessentials\"\nvendor_peers = \"names\"\n[peers]\ngfi-update-servers = [\"192.0.2.8\", \"mirror.example.org\"]\n",
     );
     assert_eq!(id(&own, out(443, "192.0.2.8"), None), "http-updates");
     assert_eq!(
