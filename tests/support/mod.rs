@@ -17,9 +17,11 @@
 pub mod agent;
 pub mod frames;
 pub mod lab;
+pub mod nspawn;
 #[cfg(feature = "object")]
 pub mod object;
 pub mod status;
+pub mod workload;
 
 use std::{
     path::{Path, PathBuf},
