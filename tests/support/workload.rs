@@ -1,7 +1,8 @@
 //! A protected workload inside a [`Container`]: listeners on the container's loopback
 //! (8080, which [`crate::web_out`] opens, and 8081, which no rule opens) run as units of
-//! their own (not enforced); a client runs as `fakemail.service`, the unit the tests
-//! protect, and tries both ports.
+//! their own (not enforced); a client runs as `fakemail.service` in [`SLICE`], and tries
+//! both ports. A unit that holds the slice keeps its cgroup (and the programs attached
+//! to it) alive between runs of the client.
 //!
 //! The load client is `net.py load`, the same one the service tests run in a Lab: every
 //! interval it connects to the allowed and to the denied port and counts what happened.
@@ -13,10 +14,14 @@ use crate::{figures, nspawn::Container, web_out};
 /// The protected unit.
 pub const UNIT: &str = "fakemail.service";
 
+/// The slice the protected unit runs in; as a scope, the cgroup `protected.slice`.
+pub const SLICE: &str = "protected.slice";
+
 /// Where net.py is inside the container.
 const NET_PY: &str = "/root/net.py";
 
-/// Copies net.py in and starts the two listeners; returns once both accept.
+/// Copies net.py in, starts the two listeners and the unit that holds [`SLICE`]; returns
+/// once both listeners accept.
 pub fn listeners(c: &Container) {
     c.copy_in(
         &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("support/net.py"),
@@ -27,6 +32,9 @@ pub fn listeners(c: &Container) {
             "systemd-run --quiet --unit=listen{port} python3 {NET_PY} listen {port} --host 127.0.0.1"
         ));
     }
+    c.must(&format!(
+        "systemd-run --quiet --unit=slice-holder --slice={SLICE} sleep infinity"
+    ));
     for port in [8080, 8081] {
         c.wait_for(
             &format!("a listener on 127.0.0.1:{port}"),
@@ -37,11 +45,11 @@ pub fn listeners(c: &Container) {
 }
 
 /// A site config protecting `scope` in enforce mode with the lab profile (outbound
-/// 8080 open, nothing else); loopback enforced, since the workload's traffic stays on
+/// 8080 open, nothing else; in /opt (the unit cannot see /root), not among the package's files); loopback enforced, since the workload's traffic stays on
 /// the container's loopback. Written to /etc/portcullis (the package's conffile).
 pub fn enforce_config(c: &Container, scope: &str) {
     c.write(
-        "/etc/portcullis/lab-profile.toml",
+        "/opt/lab-profile.toml",
         &format!(
             "slug = \"lab\"\nproduct = \"Lab\"\nvendor = \"portcullis tests\"\nsource = \"tests\"\n{}",
             web_out()
@@ -50,7 +58,7 @@ pub fn enforce_config(c: &Container, scope: &str) {
     c.write(
         "/etc/portcullis/portcullis.toml",
         &format!(
-            "profile = \"lab-profile.toml\"\nmode = \"enforce\"\nscope = [\"{scope}\"]\n\
+            "profile = \"/opt/lab-profile.toml\"\nmode = \"enforce\"\nscope = [\"{scope}\"]\n\
              failsafe = false\nloopback = \"enforce\"\nevents_per_sec = 1000\n"
         ),
     );
@@ -61,9 +69,20 @@ pub fn enforce_config(c: &Container, scope: &str) {
 pub fn start_load(c: &Container, interval_ms: u32) {
     let _ = c.run("rm -f /root/load.stop /root/load.json");
     c.must(&format!(
-        "systemd-run --quiet --unit={UNIT} python3 {NET_PY} load 127.0.0.1 8080 8081 \
+        "systemd-run --quiet --unit={UNIT} --slice={SLICE} python3 {NET_PY} load 127.0.0.1 8080 8081 \
          {interval_ms} /root/load.stop /root/load.json"
     ));
+}
+
+/// One connect() to `port` from a run of [`UNIT`] in [`SLICE`]: net.py's verdict
+/// (`ok`, `EPERM`, ...).
+pub fn connect_once(c: &Container, port: u16) -> String {
+    c.must(&format!(
+        "systemd-run --quiet --wait --pipe --unit={UNIT} --slice={SLICE} \
+         python3 {NET_PY} connect 127.0.0.1 {port}"
+    ))
+    .trim()
+    .to_owned()
 }
 
 /// Stops the load client and returns its counts.
