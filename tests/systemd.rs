@@ -4,6 +4,11 @@
 //! (a good config applied, a bad one rejected with file:line in the journal), SIGKILL
 //! (restarted by systemd, pins adopted), SIGSTOP (the watchdog restarts it, enforcement
 //! never stops), upgrade under a 1 ms load, purge (nothing left).
+//!
+//! Unit scopes (`scope = ["fakemail.service"]`): a service whose first act is a
+//! connect() to a denied and one to an allowed port, restarted 100 times with the agent
+//! running, 20 times with it stopped and 20 times with it killed; a simulated boot (no
+//! pins, the unit started first); a unit entering the scope while it runs and leaving it.
 
 use std::time::Duration;
 
@@ -12,8 +17,8 @@ use portcullis_tests::{
     figures,
     nspawn::{Container, deb},
     workload::{
-        SLICE, assert_nothing_lost, connect_once, enforce_config, finish_load, listeners,
-        load_figures, start_load,
+        PROBE_UNIT, Probes, SLICE, assert_nothing_lost, enforce_config, finish_load,
+        install_probe_unit, listeners, load_figures, start_load, start_probes,
     },
 };
 use serde_json::Value;
@@ -88,20 +93,30 @@ fn enforcing(name: &str) -> Container {
     c
 }
 
+/// The agent's four cgroup programs by name.
+const OURS: [&str; 4] = [
+    programs::INGRESS,
+    programs::EGRESS,
+    programs::CONNECT4,
+    programs::CONNECT6,
+];
+
 /// The agent's programs attached anywhere in the container's cgroup tree (systemd's own
 /// `sd_*` programs left out), as bpftool lists them.
 fn ours_attached(c: &Container) -> Vec<String> {
-    let ours = [
-        programs::INGRESS,
-        programs::EGRESS,
-        programs::CONNECT4,
-        programs::CONNECT6,
-    ];
     c.must("bpftool cgroup tree /sys/fs/cgroup")
         .lines()
-        .filter(|l| l.split_whitespace().any(|w| ours.contains(&w)))
+        .filter(|l| l.split_whitespace().any(|w| OURS.contains(&w)))
         .map(str::to_owned)
         .collect()
+}
+
+/// How many of the agent's programs are attached to one cgroup.
+fn ours_attached_to(c: &Container, cgroup: &str) -> usize {
+    c.must(&format!("bpftool cgroup show {cgroup}"))
+        .lines()
+        .filter(|l| l.split_whitespace().any(|w| OURS.contains(&w)))
+        .count()
 }
 
 #[test]
@@ -291,18 +306,13 @@ fn upgrade_over_itself_under_1ms_load_loses_nothing() {
 
 #[test]
 fn purge_leaves_no_pins_links_drop_ins_or_binary() {
-    let c = installed("purge");
-    listeners(&c);
-    enforce_config(&c, SLICE);
-    c.must("systemctl reload portcullis.service");
-    assert_eq!(connect_once(&c, 8080), "ok");
+    let c = protecting_probe("purge");
     assert_eq!(
-        connect_once(&c, 8081),
-        "EPERM",
-        "the denied port is enforced"
+        start_probes(&c, &format!("systemctl start {PROBE_UNIT}"), 1),
+        ENFORCED_ONCE
     );
-    assert!(links(&c) > 0);
     assert_eq!(ours_attached(&c).len(), 4, "{:#?}", ours_attached(&c));
+    assert!(c.path(&drop_in(PROBE_UNIT)).exists());
     let out = c.run("dpkg --purge portcullis 2>&1");
     assert!(
         out.status.success(),
@@ -311,7 +321,7 @@ fn purge_leaves_no_pins_links_drop_ins_or_binary() {
     );
     let left = c.must(
         "ls -d /sys/fs/bpf/portcullis /etc/portcullis /run/portcullis \
-         /etc/systemd/system/*.d/portcullis* /etc/systemd/system/portcullis.service* \
+         /etc/systemd/system/*.d/*portcullis* /etc/systemd/system/portcullis.service* \
          /etc/systemd/system/*/portcullis.service 2>/dev/null; true",
     );
     assert_eq!(left.trim(), "", "left behind after purge:\n{left}");
@@ -324,14 +334,211 @@ fn purge_leaves_no_pins_links_drop_ins_or_binary() {
         attached.is_empty(),
         "programs still attached after purge:\n{attached:#?}"
     );
-    // Nothing enforces any more: the denied port is reachable from the workload's unit.
-    assert_eq!(connect_once(&c, 8081), "ok", "still enforced after purge");
+    // Nothing enforces any more, and the unit starts without portcullis.
+    let after = start_probes(&c, &format!("systemctl restart {PROBE_UNIT}"), 1);
+    assert_eq!((after.failed, after.denied_passed), (0, 1), "{after:?}");
     figures(
         "systemd_purge",
         &[
             ("pins_left", "0".into()),
             ("links_left", "0".into()),
             ("drop_ins_left", "0".into()),
+            ("unit_starts_after_purge", "yes".into()),
+        ],
+    );
+}
+
+/// A start of [`PROBE_UNIT`] that ran enforced: allowed connect worked, denied refused.
+const ENFORCED_ONCE: Probes = Probes {
+    failed: 0,
+    ran: 1,
+    allowed_ok: 1,
+    denied_passed: 0,
+};
+
+/// The drop-in portcullis writes for a unit scope.
+fn drop_in(unit: &str) -> String {
+    format!("/etc/systemd/system/{unit}.d/50-portcullis.conf")
+}
+
+/// Installs, starts the listeners, protects [`PROBE_UNIT`] by name in enforce mode
+/// before its unit file exists (an unknown unit is accepted; `check` names it), then
+/// writes the unit file. The unit does not run yet.
+fn protecting_probe(name: &str) -> Container {
+    let c = installed(name);
+    listeners(&c);
+    enforce_config(&c, PROBE_UNIT);
+    let check = c.must("portcullis check --config /etc/portcullis/portcullis.toml");
+    assert!(
+        check.contains(&format!(
+            "note: scope {PROBE_UNIT}: systemd knows no unit of that name"
+        )),
+        "check does not name the unknown unit:\n{check}"
+    );
+    c.must("systemctl reload portcullis.service");
+    assert!(
+        c.path(&drop_in(PROBE_UNIT)).exists(),
+        "no drop-in for {PROBE_UNIT}"
+    );
+    install_probe_unit(&c);
+    c
+}
+
+/// Asserts that every one of `n` starts ran enforced, and prints the figures.
+fn assert_all_enforced(test: &str, p: &Probes, n: u32) {
+    figures(
+        test,
+        &[
+            ("starts", n.to_string()),
+            ("failed", p.failed.to_string()),
+            ("allowed_ok", p.allowed_ok.to_string()),
+            ("denied_passed", p.denied_passed.to_string()),
+        ],
+    );
+    assert_eq!(
+        *p,
+        Probes {
+            failed: 0,
+            ran: n,
+            allowed_ok: n,
+            denied_passed: 0
+        },
+        "{test}: not every start ran enforced"
+    );
+}
+
+#[test]
+fn unit_scope_holds_on_100_restarts_and_5_kill_then_start_with_the_agent_running() {
+    let c = protecting_probe("restarts");
+    // The first start of a unit that did not exist when it was put in the scope.
+    assert_eq!(
+        start_probes(&c, &format!("systemctl start {PROBE_UNIT}"), 1),
+        ENFORCED_ONCE
+    );
+    let restarts = start_probes(&c, &format!("systemctl restart {PROBE_UNIT}"), 100);
+    assert_all_enforced("systemd_unit_restarts_agent_running", &restarts, 100);
+    // The main process killed, then a start (what systemd 252 does not re-apply
+    // BPFProgram= for).
+    let killed = start_probes(
+        &c,
+        &format!(
+            "systemctl kill -s SIGKILL {PROBE_UNIT}; \
+             while systemctl is-active --quiet {PROBE_UNIT}; do :; done; \
+             systemctl start {PROBE_UNIT}"
+        ),
+        5,
+    );
+    assert_all_enforced("systemd_unit_kill_then_start", &killed, 5);
+    // The links of earlier cgroups do not pile up: one set, on the current cgroup.
+    let links = c.must(&format!(
+        "ls /sys/fs/bpf/portcullis/links | grep -c -- '-unit:fakemail%2eservice$'"
+    ));
+    assert_eq!(links.trim(), "4", "unit links left behind");
+}
+
+#[test]
+fn unit_scope_holds_while_the_agent_is_stopped_or_killed() {
+    let c = protecting_probe("agentdown");
+    assert_eq!(
+        start_probes(&c, &format!("systemctl start {PROBE_UNIT}"), 1),
+        ENFORCED_ONCE
+    );
+    c.must("systemctl stop portcullis.service");
+    let stopped = start_probes(&c, &format!("systemctl restart {PROBE_UNIT}"), 20);
+    assert_all_enforced("systemd_unit_restarts_agent_stopped", &stopped, 20);
+    assert!(
+        !c.run("systemctl is-active --quiet portcullis.service")
+            .status
+            .success(),
+        "the restarts started the agent: the test proved nothing"
+    );
+
+    c.must("systemctl start portcullis.service");
+    c.must("systemctl kill -s SIGKILL portcullis.service");
+    let killed = start_probes(&c, &format!("systemctl restart {PROBE_UNIT}"), 20);
+    assert_all_enforced("systemd_unit_restarts_agent_killed", &killed, 20);
+}
+
+#[test]
+fn at_boot_a_unit_started_before_the_agent_does_not_run_unprotected() {
+    let c = protecting_probe("boot");
+    assert_eq!(
+        start_probes(&c, &format!("systemctl start {PROBE_UNIT}"), 1),
+        ENFORCED_ONCE
+    );
+    // What a reboot takes away: the running units, the pins (bpffs lives in memory) and
+    // /run. The drop-in is in /etc and stays, as it does across a real reboot.
+    c.must(&format!("systemctl stop {PROBE_UNIT} portcullis.service"));
+    c.must("rm -rf /sys/fs/bpf/portcullis /run/portcullis");
+    assert!(c.path(&drop_in(PROBE_UNIT)).exists());
+
+    // The unit first, alone: it must not start at all.
+    let early = start_probes(&c, &format!("systemctl start {PROBE_UNIT}"), 1);
+    assert_eq!(
+        (early.failed, early.ran),
+        (1, 0),
+        "the unit started without its programs: {early:?}"
+    );
+    let journal = c.journal(PROBE_UNIT);
+    assert!(
+        journal.contains("is not pinned"),
+        "the failed start does not say why:\n{journal}"
+    );
+    // Both in one transaction, as at boot: the unit waits for the agent (After=).
+    let boot = start_probes(
+        &c,
+        &format!("systemctl start {PROBE_UNIT} portcullis.service"),
+        1,
+    );
+    assert_eq!(boot, ENFORCED_ONCE, "the unit started with the agent");
+    figures(
+        "systemd_unit_boot",
+        &[
+            ("started_before_agent", "failed".into()),
+            ("started_with_agent", "enforced".into()),
+        ],
+    );
+}
+
+#[test]
+fn a_running_unit_is_attached_at_once_and_leaving_the_scope_removes_everything() {
+    let c = installed("enterleave");
+    listeners(&c);
+    install_probe_unit(&c);
+    // Running before it is in the scope: the packaged config only audits.
+    let before = start_probes(&c, &format!("systemctl start {PROBE_UNIT}"), 1);
+    assert_eq!(before.denied_passed, 1, "{before:?}");
+    let cgroup = format!("/sys/fs/cgroup/system.slice/{PROBE_UNIT}");
+
+    enforce_config(&c, PROBE_UNIT);
+    c.must("systemctl reload portcullis.service");
+    let on_unit = |c: &Container| ours_attached_to(c, &cgroup);
+    assert_eq!(on_unit(&c), 4, "the running instance is not attached");
+    assert_eq!(
+        start_probes(&c, &format!("systemctl restart {PROBE_UNIT}"), 1),
+        ENFORCED_ONCE
+    );
+
+    // Out of the scope again: drop-in, links and programs go; the next start is free.
+    enforce_config(&c, SLICE);
+    c.must("systemctl reload portcullis.service");
+    assert!(!c.path(&drop_in(PROBE_UNIT)).exists(), "the drop-in stayed");
+    assert_eq!(on_unit(&c), 0, "programs stayed on the unit's cgroup");
+    let unit_links = c.run(&format!(
+        "ls /sys/fs/bpf/portcullis/links | grep -- '-unit:fakemail%2eservice$'"
+    ));
+    assert!(
+        !unit_links.status.success(),
+        "unit links stayed: {}",
+        String::from_utf8_lossy(&unit_links.stdout)
+    );
+    let after = start_probes(&c, &format!("systemctl restart {PROBE_UNIT}"), 1);
+    assert_eq!((after.failed, after.denied_passed), (0, 1), "{after:?}");
+    figures(
+        "systemd_unit_enter_leave",
+        &[
+            ("running_instance_attached", "4".into()),
+            ("after_leaving", "nothing left".into()),
         ],
     );
 }

@@ -27,6 +27,7 @@ use crate::{
     },
     model::{Mode, ScopeTarget},
     observe::events::EventLog,
+    systemd,
 };
 
 /// Deny log lines per second before the log summarises ("suppressed N lines"); the
@@ -80,6 +81,21 @@ fn resolve_scopes(settings: &Settings) -> anyhow::Result<Vec<Scope>> {
     settings.scopes.iter().map(attach::resolve_scope).collect()
 }
 
+/// Writes the drop-ins of the unit scopes and removes those of units that left (their
+/// links go in [`Attachments::reconcile`]).
+fn sync_drop_ins(settings: &Settings, paths: &PathArgs) -> anyhow::Result<()> {
+    let units: Vec<String> = settings
+        .scopes
+        .iter()
+        .filter_map(|s| match s {
+            ScopeTarget::Unit(name) => Some(name.clone()),
+            _ => None,
+        })
+        .collect();
+    systemd::sync_drop_ins(&units, &paths.pin_dir())?;
+    Ok(())
+}
+
 /// The tag of the link pins a policy version attaches.
 fn tag(state: &State) -> String {
     format!("v{}", state.policy_version)
@@ -101,6 +117,9 @@ impl Daemon {
         let mut attached = Attachments::default();
         let result = Datapath::load(&paths).and_then(|mut dp| {
             let state = install(&mut dp, &policy, &settings, previous.as_ref())?;
+            // Drop-ins before the running instances: a unit restarting in between is
+            // attached by its drop-in (the programs are pinned by now).
+            sync_drop_ins(&settings, &paths)?;
             attached.reconcile(&mut dp, &scopes, &settings.xdp, &tag(&state))?;
             // Only now that the new links enforce may those of an earlier run go.
             let stale: Vec<_> = old_links
@@ -200,6 +219,7 @@ impl Daemon {
         let scopes = resolve_scopes(&settings)?;
         let mut state = install(&mut self.dp, &policy, &settings, Some(&self.state))?;
         state.config = config;
+        sync_drop_ins(&settings, &self.paths)?;
         self.attached
             .reconcile(&mut self.dp, &scopes, &settings.xdp, &tag(&state))?;
         state.last_reload = self.state.last_reload.clone();
