@@ -484,12 +484,15 @@ fn at_boot_a_unit_started_before_the_agent_does_not_run_unprotected() {
         journal.contains("is not pinned"),
         "the failed start does not say why:\n{journal}"
     );
-    // Both in one transaction, as at boot: the unit waits for the agent (After=).
-    let boot = start_probes(
-        &c,
-        &format!("systemctl start {PROBE_UNIT} portcullis.service"),
-        1,
+    // Both in one transaction, as at boot when a target pulls both in: the unit waits
+    // for the agent (the drop-in's After=). (`systemctl start a b` would not do: it
+    // queues two transactions, and the first may run before the second exists.)
+    c.write(
+        "/etc/systemd/system/boot-sim.target",
+        &format!("[Unit]\nWants={PROBE_UNIT} portcullis.service\n"),
     );
+    c.must("systemctl daemon-reload");
+    let boot = start_probes(&c, "systemctl start boot-sim.target", 1);
     assert_eq!(boot, ENFORCED_ONCE, "the unit started with the agent");
     figures(
         "systemd_unit_boot",
