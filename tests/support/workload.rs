@@ -83,17 +83,6 @@ pub fn start_load(c: &Container, interval_ms: u32) {
     ));
 }
 
-/// One connect() to `port` from a run of [`LOAD_UNIT`] in [`SLICE`]: net.py's verdict
-/// (`ok`, `EPERM`, ...).
-pub fn connect_once(c: &Container, port: u16) -> String {
-    c.must(&format!(
-        "systemd-run --quiet --wait --pipe --unit={LOAD_UNIT} --slice={SLICE} \
-         python3 {NET_PY} connect 127.0.0.1 {port}"
-    ))
-    .trim()
-    .to_owned()
-}
-
 /// Stops the load client and returns its counts.
 pub fn finish_load(c: &Container) -> serde_json::Value {
     c.must("touch /root/load.stop");

@@ -16,6 +16,7 @@ use super::{
     install::install,
     notify::Notifier,
     settings::{OnExit, Overrides, Settings, resolve},
+    watch::{self, ScopeWatch},
 };
 use crate::{
     datapath::{
@@ -33,10 +34,6 @@ use crate::{
 /// Deny log lines per second before the log summarises ("suppressed N lines"); the
 /// kernel's own per-CPU limit (`events_per_sec`) comes first.
 const LOG_LINES_PER_SEC: u32 = 20;
-
-/// How often the daemon checks that each scope's cgroup is still the one its programs
-/// are attached to (see [`Attachments::reattach_recreated`]).
-const SCOPE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The running agent.
 struct Daemon {
@@ -301,12 +298,21 @@ async fn serve(daemon: &mut Daemon) -> anyhow::Result<()> {
             }
         });
     }
-    // A scope's cgroup can be removed and created again under a running agent.
-    let mut scope_check = tokio::time::interval(SCOPE_CHECK_INTERVAL);
+    // A scope's cgroup can be removed and created again under a running agent: inotify
+    // on its parent says when (see `watch`), with a slow check as the safety net.
+    let mut scope_watch = ScopeWatch::new(daemon.attached.scopes.iter().map(|(s, _)| s));
+    let mut scope_check = tokio::time::interval(watch::SAFETY_NET);
     loop {
         tokio::select! {
             batch = ring.next_batch(|e| daemon.events.record(e)) => batch?,
-            _ = sighup.recv() => daemon.reload(),
+            _ = sighup.recv() => {
+                daemon.reload();
+                scope_watch = ScopeWatch::new(daemon.attached.scopes.iter().map(|(s, _)| s));
+            }
+            () = scope_watch.changed() => {
+                let tag = tag(&daemon.state);
+                daemon.attached.reattach_recreated(&mut daemon.dp, &tag);
+            }
             _ = watchdog.tick(), if watchdog_on => daemon.notify.send("WATCHDOG=1"),
             _ = flush.tick() => {
                 if let Err(e) = daemon.events.flush() {
