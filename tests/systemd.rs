@@ -356,6 +356,10 @@ const ENFORCED_ONCE: Probes = Probes {
     denied_passed: 0,
 };
 
+/// The end of [`PROBE_UNIT`]'s link pin names (a regex): `unit:` and the name with its
+/// dots escaped, since bpffs refuses names with dots.
+const PROBE_LINKS: &str = "-unit:fakemail%2eservice$";
+
 /// The drop-in portcullis writes for a unit scope.
 fn drop_in(unit: &str) -> String {
     format!("/etc/systemd/system/{unit}.d/50-portcullis.conf")
@@ -431,7 +435,7 @@ fn unit_scope_holds_on_100_restarts_and_5_kill_then_start_with_the_agent_running
     assert_all_enforced("systemd_unit_kill_then_start", &killed, 5);
     // The links of earlier cgroups do not pile up: one set, on the current cgroup.
     let links = c.must(&format!(
-        "ls /sys/fs/bpf/portcullis/links | grep -c -- '-unit:fakemail%2eservice$'"
+        "ls /sys/fs/bpf/portcullis/links | grep -c -- '{PROBE_LINKS}'"
     ));
     assert_eq!(links.trim(), "4", "unit links left behind");
 }
@@ -528,7 +532,7 @@ fn a_running_unit_is_attached_at_once_and_leaving_the_scope_removes_everything()
     assert!(!c.path(&drop_in(PROBE_UNIT)).exists(), "the drop-in stayed");
     assert_eq!(on_unit(&c), 0, "programs stayed on the unit's cgroup");
     let unit_links = c.run(&format!(
-        "ls /sys/fs/bpf/portcullis/links | grep -- '-unit:fakemail%2eservice$'"
+        "ls /sys/fs/bpf/portcullis/links | grep -- '{PROBE_LINKS}'"
     ));
     assert!(
         !unit_links.status.success(),
