@@ -14,9 +14,10 @@
 //!   with `--keep-unit` stays in its caller's cgroup, and on these machines that is the
 //!   root cgroup: a "host" scope inside the container would otherwise be the real host.
 //! - `/sys/fs/bpf` inside is a bpffs instance of its own (each bpffs mount is a new
-//!   instance), mounted on the host and bound in. The container's agent pins, detaches
-//!   and purges under `/sys/fs/bpf/portcullis`; with the host's bpffs bound in, that would
-//!   be the pin directory of an agent running on the machine itself.
+//!   instance), mounted on the host, bound in, and unmounted from the host once the
+//!   container runs (its bind keeps the instance alive). The container's agent pins,
+//!   detaches and purges under `/sys/fs/bpf/portcullis`; with the host's bpffs bound in,
+//!   that would be the pin directory of an agent running on the machine itself.
 //!
 //! Without root, systemd-nspawn, nsenter or the root filesystem the tests fail with the
 //! fix in the message; they never skip.
@@ -106,7 +107,7 @@ pub struct Container {
     pub root: PathBuf,
     /// The host cgroup the container runs in (its `/sys/fs/cgroup`).
     pub cgroup: PathBuf,
-    /// The bpffs instance bound to the container's `/sys/fs/bpf`.
+    /// Where the container's bpffs instance was mounted on the host to be bound in.
     bpffs: PathBuf,
     nspawn: Option<Child>,
     /// The container's PID 1, as the host sees it.
@@ -184,6 +185,10 @@ impl Container {
             console,
         };
         container.wait_booted();
+        // The container's bind keeps the instance (and its pins) alive; on the host it
+        // is no longer needed, and a bpffs mounted there would be one more for tests that
+        // look for bpffs mounts (or for their absence) on the machine.
+        let _ = sh(&format!("umount {}", container.bpffs.display()));
         container
     }
 
@@ -314,11 +319,6 @@ impl Container {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-    }
-
-    /// The host path of the container's bpffs (what `/sys/fs/bpf` is inside).
-    pub fn bpffs(&self) -> &Path {
-        &self.bpffs
     }
 
     fn power_off(&mut self) {

@@ -4,9 +4,9 @@
 //! interfaces (start, reload and a re-created cgroup all go through it); `detach_all` is
 //! the way out.
 //!
-//! A unit scope's links are tagged `unit:<name>` (see [`unit_tag`]), whoever attached them: the agent (the
-//! instance running when it starts) or `attach --unit` in the unit's drop-in (every new
-//! start, from the pinned programs). [`attach_unit_start`] is the latter.
+//! A unit scope's links are tagged `unit:<name>` (see [`unit_tag`]), whoever attached
+//! them: the agent (the instance running when it starts) or `attach --unit` in the
+//! unit's drop-in (every new start, from the pinned programs): [`attach_unit_start`].
 
 use std::{
     fs,
@@ -95,13 +95,13 @@ const ATTACH_MODE: CgroupAttachMode = CgroupAttachMode::Single;
 
 /// How each of the four cgroup programs attaches.
 #[derive(Clone, Copy)]
-enum Hook {
+pub(super) enum Hook {
     Skb(CgroupSkbAttachType),
     SockAddr(CgroupSockAddrAttachType),
 }
 
-/// The four cgroup programs, by name.
-const CGROUP_PROGRAMS: [(&str, Hook); 4] = [
+/// The four cgroup programs, by name (the loader pins them under these names too).
+pub(super) const CGROUP_PROGRAMS: [(&str, Hook); 4] = [
     (programs::INGRESS, Hook::Skb(CgroupSkbAttachType::Ingress)),
     (programs::EGRESS, Hook::Skb(CgroupSkbAttachType::Egress)),
     (
@@ -447,5 +447,19 @@ impl Attachments {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn unit_tags_have_no_dots_and_stay_distinct() {
+        assert_eq!(super::unit_tag("postfix.service"), "unit:postfix%2eservice");
+        // bpffs refuses a dot anywhere in a pin name.
+        assert!(!super::unit_tag("a.b.service").contains('.'));
+        assert_ne!(
+            super::unit_tag("a.b.service"),
+            super::unit_tag("a_b.service")
+        );
     }
 }

@@ -182,12 +182,7 @@ impl Datapath {
 /// agent is stopped or dead. Links of the earlier programs keep them alive as long as
 /// they are attached.
 fn pin_programs(ebpf: &mut Ebpf, paths: &PathArgs) -> anyhow::Result<()> {
-    for name in [
-        programs::INGRESS,
-        programs::EGRESS,
-        programs::CONNECT4,
-        programs::CONNECT6,
-    ] {
+    for (name, _) in super::attach::CGROUP_PROGRAMS {
         let path = paths.prog(name);
         let _ = fs::remove_file(&path);
         program(ebpf, name)?
