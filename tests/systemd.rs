@@ -15,10 +15,11 @@ use std::time::Duration;
 use portcullis_common::maps::programs;
 use portcullis_tests::{
     figures,
+    load::{assert_nothing_lost, load_figures},
     nspawn::{Container, deb},
     workload::{
-        PROBE_UNIT, Probes, SLICE, assert_nothing_lost, enforce_config, finish_load,
-        install_probe_unit, listeners, load_figures, start_load, start_probes,
+        PROBE_UNIT, Probes, SLICE, enforce_config, finish_load, install_probe_unit, listeners,
+        start_load, start_probes,
     },
 };
 use serde_json::Value;

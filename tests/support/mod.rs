@@ -17,6 +17,7 @@
 pub mod agent;
 pub mod frames;
 pub mod lab;
+pub mod load;
 pub mod nspawn;
 #[cfg(feature = "object")]
 pub mod object;

@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use crate::{figures, nspawn::Container, web_out};
+use crate::{nspawn::Container, web_out};
 
 /// The transient unit the load client runs as.
 pub const LOAD_UNIT: &str = "mailload.service";
@@ -92,42 +92,6 @@ pub fn finish_load(c: &Container) -> serde_json::Value {
         Duration::from_secs(15),
     );
     serde_json::from_str(&text).expect("load result JSON")
-}
-
-/// The load client's verdict: no allowed connection failed, no denied one got through,
-/// and there was enough load (`min` allowed connections) for that to mean something.
-pub fn assert_nothing_lost(counts: &serde_json::Value, min: u64) {
-    assert_eq!(
-        counts["allowed_failed"], 0,
-        "allowed connections failed: {counts}"
-    );
-    assert_eq!(
-        counts["denied_ok"], 0,
-        "denied connections got through: {counts}"
-    );
-    assert!(
-        counts["allowed_ok"].as_u64().unwrap_or(0) >= min,
-        "too little load: {counts}"
-    );
-}
-
-/// The reliability summary line of a load run (`RELIABILITY: ...`).
-pub fn load_figures(test: &str, counts: &serde_json::Value, extra: &[(&str, String)]) {
-    let n = |k: &str| counts[k].as_u64().unwrap_or(0);
-    let mut fields = extra.to_vec();
-    fields.extend([
-        (
-            "allowed_tried",
-            (n("allowed_ok") + n("allowed_failed")).to_string(),
-        ),
-        ("allowed_failed", n("allowed_failed").to_string()),
-        (
-            "denied_tried",
-            (n("denied_blocked") + n("denied_ok")).to_string(),
-        ),
-        ("denied_passed", n("denied_ok").to_string()),
-    ]);
-    figures(test, &fields);
 }
 
 /// Writes [`PROBE_UNIT`]'s unit file (not started). `StartLimitIntervalSec=0`: the tests
