@@ -8,7 +8,9 @@ use std::{
 };
 
 use portcullis_tests::{
-    Agent, Lab, bin, figures, must, net_py, rule_packets, sh, stderr, stdout, web_out,
+    Agent, Lab, bin,
+    load::{assert_nothing_lost, load_figures},
+    must, net_py, rule_packets, sh, stderr, stdout, web_out,
 };
 
 fn links(agent: &Agent) -> usize {
@@ -207,23 +209,6 @@ fn start_load(lab: &mut Lab, interval_ms: u32) -> (std::path::PathBuf, std::path
     (stop, result)
 }
 
-/// The load client's verdict: no allowed connection failed, no denied one got through,
-/// and there was enough load (`min` allowed connections) for that to mean something.
-fn assert_nothing_lost(counts: &serde_json::Value, min: u64) {
-    assert_eq!(
-        counts["allowed_failed"], 0,
-        "allowed connections failed: {counts}"
-    );
-    assert_eq!(
-        counts["denied_ok"], 0,
-        "denied connections got through: {counts}"
-    );
-    assert!(
-        counts["allowed_ok"].as_u64().unwrap_or(0) >= min,
-        "too little load: {counts}"
-    );
-}
-
 fn finish_load(stop: &Path, result: &Path) -> serde_json::Value {
     std::fs::write(stop, "").expect("stop file");
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -232,25 +217,6 @@ fn finish_load(stop: &Path, result: &Path) -> serde_json::Value {
     }
     serde_json::from_str(&std::fs::read_to_string(result).expect("load result"))
         .expect("load result JSON")
-}
-
-/// The reliability summary line of a load run (`RELIABILITY: ...`).
-fn load_figures(test: &str, counts: &serde_json::Value, extra: &[(&str, String)]) {
-    let n = |k: &str| counts[k].as_u64().unwrap_or(0);
-    let mut fields = extra.to_vec();
-    fields.extend([
-        (
-            "allowed_tried",
-            (n("allowed_ok") + n("allowed_failed")).to_string(),
-        ),
-        ("allowed_failed", n("allowed_failed").to_string()),
-        (
-            "denied_tried",
-            (n("denied_blocked") + n("denied_ok")).to_string(),
-        ),
-        ("denied_passed", n("denied_ok").to_string()),
-    ]);
-    figures(test, &fields);
 }
 
 #[test]

@@ -53,8 +53,10 @@ enum Command {
     Reload(commands::reload::Args),
     /// Switch the running policy between audit and enforce (one map write).
     Mode(commands::mode::Args),
-    /// Remove every program, link and pinned map portcullis attached.
+    /// Remove every program, link, pinned map and unit drop-in portcullis added.
     Detach(commands::detach::Args),
+    /// Attach the pinned programs to a starting unit's cgroup (run by its drop-in).
+    Attach(commands::attach::Args),
     /// Write man pages or shell completions (used by `cargo xtask install`).
     #[command(hide = true)]
     Generate(commands::generate::Args),
@@ -82,6 +84,7 @@ pub fn main() -> ExitCode {
         Command::Reload(a) => commands::reload::run(a),
         Command::Mode(a) => commands::mode::run(a),
         Command::Detach(a) => commands::detach::run(a),
+        Command::Attach(a) => commands::attach::run(a),
         Command::Generate(a) => commands::generate::run(a, Cli::command()),
     };
     match result {

@@ -8,7 +8,8 @@
 //! -> [`datapath`] (the only code that talks to the kernel: load, pin, attach, counters)
 //! -> `observe` (status, metrics, deny log and aggregate)
 //! -> `commands` (clap arguments and printing). The `daemon` runs the pipeline as a
-//! service. [`model`] is the typed vocabulary they all share.
+//! service. [`model`] is the typed vocabulary they all share; `systemd` writes the drop-ins
+//! that enforce unit scopes on every start.
 //!
 //! The pure stages are public so that the fuzz targets (`tests/fuzz`) and property
 //! tests can drive them; everything that touches the kernel stays private.
@@ -21,3 +22,4 @@ mod datapath;
 pub mod model;
 mod observe;
 pub mod policy;
+mod systemd;

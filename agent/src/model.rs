@@ -155,9 +155,13 @@ impl fmt::Display for LoopbackMode {
 pub enum ScopeTarget {
     /// The root cgroup: every process on the host.
     Host,
-    /// A cgroup, relative to the cgroup2 mount (a systemd unit is its cgroup path, e.g.
-    /// `system.slice/xeams.service`). Relative, without `..`.
+    /// A cgroup, relative to the cgroup2 mount (e.g. `system.slice/xeams.service`).
+    /// Relative, without `..`.
     Cgroup(PathBuf),
+    /// A systemd service by name (`postfix.service`): every start of it is enforced
+    /// before its first process runs (a drop-in attaches the pinned programs to its new
+    /// cgroup), whether the agent runs or not.
+    Unit(String),
 }
 
 impl fmt::Display for ScopeTarget {
@@ -165,6 +169,7 @@ impl fmt::Display for ScopeTarget {
         match self {
             ScopeTarget::Host => f.write_str("host"),
             ScopeTarget::Cgroup(path) => write!(f, "{}", path.display()),
+            ScopeTarget::Unit(name) => f.write_str(name),
         }
     }
 }
@@ -183,14 +188,17 @@ impl ScopeTarget {
     }
 
     /// How to write a scope (the hint of every scope error).
-    pub const HINT: &'static str = "write \"host\", or a cgroup path relative to the cgroup2 mount such as \"system.slice/xeams.service\"";
+    pub const HINT: &'static str = "write \"host\", a systemd service such as \"xeams.service\", or a cgroup path relative to the cgroup2 mount such as \"system.slice/xeams.service\"";
 
-    /// Parses a scope as the config writes it: "host" or a cgroup path relative to the
-    /// cgroup2 mount, without "." or "..". The error is the message; [`Self::HINT`] is
-    /// the fix.
+    /// Parses a scope as the config writes it: "host", a systemd service name (no `/`,
+    /// ending in `.service`), or a cgroup path relative to the cgroup2 mount, without
+    /// "." or "..". The error is the message; [`Self::HINT`] is the fix.
     pub fn parse(text: &str) -> Result<Self, String> {
         if text == "host" {
             return Ok(ScopeTarget::Host);
+        }
+        if !text.contains('/') && text.ends_with(UNIT_SUFFIX) {
+            return unit_name(text).map(|n| ScopeTarget::Unit(n.to_owned()));
         }
         let path = PathBuf::from(text);
         if text.is_empty() || path.is_absolute() {
@@ -218,6 +226,29 @@ impl ScopeTarget {
         }
         Self::parse(text).map_err(|e| format!("{e} (hint: {})", Self::HINT))
     }
+}
+
+/// The unit type a unit scope names: only services run `ExecStartPre=`.
+const UNIT_SUFFIX: &str = ".service";
+
+/// Checks a service name with systemd's rules (unit_name_is_valid): at most 255 bytes,
+/// a non-empty prefix of ASCII letters, digits and `:-_.\\`, at most one `@` (a
+/// template instance). The name is written into a drop-in path and a command line, so
+/// nothing else may pass.
+fn unit_name(text: &str) -> Result<&str, String> {
+    let prefix = &text[..text.len() - UNIT_SUFFIX.len()];
+    let valid_char = |c: char| c.is_ascii_alphanumeric() || ":-_.\\@".contains(c);
+    if text.len() > 255
+        || prefix.is_empty()
+        || prefix.starts_with('@')
+        || !prefix.chars().all(valid_char)
+        || prefix.matches('@').count() > 1
+    {
+        return Err(format!(
+            "scope \"{text}\" is not a valid systemd service name"
+        ));
+    }
+    Ok(text)
 }
 
 impl<'de> Deserialize<'de> for ScopeTarget {
@@ -275,5 +306,33 @@ impl<'de> Deserialize<'de> for IpProtocol {
 impl From<Protocol> for IpProtocol {
     fn from(p: Protocol) -> Self {
         Self(p.number())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ScopeTarget;
+
+    #[test]
+    fn scopes_parse_as_host_unit_or_cgroup() {
+        assert_eq!(ScopeTarget::parse("host"), Ok(ScopeTarget::Host));
+        assert_eq!(
+            ScopeTarget::parse("postfix.service"),
+            Ok(ScopeTarget::Unit("postfix.service".into()))
+        );
+        assert_eq!(
+            ScopeTarget::parse("getty@tty1.service"),
+            Ok(ScopeTarget::Unit("getty@tty1.service".into()))
+        );
+        assert_eq!(
+            ScopeTarget::parse("system.slice/postfix.service"),
+            Ok(ScopeTarget::Cgroup("system.slice/postfix.service".into()))
+        );
+        for bad in [".service", "a b.service", "a@b@c.service", "x;y.service"] {
+            let err = ScopeTarget::parse(bad).expect_err(bad);
+            assert!(err.contains("not a valid systemd service name"), "{err}");
+        }
+        let round = ScopeTarget::parse("xeams.service").expect("valid");
+        assert_eq!(ScopeTarget::parse(&round.to_string()), Ok(round));
     }
 }

@@ -17,9 +17,12 @@
 pub mod agent;
 pub mod frames;
 pub mod lab;
+pub mod load;
+pub mod nspawn;
 #[cfg(feature = "object")]
 pub mod object;
 pub mod status;
+pub mod workload;
 
 use std::{
     path::{Path, PathBuf},

@@ -9,6 +9,9 @@ listen PORT [--udp] [--host ADDR] [--log FILE]
 load HOST ALLOWED DENIED INTERVAL_MS STOPFILE OUTFILE
     until STOPFILE exists: every INTERVAL_MS, connect() to the allowed port (must work)
     and to the denied port (must fail); writes counts as JSON to OUTFILE
+probe HOST ALLOWED DENIED LOGFILE
+    a service's first act (Type=notify): connect() to the allowed and to the denied port,
+    append "allowed=<verdict> denied=<verdict>" to LOGFILE, send READY=1, sleep forever
 udp-send HOST PORT COUNT SIZE
     sends COUNT datagrams of SIZE payload bytes from one unconnected socket;
     prints "sent=N eperm=M"
@@ -275,7 +278,36 @@ def udp6_frame(args):
     s.send(dstmac + srcmac + b"\x86\xdd" + ip + udp)
 
 
+def probe(args):
+    import os, time
+    host, allowed, denied, logfile = args[0], int(args[1]), int(args[2]), args[3]
+
+    def verdict(port):
+        s = socket.socket(family(host), socket.SOCK_STREAM)
+        s.settimeout(2)
+        try:
+            s.connect((host, port))
+            return "ok"
+        except socket.timeout:
+            return "timeout"
+        except OSError as e:
+            return errno.errorcode.get(e.errno, str(e.errno))
+        finally:
+            s.close()
+
+    line = f"allowed={verdict(allowed)} denied={verdict(denied)}\n"
+    with open(logfile, "a") as f:
+        f.write(line)
+    notify = os.environ.get("NOTIFY_SOCKET")
+    if notify:
+        n = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        n.connect("\0" + notify[1:] if notify.startswith("@") else notify)
+        n.send(b"READY=1")
+    while True:
+        time.sleep(3600)
+
+
 if __name__ == "__main__":
     {"connect": connect, "udp-send": udp_send, "listen": listen, "load": load,
      "udp-per-flow": udp_per_flow, "hold": hold, "ping": ping, "icmp-listen": icmp_listen,
-     "icmp-error": icmp_error, "udp6-frame": udp6_frame}[sys.argv[1]](sys.argv[2:])
+     "icmp-error": icmp_error, "udp6-frame": udp6_frame, "probe": probe}[sys.argv[1]](sys.argv[2:])

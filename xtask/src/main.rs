@@ -2,7 +2,8 @@
 //! installed portcullis. Every command runs `setup` first; `setup` is idempotent and
 //! prints one line per step.
 //!
-//! - `setup`: system packages, the nightly toolchain's rust-src, bpf-linker.
+//! - `setup`: system packages, the nightly toolchain's rust-src, bpf-linker, cargo-deb,
+//!   and the Debian 12 root filesystem the systemd tests boot (debootstrap, cached).
 //! - `build`: the eBPF object (nightly, bpfel-unknown-none), then the agent (release),
 //!   which embeds it.
 //! - `test`: fmt, clippy (the eBPF crate on its own), unit tests, then the root
@@ -13,7 +14,7 @@
 //!   of `test`.
 //! - `fuzz`: the cargo-fuzz targets in `tests/fuzz` for a while each (nightly).
 //! - `install`, `dist`: install the binary, unit, config, docs, man pages and
-//!   completions; or package the same as a .deb.
+//!   completions; or package the same as a .deb (cargo-deb), checked with lintian.
 
 mod bench;
 mod fuzz;
@@ -154,7 +155,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// The workspace root (xtask lives one level below it).
-fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask is inside the workspace")
@@ -270,7 +271,9 @@ fn test(root: &Path, filter: Option<&str>) -> anyhow::Result<()> {
         println!();
         return fuzz_and_summary(root, results);
     }
-    step("root integration tests (real programs, cgroups, namespaces, clients)");
+    // The systemd tests install the package on a real systemd host: build and lint it.
+    let deb = install::dist(root)?;
+    step("root integration tests (real programs, cgroups, namespaces, clients, systemd)");
     let mut it = Command::new("cargo");
     it.args([
         "test",
@@ -281,7 +284,8 @@ fn test(root: &Path, filter: Option<&str>) -> anyhow::Result<()> {
         "--test-threads=1",
     ])
     .env("PORTCULLIS_BIN", root.join("target/release/portcullis"))
-    .env("PORTCULLIS_EBPF_OBJECT", &object);
+    .env("PORTCULLIS_EBPF_OBJECT", &object)
+    .env("PORTCULLIS_DEB", &deb);
     if let Some(f) = filter {
         it.arg(f);
     }

@@ -31,6 +31,40 @@ const PACKAGES: &[(&str, &str)] = &[
         "tests: TSO/GSO traffic through veth (reliability)",
     ),
     ("ethtool", "tests: turn TSO off on a veth (reliability)"),
+    (
+        "systemd-container",
+        "tests: systemd-nspawn boots a real systemd host",
+    ),
+    (
+        "debootstrap",
+        "tests: the Debian 12 root filesystem of that host",
+    ),
+    ("lintian", "dist: the package is checked with lintian"),
+    ("binutils", "dist: cargo-deb strips the binary with strip"),
+    (
+        "dpkg-dev",
+        "dist: cargo-deb reads the architecture from dpkg",
+    ),
+];
+
+/// cargo-deb builds the .deb (`cargo xtask dist`); 3.8.0 declares rust-version 1.85 and
+/// builds with the toolchain of TOOLCHAIN.md.
+const CARGO_DEB_VERSION: &str = "3.8.0";
+
+/// The Debian 12 root filesystem the systemd tests boot with systemd-nspawn
+/// (`tests/support/nspawn.rs` copies it per test), relative to the workspace root.
+pub const ROOTFS_DIR: &str = "target/nspawn/bookworm";
+
+/// What the root filesystem holds beyond `minbase`: systemd as PID 1 and its bus, the
+/// tools the tests call inside (ip, python3 for clients, bpftool to list links), and
+/// what the package itself depends on (libc6 is in minbase).
+const ROOTFS_PACKAGES: &[&str] = &[
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "iproute2",
+    "python3",
+    "bpftool",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -44,6 +78,13 @@ pub(crate) fn installed(pkg: &str) -> bool {
 
 /// Runs every step.
 pub fn all() -> anyhow::Result<()> {
+    packages()?;
+    toolchains()?;
+    cargo_deb()?;
+    rootfs(&crate::workspace_root())
+}
+
+fn packages() -> anyhow::Result<()> {
     let missing: Vec<&str> = PACKAGES
         .iter()
         .map(|(p, _)| *p)
@@ -59,7 +100,10 @@ pub fn all() -> anyhow::Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
+    Ok(())
+}
 
+fn toolchains() -> anyhow::Result<()> {
     let toolchains = Command::new("rustup")
         .args(["toolchain", "list"])
         .output()
@@ -123,5 +167,86 @@ pub fn all() -> anyhow::Result<()> {
             .env("PATH", path)
             .env_remove("RUSTUP_TOOLCHAIN"))?;
     }
+    Ok(())
+}
+
+fn cargo_deb() -> anyhow::Result<()> {
+    let ok = Command::new("cargo")
+        .args(["deb", "--version"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(CARGO_DEB_VERSION));
+    if ok {
+        step(&format!("setup: cargo-deb {CARGO_DEB_VERSION} present"));
+        return Ok(());
+    }
+    step(&format!(
+        "setup: installing cargo-deb {CARGO_DEB_VERSION} (a few minutes)"
+    ));
+    sh(Command::new("cargo")
+        .args([
+            "install",
+            "--locked",
+            &format!("cargo-deb@{CARGO_DEB_VERSION}"),
+        ])
+        .env_remove("RUSTUP_TOOLCHAIN"))
+}
+
+/// debootstrap's mirror: the first `URIs:` of the sources that carry `bookworm`, in
+/// the deb822 file this machine's apt uses.
+fn debian_mirror() -> anyhow::Result<String> {
+    let path = "/etc/apt/sources.list.d/debian.sources";
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    text.split("\n\n")
+        .filter(|stanza| {
+            stanza
+                .lines()
+                .any(|l| l.starts_with("Suites:") && l.split_whitespace().any(|s| s == "bookworm"))
+        })
+        .flat_map(str::lines)
+        .find_map(|l| l.strip_prefix("URIs:"))
+        .and_then(|uris| uris.split_whitespace().next())
+        .map(str::to_owned)
+        .with_context(|| format!("no bookworm URIs: line in {path}"))
+}
+
+/// The cached root filesystem of the systemd tests. Built into a temporary directory and
+/// renamed when complete, so an interrupted run never leaves a half-built one; a stamp
+/// file names the package list, so changing [`ROOTFS_PACKAGES`] rebuilds it.
+fn rootfs(root: &std::path::Path) -> anyhow::Result<()> {
+    let dir = root.join(ROOTFS_DIR);
+    let stamp = dir.join(".portcullis-rootfs");
+    let want = ROOTFS_PACKAGES.join(",");
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == want) {
+        step(&format!("setup: Debian 12 rootfs present ({ROOTFS_DIR})"));
+        return Ok(());
+    }
+    let mirror = debian_mirror()?;
+    step(&format!(
+        "setup: debootstrap Debian 12 into {ROOTFS_DIR} from {mirror} (about a minute)"
+    ));
+    let tmp = dir.with_extension("tmp");
+    for old in [&tmp, &dir] {
+        if old.exists() {
+            std::fs::remove_dir_all(old).with_context(|| format!("removing {}", old.display()))?;
+        }
+    }
+    std::fs::create_dir_all(dir.parent().context("rootfs parent")?)?;
+    sh(Command::new("debootstrap")
+        .args([
+            "--variant=minbase",
+            &format!("--include={want}"),
+            "bookworm",
+        ])
+        .arg(&tmp)
+        .arg(&mirror))?;
+    // Keep the cache small: the downloaded .debs are not needed once installed.
+    for entry in std::fs::read_dir(tmp.join("var/cache/apt/archives"))?.flatten() {
+        if entry.path().extension().is_some_and(|e| e == "deb") {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    std::fs::write(tmp.join(".portcullis-rootfs"), format!("{want}\n"))?;
+    std::fs::rename(&tmp, &dir)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), dir.display()))?;
     Ok(())
 }

@@ -16,13 +16,15 @@ use crate::{
         LoopbackMode, Mode, PeerSet, Policy, Rule, compiler,
         image::{Image, RuleIndex},
     },
+    systemd,
 };
 
 const EXAMPLES: &str = "\
-Prints the settings and one line per rule, protocol and port range. With --json, prints
-an object: {ok, product, mode, loopback, icmp_echo, failsafe, features, scope, xdp,
-events_per_sec, pin_dir, metrics, peer_sets, rules, entries}, where entries are the
-same objects `portcullis profile show --json` prints. On error with --json, prints
+Prints the settings and one line per rule, protocol and port range, and a note for each
+unit scope systemd does not know (accepted: it is enforced from its first start). With
+--json, prints an object: {ok, product, mode, loopback, icmp_echo, failsafe, features,
+scope, unknown_units, xdp, events_per_sec, pin_dir, metrics, peer_sets, rules, entries},
+where entries are the same objects `portcullis profile show --json` prints. On error with --json, prints
 {ok: false, error: {file, line, column, message, hint}}.
 
 Exit codes: 0 valid, 3 invalid config or profile, 1 other failure.
@@ -54,6 +56,8 @@ struct Report<'a> {
     failsafe: bool,
     features: Vec<&'a str>,
     scope: &'a [ScopeTarget],
+    /// Unit scopes systemd does not know (yet): accepted, enforced from their first start.
+    unknown_units: Vec<&'a str>,
     xdp: &'a [String],
     events_per_sec: u32,
     pin_dir: &'a std::path::Path,
@@ -107,6 +111,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             failsafe: site.failsafe,
             features: site.features.iter().map(|f| f.get_ref().as_str()).collect(),
             scope: &site.scope,
+            unknown_units: unknown_units(&site.scope),
             xdp: &site.xdp,
             events_per_sec: site.events_per_sec,
             pin_dir: &site.pin_dir,
@@ -120,6 +125,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         print_entries(&policy)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Unit scopes systemd does not know; none where systemd is not there to ask.
+fn unknown_units(scopes: &[ScopeTarget]) -> Vec<&str> {
+    scopes
+        .iter()
+        .filter_map(|s| match s {
+            ScopeTarget::Unit(name) if systemd::knows(name) == Some(false) => Some(name.as_str()),
+            _ => None,
+        })
+        .collect()
 }
 
 fn print_summary(args: &Args, site: &Site, policy: &Policy) -> anyhow::Result<()> {
@@ -167,6 +183,12 @@ fn print_summary(args: &Args, site: &Site, policy: &Policy) -> anyhow::Result<()
             .listen
             .map_or("off".to_string(), |a| a.to_string())
     )?;
+    for unit in unknown_units(&site.scope) {
+        writeln!(
+            out,
+            "note: scope {unit}: systemd knows no unit of that name (yet); it is enforced from its first start"
+        )?;
+    }
     for set in &policy.peer_sets {
         writeln!(
             out,

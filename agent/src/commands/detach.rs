@@ -1,10 +1,13 @@
-//! `portcullis detach`: removes every program, link and pin portcullis left, and the
-//! state file. Enforcement stops here and nowhere else: an agent that exits or dies
+//! `portcullis detach`: removes every program, link and pin portcullis left, the state
+//! file, and the drop-ins of unit scopes. Enforcement stops here and nowhere else: an agent that exits or dies
 //! leaves its pinned links enforcing.
 
 use std::process::ExitCode;
 
-use crate::datapath::{attach::detach_all, paths::PathArgs};
+use crate::{
+    datapath::{attach::detach_all, paths::PathArgs},
+    systemd,
+};
 
 /// Arguments of `portcullis detach`.
 #[derive(Debug, clap::Args)]
@@ -21,15 +24,21 @@ pub struct Args {
 
 /// Runs the subcommand.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    // Drop-ins first: a unit started after its programs are gone but before its drop-in
+    // is would fail to start (its attach finds no pins).
+    let units = systemd::remove_all_drop_ins(&args.paths.pin_dir())?;
     let done = detach_all(&args.paths)?;
     if args.json {
-        println!("{}", serde_json::to_string(&done)?);
+        let mut value = serde_json::to_value(&done)?;
+        value["drop_ins"] = serde_json::json!(units);
+        println!("{value}");
     } else {
         println!(
-            "detached: {} links and {} maps removed from {}",
+            "detached: {} links and {} maps removed from {}, {} unit drop-ins removed",
             done.links,
             done.maps,
-            args.paths.pin_dir().display()
+            args.paths.pin_dir().display(),
+            units.len()
         );
     }
     Ok(ExitCode::SUCCESS)

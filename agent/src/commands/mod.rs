@@ -1,5 +1,6 @@
 //! One module per subcommand: its clap arguments and its behaviour.
 
+pub mod attach;
 pub mod check;
 pub mod detach;
 pub mod explain;

@@ -16,6 +16,7 @@ use super::{
     install::install,
     notify::Notifier,
     settings::{OnExit, Overrides, Settings, resolve},
+    watch::{self, ScopeWatch},
 };
 use crate::{
     datapath::{
@@ -27,15 +28,12 @@ use crate::{
     },
     model::{Mode, ScopeTarget},
     observe::events::EventLog,
+    systemd,
 };
 
 /// Deny log lines per second before the log summarises ("suppressed N lines"); the
 /// kernel's own per-CPU limit (`events_per_sec`) comes first.
 const LOG_LINES_PER_SEC: u32 = 20;
-
-/// How often the daemon checks that each scope's cgroup is still the one its programs
-/// are attached to (see [`Attachments::reattach_recreated`]).
-const SCOPE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The running agent.
 struct Daemon {
@@ -80,6 +78,21 @@ fn resolve_scopes(settings: &Settings) -> anyhow::Result<Vec<Scope>> {
     settings.scopes.iter().map(attach::resolve_scope).collect()
 }
 
+/// Writes the drop-ins of the unit scopes and removes those of units that left (their
+/// links go in [`Attachments::reconcile`]).
+fn sync_drop_ins(settings: &Settings, paths: &PathArgs) -> anyhow::Result<()> {
+    let units: Vec<String> = settings
+        .scopes
+        .iter()
+        .filter_map(|s| match s {
+            ScopeTarget::Unit(name) => Some(name.clone()),
+            _ => None,
+        })
+        .collect();
+    systemd::sync_drop_ins(&units, &paths.pin_dir())?;
+    Ok(())
+}
+
 /// The tag of the link pins a policy version attaches.
 fn tag(state: &State) -> String {
     format!("v{}", state.policy_version)
@@ -101,6 +114,9 @@ impl Daemon {
         let mut attached = Attachments::default();
         let result = Datapath::load(&paths).and_then(|mut dp| {
             let state = install(&mut dp, &policy, &settings, previous.as_ref())?;
+            // Drop-ins before the running instances: a unit restarting in between is
+            // attached by its drop-in (the programs are pinned by now).
+            sync_drop_ins(&settings, &paths)?;
             attached.reconcile(&mut dp, &scopes, &settings.xdp, &tag(&state))?;
             // Only now that the new links enforce may those of an earlier run go.
             let stale: Vec<_> = old_links
@@ -200,6 +216,7 @@ impl Daemon {
         let scopes = resolve_scopes(&settings)?;
         let mut state = install(&mut self.dp, &policy, &settings, Some(&self.state))?;
         state.config = config;
+        sync_drop_ins(&settings, &self.paths)?;
         self.attached
             .reconcile(&mut self.dp, &scopes, &settings.xdp, &tag(&state))?;
         state.last_reload = self.state.last_reload.clone();
@@ -281,12 +298,21 @@ async fn serve(daemon: &mut Daemon) -> anyhow::Result<()> {
             }
         });
     }
-    // A scope's cgroup can be removed and created again under a running agent.
-    let mut scope_check = tokio::time::interval(SCOPE_CHECK_INTERVAL);
+    // A scope's cgroup can be removed and created again under a running agent: inotify
+    // on its parent says when (see `watch`), with a slow check as the safety net.
+    let mut scope_watch = ScopeWatch::new(daemon.attached.scopes.iter().map(|(s, _)| s));
+    let mut scope_check = tokio::time::interval(watch::SAFETY_NET);
     loop {
         tokio::select! {
             batch = ring.next_batch(|e| daemon.events.record(e)) => batch?,
-            _ = sighup.recv() => daemon.reload(),
+            _ = sighup.recv() => {
+                daemon.reload();
+                scope_watch = ScopeWatch::new(daemon.attached.scopes.iter().map(|(s, _)| s));
+            }
+            () = scope_watch.changed() => {
+                let tag = tag(&daemon.state);
+                daemon.attached.reattach_recreated(&mut daemon.dp, &tag);
+            }
             _ = watchdog.tick(), if watchdog_on => daemon.notify.send("WATCHDOG=1"),
             _ = flush.tick() => {
                 if let Err(e) = daemon.events.flush() {

@@ -33,9 +33,10 @@ pub struct Overrides {
     /// audit (count what would be dropped) or enforce (drop). Overrides the config.
     #[arg(long, value_enum)]
     pub mode: Option<Mode>,
-    /// Where to enforce: "host" (every process) or a cgroup path under the cgroup v2
-    /// mount, e.g. system.slice/xeams.service. Repeatable. Overrides the config.
-    #[arg(long = "scope", value_name = "host|CGROUP", value_parser = ScopeTarget::parse_arg)]
+    /// Where to enforce: "host" (every process), a systemd service (xeams.service:
+    /// enforced on every start, before its first process runs), or a cgroup path under
+    /// the cgroup v2 mount (system.slice/xeams.service). Repeatable. Overrides the config.
+    #[arg(long = "scope", value_name = "host|UNIT|CGROUP", value_parser = ScopeTarget::parse_arg)]
     pub scopes: Vec<ScopeTarget>,
     /// Attach the XDP filter to this interface too (native mode where the driver
     /// supports it, else generic). Repeatable. Overrides the config's `xdp`.

@@ -3,13 +3,21 @@
 //! [`Attachments`] keeps what one agent attached and moves it to a new set of scopes and
 //! interfaces (start, reload and a re-created cgroup all go through it); `detach_all` is
 //! the way out.
+//!
+//! A unit scope's links are tagged `unit:<name>` (see [`unit_tag`]), whoever attached
+//! them: the agent (the instance running when it starts) or `attach --unit` in the
+//! unit's drop-in (every new start, from the pinned programs): [`attach_unit_start`].
 
-use std::{fs, os::unix::fs::MetadataExt as _, path::PathBuf};
+use std::{
+    fs,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context as _, bail};
 use aya::programs::{
-    CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, links::FdLink,
-    links::PinnedLink,
+    CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, CgroupSockAddrAttachType,
+    links::FdLink, links::PinnedLink,
 };
 use portcullis_common::maps::programs;
 
@@ -18,7 +26,7 @@ use super::{
     paths::{PathArgs, cgroup2_mount},
     xdp,
 };
-use crate::model::ScopeTarget;
+use crate::{model::ScopeTarget, systemd};
 
 /// A cgroup the programs attach to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,15 +37,42 @@ pub struct Scope {
     pub path: PathBuf,
 }
 
-/// Resolves `host` (the cgroup v2 root: every process) or a cgroup path relative to the
-/// cgroup v2 mount (a systemd unit is `system.slice/NAME.service`; an absolute path
-/// already under the mount is accepted too).
+impl Scope {
+    /// The tag of this scope's link pins: a unit's links carry its name, so that
+    /// `attach --unit` and the agent replace each other's and a unit's links can be found
+    /// when it leaves the scope; other scopes carry the policy version's `tag`.
+    fn tag(&self, tag: &str) -> String {
+        match &self.target {
+            ScopeTarget::Unit(name) => unit_tag(name),
+            _ => tag.to_owned(),
+        }
+    }
+}
+
+/// `unit:<name>` with each `.` written `%2e`: bpffs refuses names with a dot (EPERM),
+/// and unit names never contain `%`, so the escape is unambiguous.
+fn unit_tag(unit: &str) -> String {
+    format!("unit:{}", unit.replace('.', "%2e"))
+}
+
+/// Resolves `host` (the cgroup v2 root: every process), a cgroup path relative to the
+/// cgroup v2 mount (an absolute path already under the mount is accepted too), or a
+/// systemd unit: the cgroup it runs in now, or, when it is not running, the one it will
+/// get (`system.slice/<unit>`; its drop-in attaches whatever cgroup it does get).
 pub fn resolve_scope(target: &ScopeTarget) -> anyhow::Result<Scope> {
     let root = cgroup2_mount()?;
     let path = match target {
         ScopeTarget::Host => root.clone(),
         ScopeTarget::Cgroup(p) if p.is_absolute() && p.starts_with(&root) => p.clone(),
         ScopeTarget::Cgroup(p) => root.join(p.strip_prefix("/").unwrap_or(p)),
+        ScopeTarget::Unit(name) => {
+            let cgroup = systemd::control_group(name)
+                .unwrap_or_else(|| Path::new("system.slice").join(name));
+            return Ok(Scope {
+                target: target.clone(),
+                path: root.join(cgroup),
+            });
+        }
     };
     if !path.join("cgroup.procs").is_file() {
         bail!(
@@ -58,42 +93,153 @@ pub fn resolve_scope(target: &ScopeTarget) -> anyhow::Result<Scope> {
 /// programs before the old ones go.
 const ATTACH_MODE: CgroupAttachMode = CgroupAttachMode::Single;
 
-impl Datapath {
-    /// Attaches the four programs to a cgroup and pins the links as
-    /// `links/<cgroup inode>-<program>-<tag>`. Returns the pin paths.
-    pub fn attach(&mut self, scope: &Scope, tag: &str) -> anyhow::Result<Vec<PathBuf>> {
-        let cgroup = fs::File::open(&scope.path)
-            .with_context(|| format!("opening cgroup {}", scope.path.display()))?;
-        let ino = cgroup.metadata()?.ino();
-        let mut pinned = Vec::new();
-        let links = self.paths().links();
-        let mut pin = |link: FdLink, name: &str| -> anyhow::Result<()> {
-            let path = links.join(format!("{ino}-{name}-{tag}"));
-            let _ = fs::remove_file(&path);
-            link.pin(&path)
-                .with_context(|| format!("pinning link {}", path.display()))?;
-            pinned.push(path);
-            Ok(())
-        };
-        for (name, kind) in [
-            (programs::INGRESS, CgroupSkbAttachType::Ingress),
-            (programs::EGRESS, CgroupSkbAttachType::Egress),
-        ] {
-            let prog: &mut CgroupSkb = program(&mut self.ebpf, name)?.try_into()?;
-            let id = prog
-                .attach(&cgroup, kind, ATTACH_MODE)
-                .with_context(|| format!("attaching {name} to {}", scope.path.display()))?;
-            pin(FdLink::try_from(prog.take_link(id)?)?, name)?;
+/// How each of the four cgroup programs attaches.
+#[derive(Clone, Copy)]
+pub(super) enum Hook {
+    Skb(CgroupSkbAttachType),
+    SockAddr(CgroupSockAddrAttachType),
+}
+
+/// The four cgroup programs, by name (the loader pins them under these names too).
+pub(super) const CGROUP_PROGRAMS: [(&str, Hook); 4] = [
+    (programs::INGRESS, Hook::Skb(CgroupSkbAttachType::Ingress)),
+    (programs::EGRESS, Hook::Skb(CgroupSkbAttachType::Egress)),
+    (
+        programs::CONNECT4,
+        Hook::SockAddr(CgroupSockAddrAttachType::Connect4),
+    ),
+    (
+        programs::CONNECT6,
+        Hook::SockAddr(CgroupSockAddrAttachType::Connect6),
+    ),
+];
+
+/// Attaches a program to a cgroup and returns its link.
+fn attach_program(
+    prog: &mut aya::programs::Program,
+    hook: Hook,
+    cgroup: &fs::File,
+) -> anyhow::Result<FdLink> {
+    Ok(match hook {
+        Hook::Skb(kind) => {
+            let prog: &mut CgroupSkb = prog.try_into()?;
+            let id = prog.attach(cgroup, kind, ATTACH_MODE)?;
+            FdLink::try_from(prog.take_link(id)?)?
         }
-        for name in [programs::CONNECT4, programs::CONNECT6] {
-            let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?.try_into()?;
-            let id = prog
-                .attach(&cgroup, ATTACH_MODE)
-                .with_context(|| format!("attaching {name} to {}", scope.path.display()))?;
-            pin(FdLink::try_from(prog.take_link(id)?)?, name)?;
+        Hook::SockAddr(_) => {
+            let prog: &mut CgroupSockAddr = prog.try_into()?;
+            let id = prog.attach(cgroup, ATTACH_MODE)?;
+            FdLink::try_from(prog.take_link(id)?)?
         }
-        Ok(pinned)
+    })
+}
+
+/// Attaches the four programs (`prog` gives each, by name) to the cgroup at `path` and
+/// pins the links as `links/<cgroup inode>-<program>-<tag>`, replacing pins of the same
+/// name only once the new link is attached. Returns the pin paths.
+fn attach_cgroup(
+    links: &Path,
+    path: &Path,
+    tag: &str,
+    mut prog: impl FnMut(&str, Hook, &fs::File) -> anyhow::Result<FdLink>,
+) -> anyhow::Result<Vec<PathBuf>> {
+    let cgroup =
+        fs::File::open(path).with_context(|| format!("opening cgroup {}", path.display()))?;
+    let ino = cgroup.metadata()?.ino();
+    let mut pinned = Vec::new();
+    for (name, hook) in CGROUP_PROGRAMS {
+        let link = prog(name, hook, &cgroup)
+            .with_context(|| format!("attaching {name} to {}", path.display()))?;
+        let pin = links.join(format!("{ino}-{name}-{tag}"));
+        let _ = fs::remove_file(&pin);
+        link.pin(&pin)
+            .with_context(|| format!("pinning link {}", pin.display()))?;
+        pinned.push(pin);
     }
+    Ok(pinned)
+}
+
+impl Datapath {
+    /// Attaches the four programs to a scope's cgroup and pins the links as
+    /// `links/<cgroup inode>-<program>-<tag>` (a unit's: `unit:<name>`). Returns the pin
+    /// paths.
+    pub fn attach(&mut self, scope: &Scope, tag: &str) -> anyhow::Result<Vec<PathBuf>> {
+        let links = self.paths().links();
+        let ebpf = &mut self.ebpf;
+        attach_cgroup(
+            &links,
+            &scope.path,
+            &scope.tag(tag),
+            |name, hook, cgroup| attach_program(program(ebpf, name)?, hook, cgroup),
+        )
+    }
+}
+
+/// `portcullis attach --unit NAME`, run by the unit's drop-in as `ExecStartPre=+` on
+/// every start: attaches the pinned programs to the cgroup this process runs in (the
+/// unit's new one) and removes the unit's links to its earlier cgroups. Fails, and with
+/// it the start, when the programs are not pinned or this is not the unit's cgroup.
+pub fn attach_unit_start(paths: &PathArgs, unit: &str) -> anyhow::Result<(PathBuf, usize)> {
+    let own = fs::read_to_string("/proc/self/cgroup").context("reading /proc/self/cgroup")?;
+    let relative = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::/"))
+        .context("this process is in no cgroup v2 cgroup (/proc/self/cgroup has no 0:: line)")?;
+    let mut cgroup = cgroup2_mount()?.join(relative);
+    // Units with Delegate= run their control processes in a ".control" child.
+    if cgroup.file_name().is_some_and(|n| n == ".control") {
+        cgroup.pop();
+    }
+    if cgroup.file_name().and_then(|n| n.to_str()) != Some(unit) {
+        bail!(
+            "attach --unit {unit}: this process runs in cgroup {}, not in the unit's (hint: it is meant to run as ExecStartPre=+ of {unit}, from the drop-in portcullis writes)",
+            cgroup.display()
+        );
+    }
+    for (name, _) in CGROUP_PROGRAMS {
+        let pin = paths.prog(name);
+        if !pin.exists() {
+            bail!(
+                "attach --unit {unit}: program {} is not pinned, so {unit} would run unprotected and must not start (hint: start portcullis.service first; pins do not survive a reboot)",
+                pin.display()
+            );
+        }
+    }
+    let tag = unit_tag(unit);
+    let pinned = attach_cgroup(&paths.links(), &cgroup, &tag, |name, hook, cgroup| {
+        let pin = paths.prog(name);
+        let mut prog: aya::programs::Program = match hook {
+            Hook::Skb(kind) => {
+                CgroupSkb::from_pin(&pin, kind).map(aya::programs::Program::CgroupSkb)
+            }
+            Hook::SockAddr(kind) => {
+                CgroupSockAddr::from_pin(&pin, kind).map(aya::programs::Program::CgroupSockAddr)
+            }
+        }
+        .with_context(|| format!("opening pinned program {}", pin.display()))?;
+        attach_program(&mut prog, hook, cgroup)
+    })?;
+    // Links to the unit's earlier cgroups are dead (the kernel detached them with the
+    // cgroup); only their pins are left.
+    let stale = unit_links(paths, unit)
+        .into_iter()
+        .filter(|p| !pinned.contains(p))
+        .collect::<Vec<_>>();
+    remove_links(&stale)?;
+    Ok((cgroup, pinned.len()))
+}
+
+/// Every link pin of a unit scope (see [`Scope::tag`]).
+pub fn unit_links(paths: &PathArgs, unit: &str) -> Vec<PathBuf> {
+    let suffix = format!("-{}", unit_tag(unit));
+    pinned_links(paths)
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with(&suffix))
+        })
+        .collect()
 }
 
 /// Pinned link files currently under the pin directory.
@@ -145,7 +291,13 @@ pub fn detach_all(paths: &PathArgs) -> anyhow::Result<Detached> {
             done.maps += 1;
         }
     }
-    for dir in [paths.links(), paths.maps(), paths.pin_dir()] {
+    if let Ok(dir) = fs::read_dir(paths.progs()) {
+        for e in dir.filter_map(Result::ok) {
+            fs::remove_file(e.path())
+                .with_context(|| format!("removing {}", e.path().display()))?;
+        }
+    }
+    for dir in [paths.links(), paths.maps(), paths.progs(), paths.pin_dir()] {
         if dir.exists() {
             fs::remove_dir(&dir).with_context(|| format!("removing {}", dir.display()))?;
         }
@@ -187,6 +339,16 @@ impl Attachments {
     ) -> anyhow::Result<()> {
         for scope in scopes {
             if !self.scopes.iter().any(|(s, _)| s.path == scope.path) {
+                // A unit that is not running has no cgroup yet: its drop-in attaches
+                // the one it gets when it starts.
+                if matches!(scope.target, ScopeTarget::Unit(_)) && !scope.path.is_dir() {
+                    log::info!(
+                        "scope {}: not running; enforced from its next start",
+                        scope.target
+                    );
+                    self.scopes.push((scope.clone(), Vec::new()));
+                    continue;
+                }
                 let pins = dp.attach(scope, tag)?;
                 log::info!("attached to {} ({})", scope.target, scope.path.display());
                 self.scopes.push((scope.clone(), pins));
@@ -203,7 +365,11 @@ impl Attachments {
             .into_iter()
             .partition(|(s, _)| scopes.iter().any(|n| n.path == s.path));
         self.scopes = keep;
-        for (scope, pins) in gone {
+        for (scope, mut pins) in gone {
+            // A unit's starts since the agent attached have links of their own.
+            if let ScopeTarget::Unit(name) = &scope.target {
+                pins.extend(unit_links(dp.paths(), name));
+            }
             remove_links(&pins)?;
             log::info!("detached from {}", scope.target);
         }
@@ -226,8 +392,14 @@ impl Attachments {
     /// cgroup they attach to, so comparing that with the path's inode now tells which
     /// scopes lost their programs. A missing cgroup's dead links are removed (logged
     /// once); when the path exists again the programs are attached to it.
+    ///
+    /// Unit scopes are left out: their drop-in attaches each new cgroup before the unit
+    /// runs, which this check could only follow.
     pub fn reattach_recreated(&mut self, dp: &mut Datapath, tag: &str) {
         for (scope, pins) in &mut self.scopes {
+            if matches!(scope.target, ScopeTarget::Unit(_)) {
+                continue;
+            }
             let pinned = pins.first().and_then(|p| {
                 p.file_name()?
                     .to_str()?
@@ -275,5 +447,19 @@ impl Attachments {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn unit_tags_have_no_dots_and_stay_distinct() {
+        assert_eq!(super::unit_tag("postfix.service"), "unit:postfix%2eservice");
+        // bpffs refuses a dot anywhere in a pin name.
+        assert!(!super::unit_tag("a.b.service").contains('.'));
+        assert_ne!(
+            super::unit_tag("a.b.service"),
+            super::unit_tag("a_b.service")
+        );
     }
 }

@@ -48,7 +48,7 @@ impl Datapath {
     pub fn load(paths: &PathArgs) -> anyhow::Result<Self> {
         ensure_bpffs(&paths.pin_dir())?;
         check_pinned_layout(paths)?;
-        for dir in [paths.maps(), paths.links()] {
+        for dir in [paths.maps(), paths.links(), paths.progs()] {
             fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         let pins: Vec<(&str, PathBuf)> = names::ALL.iter().map(|n| (*n, paths.map(n))).collect();
@@ -81,6 +81,7 @@ impl Datapath {
             prog.load()
                 .with_context(|| format!("loading program {name} (verifier)"))?;
         }
+        pin_programs(&mut ebpf, paths)?;
         let zero = || (!adopted).then(|| vec![0u32; 4 * 65536]);
         Ok(Self {
             ebpf,
@@ -174,6 +175,21 @@ impl Datapath {
         }
         Ok(())
     }
+}
+
+/// Pins the four cgroup programs as `progs/<name>`, replacing those of an earlier run:
+/// `attach --unit` attaches them to a unit's new cgroup on every start, also when the
+/// agent is stopped or dead. Links of the earlier programs keep them alive as long as
+/// they are attached.
+fn pin_programs(ebpf: &mut Ebpf, paths: &PathArgs) -> anyhow::Result<()> {
+    for (name, _) in super::attach::CGROUP_PROGRAMS {
+        let path = paths.prog(name);
+        let _ = fs::remove_file(&path);
+        program(ebpf, name)?
+            .pin(&path)
+            .with_context(|| format!("pinning program {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// Refuses maps pinned by a build whose map layout differs from this one's.

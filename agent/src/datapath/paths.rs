@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::Context as _;
 
-/// Where pins and state live. Shared by `run`, `status`, `detach` and `reload`.
+/// Where pins and state live. Shared by `run`, `status`, `detach`, `reload` and `attach`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct PathArgs {
     /// bpffs directory for pinned maps and links (bpffs is mounted if it is not).
@@ -46,6 +46,17 @@ impl PathArgs {
     /// Directory of the pinned links.
     pub fn links(&self) -> PathBuf {
         self.pin_dir().join("links")
+    }
+
+    /// Directory of the pinned programs (what `attach --unit` attaches to a unit's new
+    /// cgroup when the agent is not there to do it).
+    pub fn progs(&self) -> PathBuf {
+        self.pin_dir().join("progs")
+    }
+
+    /// Pin path of one program.
+    pub fn prog(&self, name: &str) -> PathBuf {
+        self.progs().join(name)
     }
 
     /// The state file.
