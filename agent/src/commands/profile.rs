@@ -293,7 +293,7 @@ pub fn print_entries(policy: &Policy) -> anyhow::Result<()> {
     let groups: Vec<_> = policy
         .peer_sets
         .iter()
-        .filter(|s| s.name != crate::config::site::LOOPBACK_SET)
+        .filter(|s| s.name != crate::config::profile::LOOPBACK_SET)
         .collect();
     if !groups.is_empty() {
         writeln!(out, "\npeer groups:")?;

@@ -30,14 +30,11 @@ use crate::{
     config::{
         error::{LineIndex, PolicyError, de_error},
         peers::{self, PeerList},
-        profile::{self, Profile, RuleSpec},
+        profile::{self, LOOPBACK_SET, Profile, RuleSpec},
     },
     model::ScopeTarget,
     model::{LoopbackMode, Mode},
 };
-
-/// Name of the built-in peer set of `scope = "loopback"` rules. Sites can't define it.
-pub const LOOPBACK_SET: &str = "loopback";
 
 /// The site config the packaged agent runs (and `report` reads) unless told otherwise.
 pub const DEFAULT_CONFIG: &str = "/etc/portcullis/portcullis.toml";

@@ -16,13 +16,11 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use aya::programs::{
-    CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, CgroupSockAddrAttachType,
-    links::FdLink, links::PinnedLink,
+    CgroupAttachMode, CgroupSkb, CgroupSockAddr, links::FdLink, links::PinnedLink,
 };
-use portcullis_common::maps::programs;
 
 use super::{
-    loader::{Datapath, program},
+    loader::{CGROUP_PROGRAMS, Datapath, Hook, program},
     paths::{PathArgs, cgroup2_mount},
     xdp,
 };
@@ -92,27 +90,6 @@ pub fn resolve_scope(target: &ScopeTarget) -> anyhow::Result<Scope> {
 /// mode must be the one that passes 0. Coexisting is what lets a restart attach the new
 /// programs before the old ones go.
 const ATTACH_MODE: CgroupAttachMode = CgroupAttachMode::Single;
-
-/// How each of the four cgroup programs attaches.
-#[derive(Clone, Copy)]
-pub(super) enum Hook {
-    Skb(CgroupSkbAttachType),
-    SockAddr(CgroupSockAddrAttachType),
-}
-
-/// The four cgroup programs, by name (the loader pins them under these names too).
-pub(super) const CGROUP_PROGRAMS: [(&str, Hook); 4] = [
-    (programs::INGRESS, Hook::Skb(CgroupSkbAttachType::Ingress)),
-    (programs::EGRESS, Hook::Skb(CgroupSkbAttachType::Egress)),
-    (
-        programs::CONNECT4,
-        Hook::SockAddr(CgroupSockAddrAttachType::Connect4),
-    ),
-    (
-        programs::CONNECT6,
-        Hook::SockAddr(CgroupSockAddrAttachType::Connect6),
-    ),
-];
 
 /// Attaches a program to a cgroup and returns its link.
 fn attach_program(

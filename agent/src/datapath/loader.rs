@@ -13,7 +13,7 @@ use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues, lpm_trie::Key},
-    programs::{CgroupSkb, CgroupSockAddr},
+    programs::{CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, CgroupSockAddrAttachType},
     util::nr_cpus,
 };
 use portcullis_common::{
@@ -26,6 +26,27 @@ use portcullis_common::{
 
 use super::paths::{PathArgs, ensure_bpffs};
 use crate::{model::Mode, policy::image::Image};
+
+/// How each of the four cgroup programs attaches.
+#[derive(Clone, Copy)]
+pub(super) enum Hook {
+    Skb(CgroupSkbAttachType),
+    SockAddr(CgroupSockAddrAttachType),
+}
+
+/// The four cgroup programs, by name (the loader pins them under these names too).
+pub(super) const CGROUP_PROGRAMS: [(&str, Hook); 4] = [
+    (programs::INGRESS, Hook::Skb(CgroupSkbAttachType::Ingress)),
+    (programs::EGRESS, Hook::Skb(CgroupSkbAttachType::Egress)),
+    (
+        programs::CONNECT4,
+        Hook::SockAddr(CgroupSockAddrAttachType::Connect4),
+    ),
+    (
+        programs::CONNECT6,
+        Hook::SockAddr(CgroupSockAddrAttachType::Connect6),
+    ),
+];
 
 /// The kernel programs, built by `cargo xtask build` and embedded at compile time.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("PORTCULLIS_EBPF_OBJECT"));
@@ -182,7 +203,7 @@ impl Datapath {
 /// agent is stopped or dead. Links of the earlier programs keep them alive as long as
 /// they are attached.
 fn pin_programs(ebpf: &mut Ebpf, paths: &PathArgs) -> anyhow::Result<()> {
-    for (name, _) in super::attach::CGROUP_PROGRAMS {
+    for (name, _) in CGROUP_PROGRAMS {
         let path = paths.prog(name);
         let _ = fs::remove_file(&path);
         program(ebpf, name)?

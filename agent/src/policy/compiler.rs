@@ -39,7 +39,7 @@ use portcullis_common::{maps::MAX_RULES, names::MAX_NAME_GROUPS};
 /// Id of the rule that keeps inbound SSH open unless the site sets `failsafe = false`.
 pub const FAILSAFE_RULE: &str = "failsafe-ssh";
 
-pub use crate::config::site::LOOPBACK_SET;
+pub use crate::config::profile::LOOPBACK_SET;
 
 /// Compiles a site config. Its profile is the embedded one of `site.product`, or the
 /// file `site.profile` (relative to the directory of `site_path`). `site_path` is only
