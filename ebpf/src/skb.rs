@@ -44,6 +44,7 @@ use portcullis_common::{
 
 use crate::{
     account::{Denied, count_rule, count_stat, deny},
+    evidence,
     maps::{KernelTables, PC_FLOWS_IN, PC_FLOWS_OUT, PC_SOCKETS, config_ref},
     packet::{Packet, TCP_ACK, TCP_SYN, parse_into},
     related::{echo_answered, in_tables, remember_echo},
@@ -77,6 +78,8 @@ struct Flow {
     remote_port: u16,
     protocol: u8,
     tcp_flags: u8,
+    /// Offset of the transport header (for the payload length a deny's evidence needs).
+    l4: u16,
     segments: u32,
     bytes: u32,
     /// The packet, for what only a deny needs (the cgroup id): a helper call saved on
@@ -102,6 +105,7 @@ impl Flow {
             remote_port,
             protocol: p.protocol,
             tcp_flags: p.tcp_flags,
+            l4: p.l4 as u16,
             // A GSO buffer is several packets on the wire; count those.
             segments: if gso_segs > 1 { gso_segs } else { 1 },
             bytes: ctx.len(),
@@ -535,11 +539,14 @@ fn verdict(cfg: &Config, f: &Flow, direction: u8, d: Decision, event: bool) -> i
 /// its own stack frame, which keeps the allow path's within the 512-byte limit.
 #[inline(never)]
 fn deny_flow(cfg: &Config, f: &Flow, direction: u8, why: u32, event: bool) -> i32 {
-    if deny(cfg, &f.denied(direction, why), f.segments, f.bytes, event) {
-        DROP
-    } else {
-        PASS
+    let d = f.denied(direction, why);
+    if deny(cfg, &d, f.segments, f.bytes, event) {
+        return DROP;
     }
+    // Audit mode: the flow goes on, and its evidence tells breakage from exposure.
+    let payload = evidence::payload(f.skb, f.l4, f.protocol, f.bytes);
+    evidence::note(&d, f.segments, f.tcp_flags, payload);
+    PASS
 }
 
 /// Not inlined, like [`deny_flow`].
