@@ -8,8 +8,13 @@
 //! (when the config is known) or a feature of the product's profile, found with
 //! `policy::verdict` (the datapath's own lookup): there is no second implementation.
 //!
+//! Each port is classed (`observe::readiness`) from its flow evidence: breakage,
+//! exposure closed or unclear. "Safe to enforce" means no breakage and at most
+//! `--max-unclear` unclear ports; exposures closed never make it unsafe. An exposure on a
+//! port a listener reachable from outside serves is a finding of its own.
+//!
 //! [`reset`] starts a new observation window: it zeroes the pinned counters of every
-//! layer and empties `denies.json`, recording when. That is what to do after changing
+//! layer, deletes the per-flow evidence and empties `denies.json`, recording when. That is what to do after changing
 //! the policy, so old would-denies stop counting.
 
 use std::{
@@ -25,6 +30,8 @@ use serde::Serialize;
 
 use super::{
     aggregate::{self, DenyFile, Seen},
+    evidence::{PeerEvidence, PortEvidence, ScanTracker, TOP_PEERS},
+    readiness::{self, Class},
     rfc3339,
     status::{self, Traffic},
 };
@@ -51,6 +58,8 @@ pub struct Query {
     pub config: Option<PathBuf>,
     /// The running agent's pins and state.
     pub paths: PathArgs,
+    /// Unclear ports tolerated by "safe to enforce".
+    pub max_unclear: u64,
 }
 
 /// What would open a denied port.
@@ -105,6 +114,73 @@ pub struct PortFinding {
     pub processes: Vec<Seen>,
     /// What would open it, where something would.
     pub covered_by: Option<Cover>,
+    /// breakage | exposure-closed | unclear.
+    pub class: Class,
+    /// Why, in words.
+    pub class_reason: String,
+    /// The flow evidence (null: none, e.g. not TCP/UDP).
+    pub evidence: Option<Evidence>,
+    /// A listener reachable from outside on this port (inbound), e.g. `0.0.0.0:3306`.
+    pub listener: Option<String>,
+}
+
+/// The flow evidence of a port, as reported.
+#[derive(Clone, Debug, Serialize)]
+pub struct Evidence {
+    /// Flows, handshakes, payload bytes (in = received by this host).
+    #[serde(flatten)]
+    pub total: PeerEvidence,
+    /// Distinct peers (exact while `peers_truncated` is false).
+    pub distinct_peers: usize,
+    /// More peers than tracked (their flows are in the totals).
+    pub peers_truncated: bool,
+    /// Unix time of the first flow's first packet.
+    pub first_seen: u64,
+    /// Unix time of the last packet.
+    pub last_seen: u64,
+    /// The peers with most flows.
+    pub peers: Vec<PeerFinding>,
+}
+
+/// One peer's flows on a port.
+#[derive(Clone, Debug, Serialize)]
+pub struct PeerFinding {
+    /// Its address.
+    pub address: String,
+    /// It touched `evidence::SCAN_PORTS` ports or more.
+    pub scanner: bool,
+    /// Its flows.
+    #[serde(flatten)]
+    pub flows: PeerEvidence,
+}
+
+impl Evidence {
+    fn new(e: &PortEvidence, scans: &ScanTracker) -> Self {
+        let mut peers: Vec<PeerFinding> = e
+            .peers
+            .iter()
+            .map(|(address, flows)| PeerFinding {
+                address: address.clone(),
+                scanner: scans.is_scanner(address),
+                flows: *flows,
+            })
+            .collect();
+        peers.sort_by(|a, b| {
+            b.flows
+                .flows
+                .cmp(&a.flows.flows)
+                .then_with(|| a.address.cmp(&b.address))
+        });
+        peers.truncate(TOP_PEERS);
+        Evidence {
+            total: e.total,
+            distinct_peers: e.distinct_peers(),
+            peers_truncated: e.untracked.flows > 0,
+            first_seen: e.first_seen,
+            last_seen: e.last_seen,
+            peers,
+        }
+    }
 }
 
 /// A rule with no traffic in the window.
@@ -143,7 +219,18 @@ pub struct Report {
     pub denied: Traffic,
     /// Deny events the kernel's rate limit dropped (not in denies.json).
     pub events_rate_limited: u64,
-    /// True when nothing was (or would have been) denied in the window.
+    /// Ports (as `in tcp/3306`) enforcing would break.
+    pub breakage: Vec<String>,
+    /// Ports where enforcing closes an exposure.
+    pub exposure_closed: Vec<String>,
+    /// Ports the evidence does not class.
+    pub unclear: Vec<String>,
+    /// The `--max-unclear` the verdict used.
+    pub max_unclear: u64,
+    /// Exposures closed on ports with a listener reachable from outside.
+    pub findings: Vec<String>,
+    /// True when enforcing breaks nothing seen in the window: no breakage, at most
+    /// `max_unclear` unclear ports (exposures closed do not count).
     pub safe: bool,
     /// The one-line verdict.
     pub verdict: String,
@@ -238,6 +325,10 @@ pub fn build(query: &Query, now: u64) -> anyhow::Result<Report> {
     let status = status::collect(paths)?;
     let state = State::read(&paths.state_file())?;
     let file = DenyFile::read(&aggregate::denies_file(paths))?;
+    let scans = file
+        .as_ref()
+        .map(|f| f.scan_peers.clone())
+        .unwrap_or_default();
     let counted_from = counting_since(paths, file.as_ref());
     let cutoff = query.since.map(|s| now.saturating_sub(s));
     let since = cutoff.unwrap_or(counted_from).max(counted_from);
@@ -262,6 +353,10 @@ pub fn build(query: &Query, now: u64) -> anyhow::Result<Report> {
         peers: Vec::new(),
         processes: Vec::new(),
         covered_by: None,
+        class: Class::Unclear,
+        class_reason: String::new(),
+        evidence: None,
+        listener: None,
     };
     if kernel_in_window {
         for d in &status.denied_ports {
@@ -288,6 +383,26 @@ pub fn build(query: &Query, now: u64) -> anyhow::Result<Report> {
         f.reasons = p.reasons.clone();
         f.peers = p.peers.clone();
         f.processes = p.processes.clone();
+        if p.evidence.total.flows > 0 {
+            f.evidence = Some(Evidence::new(&p.evidence, &scans));
+        }
+        let (class, why) = readiness::classify(p.direction, Some(&p.evidence), &scans);
+        (f.class, f.class_reason) = (class, why);
+    }
+    let listeners = readiness::listeners(status.pid);
+    let mut findings = Vec::new();
+    for f in ports.values_mut() {
+        if f.class_reason.is_empty() {
+            // Only in the kernel's table: no events, no evidence.
+            (f.class, f.class_reason) = readiness::classify(f.direction, None, &scans);
+        }
+        if f.class == Class::ExposureClosed
+            && f.direction == Direction::In
+            && let Some((bound, text)) = readiness::exposure_finding(f.protocol, f.port, &listeners)
+        {
+            f.listener = Some(bound);
+            findings.push(text);
+        }
     }
 
     let hints = Hints::load(&status.product, query.config.as_deref(), &mut notes);
@@ -345,9 +460,23 @@ pub fn build(query: &Query, now: u64) -> anyhow::Result<Report> {
     } else {
         false
     };
-    let safe = ports.is_empty() && !any_counted;
+    let labels = |class| -> Vec<String> {
+        ports
+            .iter()
+            .filter(|f| f.class == class)
+            .map(port_name)
+            .collect()
+    };
+    let (breakage, exposure_closed, unclear) = (
+        labels(Class::Breakage),
+        labels(Class::ExposureClosed),
+        labels(Class::Unclear),
+    );
+    // Counted, but the denied-port table lost every entry (LRU): nothing to class.
+    let unknown = ports.is_empty() && any_counted;
+    let safe = breakage.is_empty() && unclear.len() as u64 <= query.max_unclear && !unknown;
     let mode = state.mode;
-    let verdict = verdict(mode, safe, since, now, &ports, &status);
+    let verdict = verdict(mode, safe, since, now, &ports, &status, query.max_unclear);
     Ok(Report {
         product: status.product.clone(),
         mode,
@@ -358,6 +487,11 @@ pub fn build(query: &Query, now: u64) -> anyhow::Result<Report> {
         would_deny: status.would_deny,
         denied: status.denied,
         events_rate_limited: status.events.rate_limited,
+        breakage,
+        exposure_closed,
+        unclear,
+        max_unclear: query.max_unclear,
+        findings,
         safe,
         verdict,
         notes,
@@ -374,12 +508,30 @@ pub fn ago(now: u64, then: u64) -> String {
     }
 }
 
+/// `in tcp/3306`.
+pub fn port_name(f: &PortFinding) -> String {
+    format!("{} {}/{}", f.direction, f.protocol, f.port)
+}
+
 fn port_label(f: &PortFinding) -> String {
     let n = f.packets.map_or_else(
         || format!("{} event{}", f.events, if f.events == 1 { "" } else { "s" }),
         |p| format!("{p} packet{}", if p == 1 { "" } else { "s" }),
     );
-    format!("{} {}/{} ({n})", f.direction, f.protocol, f.port)
+    format!("{} ({n})", port_name(f))
+}
+
+/// At most ten labels of the ports of `class` (all ports when `None`), then "and N more".
+fn list(ports: &[PortFinding], class: Option<Class>) -> Vec<String> {
+    let of: Vec<&PortFinding> = ports
+        .iter()
+        .filter(|f| class.is_none_or(|c| f.class == c))
+        .collect();
+    let mut list: Vec<String> = of.iter().take(10).map(|f| port_label(f)).collect();
+    if of.len() > 10 {
+        list.push(format!("and {} more", of.len() - 10));
+    }
+    list
 }
 
 fn verdict(
@@ -389,28 +541,59 @@ fn verdict(
     now: u64,
     ports: &[PortFinding],
     status: &status::Status,
+    max_unclear: u64,
 ) -> String {
     let when = format!("{} ({})", rfc3339(since), ago(now, since));
-    let mut list: Vec<String> = ports.iter().take(10).map(port_label).collect();
-    if ports.len() > 10 {
-        list.push(format!("and {} more", ports.len() - 10));
+    if mode == Mode::Enforce {
+        let mut all = list(ports, None);
+        if all.is_empty() && !safe {
+            all.push(format!("{} packets", status.denied.packets));
+        }
+        return if all.is_empty() {
+            format!("enforcing: nothing denied since {when}")
+        } else {
+            format!("enforcing: denied since {when}: {}", all.join(", "))
+        };
     }
-    if list.is_empty() {
+    let (breakage, exposures, unclear) = (
+        list(ports, Some(Class::Breakage)),
+        list(ports, Some(Class::ExposureClosed)),
+        list(ports, Some(Class::Unclear)),
+    );
+    let n_unclear = ports.iter().filter(|f| f.class == Class::Unclear).count();
+    let unclear_part = format!(
+        "{n_unclear} unclear (--max-unclear {max_unclear}): {}",
+        unclear.join(", ")
+    );
+    if safe {
+        let mut parts = vec![if ports.is_empty() {
+            format!("safe to enforce: no would-deny since {when}")
+        } else {
+            format!("safe to enforce: nothing would break since {when}")
+        }];
+        if !exposures.is_empty() {
+            parts.push(format!("enforcing closes {}", exposures.join(", ")));
+        }
+        if n_unclear > 0 {
+            parts.push(unclear_part);
+        }
+        return parts.join("; ");
+    }
+    let mut parts = Vec::new();
+    if !breakage.is_empty() {
+        parts.push(format!("enforcing would break {}", breakage.join(", ")));
+    }
+    if n_unclear as u64 > max_unclear {
+        parts.push(unclear_part);
+    }
+    if parts.is_empty() {
         // Counted, but the denied-port table lost the entries (LRU).
-        list.push(format!(
-            "{} packets",
-            status.would_deny.packets + status.denied.packets
+        parts.push(format!(
+            "{} would-denied packets of unknown ports",
+            status.would_deny.packets
         ));
     }
-    match (mode, safe) {
-        (Mode::Audit, true) => format!("safe to enforce: no would-deny since {when}"),
-        (Mode::Audit, false) => format!(
-            "not safe to enforce: enforcing would break {}",
-            list.join(", ")
-        ),
-        (Mode::Enforce, true) => format!("enforcing: nothing denied since {when}"),
-        (Mode::Enforce, false) => format!("enforcing: denied since {when}: {}", list.join(", ")),
-    }
+    format!("not safe to enforce: {}", parts.join("; "))
 }
 
 /// Zeroes the pinned counters and empties the deny aggregate (recording the reset time,
@@ -420,6 +603,7 @@ fn verdict(
 /// instant of the reset may be lost or kept. That is the nature of a reset.
 pub fn reset(paths: &PathArgs) -> anyhow::Result<()> {
     crate::datapath::counters::reset(paths)?;
+    crate::datapath::evidence::EvidenceMap::open(paths)?.clear();
     let now = aggregate::unix_now();
     DenyFile::empty(now, now).write(&aggregate::denies_file(paths))
 }
@@ -444,25 +628,43 @@ mod tests {
             peers: vec![],
             processes: vec![],
             covered_by: None,
+            class: Class::Breakage,
+            class_reason: String::new(),
+            evidence: None,
+            listener: None,
         }
     }
 
     #[test]
     fn verdict_lines() {
         let status = empty_status();
-        let safe = verdict(Mode::Audit, true, 0, 60, &[], &status);
+        let safe = verdict(Mode::Audit, true, 0, 60, &[], &status, 0);
         assert_eq!(
             safe,
             "safe to enforce: no would-deny since 1970-01-01T00:00:00Z (60s ago)"
         );
         let ports = [finding(8081, Some(3), 3), finding(5353, None, 1)];
-        let unsafe_ = verdict(Mode::Audit, false, 0, 60, &ports, &status);
+        let unsafe_ = verdict(Mode::Audit, false, 0, 60, &ports, &status, 0);
         assert_eq!(
             unsafe_,
             "not safe to enforce: enforcing would break out tcp/8081 (3 packets), out tcp/5353 (1 event)"
         );
+        let mut scanned = finding(3306, Some(2), 2);
+        scanned.direction = Direction::In;
+        scanned.class = Class::ExposureClosed;
+        assert_eq!(
+            verdict(Mode::Audit, true, 0, 60, std::slice::from_ref(&scanned), &status, 0),
+            "safe to enforce: nothing would break since 1970-01-01T00:00:00Z (60s ago); enforcing closes in tcp/3306 (2 packets)"
+        );
+        let mut unclear = scanned.clone();
+        unclear.class = Class::Unclear;
+        unclear.port = 5353;
+        assert_eq!(
+            verdict(Mode::Audit, false, 0, 60, &[scanned, unclear], &status, 0),
+            "not safe to enforce: 1 unclear (--max-unclear 0): in tcp/5353 (2 packets)"
+        );
         assert!(
-            verdict(Mode::Enforce, false, 0, 60, &ports, &status)
+            verdict(Mode::Enforce, false, 0, 60, &ports, &status, 0)
                 .starts_with("enforcing: denied since")
         );
     }
