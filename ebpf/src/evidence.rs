@@ -4,13 +4,12 @@
 
 use aya_ebpf::helpers::{bpf_ktime_get_ns, generated::bpf_skb_load_bytes};
 use portcullis_common::{
-    event::hook,
     evidence::FlowEvidence,
     flow::FlowKey,
     policy::{IPPROTO_TCP, IPPROTO_UDP},
 };
 
-use crate::{account::Denied, maps::PC_AUDIT_FLOWS};
+use crate::maps::PC_AUDIT_FLOWS;
 
 /// UDP header length.
 const UDP_HEADER: u32 = 8;
@@ -44,35 +43,42 @@ pub fn payload(skb: *mut aya_ebpf::bindings::__sk_buff, l4: u16, protocol: u8, b
     bytes.saturating_sub(u32::from(l4) + header)
 }
 
-/// Adds a would-denied packet (`segments` wire packets, `payload` transport bytes, TCP
-/// `flags`) to its flow's evidence. Only the cgroup hooks call it: they see both
-/// directions of a flow, XDP only its inbound half (and the same packets again).
-#[inline(never)]
-pub fn note(d: &Denied, segments: u32, flags: u8, payload: u32) {
-    if d.protocol != IPPROTO_TCP && d.protocol != IPPROTO_UDP {
+/// One would-denied packet, as its flow's evidence needs it.
+pub struct Sample {
+    /// Received (ingress), else sent.
+    pub received: bool,
+    /// `policy::DIR_*` of the flow.
+    pub direction: u8,
+    /// `stats::reason::*`.
+    pub reason: u8,
+    /// TCP flags (0 for UDP).
+    pub flags: u8,
+    /// Wire packets (a GSO buffer counts its segments).
+    pub segments: u32,
+    /// Transport payload bytes ([`payload`]).
+    pub payload: u32,
+}
+
+/// Adds a would-denied packet to its flow's evidence. Only the cgroup programs call it:
+/// they see both directions of a flow, XDP only its inbound half (and the same packets
+/// again).
+#[inline(always)]
+pub fn note(key: &FlowKey, s: &Sample) {
+    if key.protocol != IPPROTO_TCP && key.protocol != IPPROTO_UDP {
         return;
     }
-    let key = FlowKey {
-        local: d.local,
-        remote: d.remote,
-        local_port: d.local_port,
-        remote_port: d.remote_port,
-        protocol: d.protocol,
-        _pad: [0; 3],
-    };
-    let received = d.hook == hook::INGRESS;
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let Some(e) = PC_AUDIT_FLOWS.get_ptr_mut(&key) else {
+    let Some(e) = PC_AUDIT_FLOWS.get_ptr_mut(key) else {
         let mut e = FlowEvidence {
             first_ns: now,
             last_ns: now,
-            direction: d.direction,
-            reason: d.reason as u8,
+            direction: s.direction,
+            reason: s.reason,
             ..FlowEvidence::default()
         };
-        add(&mut e, received, segments, flags, payload);
-        let _ = PC_AUDIT_FLOWS.insert(&key, e, 0);
+        add(&mut e, s);
+        let _ = PC_AUDIT_FLOWS.insert(key, e, 0);
         return;
     };
     // SAFETY: this CPU's slot of a per-CPU entry, valid for the program's run.
@@ -80,22 +86,22 @@ pub fn note(d: &Denied, segments: u32, flags: u8, payload: u32) {
     if e.first_ns == 0 {
         // The entry exists, another CPU made it: this CPU's slot starts now.
         e.first_ns = now;
-        e.direction = d.direction;
-        e.reason = d.reason as u8;
+        e.direction = s.direction;
+        e.reason = s.reason;
     }
     e.last_ns = now;
-    add(e, received, segments, flags, payload);
+    add(e, s);
 }
 
 #[inline(always)]
-fn add(e: &mut FlowEvidence, received: bool, segments: u32, flags: u8, payload: u32) {
-    if received {
-        e.packets_in += u64::from(segments);
-        e.payload_in += u64::from(payload);
-        e.flags_in |= flags;
+fn add(e: &mut FlowEvidence, s: &Sample) {
+    if s.received {
+        e.packets_in += u64::from(s.segments);
+        e.payload_in += u64::from(s.payload);
+        e.flags_in |= s.flags;
     } else {
-        e.packets_out += u64::from(segments);
-        e.payload_out += u64::from(payload);
-        e.flags_out |= flags;
+        e.packets_out += u64::from(s.segments);
+        e.payload_out += u64::from(s.payload);
+        e.flags_out |= s.flags;
     }
 }

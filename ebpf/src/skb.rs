@@ -531,7 +531,13 @@ fn verdict(cfg: &Config, f: &Flow, direction: u8, d: Decision, event: bool) -> i
             count_rule(stats::LAYER_CGROUP, rule, f.segments, f.bytes);
             PASS
         }
-        Decision::Deny(why) => deny_flow(cfg, f, direction, why, event),
+        Decision::Deny(why) => {
+            let v = deny_flow(cfg, f, direction, why, event);
+            if v == PASS {
+                note_evidence(f, direction, why);
+            }
+            v
+        }
     }
 }
 
@@ -539,14 +545,27 @@ fn verdict(cfg: &Config, f: &Flow, direction: u8, d: Decision, event: bool) -> i
 /// its own stack frame, which keeps the allow path's within the 512-byte limit.
 #[inline(never)]
 fn deny_flow(cfg: &Config, f: &Flow, direction: u8, why: u32, event: bool) -> i32 {
-    let d = f.denied(direction, why);
-    if deny(cfg, &d, f.segments, f.bytes, event) {
-        return DROP;
+    if deny(cfg, &f.denied(direction, why), f.segments, f.bytes, event) {
+        DROP
+    } else {
+        PASS
     }
-    // Audit mode: the flow goes on, and its evidence tells breakage from exposure.
-    let payload = evidence::payload(f.skb, f.l4, f.protocol, f.bytes);
-    evidence::note(&d, f.segments, f.tcp_flags, payload);
-    PASS
+}
+
+/// Audit mode: a would-denied packet goes on, and its flow's evidence tells breakage
+/// from exposure (`evidence`). Not inlined, and called next to [`deny_flow`], never
+/// from it: the two frames never stack.
+#[inline(never)]
+fn note_evidence(f: &Flow, direction: u8, why: u32) {
+    let sample = evidence::Sample {
+        received: !f.egress,
+        direction,
+        reason: why as u8,
+        flags: f.tcp_flags,
+        segments: f.segments,
+        payload: evidence::payload(f.skb, f.l4, f.protocol, f.bytes),
+    };
+    evidence::note(&f.key(), &sample);
 }
 
 /// Not inlined, like [`deny_flow`].
