@@ -139,8 +139,18 @@ fn print_text(r: &Report) {
             println!("{} ({}):", class.name(), of.len());
             println!(
                 "{:<4} {:<6} {:>5} {:>9} {:>6} {:>6} {:>9} {:>9} {:>5} {:<10} {:<28} {:<20} COVERED BY",
-                "DIR", "PROTO", "PORT", "PACKETS", "FLOWS", "HSHAKE", "BYTES IN", "BYTES OUT", "PEERS",
-                "LAST SEEN", "TOP PEERS", "TOP PROCESSES"
+                "DIR",
+                "PROTO",
+                "PORT",
+                "PACKETS",
+                "FLOWS",
+                "HSHAKE",
+                "BYTES IN",
+                "BYTES OUT",
+                "PEERS",
+                "LAST SEEN",
+                "TOP PEERS",
+                "TOP PROCESSES"
             );
             for f in of {
                 print_port(f, now);

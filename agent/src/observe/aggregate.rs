@@ -454,6 +454,18 @@ mod tests {
             !agg.ports.contains_key(&(Direction::Out, 6, 1)),
             "the least recently seen key goes first"
         );
+        // A scan of more ports than fit cannot push out evidence of breakage: an
+        // outbound port seen first outlives the inbound ones seen after it.
+        let mut agg = Aggregate::new(0, 0);
+        agg.record(&event(DIR_OUT, 8081, [198, 18, 0, 2], "curl", 0), 1);
+        for port in 1..=(MAX_PORTS as u16 + 10) {
+            agg.record(
+                &event(DIR_IN, port, [203, 0, 113, 9], "", 0),
+                10 + u64::from(port),
+            );
+        }
+        assert!(agg.ports.contains_key(&(Direction::Out, 6, 8081)));
+        assert_eq!(agg.ports.len(), MAX_PORTS);
         let mut top = TopK::default();
         for i in 0..1000u32 {
             top.add(&format!("10.0.{}.{}", i / 256, i % 256), 1, MAX_TRACKED);

@@ -17,9 +17,9 @@ use portcullis_common::event::DenyEvent;
 
 use super::{
     aggregate::{Aggregate, DenyFile, denies_file, unix_now},
-    evidence::FlowTracker,
     cgroups::CgroupNames,
     denylog::{RateLimiter, format_line},
+    evidence::FlowTracker,
 };
 use crate::datapath::{evidence::EvidenceMap, paths::PathArgs};
 
@@ -59,12 +59,13 @@ impl EventLog {
     pub fn new(paths: &PathArgs, lines_per_sec: u32) -> Self {
         let path = denies_file(paths);
         let now = unix_now();
-        let agg = match DenyFile::read(&path) {
-            Ok(Some(f)) => Aggregate::from_file(f),
-            Ok(None) => Aggregate::new(now, 0),
+        // An unreadable file (or one of another format) is replaced at the first flush.
+        let (agg, replace) = match DenyFile::read(&path) {
+            Ok(Some(f)) => (Aggregate::from_file(f), false),
+            Ok(None) => (Aggregate::new(now, 0), false),
             Err(e) => {
                 log::warn!("starting a new deny aggregate: {e:#}");
-                Aggregate::new(now, 0)
+                (Aggregate::new(now, 0), true)
             }
         };
         let wall = SystemTime::now()
@@ -78,7 +79,7 @@ impl EventLog {
             flows: FlowTracker::after_restart(),
             journal: std::env::var_os("JOURNAL_STREAM").is_some(),
             boot_offset_ns: wall - monotonic_ns(),
-            dirty: false,
+            dirty: replace,
         }
     }
 

@@ -353,7 +353,10 @@ mod tests {
             p.add(&format!("10.0.0.{i}"), &one, 5, 6);
         }
         assert_eq!(p.distinct_peers(), MAX_PEERS);
-        assert_eq!((p.total.flows, p.untracked.flows), (MAX_PEERS as u64 + 5, 5));
+        assert_eq!(
+            (p.total.flows, p.untracked.flows),
+            (MAX_PEERS as u64 + 5, 5)
+        );
         let mut s = ScanTracker::default();
         for port in 0..100 {
             s.touch("192.0.2.1", port);

@@ -12,13 +12,19 @@
 //!   from any peer (a SYN, a handshake, a reset) is **exposure closed**, and so is a
 //!   port only scanners touched;
 //! - no flow evidence at all (ICMP, other protocols, evidence evicted): **unclear**.
+//!
+//! It also writes the verdict line from the classes ([`verdict`]).
 
 use std::{fs, net::IpAddr, path::Path};
 
 use serde::Serialize;
 
-use super::evidence::{PortEvidence, SCAN_PORTS, ScanTracker};
-use crate::model::{Direction, IpProtocol, Protocol};
+use super::{
+    evidence::{PeerEvidence, PortEvidence, SCAN_PORTS, ScanTracker, TOP_PEERS},
+    report::{PortFinding, ago},
+    rfc3339, status,
+};
+use crate::model::{Direction, IpProtocol, Mode, Protocol};
 
 /// What enforcing would do to a would-denied port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -118,7 +124,9 @@ impl Listener {
     pub fn reachable_from_outside(&self) -> bool {
         match self.addr {
             IpAddr::V4(a) => !a.is_loopback(),
-            IpAddr::V6(a) => !a.is_loopback() && !a.to_ipv4_mapped().is_some_and(|m| m.is_loopback()),
+            IpAddr::V6(a) => {
+                !a.is_loopback() && !a.to_ipv4_mapped().is_some_and(|m| m.is_loopback())
+            }
         }
     }
 }
@@ -182,7 +190,11 @@ fn parse_proc_net(text: &str, state: &str) -> Vec<(IpAddr, u16)> {
 /// An address as the kernel prints it: 32-bit words in host (little-endian) order.
 fn hex_addr(hex: &str) -> Option<IpAddr> {
     let word = |i: usize| -> Option<[u8; 4]> {
-        Some(u32::from_str_radix(hex.get(i * 8..i * 8 + 8)?, 16).ok()?.to_le_bytes())
+        Some(
+            u32::from_str_radix(hex.get(i * 8..i * 8 + 8)?, 16)
+                .ok()?
+                .to_le_bytes(),
+        )
     };
     match hex.len() {
         8 => Some(IpAddr::from(word(0)?)),
@@ -218,17 +230,165 @@ pub fn exposure_finding(
     ))
 }
 
+/// The flow evidence of a port, as reported.
+#[derive(Clone, Debug, Serialize)]
+pub struct Evidence {
+    /// Flows, handshakes, payload bytes (in = received by this host).
+    #[serde(flatten)]
+    pub total: PeerEvidence,
+    /// Distinct peers (exact while `peers_truncated` is false).
+    pub distinct_peers: usize,
+    /// More peers than tracked (their flows are in the totals).
+    pub peers_truncated: bool,
+    /// Unix time of the first flow's first packet.
+    pub first_seen: u64,
+    /// Unix time of the last packet.
+    pub last_seen: u64,
+    /// The peers with most flows.
+    pub peers: Vec<PeerFinding>,
+}
+
+/// One peer's flows on a port.
+#[derive(Clone, Debug, Serialize)]
+pub struct PeerFinding {
+    /// Its address.
+    pub address: String,
+    /// It touched `evidence::SCAN_PORTS` ports or more.
+    pub scanner: bool,
+    /// Its flows.
+    #[serde(flatten)]
+    pub flows: PeerEvidence,
+}
+
+impl Evidence {
+    pub(super) fn new(e: &PortEvidence, scans: &ScanTracker) -> Self {
+        let mut peers: Vec<PeerFinding> = e
+            .peers
+            .iter()
+            .map(|(address, flows)| PeerFinding {
+                address: address.clone(),
+                scanner: scans.is_scanner(address),
+                flows: *flows,
+            })
+            .collect();
+        peers.sort_by(|a, b| {
+            b.flows
+                .flows
+                .cmp(&a.flows.flows)
+                .then_with(|| a.address.cmp(&b.address))
+        });
+        peers.truncate(TOP_PEERS);
+        Evidence {
+            total: e.total,
+            distinct_peers: e.distinct_peers(),
+            peers_truncated: e.untracked.flows > 0,
+            first_seen: e.first_seen,
+            last_seen: e.last_seen,
+            peers,
+        }
+    }
+}
+
+/// `in tcp/3306`.
+pub fn port_name(f: &PortFinding) -> String {
+    format!("{} {}/{}", f.direction, f.protocol, f.port)
+}
+
+fn port_label(f: &PortFinding) -> String {
+    let n = f.packets.map_or_else(
+        || format!("{} event{}", f.events, if f.events == 1 { "" } else { "s" }),
+        |p| format!("{p} packet{}", if p == 1 { "" } else { "s" }),
+    );
+    format!("{} ({n})", port_name(f))
+}
+
+/// At most ten labels of the ports of `class` (all ports when `None`), then "and N more".
+fn list(ports: &[PortFinding], class: Option<Class>) -> Vec<String> {
+    let of: Vec<&PortFinding> = ports
+        .iter()
+        .filter(|f| class.is_none_or(|c| f.class == c))
+        .collect();
+    let mut list: Vec<String> = of.iter().take(10).map(|f| port_label(f)).collect();
+    if of.len() > 10 {
+        list.push(format!("and {} more", of.len() - 10));
+    }
+    list
+}
+
+pub(super) fn verdict(
+    mode: Mode,
+    safe: bool,
+    since: u64,
+    now: u64,
+    ports: &[PortFinding],
+    status: &status::Status,
+    max_unclear: u64,
+) -> String {
+    let when = format!("{} ({})", rfc3339(since), ago(now, since));
+    if mode == Mode::Enforce {
+        let mut all = list(ports, None);
+        if all.is_empty() && !safe {
+            all.push(format!("{} packets", status.denied.packets));
+        }
+        return if all.is_empty() {
+            format!("enforcing: nothing denied since {when}")
+        } else {
+            format!("enforcing: denied since {when}: {}", all.join(", "))
+        };
+    }
+    let (breakage, exposures, unclear) = (
+        list(ports, Some(Class::Breakage)),
+        list(ports, Some(Class::ExposureClosed)),
+        list(ports, Some(Class::Unclear)),
+    );
+    let n_unclear = ports.iter().filter(|f| f.class == Class::Unclear).count();
+    let unclear_part = format!(
+        "{n_unclear} unclear (--max-unclear {max_unclear}): {}",
+        unclear.join(", ")
+    );
+    if safe {
+        let mut parts = vec![if ports.is_empty() {
+            format!("safe to enforce: no would-deny since {when}")
+        } else {
+            format!("safe to enforce: nothing would break since {when}")
+        }];
+        if !exposures.is_empty() {
+            parts.push(format!("enforcing closes {}", exposures.join(", ")));
+        }
+        if n_unclear > 0 {
+            parts.push(unclear_part);
+        }
+        return parts.join("; ");
+    }
+    let mut parts = Vec::new();
+    if !breakage.is_empty() {
+        parts.push(format!("enforcing would break {}", breakage.join(", ")));
+    }
+    if n_unclear as u64 > max_unclear {
+        parts.push(unclear_part);
+    }
+    if parts.is_empty() {
+        // Counted, but the denied-port table lost the entries (LRU).
+        parts.push(format!(
+            "{} would-denied packets of unknown ports",
+            status.would_deny.packets
+        ));
+    }
+    format!("not safe to enforce: {}", parts.join("; "))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observe::evidence::PeerEvidence;
+    use std::collections::BTreeMap;
 
     const TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
    0: 00000000:0CEA 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0
    1: 0100007F:2BCB 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2 1 0 100 0 0 10 0
    2: 0112A8C6:0019 0212A8C6:9C40 01 00000000:00000000 00:00000000 00000000     0        0 3 1 0 100 0 0 10 0
 ";
-    const TCP6: &str = "  sl  local_address                         remote_address                        st
+    const TCP6: &str =
+        "  sl  local_address                         remote_address                        st
    0: 00000000000000000000000001000000:0050 00000000000000000000000000000000:0000 0A 0
 ";
 
@@ -242,7 +402,10 @@ mod tests {
                 ("127.0.0.1".parse().unwrap(), 11211)
             ]
         );
-        assert_eq!(parse_proc_net(TCP6, TCP_LISTEN), vec![("::1".parse().unwrap(), 80)]);
+        assert_eq!(
+            parse_proc_net(TCP6, TCP_LISTEN),
+            vec![("::1".parse().unwrap(), 80)]
+        );
         let ls: Vec<Listener> = v4
             .into_iter()
             .map(|(addr, port)| Listener {
@@ -254,8 +417,16 @@ mod tests {
         let (bound, text) = exposure_finding(IpProtocol(6), 3306, &ls).unwrap();
         assert_eq!(bound, "0.0.0.0:3306");
         assert!(text.starts_with("3306 is reachable from outside"), "{text}");
-        assert_eq!(exposure_finding(IpProtocol(6), 11211, &ls), None, "loopback only");
-        assert_eq!(exposure_finding(IpProtocol(17), 3306, &ls), None, "other protocol");
+        assert_eq!(
+            exposure_finding(IpProtocol(6), 11211, &ls),
+            None,
+            "loopback only"
+        );
+        assert_eq!(
+            exposure_finding(IpProtocol(17), 3306, &ls),
+            None,
+            "other protocol"
+        );
     }
 
     #[test]
@@ -277,11 +448,20 @@ mod tests {
             ..PortEvidence::default()
         };
         let probe = port(peer(3, 0, 0), "192.0.2.1");
-        assert_eq!(classify(Direction::In, Some(&probe), &scans).0, Class::ExposureClosed);
+        assert_eq!(
+            classify(Direction::In, Some(&probe), &scans).0,
+            Class::ExposureClosed
+        );
         let talk = port(peer(1, 1, 1), "192.0.2.1");
-        assert_eq!(classify(Direction::In, Some(&talk), &scans).0, Class::Breakage);
+        assert_eq!(
+            classify(Direction::In, Some(&talk), &scans).0,
+            Class::Breakage
+        );
         let one_way = port(peer(1, 0, 1), "192.0.2.1");
-        assert_eq!(classify(Direction::In, Some(&one_way), &scans).0, Class::Unclear);
+        assert_eq!(
+            classify(Direction::In, Some(&one_way), &scans).0,
+            Class::Unclear
+        );
         // The same exchange from a scanner is exposure.
         let mut scanner = ScanTracker::default();
         for p in 0..SCAN_PORTS as u16 {
@@ -289,5 +469,76 @@ mod tests {
         }
         let (class, why) = classify(Direction::In, Some(&talk), &scanner);
         assert_eq!(class, Class::ExposureClosed, "{why}");
+    }
+
+    fn finding(port: u16, packets: Option<u64>, events: u64) -> PortFinding {
+        PortFinding {
+            direction: Direction::Out,
+            protocol: IpProtocol(6),
+            port,
+            packets,
+            bytes: None,
+            events,
+            denies: 0,
+            would_denies: events,
+            first_seen: None,
+            last_seen: None,
+            reasons: BTreeMap::new(),
+            peers: vec![],
+            processes: vec![],
+            covered_by: None,
+            class: Class::Breakage,
+            class_reason: String::new(),
+            evidence: None,
+            listener: None,
+        }
+    }
+
+    #[test]
+    fn verdict_lines() {
+        let status = empty_status();
+        let safe = verdict(Mode::Audit, true, 0, 60, &[], &status, 0);
+        assert_eq!(
+            safe,
+            "safe to enforce: no would-deny since 1970-01-01T00:00:00Z (60s ago)"
+        );
+        let ports = [finding(8081, Some(3), 3), finding(5353, None, 1)];
+        let unsafe_ = verdict(Mode::Audit, false, 0, 60, &ports, &status, 0);
+        assert_eq!(
+            unsafe_,
+            "not safe to enforce: enforcing would break out tcp/8081 (3 packets), out tcp/5353 (1 event)"
+        );
+        let mut scanned = finding(3306, Some(2), 2);
+        scanned.direction = Direction::In;
+        scanned.class = Class::ExposureClosed;
+        assert_eq!(
+            verdict(
+                Mode::Audit,
+                true,
+                0,
+                60,
+                std::slice::from_ref(&scanned),
+                &status,
+                0
+            ),
+            "safe to enforce: nothing would break since 1970-01-01T00:00:00Z (60s ago); enforcing closes in tcp/3306 (2 packets)"
+        );
+        let mut unclear = scanned.clone();
+        unclear.class = Class::Unclear;
+        unclear.port = 5353;
+        assert_eq!(
+            verdict(Mode::Audit, false, 0, 60, &[scanned, unclear], &status, 0),
+            "not safe to enforce: 1 unclear (--max-unclear 0): in tcp/5353 (2 packets)"
+        );
+        assert!(
+            verdict(Mode::Enforce, false, 0, 60, &ports, &status, 0)
+                .starts_with("enforcing: denied since")
+        );
+    }
+
+    fn empty_status() -> status::Status {
+        let mut s = crate::observe::table::tests::status(0);
+        s.rules.clear();
+        s
     }
 }

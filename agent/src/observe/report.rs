@@ -30,8 +30,7 @@ use serde::Serialize;
 
 use super::{
     aggregate::{self, DenyFile, Seen},
-    evidence::{PeerEvidence, PortEvidence, ScanTracker, TOP_PEERS},
-    readiness::{self, Class},
+    readiness::{self, Class, Evidence, port_name, verdict},
     rfc3339,
     status::{self, Traffic},
 };
@@ -122,65 +121,6 @@ pub struct PortFinding {
     pub evidence: Option<Evidence>,
     /// A listener reachable from outside on this port (inbound), e.g. `0.0.0.0:3306`.
     pub listener: Option<String>,
-}
-
-/// The flow evidence of a port, as reported.
-#[derive(Clone, Debug, Serialize)]
-pub struct Evidence {
-    /// Flows, handshakes, payload bytes (in = received by this host).
-    #[serde(flatten)]
-    pub total: PeerEvidence,
-    /// Distinct peers (exact while `peers_truncated` is false).
-    pub distinct_peers: usize,
-    /// More peers than tracked (their flows are in the totals).
-    pub peers_truncated: bool,
-    /// Unix time of the first flow's first packet.
-    pub first_seen: u64,
-    /// Unix time of the last packet.
-    pub last_seen: u64,
-    /// The peers with most flows.
-    pub peers: Vec<PeerFinding>,
-}
-
-/// One peer's flows on a port.
-#[derive(Clone, Debug, Serialize)]
-pub struct PeerFinding {
-    /// Its address.
-    pub address: String,
-    /// It touched `evidence::SCAN_PORTS` ports or more.
-    pub scanner: bool,
-    /// Its flows.
-    #[serde(flatten)]
-    pub flows: PeerEvidence,
-}
-
-impl Evidence {
-    fn new(e: &PortEvidence, scans: &ScanTracker) -> Self {
-        let mut peers: Vec<PeerFinding> = e
-            .peers
-            .iter()
-            .map(|(address, flows)| PeerFinding {
-                address: address.clone(),
-                scanner: scans.is_scanner(address),
-                flows: *flows,
-            })
-            .collect();
-        peers.sort_by(|a, b| {
-            b.flows
-                .flows
-                .cmp(&a.flows.flows)
-                .then_with(|| a.address.cmp(&b.address))
-        });
-        peers.truncate(TOP_PEERS);
-        Evidence {
-            total: e.total,
-            distinct_peers: e.distinct_peers(),
-            peers_truncated: e.untracked.flows > 0,
-            first_seen: e.first_seen,
-            last_seen: e.last_seen,
-            peers,
-        }
-    }
 }
 
 /// A rule with no traffic in the window.
@@ -508,94 +448,6 @@ pub fn ago(now: u64, then: u64) -> String {
     }
 }
 
-/// `in tcp/3306`.
-pub fn port_name(f: &PortFinding) -> String {
-    format!("{} {}/{}", f.direction, f.protocol, f.port)
-}
-
-fn port_label(f: &PortFinding) -> String {
-    let n = f.packets.map_or_else(
-        || format!("{} event{}", f.events, if f.events == 1 { "" } else { "s" }),
-        |p| format!("{p} packet{}", if p == 1 { "" } else { "s" }),
-    );
-    format!("{} ({n})", port_name(f))
-}
-
-/// At most ten labels of the ports of `class` (all ports when `None`), then "and N more".
-fn list(ports: &[PortFinding], class: Option<Class>) -> Vec<String> {
-    let of: Vec<&PortFinding> = ports
-        .iter()
-        .filter(|f| class.is_none_or(|c| f.class == c))
-        .collect();
-    let mut list: Vec<String> = of.iter().take(10).map(|f| port_label(f)).collect();
-    if of.len() > 10 {
-        list.push(format!("and {} more", of.len() - 10));
-    }
-    list
-}
-
-fn verdict(
-    mode: Mode,
-    safe: bool,
-    since: u64,
-    now: u64,
-    ports: &[PortFinding],
-    status: &status::Status,
-    max_unclear: u64,
-) -> String {
-    let when = format!("{} ({})", rfc3339(since), ago(now, since));
-    if mode == Mode::Enforce {
-        let mut all = list(ports, None);
-        if all.is_empty() && !safe {
-            all.push(format!("{} packets", status.denied.packets));
-        }
-        return if all.is_empty() {
-            format!("enforcing: nothing denied since {when}")
-        } else {
-            format!("enforcing: denied since {when}: {}", all.join(", "))
-        };
-    }
-    let (breakage, exposures, unclear) = (
-        list(ports, Some(Class::Breakage)),
-        list(ports, Some(Class::ExposureClosed)),
-        list(ports, Some(Class::Unclear)),
-    );
-    let n_unclear = ports.iter().filter(|f| f.class == Class::Unclear).count();
-    let unclear_part = format!(
-        "{n_unclear} unclear (--max-unclear {max_unclear}): {}",
-        unclear.join(", ")
-    );
-    if safe {
-        let mut parts = vec![if ports.is_empty() {
-            format!("safe to enforce: no would-deny since {when}")
-        } else {
-            format!("safe to enforce: nothing would break since {when}")
-        }];
-        if !exposures.is_empty() {
-            parts.push(format!("enforcing closes {}", exposures.join(", ")));
-        }
-        if n_unclear > 0 {
-            parts.push(unclear_part);
-        }
-        return parts.join("; ");
-    }
-    let mut parts = Vec::new();
-    if !breakage.is_empty() {
-        parts.push(format!("enforcing would break {}", breakage.join(", ")));
-    }
-    if n_unclear as u64 > max_unclear {
-        parts.push(unclear_part);
-    }
-    if parts.is_empty() {
-        // Counted, but the denied-port table lost the entries (LRU).
-        parts.push(format!(
-            "{} would-denied packets of unknown ports",
-            status.would_deny.packets
-        ));
-    }
-    format!("not safe to enforce: {}", parts.join("; "))
-}
-
 /// Zeroes the pinned counters and empties the deny aggregate (recording the reset time,
 /// which a running agent notices on its next flush and follows).
 ///
@@ -611,69 +463,6 @@ pub fn reset(paths: &PathArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn finding(port: u16, packets: Option<u64>, events: u64) -> PortFinding {
-        PortFinding {
-            direction: Direction::Out,
-            protocol: IpProtocol(6),
-            port,
-            packets,
-            bytes: None,
-            events,
-            denies: 0,
-            would_denies: events,
-            first_seen: None,
-            last_seen: None,
-            reasons: BTreeMap::new(),
-            peers: vec![],
-            processes: vec![],
-            covered_by: None,
-            class: Class::Breakage,
-            class_reason: String::new(),
-            evidence: None,
-            listener: None,
-        }
-    }
-
-    #[test]
-    fn verdict_lines() {
-        let status = empty_status();
-        let safe = verdict(Mode::Audit, true, 0, 60, &[], &status, 0);
-        assert_eq!(
-            safe,
-            "safe to enforce: no would-deny since 1970-01-01T00:00:00Z (60s ago)"
-        );
-        let ports = [finding(8081, Some(3), 3), finding(5353, None, 1)];
-        let unsafe_ = verdict(Mode::Audit, false, 0, 60, &ports, &status, 0);
-        assert_eq!(
-            unsafe_,
-            "not safe to enforce: enforcing would break out tcp/8081 (3 packets), out tcp/5353 (1 event)"
-        );
-        let mut scanned = finding(3306, Some(2), 2);
-        scanned.direction = Direction::In;
-        scanned.class = Class::ExposureClosed;
-        assert_eq!(
-            verdict(Mode::Audit, true, 0, 60, std::slice::from_ref(&scanned), &status, 0),
-            "safe to enforce: nothing would break since 1970-01-01T00:00:00Z (60s ago); enforcing closes in tcp/3306 (2 packets)"
-        );
-        let mut unclear = scanned.clone();
-        unclear.class = Class::Unclear;
-        unclear.port = 5353;
-        assert_eq!(
-            verdict(Mode::Audit, false, 0, 60, &[scanned, unclear], &status, 0),
-            "not safe to enforce: 1 unclear (--max-unclear 0): in tcp/5353 (2 packets)"
-        );
-        assert!(
-            verdict(Mode::Enforce, false, 0, 60, &ports, &status, 0)
-                .starts_with("enforcing: denied since")
-        );
-    }
-
-    fn empty_status() -> status::Status {
-        let mut s = crate::observe::table::tests::status(0);
-        s.rules.clear();
-        s
-    }
 
     #[test]
     fn features_and_config_rules_cover_denied_ports() {
