@@ -4,7 +4,6 @@
 use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns};
 use portcullis_common::{
     config::{Config, MODE_ENFORCE},
-    event::DenyEvent,
     stats::{self, Counter, DeniedKey},
 };
 
@@ -174,27 +173,34 @@ fn emit(cfg: &Config, d: &Denied, dropped: bool, pid: u32, comm: [u8; 16]) {
         count_stat(layer, stats::EVENTS_RATE_LIMITED, 1, 0);
         return;
     }
-    let event = DenyEvent {
-        time_ns: now,
-        cgroup_id: d.cgroup_id,
-        pid,
-        _pad0: 0,
-        comm,
-        local: d.local,
-        remote: d.remote,
-        local_port: d.local_port,
-        remote_port: d.remote_port,
-        protocol: d.protocol,
-        direction: d.direction,
-        reason: d.reason as u8,
-        hook: d.hook,
-        dropped: dropped as u8,
-        _pad1: [0; 7],
+    // Built in place in the ring buffer: no copy of the event on the stack (the deny
+    // path's frame then leaves room for `evidence::note`).
+    let Some(mut entry) = PC_EVENTS.reserve(0) else {
+        count_stat(layer, stats::EVENTS_RING_FULL, 1, 0);
+        return;
     };
-    match PC_EVENTS.output(event, 0) {
-        Ok(()) => count_stat(layer, stats::EVENTS_SENT, 1, 0),
-        Err(_) => count_stat(layer, stats::EVENTS_RING_FULL, 1, 0),
+    let e = entry.as_mut_ptr();
+    // SAFETY: `e` points to a reserved, writable ring-buffer record of this type; each
+    // field is written once, in place (a struct literal would be built on the stack).
+    unsafe {
+        (*e).time_ns = now;
+        (*e).cgroup_id = d.cgroup_id;
+        (*e).pid = pid;
+        (*e)._pad0 = 0;
+        (*e).comm = comm;
+        (*e).local = d.local;
+        (*e).remote = d.remote;
+        (*e).local_port = d.local_port;
+        (*e).remote_port = d.remote_port;
+        (*e).protocol = d.protocol;
+        (*e).direction = d.direction;
+        (*e).reason = d.reason as u8;
+        (*e).hook = d.hook;
+        (*e).dropped = dropped as u8;
+        (*e)._pad1 = [0; 7];
     }
+    entry.submit(0);
+    count_stat(layer, stats::EVENTS_SENT, 1, 0);
 }
 
 /// Token bucket, per CPU: `rate` tokens a second, at most `rate` banked.

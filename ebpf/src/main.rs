@@ -8,6 +8,7 @@
 //! - [`packet`]: bounds-checked header parsing.
 //! - [`related`]: whether an ICMP error or echo reply belongs to a flow this host has.
 //! - [`account`]: counters, the denied-port table and rate-limited deny events.
+//! - [`evidence`]: per-flow evidence of would-denied flows, for the report's classes.
 //! - [`maps`]: the maps, with names and sizes from `portcullis-common`.
 //! - [`noop`]: empty baseline programs for the benchmark only; never attached.
 //!
@@ -17,6 +18,7 @@
 
 mod account;
 mod connect;
+mod evidence;
 mod maps;
 mod noop;
 mod packet;

@@ -9,8 +9,9 @@ use aya_ebpf::{
 use portcullis_common::{
     config::Config,
     event::DenyEvent,
+    evidence::FlowEvidence,
     flow::{FlowKey, FlowValue, SockState},
-    maps::{DENIED_MAX, EVENTS_BYTES, FLOWS_MAX, MAX_RULES, PEERS_MAX},
+    maps::{AUDIT_FLOWS_MAX, DENIED_MAX, EVENTS_BYTES, FLOWS_MAX, MAX_RULES, PEERS_MAX},
     policy::{PORT_TABLE_LEN, PeerAddr, PolicyTables},
     stats::{Counter, DeniedKey, LAYERS, STATS_LEN},
 };
@@ -36,6 +37,10 @@ pub static PC_FLOWS_OUT: LruHashMap<FlowKey, FlowValue, { FLOWS_MAX as usize }> 
 
 #[btf_map]
 pub static PC_FLOWS_IN: LruHashMap<FlowKey, FlowValue, { FLOWS_MAX as usize }> = LruHashMap::new();
+
+#[btf_map]
+pub static PC_AUDIT_FLOWS: LruPerCpuHashMap<FlowKey, FlowEvidence, { AUDIT_FLOWS_MAX as usize }> =
+    LruPerCpuHashMap::new();
 
 #[btf_map]
 pub static PC_SOCKETS: SkStorage<SockState> = SkStorage::new();

@@ -44,6 +44,7 @@ use portcullis_common::{
 
 use crate::{
     account::{Denied, count_rule, count_stat, deny},
+    evidence,
     maps::{KernelTables, PC_FLOWS_IN, PC_FLOWS_OUT, PC_SOCKETS, config_ref},
     packet::{Packet, TCP_ACK, TCP_SYN, parse_into},
     related::{echo_answered, in_tables, remember_echo},
@@ -77,6 +78,8 @@ struct Flow {
     remote_port: u16,
     protocol: u8,
     tcp_flags: u8,
+    /// Offset of the transport header (for the payload length a deny's evidence needs).
+    l4: u16,
     segments: u32,
     bytes: u32,
     /// The packet, for what only a deny needs (the cgroup id): a helper call saved on
@@ -102,6 +105,7 @@ impl Flow {
             remote_port,
             protocol: p.protocol,
             tcp_flags: p.tcp_flags,
+            l4: p.l4 as u16,
             // A GSO buffer is several packets on the wire; count those.
             segments: if gso_segs > 1 { gso_segs } else { 1 },
             bytes: ctx.len(),
@@ -527,7 +531,13 @@ fn verdict(cfg: &Config, f: &Flow, direction: u8, d: Decision, event: bool) -> i
             count_rule(stats::LAYER_CGROUP, rule, f.segments, f.bytes);
             PASS
         }
-        Decision::Deny(why) => deny_flow(cfg, f, direction, why, event),
+        Decision::Deny(why) => {
+            let v = deny_flow(cfg, f, direction, why, event);
+            if v == PASS {
+                note_evidence(f, direction, why);
+            }
+            v
+        }
     }
 }
 
@@ -540,6 +550,22 @@ fn deny_flow(cfg: &Config, f: &Flow, direction: u8, why: u32, event: bool) -> i3
     } else {
         PASS
     }
+}
+
+/// Audit mode: a would-denied packet goes on, and its flow's evidence tells breakage
+/// from exposure (`evidence`). Not inlined, and called next to [`deny_flow`], never
+/// from it: the two frames never stack.
+#[inline(never)]
+fn note_evidence(f: &Flow, direction: u8, why: u32) {
+    let sample = evidence::Sample {
+        received: !f.egress,
+        direction,
+        reason: why as u8,
+        flags: f.tcp_flags,
+        segments: f.segments,
+        payload: evidence::payload(f.skb, f.l4, f.protocol, f.bytes),
+    };
+    evidence::note(&f.key(), &sample);
 }
 
 /// Not inlined, like [`deny_flow`].

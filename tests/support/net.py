@@ -28,6 +28,12 @@ icmp-listen SECONDS OUTFILE
     raw ICMP socket: appends "type code" of each message received to OUTFILE
 icmp-error HOST TYPE CODE QSRC QSPORT QDST QDPORT PROTO
     sends an ICMP error to HOST quoting an IPv4 PROTO packet QSRC:QSPORT -> QDST:QDPORT
+exchange HOST PORT SEND
+    TCP: connect, send SEND payload bytes, half-close, read to the end; prints
+    "received=N" (or the errno name)
+serve PORT REPLY [--host ADDR]
+    TCP server: for each connection, read to the end of the client's data, send REPLY
+    payload bytes, close
 udp6-frame IFACE DSTMAC SRC DST SPORT DPORT PAYLOAD
     sends one Ethernet frame on IFACE (AF_PACKET): IPv6 SRC -> DST, UDP, any source
     address at all (IPv4-mapped, ::1): what a spoofing peer puts on the wire
@@ -97,6 +103,42 @@ def listen(args):
     s.listen(128)
     while True:
         c, _ = s.accept()
+        c.close()
+
+
+def exchange(args):
+    host, port, size = args[0], int(args[1]), int(args[2])
+    s = socket.socket(family(host), socket.SOCK_STREAM)
+    s.settimeout(5)
+    try:
+        s.connect((host, port))
+        s.sendall(b"q" * size)
+        s.shutdown(socket.SHUT_WR)
+        got = 0
+        while True:
+            data = s.recv(65536)
+            if not data:
+                break
+            got += len(data)
+        print(f"received={got}")
+    except OSError as e:
+        print(errno.errorcode.get(e.errno, str(e.errno)))
+
+
+def serve(args):
+    port, size = int(args[0]), int(args[1])
+    host = args[args.index("--host") + 1] if "--host" in args else "::"
+    s = socket.socket(family(host), socket.SOCK_STREAM)
+    if s.family == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((host, port))
+    s.listen(16)
+    while True:
+        c, _ = s.accept()
+        while c.recv(65536):
+            pass
+        c.sendall(b"r" * size)
         c.close()
 
 
@@ -310,4 +352,5 @@ def probe(args):
 if __name__ == "__main__":
     {"connect": connect, "udp-send": udp_send, "listen": listen, "load": load,
      "udp-per-flow": udp_per_flow, "hold": hold, "ping": ping, "icmp-listen": icmp_listen,
-     "icmp-error": icmp_error, "udp6-frame": udp6_frame, "probe": probe}[sys.argv[1]](sys.argv[2:])
+     "icmp-error": icmp_error, "udp6-frame": udp6_frame, "probe": probe,
+     "exchange": exchange, "serve": serve}[sys.argv[1]](sys.argv[2:])

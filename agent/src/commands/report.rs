@@ -1,6 +1,5 @@
-//! `portcullis report`: the audit -> enforce decision.
-//! `portcullis report`: its arguments and the text form; the report itself is
-//! `crate::observe::report`.
+//! `portcullis report`, the audit -> enforce decision: its arguments and the text form;
+//! the report itself is `crate::observe::report`.
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -9,20 +8,25 @@ use crate::{
     model::{Mode, Protocol},
     observe::{
         aggregate::{Seen, unix_now},
-        report::{self, Cover, Query, Report, ago},
+        readiness::Class,
+        report::{self, Cover, PortFinding, Query, Report, ago},
         rfc3339,
     },
 };
 
 const EXAMPLES: &str = "\
 Reads the running agent's counters (the pinned maps) and its deny aggregate
-(<state-dir>/denies.json). The verdict is the last line; --json prints an object with
-\"safe\" (true when nothing would have been denied in the window) and \"verdict\".
+(<state-dir>/denies.json), and classes each would-denied port from its flows:
+breakage (outbound flows, or inbound flows with payload both ways), exposure closed
+(inbound contact without payload, or only from scanners) or unclear. The verdict is the
+last line; --json prints an object with \"safe\" (true when enforcing breaks nothing
+seen: no breakage and at most --max-unclear unclear ports) and \"verdict\".
 
 Examples:
   portcullis report
   portcullis report --since 2h
   portcullis report --config /etc/portcullis/portcullis.toml --json | jq .safe
+  portcullis report --max-unclear 2  # tolerate two unclear ports
   portcullis report --reset        # after a policy change: start a new window";
 
 /// Arguments of `portcullis report`.
@@ -43,8 +47,12 @@ pub struct Args {
     pub config: Option<PathBuf>,
     /// Zero the counters and the deny aggregate, starting a new observation window, and
     /// print nothing else.
-    #[arg(long, conflicts_with_all = ["since", "json"])]
+    #[arg(long, conflicts_with_all = ["since", "json", "max_unclear"])]
     pub reset: bool,
+    /// Unclear ports (neither breakage nor exposure) still "safe to enforce". Default 0:
+    /// any unclear port makes the report unsafe.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub max_unclear: u64,
     #[command(flatten)]
     pub paths: PathArgs,
 }
@@ -92,6 +100,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         since: args.since,
         config: args.config.clone(),
         paths: args.paths.clone(),
+        max_unclear: args.max_unclear,
     };
     let report = report::build(&query, unix_now())?;
     if args.json {
@@ -120,45 +129,39 @@ fn print_text(r: &Report) {
         } else {
             "Denies"
         };
-        println!("{title} by (direction, protocol, port):");
-        println!(
-            "{:<4} {:<6} {:>5} {:>9} {:>7} {:<10} {:<28} {:<20} COVERED BY",
-            "DIR", "PROTO", "PORT", "PACKETS", "EVENTS", "LAST SEEN", "TOP PEERS", "TOP PROCESSES"
-        );
-        for f in &r.ports {
-            let top = |v: &[Seen]| {
-                let s: Vec<String> = v
-                    .iter()
-                    .take(2)
-                    .map(|x| format!("{}({})", x.name, x.events))
-                    .collect();
-                if s.is_empty() {
-                    "-".to_owned()
-                } else {
-                    s.join(",")
-                }
-            };
-            let cover = match &f.covered_by {
-                Some(Cover::ConfigRule { rule, config }) => format!("rule \"{rule}\" of {config}"),
-                Some(Cover::Feature { feature, rule }) => {
-                    format!("feature \"{feature}\" (rule \"{rule}\")")
-                }
-                None if Protocol::from_number(f.protocol.0).is_some() => {
-                    "nothing: add a site rule".to_owned()
-                }
-                None => "-".to_owned(),
-            };
+        println!("{title} by (direction, protocol, port), by what enforcing would do:");
+        for class in [Class::Breakage, Class::ExposureClosed, Class::Unclear] {
+            let of: Vec<&PortFinding> = r.ports.iter().filter(|f| f.class == class).collect();
+            if of.is_empty() {
+                continue;
+            }
+            println!();
+            println!("{} ({}):", class.name(), of.len());
             println!(
-                "{:<4} {:<6} {:>5} {:>9} {:>7} {:<10} {:<28} {:<20} {cover}",
-                f.direction.to_string(),
-                f.protocol,
-                f.port,
-                f.packets.map_or_else(|| "-".to_owned(), |p| p.to_string()),
-                f.events,
-                f.last_seen.map_or_else(|| "-".to_owned(), |t| ago(now, t)),
-                top(&f.peers),
-                top(&f.processes),
+                "{:<4} {:<6} {:>5} {:>9} {:>6} {:>6} {:>9} {:>9} {:>5} {:<10} {:<28} {:<20} COVERED BY",
+                "DIR",
+                "PROTO",
+                "PORT",
+                "PACKETS",
+                "FLOWS",
+                "HSHAKE",
+                "BYTES IN",
+                "BYTES OUT",
+                "PEERS",
+                "LAST SEEN",
+                "TOP PEERS",
+                "TOP PROCESSES"
             );
+            for f in of {
+                print_port(f, now);
+            }
+        }
+    }
+    if !r.findings.is_empty() {
+        println!();
+        println!("Findings:");
+        for f in &r.findings {
+            println!("  {f}");
         }
     }
     println!();
@@ -185,6 +188,56 @@ fn print_text(r: &Report) {
     }
     println!();
     println!("{}", r.verdict);
+}
+
+fn print_port(f: &PortFinding, now: u64) {
+    let top = |v: &[Seen]| {
+        let s: Vec<String> = v
+            .iter()
+            .take(2)
+            .map(|x| format!("{}({})", x.name, x.events))
+            .collect();
+        if s.is_empty() {
+            "-".to_owned()
+        } else {
+            s.join(",")
+        }
+    };
+    let cover = match &f.covered_by {
+        Some(Cover::ConfigRule { rule, config }) => format!("rule \"{rule}\" of {config}"),
+        Some(Cover::Feature { feature, rule }) => {
+            format!("feature \"{feature}\" (rule \"{rule}\")")
+        }
+        None if Protocol::from_number(f.protocol.0).is_some() => {
+            "nothing: add a site rule".to_owned()
+        }
+        None => "-".to_owned(),
+    };
+    let n = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |p| p.to_string());
+    let e = f.evidence.as_ref();
+    let peers = e.map(|e| {
+        format!(
+            "{}{}",
+            e.distinct_peers,
+            if e.peers_truncated { "+" } else { "" }
+        )
+    });
+    println!(
+        "{:<4} {:<6} {:>5} {:>9} {:>6} {:>6} {:>9} {:>9} {:>5} {:<10} {:<28} {:<20} {cover}",
+        f.direction.to_string(),
+        f.protocol,
+        f.port,
+        n(f.packets),
+        n(e.map(|e| e.total.flows)),
+        n(e.map(|e| e.total.handshakes)),
+        n(e.map(|e| e.total.payload_bytes_in)),
+        n(e.map(|e| e.total.payload_bytes_out)),
+        peers.unwrap_or_else(|| "-".to_owned()),
+        f.last_seen.map_or_else(|| "-".to_owned(), |t| ago(now, t)),
+        top(&f.peers),
+        top(&f.processes),
+    );
+    println!("     {}", f.class_reason);
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ use crate::{
     datapath::{
         attach::{self, Attachments, Scope},
         events::EventRing,
+        evidence::EvidenceMap,
         loader::Datapath,
         paths::PathArgs,
         state::{ReloadOutcome, State, unix_now},
@@ -45,6 +46,9 @@ struct Daemon {
     notify: Notifier,
     /// Deny events: log lines (rate-limited) and the aggregate `report` reads.
     events: EventLog,
+    /// The kernel's per-flow evidence of would-denied flows, folded into the aggregate
+    /// at each flush (`None`: could not be opened, logged once at start).
+    evidence: Option<EvidenceMap>,
     /// Where metrics are served (fixed at start: a reload does not move the listener).
     metrics: Option<SocketAddr>,
     reloads: u64,
@@ -146,6 +150,9 @@ impl Daemon {
         state.config = config;
         state.write(&paths.state_file())?;
         let events = EventLog::new(&paths, LOG_LINES_PER_SEC);
+        let evidence = EvidenceMap::open(&paths)
+            .inspect_err(|e| log::warn!("no per-flow evidence for the report: {e:#}"))
+            .ok();
         Ok(Self {
             args,
             paths,
@@ -154,10 +161,18 @@ impl Daemon {
             attached,
             notify: Notifier::from_env(),
             events,
+            evidence,
             metrics: settings.metrics,
             reloads: 0,
             _lock: lock,
         })
+    }
+
+    /// Folds the flow evidence and writes the deny aggregate.
+    fn flush(&mut self) {
+        if let Err(e) = self.events.flush(self.evidence.as_mut()) {
+            log::warn!("writing the deny aggregate: {e:#}");
+        }
     }
 
     fn status_line(&self) -> String {
@@ -251,9 +266,7 @@ pub fn run(args: Overrides) -> anyhow::Result<ExitCode> {
     runtime.block_on(serve(&mut daemon))?;
 
     daemon.notify.send("STOPPING=1");
-    if let Err(e) = daemon.events.flush() {
-        log::warn!("writing the deny aggregate: {e:#}");
-    }
+    daemon.flush();
     let paths = daemon.paths.clone();
     drop(daemon);
     match crate::observe::status::collect(&paths) {
@@ -314,11 +327,7 @@ async fn serve(daemon: &mut Daemon) -> anyhow::Result<()> {
                 daemon.attached.reattach_recreated(&mut daemon.dp, &tag);
             }
             _ = watchdog.tick(), if watchdog_on => daemon.notify.send("WATCHDOG=1"),
-            _ = flush.tick() => {
-                if let Err(e) = daemon.events.flush() {
-                    log::warn!("writing the deny aggregate: {e:#}");
-                }
-            }
+            _ = flush.tick() => daemon.flush(),
             _ = scope_check.tick() => {
                 let tag = tag(&daemon.state);
                 daemon.attached.reattach_recreated(&mut daemon.dp, &tag);

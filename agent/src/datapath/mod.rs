@@ -2,13 +2,15 @@
 //! finds bpffs and the cgroup v2 mount ([`paths`]), loads the embedded eBPF object, pins
 //! its maps and writes a map image into the idle policy generation ([`loader`]),
 //! attaches cgroup programs and XDP and detaches them ([`attach`], [`xdp`]), reads and
-//! resets the counters of every layer ([`counters`]), reads the deny-event ring
+//! resets the counters of every layer ([`counters`]), reads and deletes the per-flow
+//! evidence of would-denied flows ([`evidence`]), reads the deny-event ring
 //! ([`events`]) and the programs' run statistics ([`programs`]), and keeps the agent's
 //! state file ([`state`]).
 
 pub mod attach;
 pub mod counters;
 pub mod events;
+pub mod evidence;
 pub mod loader;
 pub mod paths;
 pub mod programs;

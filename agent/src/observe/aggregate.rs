@@ -7,6 +7,12 @@
 //! key is evicted) and [`MAX_TRACKED`] peers and processes per key, kept with the
 //! Space-Saving algorithm so the heavy hitters survive whatever the number of distinct
 //! peers. It is not rate-limited by userspace: every event that reached the agent counts.
+//!
+//! Each key also carries the flow evidence folded from the kernel's per-flow map
+//! (`observe::evidence`: flows, handshakes, payload bytes each way, per peer), and the
+//! file keeps which peers touched how many inbound ports (scan detection). When the key
+//! limit is reached, keys without evidence of a real exchange are evicted first, so a
+//! scan cannot push the evidence of breakage out.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -18,7 +24,10 @@ use anyhow::Context as _;
 use portcullis_common::{event::DenyEvent, stats::reason};
 use serde::{Deserialize, Serialize};
 
-use super::denylog::{comm, event_addr};
+use super::{
+    denylog::{comm, event_addr},
+    evidence::{FlowDelta, PortEvidence, ScanTracker},
+};
 use crate::{
     datapath::paths::PathArgs,
     model::{Direction, IpProtocol},
@@ -33,7 +42,7 @@ pub const MAX_TRACKED: usize = 32;
 /// Peers and processes written per key to `denies.json`.
 pub const TOP: usize = 5;
 /// Version of the `denies.json` format.
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
 /// The aggregate's file name in the state directory.
 pub const FILE_NAME: &str = "denies.json";
 /// The path of the aggregate for these paths.
@@ -106,6 +115,14 @@ struct PortStats {
     reasons: BTreeMap<&'static str, u64>,
     peers: TopK,
     processes: TopK,
+    evidence: PortEvidence,
+}
+
+impl PortStats {
+    /// Whether this key holds evidence of a real exchange (kept longest under a scan).
+    fn exchanged(&self, direction: Direction) -> bool {
+        direction == Direction::Out || self.evidence.total.flows_with_payload_both_ways > 0
+    }
 }
 
 /// One (direction, protocol, port) of `denies.json`.
@@ -131,6 +148,9 @@ pub struct PortRecord {
     pub peers: Vec<Seen>,
     /// Top processes (only connect() events know the process).
     pub processes: Vec<Seen>,
+    /// Flow evidence from the kernel's per-flow map (audit mode).
+    #[serde(default)]
+    pub evidence: PortEvidence,
 }
 
 /// The whole `denies.json`.
@@ -149,6 +169,9 @@ pub struct DenyFile {
     pub evicted: u64,
     /// Per (direction, protocol, port), most recently seen first.
     pub ports: Vec<PortRecord>,
+    /// Inbound ports each peer touched (at most `evidence::SCAN_PORTS` per peer).
+    #[serde(default)]
+    pub scan_peers: ScanTracker,
 }
 
 impl DenyFile {
@@ -161,6 +184,7 @@ impl DenyFile {
             updated_at: now,
             evicted: 0,
             ports: Vec::new(),
+            scan_peers: ScanTracker::default(),
         }
     }
 
@@ -195,6 +219,7 @@ pub(super) struct Aggregate {
     pub(super) reset_at: u64,
     evicted: u64,
     ports: HashMap<(Direction, u8, u16), PortStats>,
+    scans: ScanTracker,
 }
 
 impl Aggregate {
@@ -204,6 +229,7 @@ impl Aggregate {
             reset_at,
             evicted: 0,
             ports: HashMap::new(),
+            scans: ScanTracker::default(),
         }
     }
 
@@ -211,6 +237,7 @@ impl Aggregate {
     pub(super) fn from_file(f: DenyFile) -> Self {
         let mut agg = Self::new(f.since, f.reset_at);
         agg.evicted = f.evicted;
+        agg.scans = f.scan_peers;
         for p in f.ports.into_iter().take(MAX_PORTS) {
             let proto = p.protocol.0;
             let mut s = PortStats {
@@ -218,6 +245,7 @@ impl Aggregate {
                 would_denies: p.would_denies,
                 first_seen: p.first_seen,
                 last_seen: p.last_seen,
+                evidence: p.evidence,
                 ..PortStats::default()
             };
             for (r, n) in p.reasons {
@@ -243,22 +271,7 @@ impl Aggregate {
         } else {
             e.remote_port
         };
-        let key = (direction, e.protocol, port);
-        if !self.ports.contains_key(&key)
-            && self.ports.len() >= MAX_PORTS
-            && let Some(oldest) = self
-                .ports
-                .iter()
-                .min_by_key(|(_, s)| s.last_seen)
-                .map(|(k, _)| *k)
-        {
-            self.ports.remove(&oldest);
-            self.evicted += 1;
-        }
-        let s = self.ports.entry(key).or_insert_with(|| PortStats {
-            first_seen: when,
-            ..PortStats::default()
-        });
+        let s = self.slot((direction, e.protocol, port), when);
         if e.dropped == 1 {
             s.denies += 1;
         } else {
@@ -282,6 +295,41 @@ impl Aggregate {
         }
     }
 
+    /// The stats of `key`, made (evicting one key when full) at `when` if new.
+    fn slot(&mut self, key: (Direction, u8, u16), when: u64) -> &mut PortStats {
+        if !self.ports.contains_key(&key)
+            && self.ports.len() >= MAX_PORTS
+            && let Some(oldest) = self
+                .ports
+                .iter()
+                .min_by_key(|((d, _, _), s)| (s.exchanged(*d), s.last_seen))
+                .map(|(k, _)| *k)
+        {
+            self.ports.remove(&oldest);
+            self.evicted += 1;
+        }
+        self.ports.entry(key).or_insert_with(|| PortStats {
+            first_seen: when,
+            ..PortStats::default()
+        })
+    }
+
+    /// Adds one flow's growth since the last fold (`observe::evidence`).
+    pub(super) fn fold(&mut self, d: &FlowDelta, to_unix: impl Fn(u64) -> u64) {
+        let (direction, protocol, port) = d.port;
+        let direction = Direction::from_code(direction);
+        if direction == Direction::In {
+            self.scans.touch(&d.peer, port);
+        }
+        let last = to_unix(d.last_ns);
+        let s = self.slot((direction, protocol, port), to_unix(d.first_ns));
+        s.evidence.fold(d, &to_unix);
+        if s.evidence.first_seen != 0 {
+            s.first_seen = s.first_seen.min(s.evidence.first_seen);
+        }
+        s.last_seen = s.last_seen.max(last);
+    }
+
     pub(super) fn to_file(&self, now: u64) -> DenyFile {
         let mut ports: Vec<PortRecord> = self
             .ports
@@ -301,6 +349,7 @@ impl Aggregate {
                     .collect(),
                 peers: s.peers.top(TOP),
                 processes: s.processes.top(TOP),
+                evidence: s.evidence.clone(),
             })
             .collect();
         ports.sort_by(|a, b| {
@@ -315,6 +364,7 @@ impl Aggregate {
             updated_at: now,
             evicted: self.evicted,
             ports,
+            scan_peers: self.scans.clone(),
         }
     }
 }
@@ -404,6 +454,18 @@ mod tests {
             !agg.ports.contains_key(&(Direction::Out, 6, 1)),
             "the least recently seen key goes first"
         );
+        // A scan of more ports than fit cannot push out evidence of breakage: an
+        // outbound port seen first outlives the inbound ones seen after it.
+        let mut agg = Aggregate::new(0, 0);
+        agg.record(&event(DIR_OUT, 8081, [198, 18, 0, 2], "curl", 0), 1);
+        for port in 1..=(MAX_PORTS as u16 + 10) {
+            agg.record(
+                &event(DIR_IN, port, [203, 0, 113, 9], "", 0),
+                10 + u64::from(port),
+            );
+        }
+        assert!(agg.ports.contains_key(&(Direction::Out, 6, 8081)));
+        assert_eq!(agg.ports.len(), MAX_PORTS);
         let mut top = TopK::default();
         for i in 0..1000u32 {
             top.add(&format!("10.0.{}.{}", i / 256, i % 256), 1, MAX_TRACKED);

@@ -19,8 +19,9 @@ use super::{
     aggregate::{Aggregate, DenyFile, denies_file, unix_now},
     cgroups::CgroupNames,
     denylog::{RateLimiter, format_line},
+    evidence::FlowTracker,
 };
-use crate::datapath::paths::PathArgs;
+use crate::datapath::{evidence::EvidenceMap, paths::PathArgs};
 
 /// Turns deny events into log lines and the persisted aggregate. See the module docs.
 ///
@@ -32,6 +33,7 @@ pub struct EventLog {
     limiter: RateLimiter,
     cgroups: CgroupNames,
     agg: Aggregate,
+    flows: FlowTracker,
     journal: bool,
     /// Wall clock minus monotonic clock, in ns: turns an event's `bpf_ktime_get_ns()`
     /// into wall-clock time.
@@ -57,12 +59,13 @@ impl EventLog {
     pub fn new(paths: &PathArgs, lines_per_sec: u32) -> Self {
         let path = denies_file(paths);
         let now = unix_now();
-        let agg = match DenyFile::read(&path) {
-            Ok(Some(f)) => Aggregate::from_file(f),
-            Ok(None) => Aggregate::new(now, 0),
+        // An unreadable file (or one of another format) is replaced at the first flush.
+        let (agg, replace) = match DenyFile::read(&path) {
+            Ok(Some(f)) => (Aggregate::from_file(f), false),
+            Ok(None) => (Aggregate::new(now, 0), false),
             Err(e) => {
                 log::warn!("starting a new deny aggregate: {e:#}");
-                Aggregate::new(now, 0)
+                (Aggregate::new(now, 0), true)
             }
         };
         let wall = SystemTime::now()
@@ -73,15 +76,21 @@ impl EventLog {
             limiter: RateLimiter::new(lines_per_sec),
             cgroups: CgroupNames::new(),
             agg,
+            flows: FlowTracker::after_restart(),
             journal: std::env::var_os("JOURNAL_STREAM").is_some(),
             boot_offset_ns: wall - monotonic_ns(),
-            dirty: false,
+            dirty: replace,
         }
+    }
+
+    /// Unix seconds of a kernel time (`bpf_ktime_get_ns`).
+    fn to_unix(&self, ns: u64) -> u64 {
+        ((i128::from(ns) + self.boot_offset_ns) / 1_000_000_000).max(0) as u64
     }
 
     /// Logs (within the rate limit) and aggregates one event.
     pub fn record(&mut self, e: &DenyEvent) {
-        let when = ((i128::from(e.time_ns) + self.boot_offset_ns) / 1_000_000_000).max(0) as u64;
+        let when = self.to_unix(e.time_ns);
         self.agg.record(e, when);
         self.dirty = true;
         let (admit, summary) = self.limiter.admit(Instant::now());
@@ -94,8 +103,9 @@ impl EventLog {
         }
     }
 
-    /// Writes a due suppression summary and, if anything changed, `denies.json`.
-    pub fn flush(&mut self) -> anyhow::Result<()> {
+    /// Writes a due suppression summary, folds the kernel's per-flow evidence (and
+    /// deletes the flows done with), and, if anything changed, writes `denies.json`.
+    pub fn flush(&mut self, evidence: Option<&mut EvidenceMap>) -> anyhow::Result<()> {
         if let Some(s) = self.limiter.summary(Instant::now()) {
             self.write(5, &s);
         }
@@ -104,7 +114,18 @@ impl EventLog {
             && on_disk.reset_at > self.agg.reset_at
         {
             self.agg = Aggregate::new(on_disk.reset_at, on_disk.reset_at);
+            self.flows.clear();
             self.dirty = true;
+        }
+        if let Some(map) = evidence {
+            let (deltas, done) = self.flows.fold(&map.read(), monotonic_ns().max(0) as u64);
+            let offset = self.boot_offset_ns;
+            let to_unix = |ns: u64| ((i128::from(ns) + offset) / 1_000_000_000).max(0) as u64;
+            for d in &deltas {
+                self.agg.fold(d, to_unix);
+            }
+            self.dirty |= !deltas.is_empty();
+            map.remove(&done);
         }
         if !self.dirty {
             return Ok(());

@@ -1,14 +1,17 @@
 //! What the operator sees of a running policy: the status model ([`status`]) and its
 //! tables ([`table`]), the Prometheus metrics ([`metrics`]), deny events ([`events`]) as
 //! log lines ([`denylog`], with cgroup names from [`cgroups`]) and as the aggregate
-//! behind `report` ([`aggregate`]). It reads counters and events through
+//! behind `report` ([`aggregate`], with the per-flow [`evidence`] that [`readiness`]
+//! classifies as breakage or exposure). It reads counters and events through
 //! `crate::datapath`; it never touches the kernel itself.
 
 pub mod aggregate;
 pub mod cgroups;
 pub mod denylog;
 pub mod events;
+pub mod evidence;
 pub mod metrics;
+pub mod readiness;
 pub mod report;
 pub mod status;
 pub mod table;

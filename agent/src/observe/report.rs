@@ -8,8 +8,13 @@
 //! (when the config is known) or a feature of the product's profile, found with
 //! `policy::verdict` (the datapath's own lookup): there is no second implementation.
 //!
+//! Each port is classed (`observe::readiness`) from its flow evidence: breakage,
+//! exposure closed or unclear. "Safe to enforce" means no breakage and at most
+//! `--max-unclear` unclear ports; exposures closed never make it unsafe. An exposure on a
+//! port a listener reachable from outside serves is a finding of its own.
+//!
 //! [`reset`] starts a new observation window: it zeroes the pinned counters of every
-//! layer and empties `denies.json`, recording when. That is what to do after changing
+//! layer, deletes the per-flow evidence and empties `denies.json`, recording when. That is what to do after changing
 //! the policy, so old would-denies stop counting.
 
 use std::{
@@ -25,6 +30,7 @@ use serde::Serialize;
 
 use super::{
     aggregate::{self, DenyFile, Seen},
+    readiness::{self, Class, Evidence, port_name, verdict},
     rfc3339,
     status::{self, Traffic},
 };
@@ -51,6 +57,8 @@ pub struct Query {
     pub config: Option<PathBuf>,
     /// The running agent's pins and state.
     pub paths: PathArgs,
+    /// Unclear ports tolerated by "safe to enforce".
+    pub max_unclear: u64,
 }
 
 /// What would open a denied port.
@@ -105,6 +113,14 @@ pub struct PortFinding {
     pub processes: Vec<Seen>,
     /// What would open it, where something would.
     pub covered_by: Option<Cover>,
+    /// breakage | exposure-closed | unclear.
+    pub class: Class,
+    /// Why, in words.
+    pub class_reason: String,
+    /// The flow evidence (null: none, e.g. not TCP/UDP).
+    pub evidence: Option<Evidence>,
+    /// A listener reachable from outside on this port (inbound), e.g. `0.0.0.0:3306`.
+    pub listener: Option<String>,
 }
 
 /// A rule with no traffic in the window.
@@ -143,7 +159,18 @@ pub struct Report {
     pub denied: Traffic,
     /// Deny events the kernel's rate limit dropped (not in denies.json).
     pub events_rate_limited: u64,
-    /// True when nothing was (or would have been) denied in the window.
+    /// Ports (as `in tcp/3306`) enforcing would break.
+    pub breakage: Vec<String>,
+    /// Ports where enforcing closes an exposure.
+    pub exposure_closed: Vec<String>,
+    /// Ports the evidence does not class.
+    pub unclear: Vec<String>,
+    /// The `--max-unclear` the verdict used.
+    pub max_unclear: u64,
+    /// Exposures closed on ports with a listener reachable from outside.
+    pub findings: Vec<String>,
+    /// True when enforcing breaks nothing seen in the window: no breakage, at most
+    /// `max_unclear` unclear ports (exposures closed do not count).
     pub safe: bool,
     /// The one-line verdict.
     pub verdict: String,
@@ -238,6 +265,10 @@ pub fn build(query: &Query, now: u64) -> anyhow::Result<Report> {
     let status = status::collect(paths)?;
     let state = State::read(&paths.state_file())?;
     let file = DenyFile::read(&aggregate::denies_file(paths))?;
+    let scans = file
+        .as_ref()
+        .map(|f| f.scan_peers.clone())
+        .unwrap_or_default();
     let counted_from = counting_since(paths, file.as_ref());
     let cutoff = query.since.map(|s| now.saturating_sub(s));
     let since = cutoff.unwrap_or(counted_from).max(counted_from);
@@ -262,6 +293,10 @@ pub fn build(query: &Query, now: u64) -> anyhow::Result<Report> {
         peers: Vec::new(),
         processes: Vec::new(),
         covered_by: None,
+        class: Class::Unclear,
+        class_reason: String::new(),
+        evidence: None,
+        listener: None,
     };
     if kernel_in_window {
         for d in &status.denied_ports {
@@ -288,6 +323,26 @@ pub fn build(query: &Query, now: u64) -> anyhow::Result<Report> {
         f.reasons = p.reasons.clone();
         f.peers = p.peers.clone();
         f.processes = p.processes.clone();
+        if p.evidence.total.flows > 0 {
+            f.evidence = Some(Evidence::new(&p.evidence, &scans));
+        }
+        let (class, why) = readiness::classify(p.direction, Some(&p.evidence), &scans);
+        (f.class, f.class_reason) = (class, why);
+    }
+    let listeners = readiness::listeners(status.pid);
+    let mut findings = Vec::new();
+    for f in ports.values_mut() {
+        if f.class_reason.is_empty() {
+            // Only in the kernel's table: no events, no evidence.
+            (f.class, f.class_reason) = readiness::classify(f.direction, None, &scans);
+        }
+        if f.class == Class::ExposureClosed
+            && f.direction == Direction::In
+            && let Some((bound, text)) = readiness::exposure_finding(f.protocol, f.port, &listeners)
+        {
+            f.listener = Some(bound);
+            findings.push(text);
+        }
     }
 
     let hints = Hints::load(&status.product, query.config.as_deref(), &mut notes);
@@ -345,9 +400,23 @@ pub fn build(query: &Query, now: u64) -> anyhow::Result<Report> {
     } else {
         false
     };
-    let safe = ports.is_empty() && !any_counted;
+    let labels = |class| -> Vec<String> {
+        ports
+            .iter()
+            .filter(|f| f.class == class)
+            .map(port_name)
+            .collect()
+    };
+    let (breakage, exposure_closed, unclear) = (
+        labels(Class::Breakage),
+        labels(Class::ExposureClosed),
+        labels(Class::Unclear),
+    );
+    // Counted, but the denied-port table lost every entry (LRU): nothing to class.
+    let unknown = ports.is_empty() && any_counted;
+    let safe = breakage.is_empty() && unclear.len() as u64 <= query.max_unclear && !unknown;
     let mode = state.mode;
-    let verdict = verdict(mode, safe, since, now, &ports, &status);
+    let verdict = verdict(mode, safe, since, now, &ports, &status, query.max_unclear);
     Ok(Report {
         product: status.product.clone(),
         mode,
@@ -358,6 +427,11 @@ pub fn build(query: &Query, now: u64) -> anyhow::Result<Report> {
         would_deny: status.would_deny,
         denied: status.denied,
         events_rate_limited: status.events.rate_limited,
+        breakage,
+        exposure_closed,
+        unclear,
+        max_unclear: query.max_unclear,
+        findings,
         safe,
         verdict,
         notes,
@@ -374,45 +448,6 @@ pub fn ago(now: u64, then: u64) -> String {
     }
 }
 
-fn port_label(f: &PortFinding) -> String {
-    let n = f.packets.map_or_else(
-        || format!("{} event{}", f.events, if f.events == 1 { "" } else { "s" }),
-        |p| format!("{p} packet{}", if p == 1 { "" } else { "s" }),
-    );
-    format!("{} {}/{} ({n})", f.direction, f.protocol, f.port)
-}
-
-fn verdict(
-    mode: Mode,
-    safe: bool,
-    since: u64,
-    now: u64,
-    ports: &[PortFinding],
-    status: &status::Status,
-) -> String {
-    let when = format!("{} ({})", rfc3339(since), ago(now, since));
-    let mut list: Vec<String> = ports.iter().take(10).map(port_label).collect();
-    if ports.len() > 10 {
-        list.push(format!("and {} more", ports.len() - 10));
-    }
-    if list.is_empty() {
-        // Counted, but the denied-port table lost the entries (LRU).
-        list.push(format!(
-            "{} packets",
-            status.would_deny.packets + status.denied.packets
-        ));
-    }
-    match (mode, safe) {
-        (Mode::Audit, true) => format!("safe to enforce: no would-deny since {when}"),
-        (Mode::Audit, false) => format!(
-            "not safe to enforce: enforcing would break {}",
-            list.join(", ")
-        ),
-        (Mode::Enforce, true) => format!("enforcing: nothing denied since {when}"),
-        (Mode::Enforce, false) => format!("enforcing: denied since {when}: {}", list.join(", ")),
-    }
-}
-
 /// Zeroes the pinned counters and empties the deny aggregate (recording the reset time,
 /// which a running agent notices on its next flush and follows).
 ///
@@ -420,6 +455,7 @@ fn verdict(
 /// instant of the reset may be lost or kept. That is the nature of a reset.
 pub fn reset(paths: &PathArgs) -> anyhow::Result<()> {
     crate::datapath::counters::reset(paths)?;
+    crate::datapath::evidence::EvidenceMap::open(paths)?.clear();
     let now = aggregate::unix_now();
     DenyFile::empty(now, now).write(&aggregate::denies_file(paths))
 }
@@ -427,51 +463,6 @@ pub fn reset(paths: &PathArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn finding(port: u16, packets: Option<u64>, events: u64) -> PortFinding {
-        PortFinding {
-            direction: Direction::Out,
-            protocol: IpProtocol(6),
-            port,
-            packets,
-            bytes: None,
-            events,
-            denies: 0,
-            would_denies: events,
-            first_seen: None,
-            last_seen: None,
-            reasons: BTreeMap::new(),
-            peers: vec![],
-            processes: vec![],
-            covered_by: None,
-        }
-    }
-
-    #[test]
-    fn verdict_lines() {
-        let status = empty_status();
-        let safe = verdict(Mode::Audit, true, 0, 60, &[], &status);
-        assert_eq!(
-            safe,
-            "safe to enforce: no would-deny since 1970-01-01T00:00:00Z (60s ago)"
-        );
-        let ports = [finding(8081, Some(3), 3), finding(5353, None, 1)];
-        let unsafe_ = verdict(Mode::Audit, false, 0, 60, &ports, &status);
-        assert_eq!(
-            unsafe_,
-            "not safe to enforce: enforcing would break out tcp/8081 (3 packets), out tcp/5353 (1 event)"
-        );
-        assert!(
-            verdict(Mode::Enforce, false, 0, 60, &ports, &status)
-                .starts_with("enforcing: denied since")
-        );
-    }
-
-    fn empty_status() -> status::Status {
-        let mut s = crate::observe::table::tests::status(0);
-        s.rules.clear();
-        s
-    }
 
     #[test]
     fn features_and_config_rules_cover_denied_ports() {

@@ -2,8 +2,8 @@
 //!
 //! Everything both sides must agree on lives here and only here: map names and sizes
 //! ([`maps`]), the byte layout of every key and value ([`policy`], [`names`], [`flow`],
-//! [`stats`], [`event`], [`config`]), the DNS answer parser the datapath learns names
-//! with ([`dns`]) and the verdict a new flow gets ([`policy::decide`]). The kernel
+//! [`stats`], [`event`], [`evidence`], [`config`]), the DNS answer parser the datapath
+//! learns names with ([`dns`]) and the verdict a new flow gets ([`policy::decide`]). The kernel
 //! programs call `decide` with lookups in the real maps; the agent's `explain` calls the
 //! same function with lookups in its userspace image of those maps, so the two cannot
 //! drift apart.
@@ -17,6 +17,7 @@
 pub mod config;
 pub mod dns;
 pub mod event;
+pub mod evidence;
 pub mod flow;
 pub mod maps;
 pub mod names;
@@ -39,6 +40,7 @@ macro_rules! pod {
 pod!(
     config::Config,
     event::DenyEvent,
+    evidence::FlowEvidence,
     flow::FlowKey,
     flow::FragKey,
     flow::FlowValue,

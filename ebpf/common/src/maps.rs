@@ -32,6 +32,12 @@ pub const FLOWS_MAX: u32 = 64 * 1024;
 pub const FRAGS: &str = "PC_FRAGS";
 /// Capacity of [`FRAGS`] (fragmented datagrams in flight).
 pub const FRAGS_MAX: u32 = 8 * 1024;
+/// Evidence per would-denied flow (audit mode): `FlowKey` -> `evidence::FlowEvidence`.
+/// `LruPerCpuHashMap`: bounded, the least recently denied flows fall out; the agent
+/// deletes the flows it has folded once they are closed or idle.
+pub const AUDIT_FLOWS: &str = "PC_AUDIT_FLOWS";
+/// Capacity of [`AUDIT_FLOWS`] (flows, per CPU).
+pub const AUDIT_FLOWS_MAX: u32 = 16 * 1024;
 /// Verdict recorded on each socket that called connect(). `SkStorage<SockState>`.
 pub const SOCKETS: &str = "PC_SOCKETS";
 /// The single runtime configuration entry. `Array<Config>` of length 1.
@@ -62,7 +68,7 @@ pub const LEARNED: &str = "PC_LEARNED";
 pub const LEARNED_MAX: u32 = 64 * 1024;
 
 /// Every map the object defines, for pinning and for the adoption check.
-pub const ALL: [&str; 12] = [
+pub const ALL: [&str; 13] = [
     PORTS,
     PEERS,
     RULE_COUNTERS,
@@ -75,6 +81,7 @@ pub const ALL: [&str; 12] = [
     CONFIG,
     EVENTS,
     EVENT_RATE,
+    AUDIT_FLOWS,
 ];
 
 /// Program names (the Rust function names in the eBPF crate).
