@@ -8,8 +8,9 @@ use crate::{
     model::{Mode, Protocol},
     observe::{
         aggregate::{Seen, unix_now},
-        readiness::Class,
-        report::{self, Cover, PortFinding, Query, Report, ago},
+        ago,
+        readiness::{Class, Cover, PortFinding},
+        report::{self, Query, Report},
         rfc3339,
     },
 };

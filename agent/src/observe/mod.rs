@@ -37,6 +37,17 @@ pub fn rfc3339(unix: u64) -> String {
     )
 }
 
+/// How long ago `then` was, at `now` (Unix seconds), as people say it: "42s ago".
+pub fn ago(now: u64, then: u64) -> String {
+    let s = now.saturating_sub(then);
+    match s {
+        0..120 => format!("{s}s ago"),
+        120..7200 => format!("{}m ago", s / 60),
+        7200..172_800 => format!("{}h ago", s / 3600),
+        _ => format!("{}d ago", s / 86_400),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,8 +29,8 @@ use portcullis_common::maps as names;
 use serde::Serialize;
 
 use super::{
-    aggregate::{self, DenyFile, Seen},
-    readiness::{self, Class, Evidence, port_name, verdict},
+    aggregate::{self, DenyFile},
+    readiness::{self, Class, Cover, Evidence, PortFinding, port_name, verdict},
     rfc3339,
     status::{self, Traffic},
 };
@@ -59,68 +59,6 @@ pub struct Query {
     pub paths: PathArgs,
     /// Unclear ports tolerated by "safe to enforce".
     pub max_unclear: u64,
-}
-
-/// What would open a denied port.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
-pub enum Cover {
-    /// A rule of the site config (or a profile rule the config turns on) opens it: the
-    /// config differs from the running policy, or the deny is older than the change.
-    ConfigRule {
-        /// Rule id.
-        rule: String,
-        /// The config file.
-        config: String,
-    },
-    /// A rule of an optional feature of the profile opens it.
-    Feature {
-        /// The feature to turn on.
-        feature: String,
-        /// The rule it turns on.
-        rule: String,
-    },
-}
-
-/// One denied (direction, protocol, port).
-#[derive(Clone, Debug, Serialize)]
-pub struct PortFinding {
-    /// in | out.
-    pub direction: Direction,
-    /// tcp | udp | icmp | icmpv6 | a protocol number.
-    pub protocol: IpProtocol,
-    /// Local port (in), remote port (out).
-    pub port: u16,
-    /// Packets in the kernel's table (null when the window is narrower than its count).
-    pub packets: Option<u64>,
-    /// Bytes in the kernel's table (likewise).
-    pub bytes: Option<u64>,
-    /// Deny events logged in the window (deny + would-deny).
-    pub events: u64,
-    /// Of which denies (enforce mode).
-    pub denies: u64,
-    /// Of which would-denies (audit mode).
-    pub would_denies: u64,
-    /// Unix time of the first logged event (null: no event logged).
-    pub first_seen: Option<u64>,
-    /// Unix time of the last logged event.
-    pub last_seen: Option<u64>,
-    /// Events by reason.
-    pub reasons: BTreeMap<String, u64>,
-    /// Top remote peers.
-    pub peers: Vec<Seen>,
-    /// Top processes (known for connect() only).
-    pub processes: Vec<Seen>,
-    /// What would open it, where something would.
-    pub covered_by: Option<Cover>,
-    /// breakage | exposure-closed | unclear.
-    pub class: Class,
-    /// Why, in words.
-    pub class_reason: String,
-    /// The flow evidence (null: none, e.g. not TCP/UDP).
-    pub evidence: Option<Evidence>,
-    /// A listener reachable from outside on this port (inbound), e.g. `0.0.0.0:3306`.
-    pub listener: Option<String>,
 }
 
 /// A rule with no traffic in the window.
@@ -436,16 +374,6 @@ pub fn build(query: &Query, now: u64) -> anyhow::Result<Report> {
         verdict,
         notes,
     })
-}
-
-pub fn ago(now: u64, then: u64) -> String {
-    let s = now.saturating_sub(then);
-    match s {
-        0..120 => format!("{s}s ago"),
-        120..7200 => format!("{}m ago", s / 60),
-        7200..172_800 => format!("{}h ago", s / 3600),
-        _ => format!("{}d ago", s / 86_400),
-    }
 }
 
 /// Zeroes the pinned counters and empties the deny aggregate (recording the reset time,

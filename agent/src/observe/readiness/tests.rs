@@ -1,0 +1,163 @@
+//! Unit tests of `readiness`.
+use super::*;
+use std::collections::BTreeMap;
+
+const TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000:0CEA 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0
+   1: 0100007F:2BCB 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2 1 0 100 0 0 10 0
+   2: 0112A8C6:0019 0212A8C6:9C40 01 00000000:00000000 00:00000000 00000000     0        0 3 1 0 100 0 0 10 0
+";
+const TCP6: &str =
+    "  sl  local_address                         remote_address                        st
+   0: 00000000000000000000000001000000:0050 00000000000000000000000000000000:0000 0A 0
+";
+
+#[test]
+fn proc_net_listeners() {
+    let v4 = parse_proc_net(TCP, TCP_LISTEN);
+    assert_eq!(
+        v4,
+        vec![
+            ("0.0.0.0".parse().unwrap(), 3306),
+            ("127.0.0.1".parse().unwrap(), 11211)
+        ]
+    );
+    assert_eq!(
+        parse_proc_net(TCP6, TCP_LISTEN),
+        vec![("::1".parse().unwrap(), 80)]
+    );
+    let ls: Vec<Listener> = v4
+        .into_iter()
+        .map(|(addr, port)| Listener {
+            protocol: Protocol::Tcp,
+            addr,
+            port,
+        })
+        .collect();
+    let (bound, text) = exposure_finding(IpProtocol(6), 3306, &ls).unwrap();
+    assert_eq!(bound, "0.0.0.0:3306");
+    assert!(text.starts_with("3306 is reachable from outside"), "{text}");
+    assert_eq!(
+        exposure_finding(IpProtocol(6), 11211, &ls),
+        None,
+        "loopback only"
+    );
+    assert_eq!(
+        exposure_finding(IpProtocol(17), 3306, &ls),
+        None,
+        "other protocol"
+    );
+}
+
+#[test]
+fn classes() {
+    let scans = ScanTracker::default();
+    assert_eq!(classify(Direction::Out, None, &scans).0, Class::Breakage);
+    assert_eq!(classify(Direction::In, None, &scans).0, Class::Unclear);
+    let peer = |flows, both, from_peer| PeerEvidence {
+        flows,
+        handshakes: flows,
+        flows_with_peer_payload: from_peer,
+        flows_with_payload_both_ways: both,
+        payload_bytes_in: from_peer * 10,
+        payload_bytes_out: both * 10,
+    };
+    let port = |p: PeerEvidence, addr: &str| PortEvidence {
+        total: p,
+        peers: [(addr.to_owned(), p)].into(),
+        ..PortEvidence::default()
+    };
+    let probe = port(peer(3, 0, 0), "192.0.2.1");
+    assert_eq!(
+        classify(Direction::In, Some(&probe), &scans).0,
+        Class::ExposureClosed
+    );
+    let talk = port(peer(1, 1, 1), "192.0.2.1");
+    assert_eq!(
+        classify(Direction::In, Some(&talk), &scans).0,
+        Class::Breakage
+    );
+    let one_way = port(peer(1, 0, 1), "192.0.2.1");
+    assert_eq!(
+        classify(Direction::In, Some(&one_way), &scans).0,
+        Class::Unclear
+    );
+    // The same exchange from a scanner is exposure.
+    let mut scanner = ScanTracker::default();
+    for p in 0..SCAN_PORTS as u16 {
+        scanner.touch("192.0.2.1", p);
+    }
+    let (class, why) = classify(Direction::In, Some(&talk), &scanner);
+    assert_eq!(class, Class::ExposureClosed, "{why}");
+}
+
+fn finding(port: u16, packets: Option<u64>, events: u64) -> PortFinding {
+    PortFinding {
+        direction: Direction::Out,
+        protocol: IpProtocol(6),
+        port,
+        packets,
+        bytes: None,
+        events,
+        denies: 0,
+        would_denies: events,
+        first_seen: None,
+        last_seen: None,
+        reasons: BTreeMap::new(),
+        peers: vec![],
+        processes: vec![],
+        covered_by: None,
+        class: Class::Breakage,
+        class_reason: String::new(),
+        evidence: None,
+        listener: None,
+    }
+}
+
+#[test]
+fn verdict_lines() {
+    let status = empty_status();
+    let safe = verdict(Mode::Audit, true, 0, 60, &[], &status, 0);
+    assert_eq!(
+        safe,
+        "safe to enforce: no would-deny since 1970-01-01T00:00:00Z (60s ago)"
+    );
+    let ports = [finding(8081, Some(3), 3), finding(5353, None, 1)];
+    let unsafe_ = verdict(Mode::Audit, false, 0, 60, &ports, &status, 0);
+    assert_eq!(
+        unsafe_,
+        "not safe to enforce: enforcing would break out tcp/8081 (3 packets), out tcp/5353 (1 event)"
+    );
+    let mut scanned = finding(3306, Some(2), 2);
+    scanned.direction = Direction::In;
+    scanned.class = Class::ExposureClosed;
+    assert_eq!(
+        verdict(
+            Mode::Audit,
+            true,
+            0,
+            60,
+            std::slice::from_ref(&scanned),
+            &status,
+            0
+        ),
+        "safe to enforce: nothing would break since 1970-01-01T00:00:00Z (60s ago); enforcing closes in tcp/3306 (2 packets)"
+    );
+    let mut unclear = scanned.clone();
+    unclear.class = Class::Unclear;
+    unclear.port = 5353;
+    assert_eq!(
+        verdict(Mode::Audit, false, 0, 60, &[scanned, unclear], &status, 0),
+        "not safe to enforce: 1 unclear (--max-unclear 0): in tcp/5353 (2 packets)"
+    );
+    assert!(
+        verdict(Mode::Enforce, false, 0, 60, &ports, &status, 0)
+            .starts_with("enforcing: denied since")
+    );
+}
+
+fn empty_status() -> status::Status {
+    let mut s = crate::observe::table::tests::status(0);
+    s.rules.clear();
+    s
+}
