@@ -16,6 +16,7 @@
 //! - `install`, `dist`: install the binary, unit, config, docs, man pages and
 //!   completions; or package the same as a .deb (cargo-deb), checked with lintian.
 
+mod ansible;
 mod bench;
 mod fuzz;
 mod install;

@@ -24,6 +24,7 @@ const PACKAGES: &[(&str, &str)] = &[
         "tests: a real DNS server (binary only, no service)",
     ),
     ("python3", "tests: small servers"),
+    ("python3-venv", "tests: the ansible-core venv (fleet tests)"),
     ("prometheus", "tests: promtool check metrics"),
     ("bpftool", "tests: what is attached to a cgroup"),
     (
@@ -65,6 +66,7 @@ const ROOTFS_PACKAGES: &[&str] = &[
     "iproute2",
     "python3",
     "bpftool",
+    "python3-apt", // the apt module of the Ansible role (tests/fleet.rs)
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -81,6 +83,7 @@ pub fn all() -> anyhow::Result<()> {
     packages()?;
     toolchains()?;
     cargo_deb()?;
+    crate::ansible::venv(&crate::workspace_root())?;
     rootfs(&crate::workspace_root())
 }
 
