@@ -221,7 +221,11 @@ fn role_installs_and_enforces_is_idempotent_and_a_bad_config_keeps_the_policy() 
     // is safe (nothing was denied in its audit window), so the gate lets enforce through.
     let vars = site_vars(&g.deb, "enforce");
     let first = g.play_ok(&vars);
-    assert!(first.changed > 0, "the first run changed nothing:\n{}", first.output);
+    assert!(
+        first.changed > 0,
+        "the first run changed nothing:\n{}",
+        first.output
+    );
     assert!(
         !first.output.contains("forced by portcullis_force_enforce"),
         "the first run was forced:\n{}",
@@ -243,7 +247,10 @@ fn role_installs_and_enforces_is_idempotent_and_a_bad_config_keeps_the_policy() 
         "ports = [\"2525-2526\", 2600]",
         "why = \"mail from the \\\"relays\\\"\"",
     ] {
-        assert!(config.contains(line), "no `{line}` in the config:\n{config}");
+        assert!(
+            config.contains(line),
+            "no `{line}` in the config:\n{config}"
+        );
     }
 
     // Real traffic from the protected unit: the site rule's port connects, a port no
@@ -273,13 +280,21 @@ fn role_installs_and_enforces_is_idempotent_and_a_bad_config_keeps_the_policy() 
         "the second run changed something:\n{}",
         second.output
     );
-    assert_eq!(g.status()["policy_version"], version, "the second run reloaded");
+    assert_eq!(
+        g.status()["policy_version"],
+        version,
+        "the second run reloaded"
+    );
 
     // Bad variables, caught by the role's argument spec: nothing runs.
     let mut bad = vars.clone();
     bad["portcullis_mode"] = json!("enforcing");
     let spec = g.play(&bad);
-    assert!(!spec.ok && spec.failed > 0, "mode \"enforcing\" was accepted:\n{}", spec.output);
+    assert!(
+        !spec.ok && spec.failed > 0,
+        "mode \"enforcing\" was accepted:\n{}",
+        spec.output
+    );
     assert!(
         spec.output.contains("portcullis_mode"),
         "the failure does not name the variable:\n{}",
@@ -290,8 +305,16 @@ fn role_installs_and_enforces_is_idempotent_and_a_bad_config_keeps_the_policy() 
     // that is not a network. `portcullis check` refuses the file, the play fails, and
     // the host keeps its config and its running policy.
     for (key, value, needle) in [
-        ("portcullis_features", json!(["pop3", "no-such-feature"]), "no-such-feature"),
-        ("portcullis_peers", json!({ "mail-relays": ["198.51.100.0/33"] }), "198.51.100.0/33"),
+        (
+            "portcullis_features",
+            json!(["pop3", "no-such-feature"]),
+            "no-such-feature",
+        ),
+        (
+            "portcullis_peers",
+            json!({ "mail-relays": ["198.51.100.0/33"] }),
+            "198.51.100.0/33",
+        ),
     ] {
         let mut bad = vars.clone();
         bad[key] = value;
@@ -309,11 +332,22 @@ fn role_installs_and_enforces_is_idempotent_and_a_bad_config_keeps_the_policy() 
         );
         assert_eq!(g.config(), config, "the config file changed after {key}");
         let s = g.status();
-        assert_eq!(s["policy_version"], version, "the policy changed after {key}: {s:#}");
+        assert_eq!(
+            s["policy_version"], version,
+            "the policy changed after {key}: {s:#}"
+        );
         assert_eq!(s["mode"], "enforce", "{s:#}");
-        assert_eq!(connect_once(&g.c, 8081), "EPERM", "still enforced after {key}");
+        assert_eq!(
+            connect_once(&g.c, 8081),
+            "EPERM",
+            "still enforced after {key}"
+        );
     }
-    assert_eq!(connect_once(&g.c, 8080), "ok", "still allowed after the bad runs");
+    assert_eq!(
+        connect_once(&g.c, 8080),
+        "ok",
+        "still allowed after the bad runs"
+    );
 
     figures(
         "fleet_role",
@@ -344,7 +378,11 @@ fn enforce_gate_refuses_while_not_safe_switches_once_safe_and_says_when_forced()
     // Asked to enforce: refused. The host stays in audit, the config says audit, and
     // the play fails naming the report's verdict and the way out.
     let refused = g.play(&enforce);
-    assert!(!refused.ok && refused.failed > 0, "not refused:\n{}", refused.output);
+    assert!(
+        !refused.ok && refused.failed > 0,
+        "not refused:\n{}",
+        refused.output
+    );
     assert!(
         refused.output.contains("not switching to enforce")
             && refused.output.contains("not safe to enforce")
@@ -354,13 +392,21 @@ fn enforce_gate_refuses_while_not_safe_switches_once_safe_and_says_when_forced()
     );
     assert_eq!(g.status()["mode"], "audit");
     assert!(g.config().contains("mode = \"audit\""), "{}", g.config());
-    assert_eq!(connect_once(&g.c, 8081), "ok", "still auditing after the refusal");
+    assert_eq!(
+        connect_once(&g.c, 8081),
+        "ok",
+        "still auditing after the refusal"
+    );
 
     // The same, with refusals as warnings: the play passes, the host stays in audit.
     let mut warn = enforce.clone();
     warn["portcullis_enforce_refused"] = json!("warn");
     let warned = g.play_ok(&warn);
-    assert!(warned.output.contains("not switching to enforce"), "{}", warned.output);
+    assert!(
+        warned.output.contains("not switching to enforce"),
+        "{}",
+        warned.output
+    );
     assert_eq!(g.status()["mode"], "audit");
 
     // The operator fixed the cause and started a new window: now it is safe, and the
@@ -370,12 +416,18 @@ fn enforce_gate_refuses_while_not_safe_switches_once_safe_and_says_when_forced()
     let switched = g.play_ok(&enforce);
     assert!(switched.changed > 0, "{}", switched.output);
     assert!(
-        !switched.output.contains("forced by portcullis_force_enforce"),
+        !switched
+            .output
+            .contains("forced by portcullis_force_enforce"),
         "{}",
         switched.output
     );
     assert_eq!(g.status()["mode"], "enforce");
-    assert_eq!(connect_once(&g.c, 8081), "EPERM", "enforcing after the switch");
+    assert_eq!(
+        connect_once(&g.c, 8081),
+        "EPERM",
+        "enforcing after the switch"
+    );
     assert_eq!(connect_once(&g.c, 8080), "ok");
 
     // Back to audit (never gated), a would-deny again, and a forced switch: it happens,
@@ -397,7 +449,11 @@ fn enforce_gate_refuses_while_not_safe_switches_once_safe_and_says_when_forced()
         forced.output
     );
     assert_eq!(g.status()["mode"], "enforce");
-    assert_eq!(connect_once(&g.c, 8081), "EPERM", "enforcing after the forced switch");
+    assert_eq!(
+        connect_once(&g.c, 8081),
+        "EPERM",
+        "enforcing after the forced switch"
+    );
 
     figures(
         "fleet_gate",
@@ -472,7 +528,10 @@ fn prometheus_rules_check_and_their_unit_tests_pass() {
     }
     figures(
         "fleet_prometheus",
-        &[("rules_checked", "yes".into()), ("rule_tests", "pass".into())],
+        &[
+            ("rules_checked", "yes".into()),
+            ("rule_tests", "pass".into()),
+        ],
     );
 }
 
@@ -480,7 +539,13 @@ fn prometheus_rules_check_and_their_unit_tests_pass() {
 fn ansible_lint_is_clean_on_the_role() {
     let venv = venv();
     let out = Command::new(venv.join("bin/ansible-lint"))
-        .args(["--offline", "--nocolor", "--strict", "--profile", "production"])
+        .args([
+            "--offline",
+            "--nocolor",
+            "--strict",
+            "--profile",
+            "production",
+        ])
         .current_dir(workspace_root().join("agent/packaging/ansible"))
         .env(
             "PATH",
