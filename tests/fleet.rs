@@ -20,7 +20,7 @@ use portcullis_tests::{
     denies, figures,
     nspawn::{Container, deb},
     rule_packets, sh, stderr, stdout,
-    workload::{SLICE, connect_once, listeners},
+    workload::{SLICE, listeners},
 };
 use serde_json::{Value, json};
 
@@ -199,6 +199,17 @@ fn site_vars(deb: &str, mode: &str) -> Value {
         ],
         "portcullis_metrics_listen": "127.0.0.1:9975"
     })
+}
+
+/// One connect() to 127.0.0.1:`port` from a transient unit in the protected [`SLICE`]:
+/// net.py's verdict (`ok`, `EPERM`, ...). [`listeners`] put net.py in /root.
+fn connect_once(c: &Container, port: u16) -> String {
+    c.must(&format!(
+        "systemd-run --quiet --wait --pipe --unit=fleet-client --slice={SLICE} \
+         python3 /root/net.py connect 127.0.0.1 {port}"
+    ))
+    .trim()
+    .to_owned()
 }
 
 /// The metrics the agent serves inside the container (its metrics endpoint).
