@@ -179,7 +179,8 @@ impl Gateway {
 
 /// The role's variables for the protected workload: xeams plus site rules, enforcing on
 /// the workload's slice, loopback enforced (the workload talks over the container's
-/// loopback). The peer group and the quoted `why` exercise the template's quoting.
+/// loopback). The peer group (networks and a host name, plain strings) and the quoted
+/// `why` exercise the template's quoting.
 fn site_vars(deb: &str, mode: &str) -> Value {
     json!({
         "portcullis_deb": deb,
@@ -190,7 +191,9 @@ fn site_vars(deb: &str, mode: &str) -> Value {
         "portcullis_failsafe": false,
         "portcullis_loopback": "enforce",
         "portcullis_events_per_sec": 1000,
-        "portcullis_peers": { "mail-relays": ["198.51.100.0/24", "2001:db8::/64"] },
+        "portcullis_peers": {
+            "mail-relays": ["198.51.100.0/24", "2001:db8::/64", "relay.example.net"]
+        },
         "portcullis_rules": [
             { "id": "web-out", "direction": "out", "protocol": "tcp", "ports": 8080,
               "why": "the lab's web service" },
@@ -254,7 +257,7 @@ fn role_installs_and_enforces_is_idempotent_and_a_bad_config_keeps_the_policy() 
     for line in [
         "mode = \"enforce\"",
         "features = [\"pop3\"]",
-        "\"mail-relays\" = [\"198.51.100.0/24\", \"2001:db8::/64\"]",
+        "\"mail-relays\" = [\"198.51.100.0/24\", \"2001:db8::/64\", \"relay.example.net\"]",
         "ports = [\"2525-2526\", 2600]",
         "why = \"mail from the \\\"relays\\\"\"",
     ] {
