@@ -421,3 +421,120 @@ fn ipv4_mapped_sources_are_spoofed_not_loopback() {
         "the policy still applies"
     );
 }
+
+/// Reads a lab file, empty when it does not exist yet.
+fn lab_file(lab: &Lab, name: &str) -> String {
+    std::fs::read_to_string(lab.dir.join(name)).unwrap_or_default()
+}
+
+/// Polls (up to 10 s) until `ready`; panics with `what` otherwise.
+fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ready() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Issue 13, gap 7 (revocation), cgroup layer: a reload that removes a TCP rule and
+/// narrows a UDP rule stops the flows they allowed at their next packet. A client holds
+/// one connection of each; after the reload its next TCP segment and datagram are
+/// denied under reason `revoked` (counted, in the deny log, in the metrics), the server
+/// receives nothing more, and the flows the new policy still allows work.
+#[test]
+fn reload_revokes_established_tcp_and_udp_flows_at_the_cgroup_layer() {
+    let mut lab = Lab::new("revoke");
+    lab.web_listeners_on_b();
+    lab.spawn_b(&format!(
+        "exec {} listen 7000 --log {}/b-7000",
+        net_py(),
+        lab.dir.display()
+    ));
+    lab.spawn_b(&format!(
+        "exec {} listen 7001 --udp --log {}/b-7001",
+        net_py(),
+        lab.dir.display()
+    ));
+    lab.wait_tcp(&lab.ns_b.clone(), &lab.b4.clone(), 7000);
+    let before = web_out()
+        + &rule("app-tcp", "out", "tcp", 7000, "")
+        + &rule("app-udp", "out", "udp", 7001, "");
+    let cfg = lab.config(&before, "mode = \"enforce\"");
+    let metrics = "127.0.0.1:39975";
+    let mut agent = lab.agent(&cfg, &["--metrics-listen", metrics]);
+    let (go, out) = (lab.dir.join("go"), lab.dir.join("hold.json"));
+    lab.spawn_a(&format!(
+        "exec {} hold {} 7000 7001 {} {}",
+        net_py(),
+        lab.b4,
+        go.display(),
+        out.display()
+    ));
+    wait_for("the held flows' first bytes", || {
+        lab_file(&lab, "b-7000").contains('1') && lab_file(&lab, "b-7001").contains('1')
+    });
+    let s0 = agent.status();
+    assert!(rule_packets(&s0, "app-tcp") > 0 && rule_packets(&s0, "app-udp") > 0);
+    // The TCP rule goes; the UDP rule is narrowed to another port.
+    lab.config(
+        &(web_out() + &rule("app-udp", "out", "udp", 7002, "")),
+        "mode = \"enforce\"",
+    );
+    agent.reload().expect("reload");
+    std::fs::write(&go, "").unwrap();
+    let read = || serde_json::from_str::<serde_json::Value>(&lab_file(&lab, "hold.json")).ok();
+    wait_for("the held flows' second sends", || read().is_some());
+    let res = read().expect("hold.json");
+    assert_eq!(
+        res["udp2"], "EPERM",
+        "the revoked datagram is refused: {res}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !lab_file(&lab, "b-7000").contains('2'),
+        "the revoked TCP flow still delivers"
+    );
+    assert!(
+        !lab_file(&lab, "b-7001").contains('2'),
+        "the revoked UDP flow still delivers"
+    );
+    let s = agent.status();
+    let revoked = denies(&s, "out", "revoked", false).0;
+    assert!(revoked >= 2, "both flows counted as revoked: {s:#}");
+    assert_eq!(
+        denies(&s, "out", "no-rule", false).0,
+        denies(&s0, "out", "no-rule", false).0,
+        "a revoked flow is not a no-rule deny: {s:#}"
+    );
+    // What the new policy allows still works; what it does not is denied.
+    assert_eq!(connect(&lab, &format!("{} 8080", lab.b4)), "ok");
+    assert_eq!(connect(&lab, &format!("{} 8081", lab.b4)), "EPERM");
+    let metrics_text = stdout(&portcullis_tests::sh(&format!(
+        "curl -s http://{metrics}/metrics"
+    )));
+    assert!(
+        metrics_text.lines().any(|l| {
+            l.starts_with("portcullis_denied_packets_total{")
+                && l.contains("reason=\"revoked\"")
+                && l.contains("verdict=\"deny\"")
+        }),
+        "metrics count the revoked packets:\n{metrics_text}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let log = agent.stop();
+    for port in [7000, 7001] {
+        assert!(
+            log.lines().any(|l| l.contains("reason=revoked")
+                && l.contains(&format!("dport={port}"))
+                && l.contains("verdict=deny")),
+            "the deny log has the revoked flow to {port}:\n{log}"
+        );
+    }
+    portcullis_tests::figures(
+        "reload_revokes_cgroup",
+        &[
+            ("revoked_packets", revoked.to_string()),
+            ("judged_at", "the first packet after the reload".to_owned()),
+        ],
+    );
+}
