@@ -1670,3 +1670,108 @@ fn veth_generic_mode_filters_the_same() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Issue 13, gap 7 (revocation), XDP layer: the real agent in namespace A with XDP on its
+/// veth and a scope for A's servers. B holds a TCP connection and a UDP flow into A,
+/// opened under inbound rules; a reload removes the TCP rule and narrows the UDP one.
+/// B's next segment and datagram are dropped by XDP under reason `revoked` (counted in
+/// the XDP layer and in the deny log) and never reach A's servers; the flows the new
+/// policy allows still work.
+#[test]
+fn reload_revokes_inbound_tcp_and_udp_flows_at_xdp() {
+    use portcullis_tests::{Agent, AgentSpec, net_py, rule, web_out};
+    use std::time::{Duration, Instant};
+    let mut lab = Lab::new("xrevoke");
+    let dir = lab.dir.display().to_string();
+    lab.spawn_a(&format!("exec {} listen 7000 --log {dir}/a-7000", net_py()));
+    lab.spawn_a(&format!(
+        "exec {} listen 7001 --udp --log {dir}/a-7001",
+        net_py()
+    ));
+    lab.wait_tcp(&lab.ns_a.clone(), &lab.a4.clone(), 7000);
+    let before = web_out()
+        + &rule("app-tcp", "in", "tcp", 7000, "")
+        + &rule("app-udp", "in", "udp", 7001, "");
+    let cfg = lab.config(&before, "mode = \"enforce\"");
+    let mut agent = Agent::start(&AgentSpec {
+        config: &cfg,
+        pin_dir: std::path::PathBuf::from(format!("/sys/fs/bpf/portcullis-{}", lab.tag)),
+        state_dir: lab.dir.join("state"),
+        netns: Some(&lab.ns_a),
+        args: &["--xdp", &lab.veth_a()],
+        env: &[],
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let lab_dir = lab.dir.clone();
+    let file = |name: &str| std::fs::read_to_string(lab_dir.join(name)).unwrap_or_default();
+    let wait = |what: &str, ready: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !ready() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    lab.spawn_b(&format!(
+        "exec {} hold {} 7000 7001 {dir}/go {dir}/hold.json",
+        net_py(),
+        lab.a4
+    ));
+    wait("the held flows' first bytes", &|| {
+        file("a-7000").contains('1') && file("a-7001").contains('1')
+    });
+    let xdp_denies = |s: &serde_json::Value, reason: &str| -> u64 {
+        s["xdp"]["denies"]
+            .as_array()
+            .expect("xdp.denies")
+            .iter()
+            .filter(|d| d["reason"] == reason && d["audit"] == false && d["direction"] == "in")
+            .map(|d| d["packets"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let s0 = agent.status();
+    lab.config(
+        &(web_out() + &rule("app-udp", "in", "udp", 7002, "")),
+        "mode = \"enforce\"",
+    );
+    agent.reload().expect("reload");
+    std::fs::write(lab.dir.join("go"), "").unwrap();
+    wait("the held flows' second sends", &|| {
+        serde_json::from_str::<serde_json::Value>(&file("hold.json")).is_ok()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !file("a-7000").contains('2'),
+        "the revoked TCP flow still delivers"
+    );
+    assert!(
+        !file("a-7001").contains('2'),
+        "the revoked UDP flow still delivers"
+    );
+    let s = agent.status();
+    let revoked = xdp_denies(&s, "revoked") - xdp_denies(&s0, "revoked");
+    assert!(revoked >= 2, "XDP counted both flows as revoked: {s:#}");
+    // The new policy's closed port is denied as before, not as revoked.
+    let probe =
+        portcullis_tests::stdout(&lab.on_b(&format!("{} connect {} 7000", net_py(), lab.a4)));
+    assert_ne!(
+        probe.trim(),
+        "ok",
+        "a new connection to the removed rule's port"
+    );
+    let s2 = agent.status();
+    assert!(
+        xdp_denies(&s2, "no-rule") > xdp_denies(&s, "no-rule"),
+        "a new flow to the closed port is no-rule at XDP: {s2:#}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let log = agent.stop();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("reason=revoked") && l.contains("verdict=deny")),
+        "the deny log has the revoked flows:\n{log}"
+    );
+    portcullis_tests::figures(
+        "reload_revokes_xdp",
+        &[("revoked_packets", revoked.to_string())],
+    );
+}
