@@ -1775,3 +1775,70 @@ fn reload_revokes_inbound_tcp_and_udp_flows_at_xdp() {
         &[("revoked_packets", revoked.to_string())],
     );
 }
+
+/// Issue 13, bypass 1 at the XDP layer: with the real agent and XDP on A's veth, a
+/// connected UDP socket (allowed to B:5300) that sendto()s B:9999 is refused, and opens
+/// no reply path: B's echo from 5300 passes XDP (counted against the rule), a datagram
+/// from B:9999 to the same socket port is dropped by XDP and counted.
+#[test]
+fn connected_udp_sendto_elsewhere_opens_no_xdp_reply_path() {
+    use portcullis_tests::{Agent, AgentSpec, rule, stdout, web_out};
+    let mut lab = Lab::new("xflow");
+    lab.spawn_b("exec python3 -c 'import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind((\"0.0.0.0\",5300))\nwhile True:\n    d,a=s.recvfrom(9000)\n    s.sendto(d,a)'");
+    lab.wait_udp(&lab.ns_b.clone(), 5300);
+    let cfg = lab.config(
+        &(web_out() + &rule("dns-out", "out", "udp", 5300, "")),
+        "mode = \"enforce\"",
+    );
+    let agent = Agent::start(&AgentSpec {
+        config: &cfg,
+        pin_dir: std::path::PathBuf::from(format!("/sys/fs/bpf/portcullis-{}", lab.tag)),
+        state_dir: lab.dir.join("state"),
+        netns: Some(&lab.ns_a),
+        args: &["--xdp", &lab.veth_a()],
+        env: &[],
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let out = stdout(&lab.on_a(&format!(
+        "python3 -c 'import socket,errno\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.settimeout(2)\ns.connect((\"{b}\",5300))\ns.send(b\"q\")\necho=\"ok\" if s.recv(100)==b\"q\" else \"bad\"\ntry:\n    s.sendto(b\"x\",(\"{b}\",9999)); other=\"ok\"\nexcept OSError as e:\n    other=errno.errorcode[e.errno]\nprint(s.getsockname()[1], echo, other)'",
+        b = lab.b4
+    )));
+    let fields: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(fields.len(), 3, "client output: {out:?}");
+    let port: u16 = fields[0].parse().expect("the client's port");
+    assert_eq!(fields[1], "ok", "the allowed flow's reply passed XDP");
+    assert_eq!(fields[2], "EPERM", "sendto another destination is refused");
+    let xdp_in_denied = |s: &serde_json::Value| -> u64 {
+        s["xdp"]["denied_ports"]
+            .as_array()
+            .expect("xdp.denied_ports")
+            .iter()
+            .filter(|d| d["direction"] == "in" && d["protocol"] == "udp" && d["port"] == port)
+            .map(|d| d["packets"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let s0 = agent.status();
+    let xdp_rule = |s: &serde_json::Value| -> u64 {
+        s["xdp"]["rules"]
+            .as_array()
+            .expect("xdp.rules")
+            .iter()
+            .filter(|r| r["id"] == "dns-out")
+            .map(|r| r["packets"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    assert!(xdp_rule(&s0) >= 1, "XDP counted the reply against dns-out: {s0:#}");
+    // B answers "from" the destination the socket was refused: no reply path exists.
+    let sent = lab.on_b(&format!(
+        "python3 -c 'import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind((\"0.0.0.0\",9999))\ns.sendto(b\"z\",(\"{}\",{port}))'",
+        lab.a4
+    ));
+    assert!(sent.status.success());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let s = agent.status();
+    assert_eq!(
+        xdp_in_denied(&s) - xdp_in_denied(&s0),
+        1,
+        "XDP dropped the datagram from B:9999 and counted it: {s:#}"
+    );
+}
