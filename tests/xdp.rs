@@ -1692,7 +1692,7 @@ fn reload_revokes_inbound_tcp_and_udp_flows_at_xdp() {
     let before = web_out()
         + &rule("app-tcp", "in", "tcp", 7000, "")
         + &rule("app-udp", "in", "udp", 7001, "");
-    let cfg = lab.config(&before, "mode = \"enforce\"");
+    let cfg = lab.config(&before, "mode = \"enforce\"\nxdp_scope_only = true");
     let mut agent = Agent::start(&AgentSpec {
         config: &cfg,
         pin_dir: std::path::PathBuf::from(format!("/sys/fs/bpf/portcullis-{}", lab.tag)),
@@ -1731,7 +1731,7 @@ fn reload_revokes_inbound_tcp_and_udp_flows_at_xdp() {
     let s0 = agent.status();
     lab.config(
         &(web_out() + &rule("app-udp", "in", "udp", 7002, "")),
-        "mode = \"enforce\"",
+        "mode = \"enforce\"\nxdp_scope_only = true",
     );
     agent.reload().expect("reload");
     std::fs::write(lab.dir.join("go"), "").unwrap();
@@ -1788,7 +1788,7 @@ fn connected_udp_sendto_elsewhere_opens_no_xdp_reply_path() {
     lab.wait_udp(&lab.ns_b.clone(), 5300);
     let cfg = lab.config(
         &(web_out() + &rule("dns-out", "out", "udp", 5300, "")),
-        "mode = \"enforce\"",
+        "mode = \"enforce\"\nxdp_scope_only = true",
     );
     let agent = Agent::start(&AgentSpec {
         config: &cfg,
@@ -1827,7 +1827,10 @@ fn connected_udp_sendto_elsewhere_opens_no_xdp_reply_path() {
             .map(|r| r["packets"].as_u64().unwrap_or(0))
             .sum()
     };
-    assert!(xdp_rule(&s0) >= 1, "XDP counted the reply against dns-out: {s0:#}");
+    assert!(
+        xdp_rule(&s0) >= 1,
+        "XDP counted the reply against dns-out: {s0:#}"
+    );
     // B answers "from" the destination the socket was refused: no reply path exists.
     let sent = lab.on_b(&format!(
         "python3 -c 'import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind((\"0.0.0.0\",9999))\ns.sendto(b\"z\",(\"{}\",{port}))'",
