@@ -421,3 +421,291 @@ fn ipv4_mapped_sources_are_spoofed_not_loopback() {
         "the policy still applies"
     );
 }
+
+/// Reads a lab file, empty when it does not exist yet.
+fn lab_file(lab: &Lab, name: &str) -> String {
+    std::fs::read_to_string(lab.dir.join(name)).unwrap_or_default()
+}
+
+/// Polls (up to 10 s) until `ready`; panics with `what` otherwise.
+fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ready() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Issue 13, gap 7 (revocation), cgroup layer: a reload that removes a TCP rule and
+/// narrows a UDP rule stops the flows they allowed at their next packet. A client holds
+/// one connection of each; after the reload its next TCP segment and datagram are
+/// denied under reason `revoked` (counted, in the deny log, in the metrics), the server
+/// receives nothing more, and the flows the new policy still allows work.
+#[test]
+fn reload_revokes_established_tcp_and_udp_flows_at_the_cgroup_layer() {
+    let mut lab = Lab::new("revoke");
+    lab.web_listeners_on_b();
+    lab.spawn_b(&format!(
+        "exec {} listen 7000 --log {}/b-7000",
+        net_py(),
+        lab.dir.display()
+    ));
+    lab.spawn_b(&format!(
+        "exec {} listen 7001 --udp --log {}/b-7001",
+        net_py(),
+        lab.dir.display()
+    ));
+    lab.wait_tcp(&lab.ns_b.clone(), &lab.b4.clone(), 7000);
+    let before = web_out()
+        + &rule("app-tcp", "out", "tcp", 7000, "")
+        + &rule("app-udp", "out", "udp", 7001, "");
+    let cfg = lab.config(&before, "mode = \"enforce\"");
+    let metrics = "127.0.0.1:39975";
+    let mut agent = lab.agent(&cfg, &["--metrics-listen", metrics]);
+    let (go, out) = (lab.dir.join("go"), lab.dir.join("hold.json"));
+    lab.spawn_a(&format!(
+        "exec {} hold {} 7000 7001 {} {}",
+        net_py(),
+        lab.b4,
+        go.display(),
+        out.display()
+    ));
+    wait_for("the held flows' first bytes", || {
+        lab_file(&lab, "b-7000").contains('1') && lab_file(&lab, "b-7001").contains('1')
+    });
+    let s0 = agent.status();
+    assert!(rule_packets(&s0, "app-tcp") > 0 && rule_packets(&s0, "app-udp") > 0);
+    // The TCP rule goes; the UDP rule is narrowed to another port.
+    lab.config(
+        &(web_out() + &rule("app-udp", "out", "udp", 7002, "")),
+        "mode = \"enforce\"",
+    );
+    agent.reload().expect("reload");
+    std::fs::write(&go, "").unwrap();
+    let read = || serde_json::from_str::<serde_json::Value>(&lab_file(&lab, "hold.json")).ok();
+    wait_for("the held flows' second sends", || read().is_some());
+    let res = read().expect("hold.json");
+    assert_eq!(
+        res["udp2"], "EPERM",
+        "the revoked datagram is refused: {res}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !lab_file(&lab, "b-7000").contains('2'),
+        "the revoked TCP flow still delivers"
+    );
+    assert!(
+        !lab_file(&lab, "b-7001").contains('2'),
+        "the revoked UDP flow still delivers"
+    );
+    let s = agent.status();
+    let revoked = denies(&s, "out", "revoked", false).0;
+    assert!(revoked >= 2, "both flows counted as revoked: {s:#}");
+    assert_eq!(
+        denies(&s, "out", "no-rule", false).0,
+        denies(&s0, "out", "no-rule", false).0,
+        "a revoked flow is not a no-rule deny: {s:#}"
+    );
+    // What the new policy allows still works; what it does not is denied.
+    assert_eq!(connect(&lab, &format!("{} 8080", lab.b4)), "ok");
+    assert_eq!(connect(&lab, &format!("{} 8081", lab.b4)), "EPERM");
+    let metrics_text = stdout(&portcullis_tests::sh(&format!(
+        "curl -s http://{metrics}/metrics"
+    )));
+    assert!(
+        metrics_text.lines().any(|l| {
+            l.starts_with("portcullis_denied_packets_total{")
+                && l.contains("reason=\"revoked\"")
+                && l.contains("verdict=\"deny\"")
+        }),
+        "metrics count the revoked packets:\n{metrics_text}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let log = agent.stop();
+    for port in [7000, 7001] {
+        assert!(
+            log.lines().any(|l| l.contains("reason=revoked")
+                && l.contains(&format!("dport={port}"))
+                && l.contains("verdict=deny")),
+            "the deny log has the revoked flow to {port}:\n{log}"
+        );
+    }
+    portcullis_tests::figures(
+        "reload_revokes_cgroup",
+        &[
+            ("revoked_packets", revoked.to_string()),
+            ("judged_at", "the first packet after the reload".to_owned()),
+        ],
+    );
+}
+
+/// Issue 13, gap 3 (ICMP related-only), cgroup layer, real traffic: a raw ICMP listener
+/// in the enforced cgroup on A receives the port-unreachable B's kernel sends for a
+/// datagram A really sent, and the echo reply to A's own ping; it never receives an
+/// echo reply A did not ask for, nor an error quoting a flow A never had. Both are
+/// counted under `state`.
+#[test]
+fn icmp_errors_and_echo_replies_pass_only_for_flows_this_host_has() {
+    let mut lab = Lab::new("icmprel");
+    let cfg = lab.config(
+        &(web_out() + &rule("probe-out", "out", "udp", 7009, "")),
+        "mode = \"enforce\"",
+    );
+    let agent = lab.agent(&cfg, &[]);
+    let log = lab.dir.join("a-icmp");
+    lab.spawn_a(&format!(
+        "exec {} icmp-listen 4 {}",
+        net_py(),
+        log.display()
+    ));
+    wait_for("the ICMP listener", || log.exists());
+    let s0 = agent.status();
+    // An error quoting a flow A never had (A:5555 -> B:9999/udp): host unreachable.
+    lab.on_b(&format!(
+        "{} icmp-error {} 3 1 {} 5555 {} 9999 17",
+        net_py(),
+        lab.a4,
+        lab.a4,
+        lab.b4
+    ));
+    // An echo reply A never asked for (type 0, code 0).
+    lab.on_b(&format!(
+        "{} icmp-error {} 0 0 {} 5555 {} 9999 17",
+        net_py(),
+        lab.a4,
+        lab.a4,
+        lab.b4
+    ));
+    // A real flow: an allowed datagram to a port nobody listens on; B's kernel answers
+    // with port unreachable (type 3, code 3) quoting it.
+    let sent = stdout(&lab.on_a(&format!("{} udp-send {} 7009 1 8", net_py(), lab.b4)));
+    assert_eq!(
+        sent.trim(),
+        "sent=1 eperm=0",
+        "the allowed datagram goes out"
+    );
+    // And A's own ping gets its reply.
+    let ping = stdout(&lab.on_a(&format!("{} ping {} 4242", net_py(), lab.b4)));
+    assert_eq!(
+        ping.trim(),
+        "reply",
+        "the reply to A's own echo request passes"
+    );
+    wait_for("the port unreachable", || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("3 3"))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let seen = std::fs::read_to_string(&log).unwrap();
+    let count = |what: &str| seen.lines().filter(|l| *l == what).count();
+    assert_eq!(
+        count("3 3"),
+        1,
+        "the error quoting A's real flow passes: {seen:?}"
+    );
+    assert_eq!(
+        count("3 1"),
+        0,
+        "the error quoting an unknown flow is dropped: {seen:?}"
+    );
+    assert_eq!(
+        count("0 0"),
+        1,
+        "only the reply to A's own ping passes, not the unsolicited one: {seen:?}"
+    );
+    let s = agent.status();
+    assert!(
+        denies(&s, "in", "state", false).0 >= denies(&s0, "in", "state", false).0 + 2,
+        "the unknown error and the unsolicited reply are counted under state: {s:#}"
+    );
+    assert!(rule_packets(&s, "probe-out") >= 1, "{s:#}");
+}
+
+/// Issue 13, gap 6 (audit accounting): in audit mode, a blocked outbound UDP flow and a
+/// blocked TCP connection, both with replies, are one would-deny flow each, their
+/// replies are counted against them (direction out), and `report --json` lists exactly
+/// the two outbound ports and no inbound one (before, the replies showed up as inbound
+/// no-rule would-denies on ephemeral ports, and `report` suggested bogus inbound rules).
+#[test]
+fn audit_counts_replies_against_the_outbound_flow_and_report_suggests_only_it() {
+    let mut lab = Lab::new("auditacct");
+    http_servers(&mut lab);
+    lab.spawn_b("exec python3 -c 'import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind((\"0.0.0.0\",9001))\nwhile True:\n    d,a=s.recvfrom(9000)\n    s.sendto(d,a)'");
+    lab.wait_udp(&lab.ns_b.clone(), 9001);
+    let cfg = lab.config(&web_out(), "mode = \"audit\"");
+    let agent = lab.agent(&cfg, &[]);
+    let echo = stdout(&lab.on_a(&format!(
+        "python3 -c 'import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.settimeout(2)\nn=0\nfor i in range(5):\n    s.sendto(b\"x\"*10,(\"{}\",9001))\n    n+=len(s.recv(100))>0\nprint(n)'",
+        lab.b4
+    )));
+    assert_eq!(
+        echo.trim(),
+        "5",
+        "audit mode passes the flow and its replies"
+    );
+    let http = stdout(&lab.on_a(&format!(
+        "curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 http://{}:8081/",
+        lab.b4
+    )));
+    assert_eq!(
+        http, "200",
+        "audit mode passes the TCP flow and its replies"
+    );
+    // The allowed flow is counted as allowed, not as a would-deny.
+    let ok = stdout(&lab.on_a(&format!(
+        "curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 http://{}:8080/",
+        lab.b4
+    )));
+    assert_eq!(ok, "200");
+    std::thread::sleep(Duration::from_millis(2500));
+    let s = agent.status();
+    assert!(rule_packets(&s, "web-out") > 0, "{s:#}");
+    let (out_p, _) = denies(&s, "out", "no-rule", true);
+    assert!(
+        out_p >= 10 + 4,
+        "the UDP datagrams and echoes, and the TCP flow's packets, are would-denies of the outbound flows: {s:#}"
+    );
+    for reason in ["no-rule", "state", "peer"] {
+        assert_eq!(
+            denies(&s, "in", reason, true).0,
+            0,
+            "no reply is counted as an inbound {reason} would-deny: {s:#}"
+        );
+    }
+    assert_eq!(
+        denied_port(&s, "out", "udp", 9001),
+        10,
+        "datagrams and echoes: {s:#}"
+    );
+    assert_eq!(
+        denies(&s, "out", "no-rule", false),
+        (0, 0),
+        "audit drops nothing"
+    );
+    let out = agent.cli(&["report", "--json"]);
+    assert!(out.status.success(), "{}", portcullis_tests::stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report JSON");
+    let mut ports: Vec<(String, String, u64)> = report["ports"]
+        .as_array()
+        .expect("report.ports")
+        .iter()
+        .map(|p| {
+            (
+                p["direction"].as_str().unwrap_or("?").to_owned(),
+                p["protocol"].as_str().unwrap_or("?").to_owned(),
+                p["port"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    ports.sort();
+    assert_eq!(
+        ports,
+        vec![
+            ("out".to_owned(), "tcp".to_owned(), 8081),
+            ("out".to_owned(), "udp".to_owned(), 9001)
+        ],
+        "report suggests exactly the outbound ports: {report:#}"
+    );
+    for p in report["ports"].as_array().unwrap() {
+        assert_eq!(p["events"], 1, "one would-deny event per flow: {p:#}");
+    }
+}

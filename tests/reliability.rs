@@ -19,8 +19,8 @@ use std::{
 };
 
 use portcullis_tests::{
-    Lab, agent::Captured, bin, denies, figures, must, net_py, rule_packets, sh, stderr, stdout,
-    web_out,
+    Agent, Lab, agent::Captured, bin, denies, figures, must, net_py, object::LivePolicy, rule,
+    rule_packets, sh, stderr, stdout, web_out,
 };
 use serde_json::Value;
 
@@ -1180,4 +1180,167 @@ fn ssh_stays_reachable_unless_the_config_says_failsafe_false() {
             ("ssh_closed_only_when_false", "yes".into()),
         ],
     );
+}
+
+/// The lab's two policies for the generation tests: A and B differ in rules, peer groups
+/// and peer networks, so an entry of one left in the other's generation is visible.
+fn generation_configs(lab: &Lab) -> [(String, String); 2] {
+    let db = rule("db-out", "out", "tcp", 5432, "peers = \"dbs\"");
+    let relay = rule("relay-out", "out", "tcp", 25, "peers = \"relays\"");
+    [
+        (
+            web_out() + &db,
+            format!(
+                "mode = \"enforce\"\n[peers]\ndbs = [\"{}/32\", \"192.0.2.0/24\", \"2001:db8::/48\"]\n",
+                lab.b4
+            ),
+        ),
+        (
+            web_out() + &relay + &db,
+            "mode = \"enforce\"\n[peers]\ndbs = [\"198.51.100.0/24\"]\nrelays = [\"203.0.113.0/24\", \"2001:db8:25::/64\"]\n"
+                .to_owned(),
+        ),
+    ]
+}
+
+/// Asserts that the live generation of the agent's pinned maps (config, port table, peer
+/// trie) is exactly the image of the policy `status` reports (`portcullis debug image`).
+#[track_caller]
+fn assert_live_is_status_policy(agent: &Agent, when: &str) {
+    let status = agent.status();
+    let out = agent.cli(&["debug", "image"]);
+    assert!(
+        out.status.success(),
+        "{when}: debug image: {}",
+        stderr(&out)
+    );
+    let image: Value = serde_json::from_slice(&out.stdout).expect("debug image prints JSON");
+    assert_eq!(
+        (&image["policy_version"], &image["generation"]),
+        (&status["policy_version"], &status["generation"]),
+        "{when}: the image is not of the policy status reports"
+    );
+    let want = LivePolicy::from_image(&image, status["mode"] == "enforce");
+    let have = LivePolicy::read(&agent.pin_dir);
+    assert!(
+        have == want,
+        "{when}: the live maps differ from the image of the policy status reports (v{}):\nlive: gen {} {} ports, peers {:?}\nimage: gen {} {} ports, peers {:?}",
+        status["policy_version"],
+        have.generation,
+        have.ports.len(),
+        have.peers,
+        want.generation,
+        want.ports.len(),
+        want.peers
+    );
+}
+
+/// Issue 13: a reload killed at any of its steps (the agent's test-only fault points,
+/// `PORTCULLIS_FAULT_AT`) leaves nothing behind that the restarted agent does not
+/// repair. 200 kills, cycling through every step, alternating two policies whose peer
+/// entries differ; after each restart the live maps are exactly the image of the policy
+/// `status` reports. Before the idle generation was cleared before filling, a kill
+/// between the flip and the cleanup left the old policy's peer entries in the generation
+/// the restart then filled and made live.
+#[test]
+fn reload_killed_at_every_step_leaves_the_live_maps_equal_to_the_status_policy() {
+    const KILLS: usize = 200;
+    const STEPS: usize = 9;
+    let mut lab = Lab::new("faults");
+    lab.web_listeners_on_b();
+    let configs = generation_configs(&lab);
+    let cfg = lab.config(&configs[0].0, &configs[0].1);
+    let start = |kill: usize| {
+        let step = (1 + kill % STEPS).to_string();
+        lab.agent_env(
+            &cfg,
+            &["--on-exit", "keep"],
+            &[("PORTCULLIS_FAULT_AT", step.as_str())],
+        )
+    };
+    let mut agent = start(0);
+    assert_live_is_status_policy(&agent, "at the start");
+    let t0 = Instant::now();
+    for kill in 0..KILLS {
+        let (rules, site) = &configs[(kill + 1) % 2];
+        lab.config(rules, site);
+        agent.reload_killed();
+        agent = start(kill + 1);
+        let when = format!("after kill {kill} at step {}", 1 + kill % STEPS);
+        assert_live_is_status_policy(&agent, &when);
+        if kill % 100 == 99 {
+            let s0 = agent.status();
+            assert_enforced(&lab, &when);
+            let s1 = agent.status();
+            assert!(
+                rule_packets(&s1, "web-out") > rule_packets(&s0, "web-out")
+                    && denies(&s1, "out", "no-rule", false).0
+                        > denies(&s0, "out", "no-rule", false).0,
+                "{when}: the allowed and the denied connection are counted: {s1:#}"
+            );
+        }
+    }
+    let elapsed = t0.elapsed();
+    drop(agent);
+    figures(
+        "reload_killed_at_every_step",
+        &[
+            ("kills", KILLS.to_string()),
+            ("steps", STEPS.to_string()),
+            ("seconds", format!("{:.1}", elapsed.as_secs_f64())),
+        ],
+    );
+}
+
+/// Issue 13: `portcullis mode` and reloads are serialised (the install lock). 100
+/// reloads, each raced by a `mode` switch; after each, the live generation and mode are
+/// those `status` reports. Before, `mode` could write back the configuration it read
+/// before a reload's flip: the old generation live again under a state file that says
+/// otherwise.
+#[test]
+fn mode_racing_reloads_never_revives_an_old_generation() {
+    const RELOADS: usize = 100;
+    let mut lab = Lab::new("moderace");
+    lab.web_listeners_on_b();
+    let configs = generation_configs(&lab);
+    let cfg = lab.config(&configs[0].0, &configs[0].1);
+    let mut agent = lab.agent(&cfg, &[]);
+    for i in 0..RELOADS {
+        let (rules, site) = &configs[(i + 1) % 2];
+        lab.config(rules, site);
+        let mode = if i % 2 == 0 { "audit" } else { "enforce" };
+        let mut racer = Command::new(bin());
+        racer
+            .args(["mode", mode])
+            .envs(agent.env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let racer = racer.spawn().expect("portcullis mode");
+        agent.reload().expect("reload");
+        let out = racer.wait_with_output().expect("portcullis mode");
+        assert!(out.status.success(), "mode {mode}: {}", stderr(&out));
+        let status = agent.status();
+        let live = LivePolicy::read(&agent.pin_dir);
+        assert_eq!(
+            (u64::from(live.generation), live.enforce),
+            (
+                status["generation"].as_u64().expect("generation"),
+                status["mode"] == "enforce"
+            ),
+            "reload {i} raced by mode {mode}: the live generation and mode are not those status reports"
+        );
+        assert_live_is_status_policy(&agent, &format!("reload {i} raced by mode {mode}"));
+    }
+    // Back in enforce mode, the policy enforces and counts.
+    let out = agent.cli(&["mode", "enforce"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let s0 = agent.status();
+    assert_enforced(&lab, "after the race");
+    let s1 = agent.status();
+    assert!(
+        rule_packets(&s1, "web-out") > rule_packets(&s0, "web-out")
+            && denies(&s1, "out", "no-rule", false).0 > denies(&s0, "out", "no-rule", false).0,
+        "the allowed and the denied connection are counted: {s1:#}"
+    );
+    figures("mode_racing_reloads", &[("reloads", RELOADS.to_string())]);
 }

@@ -545,7 +545,7 @@ fn report_reset_zeroes_the_xdp_layer_too() {
     for port in [2525, 2526] {
         lab.wait_tcp(&ns_a, &a4, port);
     }
-    let cfg = lab.config(WEB_OUT, "mode = \"enforce\"");
+    let cfg = lab.config(WEB_OUT, "mode = \"enforce\"\nxdp_scope_only = true");
     // The agent runs in namespace A, where the veth it filters lives.
     let agent = Agent::start(&AgentSpec {
         config: &cfg,

@@ -1670,3 +1670,178 @@ fn veth_generic_mode_filters_the_same() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Issue 13, gap 7 (revocation), XDP layer: the real agent in namespace A with XDP on its
+/// veth and a scope for A's servers. B holds a TCP connection and a UDP flow into A,
+/// opened under inbound rules; a reload removes the TCP rule and narrows the UDP one.
+/// B's next segment and datagram are dropped by XDP under reason `revoked` (counted in
+/// the XDP layer and in the deny log) and never reach A's servers; the flows the new
+/// policy allows still work.
+#[test]
+fn reload_revokes_inbound_tcp_and_udp_flows_at_xdp() {
+    use portcullis_tests::{Agent, AgentSpec, net_py, rule, web_out};
+    use std::time::{Duration, Instant};
+    let mut lab = Lab::new("xrevoke");
+    let dir = lab.dir.display().to_string();
+    lab.spawn_a(&format!("exec {} listen 7000 --log {dir}/a-7000", net_py()));
+    lab.spawn_a(&format!(
+        "exec {} listen 7001 --udp --log {dir}/a-7001",
+        net_py()
+    ));
+    lab.wait_tcp(&lab.ns_a.clone(), &lab.a4.clone(), 7000);
+    let before = web_out()
+        + &rule("app-tcp", "in", "tcp", 7000, "")
+        + &rule("app-udp", "in", "udp", 7001, "");
+    let cfg = lab.config(&before, "mode = \"enforce\"\nxdp_scope_only = true");
+    let mut agent = Agent::start(&AgentSpec {
+        config: &cfg,
+        pin_dir: std::path::PathBuf::from(format!("/sys/fs/bpf/portcullis-{}", lab.tag)),
+        state_dir: lab.dir.join("state"),
+        netns: Some(&lab.ns_a),
+        args: &["--xdp", &lab.veth_a()],
+        env: &[],
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let lab_dir = lab.dir.clone();
+    let file = |name: &str| std::fs::read_to_string(lab_dir.join(name)).unwrap_or_default();
+    let wait = |what: &str, ready: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !ready() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    lab.spawn_b(&format!(
+        "exec {} hold {} 7000 7001 {dir}/go {dir}/hold.json",
+        net_py(),
+        lab.a4
+    ));
+    wait("the held flows' first bytes", &|| {
+        file("a-7000").contains('1') && file("a-7001").contains('1')
+    });
+    let xdp_denies = |s: &serde_json::Value, reason: &str| -> u64 {
+        s["xdp"]["denies"]
+            .as_array()
+            .expect("xdp.denies")
+            .iter()
+            .filter(|d| d["reason"] == reason && d["audit"] == false && d["direction"] == "in")
+            .map(|d| d["packets"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let s0 = agent.status();
+    lab.config(
+        &(web_out() + &rule("app-udp", "in", "udp", 7002, "")),
+        "mode = \"enforce\"\nxdp_scope_only = true",
+    );
+    agent.reload().expect("reload");
+    std::fs::write(lab.dir.join("go"), "").unwrap();
+    wait("the held flows' second sends", &|| {
+        serde_json::from_str::<serde_json::Value>(&file("hold.json")).is_ok()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !file("a-7000").contains('2'),
+        "the revoked TCP flow still delivers"
+    );
+    assert!(
+        !file("a-7001").contains('2'),
+        "the revoked UDP flow still delivers"
+    );
+    let s = agent.status();
+    let revoked = xdp_denies(&s, "revoked") - xdp_denies(&s0, "revoked");
+    assert!(revoked >= 2, "XDP counted both flows as revoked: {s:#}");
+    // The new policy's closed port is denied as before, not as revoked.
+    let probe =
+        portcullis_tests::stdout(&lab.on_b(&format!("{} connect {} 7000", net_py(), lab.a4)));
+    assert_ne!(
+        probe.trim(),
+        "ok",
+        "a new connection to the removed rule's port"
+    );
+    let s2 = agent.status();
+    assert!(
+        xdp_denies(&s2, "no-rule") > xdp_denies(&s, "no-rule"),
+        "a new flow to the closed port is no-rule at XDP: {s2:#}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let log = agent.stop();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("reason=revoked") && l.contains("verdict=deny")),
+        "the deny log has the revoked flows:\n{log}"
+    );
+    portcullis_tests::figures(
+        "reload_revokes_xdp",
+        &[("revoked_packets", revoked.to_string())],
+    );
+}
+
+/// Issue 13, bypass 1 at the XDP layer: with the real agent and XDP on A's veth, a
+/// connected UDP socket (allowed to B:5300) that sendto()s B:9999 is refused, and opens
+/// no reply path: B's echo from 5300 passes XDP (counted against the rule), a datagram
+/// from B:9999 to the same socket port is dropped by XDP and counted.
+#[test]
+fn connected_udp_sendto_elsewhere_opens_no_xdp_reply_path() {
+    use portcullis_tests::{Agent, AgentSpec, rule, stdout, web_out};
+    let mut lab = Lab::new("xflow");
+    lab.spawn_b("exec python3 -c 'import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind((\"0.0.0.0\",5300))\nwhile True:\n    d,a=s.recvfrom(9000)\n    s.sendto(d,a)'");
+    lab.wait_udp(&lab.ns_b.clone(), 5300);
+    let cfg = lab.config(
+        &(web_out() + &rule("dns-out", "out", "udp", 5300, "")),
+        "mode = \"enforce\"\nxdp_scope_only = true",
+    );
+    let agent = Agent::start(&AgentSpec {
+        config: &cfg,
+        pin_dir: std::path::PathBuf::from(format!("/sys/fs/bpf/portcullis-{}", lab.tag)),
+        state_dir: lab.dir.join("state"),
+        netns: Some(&lab.ns_a),
+        args: &["--xdp", &lab.veth_a()],
+        env: &[],
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let out = stdout(&lab.on_a(&format!(
+        "python3 -c 'import socket,errno\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.settimeout(2)\ns.connect((\"{b}\",5300))\ns.send(b\"q\")\necho=\"ok\" if s.recv(100)==b\"q\" else \"bad\"\ntry:\n    s.sendto(b\"x\",(\"{b}\",9999)); other=\"ok\"\nexcept OSError as e:\n    other=errno.errorcode[e.errno]\nprint(s.getsockname()[1], echo, other)'",
+        b = lab.b4
+    )));
+    let fields: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(fields.len(), 3, "client output: {out:?}");
+    let port: u16 = fields[0].parse().expect("the client's port");
+    assert_eq!(fields[1], "ok", "the allowed flow's reply passed XDP");
+    assert_eq!(fields[2], "EPERM", "sendto another destination is refused");
+    let xdp_in_denied = |s: &serde_json::Value| -> u64 {
+        s["xdp"]["denied_ports"]
+            .as_array()
+            .expect("xdp.denied_ports")
+            .iter()
+            .filter(|d| d["direction"] == "in" && d["protocol"] == "udp" && d["port"] == port)
+            .map(|d| d["packets"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let s0 = agent.status();
+    let xdp_rule = |s: &serde_json::Value| -> u64 {
+        s["xdp"]["rules"]
+            .as_array()
+            .expect("xdp.rules")
+            .iter()
+            .filter(|r| r["id"] == "dns-out")
+            .map(|r| r["packets"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    assert!(
+        xdp_rule(&s0) >= 1,
+        "XDP counted the reply against dns-out: {s0:#}"
+    );
+    // B answers "from" the destination the socket was refused: no reply path exists.
+    let sent = lab.on_b(&format!(
+        "python3 -c 'import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind((\"0.0.0.0\",9999))\ns.sendto(b\"z\",(\"{}\",{port}))'",
+        lab.a4
+    ));
+    assert!(sent.status.success());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let s = agent.status();
+    assert_eq!(
+        xdp_in_denied(&s) - xdp_in_denied(&s0),
+        1,
+        "XDP dropped the datagram from B:9999 and counted it: {s:#}"
+    );
+}

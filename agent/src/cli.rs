@@ -57,6 +57,9 @@ enum Command {
     Detach(commands::detach::Args),
     /// Attach the pinned programs to a starting unit's cgroup (run by its drop-in).
     Attach(commands::attach::Args),
+    /// Test and diagnosis helpers (not a stable interface).
+    #[command(subcommand, hide = true)]
+    Debug(commands::debug::DebugCommand),
     /// Write man pages or shell completions (used by `cargo xtask install`).
     #[command(hide = true)]
     Generate(commands::generate::Args),
@@ -85,6 +88,7 @@ pub fn main() -> ExitCode {
         Command::Mode(a) => commands::mode::run(a),
         Command::Detach(a) => commands::detach::run(a),
         Command::Attach(a) => commands::attach::run(a),
+        Command::Debug(c) => commands::debug::run(c),
         Command::Generate(a) => commands::generate::run(a, Cli::command()),
     };
     match result {

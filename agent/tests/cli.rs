@@ -405,3 +405,49 @@ fn vendor_names_are_shown_checked_and_explained() {
     );
     assert_eq!(by_address["reason"], "peer");
 }
+
+#[test]
+fn check_and_run_refuse_a_cgroup_scope_with_xdp_unless_the_site_accepts_it() {
+    // Issue 13, gap 5: only the scope's egress fills XDP's reply table, so a cgroup
+    // scope with XDP would silently drop every other process's replies on that
+    // interface. Refused (exit 3, the xdp line, the fix) unless `xdp_scope_only = true`.
+    let text = "product = \"xeams\"\nscope = [\"system.slice/xeams.service\"]\nxdp = [\"eth0\"]\n";
+    let site = TempConfig::new("scope-xdp", text);
+    let out = portcullis(&["check", "--config", site.arg()]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.starts_with(&format!("error: {}:3:", site.arg()))
+            && err.contains("cgroup scope")
+            && err.contains("xdp_scope_only = true")
+            && err.contains("scope = [\"host\"]"),
+        "{err}"
+    );
+    let out = portcullis(&["run", "--config", site.arg()]);
+    assert_eq!(out.status.code(), Some(3), "run refuses it too: {out:?}");
+    // The command line can make the combination as well.
+    let out = portcullis(&[
+        "run",
+        "--product",
+        "xeams",
+        "--scope",
+        "system.slice/xeams.service",
+        "--xdp",
+        "eth0",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("xdp_scope_only"),
+        "{out:?}"
+    );
+    // Accepted when said, and with the host scope.
+    let accepted = TempConfig::new("scope-xdp-ok", &format!("{text}xdp_scope_only = true\n"));
+    let out = portcullis(&["check", "--config", accepted.arg()]);
+    assert!(out.status.success(), "{out:?}");
+    let host = TempConfig::new(
+        "host-xdp",
+        "product = \"xeams\"\nscope = [\"host\"]\nxdp = [\"eth0\"]\n",
+    );
+    let out = portcullis(&["check", "--config", host.arg()]);
+    assert!(out.status.success(), "{out:?}");
+}

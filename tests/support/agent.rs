@@ -244,6 +244,33 @@ impl Agent {
         }
     }
 
+    /// Sends SIGHUP to an agent started with the test-only `PORTCULLIS_FAULT_AT` and
+    /// waits (up to 60 s) for it to die at that step. Panics unless it died by SIGKILL.
+    pub fn reload_killed(mut self) {
+        use std::os::unix::process::ExitStatusExt as _;
+        let mut child = self.child.take().expect("a running agent");
+        Signal::Hup.send(child.id());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(s) = child.try_wait().expect("waiting for the agent") {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not die in the reload: {}",
+                self.output.tail(20)
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert_eq!(
+            status.signal(),
+            Some(libc::SIGKILL),
+            "the agent should have been killed by its fault point: {}",
+            self.output.tail(20)
+        );
+        self.detach_on_drop = false;
+    }
+
     /// kill -9: the agent gets no chance to clean up; its pinned programs stay.
     pub fn kill9(mut self) {
         if let Some(mut child) = self.child.take() {

@@ -103,7 +103,21 @@ def listen(args):
     s.listen(128)
     while True:
         c, _ = s.accept()
-        c.close()
+        if not log:
+            c.close()
+            continue
+        # With --log, a TCP connection's bytes are logged as they arrive (a held flow).
+        import threading
+
+        def drain(c):
+            while True:
+                data = c.recv(65535)
+                if not data:
+                    break
+                with open(log, "ab") as f:
+                    f.write(data)
+            c.close()
+        threading.Thread(target=drain, args=(c,), daemon=True).start()
 
 
 def exchange(args):

@@ -16,10 +16,10 @@ use aya::{
     programs::{ProgramError, TestRun, TestRunOptions, Xdp},
 };
 use portcullis_common::{
-    config::{Config, MODE_AUDIT, MODE_ENFORCE},
+    config::{Config, LOOPBACK_ENFORCE, MODE_AUDIT, MODE_ENFORCE},
     flow::{FlowKey, FlowValue},
     maps,
-    policy::{PEER_SET_BITS, PeerAddr, port_entry, port_index, v4_mapped},
+    policy::{DIR_IN, IPPROTO_TCP, PEER_SET_BITS, PeerAddr, port_entry, port_index, v4_mapped},
     stats::{self, Counter, DeniedKey},
 };
 
@@ -251,4 +251,160 @@ pub fn flow_key(
 
 pub fn mapped(a: [u8; 4]) -> [u8; 16] {
     v4_mapped(a)
+}
+
+/// The live policy generation read from an agent's pinned maps: what the programs enforce
+/// right now, in the form `portcullis debug image` prints an image.
+#[derive(Debug, PartialEq, Eq)]
+pub struct LivePolicy {
+    pub generation: u32,
+    pub enforce: bool,
+    pub loopback_enforce: bool,
+    pub icmp_echo: bool,
+    /// Non-zero `PORTS` entries of the live generation, (map index, value), sorted.
+    pub ports: Vec<(u32, u32)>,
+    /// `PEERS` entries of the live generation, (prefix_len, set word, address, rule), sorted.
+    pub peers: Vec<(u32, u32, [u8; 16], u32)>,
+}
+
+impl LivePolicy {
+    /// Reads the pinned maps under `pin_dir` (an agent's `PORTCULLIS_PIN_DIR`).
+    pub fn read(pin_dir: &Path) -> LivePolicy {
+        let open = |name: &str| {
+            let p = pin_dir.join("maps").join(name);
+            aya::maps::Map::from_map_data(
+                aya::maps::MapData::from_pin(&p)
+                    .unwrap_or_else(|e| panic!("opening {}: {e}", p.display())),
+            )
+            .unwrap()
+        };
+        let config = Array::<_, Config>::try_from(open(maps::CONFIG)).unwrap();
+        let c = config.get(&0, 0).expect("reading the configuration");
+        let base = port_index(c.generation, DIR_IN, IPPROTO_TCP, 0).unwrap();
+        let ports_path = pin_dir.join("maps").join(maps::PORTS);
+        let ports = aya::maps::MapData::from_pin(&ports_path)
+            .unwrap_or_else(|e| panic!("opening {}: {e}", ports_path.display()));
+        let mut live_ports: Vec<(u32, u32)> = lookup_batch_u32(&ports)
+            .into_iter()
+            .filter(|&(k, v)| v != 0 && (base..base + 4 * 65536).contains(&k))
+            .collect();
+        live_ports.sort_unstable();
+        let peers = LpmTrie::<_, PeerAddr, u32>::try_from(open(maps::PEERS)).unwrap();
+        let mut live_peers = Vec::new();
+        for k in peers.keys() {
+            let k = k.expect("listing the peer table");
+            let set = u32::from_be_bytes(k.data().set);
+            if (set >> 16) & 1 == c.generation {
+                let rule = peers.get(&k, 0).expect("reading a peer entry");
+                live_peers.push((k.prefix_len(), set, k.data().addr, rule));
+            }
+        }
+        live_peers.sort_unstable();
+        LivePolicy {
+            generation: c.generation,
+            enforce: c.mode == MODE_ENFORCE,
+            loopback_enforce: c.loopback == LOOPBACK_ENFORCE,
+            icmp_echo: c.icmp_echo == 1,
+            ports: live_ports,
+            peers: live_peers,
+        }
+    }
+
+    /// The same fields out of `portcullis debug image`'s JSON (`enforce` from `status`).
+    pub fn from_image(image: &serde_json::Value, enforce: bool) -> LivePolicy {
+        let n = |v: &serde_json::Value| v.as_u64().expect("a number in the image") as u32;
+        let mut ports: Vec<(u32, u32)> = image["ports"]
+            .as_array()
+            .expect("image.ports")
+            .iter()
+            .map(|p| (n(&p[0]), n(&p[1])))
+            .collect();
+        ports.sort_unstable();
+        let mut peers: Vec<(u32, u32, [u8; 16], u32)> = image["peers"]
+            .as_array()
+            .expect("image.peers")
+            .iter()
+            .map(|p| {
+                let mut addr = [0u8; 16];
+                for (i, b) in p["addr"].as_array().expect("addr").iter().enumerate() {
+                    addr[i] = n(b) as u8;
+                }
+                (n(&p["prefix_len"]), n(&p["set"]), addr, n(&p["rule"]))
+            })
+            .collect();
+        peers.sort_unstable();
+        LivePolicy {
+            generation: n(&image["generation"]),
+            enforce,
+            loopback_enforce: image["loopback_enforce"].as_bool().expect("loopback"),
+            icmp_echo: image["icmp_echo"].as_bool().expect("icmp_echo"),
+            ports,
+            peers,
+        }
+    }
+}
+
+/// Every (key, value) of a u32 -> u32 array map, read with BPF_MAP_LOOKUP_BATCH: the port
+/// table has 524288 entries, too many for one lookup syscall each in a test that reads
+/// it 200 times. aya 0.14 has no batch API; the attribute is the `batch` member of
+/// `union bpf_attr` (include/uapi/linux/bpf.h).
+fn lookup_batch_u32(map: &aya::maps::MapData) -> Vec<(u32, u32)> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+
+    #[repr(C)]
+    struct Batch {
+        in_batch: u64,
+        out_batch: u64,
+        keys: u64,
+        values: u64,
+        count: u32,
+        map_fd: u32,
+        elem_flags: u64,
+        flags: u64,
+    }
+    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+    const CHUNK: usize = 65536;
+    let fd = map.fd().as_fd().as_raw_fd() as u32;
+    let (mut keys, mut values) = (vec![0u32; CHUNK], vec![0u32; CHUNK]);
+    let (mut cursor_in, mut cursor_out) = (0u32, 0u32);
+    let mut out = Vec::new();
+    let mut first = true;
+    loop {
+        let mut attr = Batch {
+            in_batch: if first {
+                0
+            } else {
+                (&raw const cursor_in) as u64
+            },
+            out_batch: (&raw mut cursor_out) as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: CHUNK as u32,
+            map_fd: fd,
+            elem_flags: 0,
+            flags: 0,
+        };
+        // SAFETY: the kernel writes at most `count` keys and values into the buffers.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &raw mut attr,
+                std::mem::size_of::<Batch>(),
+            )
+        };
+        let err = std::io::Error::last_os_error();
+        let n = attr.count as usize;
+        out.extend(keys[..n].iter().copied().zip(values[..n].iter().copied()));
+        if r < 0 {
+            assert_eq!(
+                err.raw_os_error(),
+                Some(libc::ENOENT),
+                "BPF_MAP_LOOKUP_BATCH: {err}"
+            );
+            return out;
+        }
+        first = false;
+        cursor_in = cursor_out;
+    }
 }

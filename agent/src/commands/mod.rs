@@ -2,6 +2,7 @@
 
 pub mod attach;
 pub mod check;
+pub mod debug;
 pub mod detach;
 pub mod explain;
 pub mod generate;

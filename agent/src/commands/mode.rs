@@ -5,7 +5,11 @@
 use std::process::ExitCode;
 
 use crate::{
-    datapath::{loader::write_mode, paths::PathArgs, state::State},
+    datapath::{
+        loader::write_mode,
+        paths::PathArgs,
+        state::{InstallLock, State},
+    },
     model::Mode,
 };
 
@@ -23,6 +27,8 @@ pub struct Args {
 /// Runs the subcommand.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let state_file = args.paths.state_file();
+    // Serialised with the agent's installs: see `InstallLock`.
+    let _lock = InstallLock::take(&args.paths.state_dir)?;
     let mut state = State::read(&state_file)?;
     let was = write_mode(&args.paths, args.mode)?;
     state.mode = args.mode;

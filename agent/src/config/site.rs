@@ -11,7 +11,7 @@
 //! `features = []`, `mode = "audit"`, `failsafe = true`, `loopback = "exempt"`,
 //! `icmp_echo = true`, no `[peers]`, `any_peer_groups = []`, `vendor_peers = "any"`,
 //! no `[[rule]]`,
-//! `scope = ["host"]`, `xdp = []`, `events_per_sec = 100`,
+//! `scope = ["host"]`, `xdp = []`, `xdp_scope_only = false`, `events_per_sec = 100`,
 //! `pin_dir = "/sys/fs/bpf/portcullis"`, and `[metrics] listen` unset (no endpoint).
 
 pub use crate::config::peers::Cidr;
@@ -38,6 +38,19 @@ use crate::{
 
 /// The site config the packaged agent runs (and `report` reads) unless told otherwise.
 pub const DEFAULT_CONFIG: &str = "/etc/portcullis/portcullis.toml";
+
+/// Why a cgroup scope and XDP are refused together unless `xdp_scope_only = true`: only
+/// the scope's egress programs record the flows whose replies XDP lets in, so on an XDP
+/// interface every other process's replies would be dropped, silently. Used for the
+/// site config (with its line) and for `run --scope/--xdp` (without).
+pub fn scope_xdp_error() -> PolicyError {
+    PolicyError::new(
+        "xdp with a cgroup scope drops the replies to every flow a process outside the scope opens on the xdp interfaces (only the scope's egress fills the xdp reply table)",
+    )
+    .hint(
+        "use scope = [\"host\"] with xdp, or no xdp with a cgroup scope, or set xdp_scope_only = true to accept that only the scope's flows get replies through xdp",
+    )
+}
 
 /// A site config. See the module docs for the defaults.
 #[derive(Clone, Debug, Deserialize)]
@@ -85,6 +98,11 @@ pub struct Site {
     /// Interfaces to attach the XDP program to. Default none.
     #[serde(default, deserialize_with = "interfaces")]
     pub xdp: Vec<String>,
+    /// With a cgroup scope and XDP: accept that XDP passes replies only to flows the
+    /// scope opened. Default false, and the combination is refused (see
+    /// [`scope_xdp_error`]).
+    #[serde(default)]
+    pub xdp_scope_only: bool,
     /// Deny events per second before rate limiting. Default 100.
     #[serde(default = "default_events_per_sec")]
     pub events_per_sec: u32,
@@ -230,7 +248,7 @@ fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D:
 
 impl Site {
     /// The top-level keys of a site config (to spot one misplaced under a table).
-    pub const TOP_LEVEL_KEYS: [&str; 15] = [
+    pub const TOP_LEVEL_KEYS: [&str; 16] = [
         "product",
         "profile",
         "features",
@@ -242,6 +260,7 @@ impl Site {
         "vendor_peers",
         "scope",
         "xdp",
+        "xdp_scope_only",
         "events_per_sec",
         "pin_dir",
         "rule",
@@ -266,6 +285,15 @@ impl Site {
             profile::check_name("peer group", name, file, &site.lines)?;
         }
         profile::check_rules(&site.rules, file, &site.lines, None)?;
+        if !site.xdp.is_empty() && site.scope != [ScopeTarget::Host] && !site.xdp_scope_only {
+            /// Only the span of `xdp`, for the error (the site itself keeps no span of it).
+            #[derive(Deserialize)]
+            struct XdpSpan {
+                xdp: Spanned<toml::Value>,
+            }
+            let span = toml::from_str::<XdpSpan>(text).map_or(0..0, |x| x.xdp.span());
+            return Err(scope_xdp_error().at(Some(file), &site.lines, span));
+        }
         Ok(site)
     }
 
@@ -353,7 +381,7 @@ mod tests {
     fn daemon_settings() {
         let site = parse(
             "product = \"xeams\"\nscope = [\"system.slice/xeams.service\"]\nxdp = [\"eth0\"]\n\
-             events_per_sec = 5\npin_dir = \"/sys/fs/bpf/x\"\n[metrics]\nlisten = \"127.0.0.1:9464\"\n",
+             xdp_scope_only = true\nevents_per_sec = 5\npin_dir = \"/sys/fs/bpf/x\"\n[metrics]\nlisten = \"127.0.0.1:9464\"\n",
         )
         .unwrap();
         assert_eq!(
@@ -361,6 +389,7 @@ mod tests {
             vec![ScopeTarget::Cgroup("system.slice/xeams.service".into())]
         );
         assert_eq!(site.xdp, vec!["eth0".to_string()]);
+        assert!(site.xdp_scope_only);
         assert_eq!(site.events_per_sec, 5);
         assert_eq!(site.metrics.listen, Some("127.0.0.1:9464".parse().unwrap()));
     }
@@ -372,6 +401,7 @@ mod tests {
             ("scope = [\"a/../b\"]", "\"..\""),
             ("scope = []", "scope is empty"),
             ("scope = [\"host\", \"a\"]", "with other cgroups"),
+            ("scope = [\"a\"]\nxdp = [\"eth0\"]", "cgroup scope"),
             ("xdp = [\"a very long interface\"]", "interface name"),
             ("pin_dir = \"bpf\"", "absolute"),
             ("[metrics]\nlisten = \"localhost\"", "socket address"),

@@ -8,7 +8,11 @@ use portcullis_common::config::{
 
 use super::settings::Settings;
 use crate::{
-    datapath::{loader::Datapath, state::State},
+    datapath::{
+        fault::{self, Step},
+        loader::Datapath,
+        state::State,
+    },
     model::{LoopbackMode, Mode},
     policy::{
         Policy,
@@ -58,6 +62,7 @@ pub fn install(
     let image = Image::build(policy, &index, generation)?;
     warn_unlearned_names(policy);
     dp.reset_rule_counters(&fresh)?;
+    fault::point(Step::Counters);
     // A new epoch: every flow is decided again on its next packet (revocation).
     let config = Config {
         epoch: live.epoch.wrapping_add(1),

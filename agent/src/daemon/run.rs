@@ -10,6 +10,7 @@
 use std::{fs, net::SocketAddr, os::fd::AsRawFd as _, process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, bail};
+use portcullis_common::config::MODE_ENFORCE;
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::{
@@ -23,9 +24,10 @@ use crate::{
         attach::{self, Attachments, Scope},
         events::EventRing,
         evidence::EvidenceMap,
+        fault::{self, Step},
         loader::Datapath,
         paths::PathArgs,
-        state::{ReloadOutcome, State, unix_now},
+        state::{InstallLock, ReloadOutcome, State, unix_now},
     },
     model::{Mode, ScopeTarget},
     observe::events::EventLog,
@@ -116,6 +118,7 @@ impl Daemon {
             State::read(&paths.state_file()).ok()
         };
         let mut attached = Attachments::default();
+        let install_lock = InstallLock::take(&paths.state_dir)?;
         let result = Datapath::load(&paths).and_then(|mut dp| {
             let state = install(&mut dp, &policy, &settings, previous.as_ref())?;
             // Drop-ins before the running instances: a unit restarting in between is
@@ -149,6 +152,7 @@ impl Daemon {
         };
         state.config = config;
         state.write(&paths.state_file())?;
+        drop(install_lock);
         let events = EventLog::new(&paths, LOG_LINES_PER_SEC);
         let evidence = EvidenceMap::open(&paths)
             .inspect_err(|e| log::warn!("no per-flow evidence for the report: {e:#}"))
@@ -195,32 +199,43 @@ impl Daemon {
     fn reload(&mut self) {
         self.notify.reloading();
         self.reloads += 1;
-        let outcome = match self.try_reload() {
-            Ok(()) => {
-                log::info!("reloaded: {}", self.status_line());
-                ReloadOutcome {
-                    attempt: self.reloads,
-                    ok: true,
-                    error: None,
-                    at: unix_now(),
-                }
-            }
+        let lock = match InstallLock::take(&self.paths.state_dir) {
+            Ok(l) => Some(l),
             Err(e) => {
-                log::error!(
-                    "reload rejected, policy v{} stays: {e:#}",
-                    self.state.policy_version
-                );
-                ReloadOutcome {
-                    attempt: self.reloads,
-                    ok: false,
-                    error: Some(format!("{e:#}")),
-                    at: unix_now(),
-                }
+                log::error!("reload without the install lock: {e:#}");
+                None
             }
         };
-        self.state.last_reload = Some(outcome);
+        fault::arm(true);
+        let result = self.try_reload();
+        fault::arm(false);
+        // `portcullis mode` may have switched the mode since the last install: the live
+        // configuration is the truth the state file must tell.
+        if let Ok(c) = self.dp.config() {
+            self.state.mode = if c.mode == MODE_ENFORCE {
+                Mode::Enforce
+            } else {
+                Mode::Audit
+            };
+        }
+        let error = result.err().map(|e| format!("{e:#}"));
+        self.state.last_reload = Some(ReloadOutcome {
+            attempt: self.reloads,
+            ok: error.is_none(),
+            error: error.clone(),
+            at: unix_now(),
+        });
         if let Err(e) = self.state.write(&self.paths.state_file()) {
             log::error!("writing the state file: {e:#}");
+        }
+        drop(lock);
+        // Logged once the state file tells it: whoever reads the line sees it in `status`.
+        match error {
+            None => log::info!("reloaded: {}", self.status_line()),
+            Some(e) => log::error!(
+                "reload rejected, policy v{} stays: {e}",
+                self.state.policy_version
+            ),
         }
         self.notify
             .send(&format!("READY=1\nSTATUS={}", self.status_line()));
@@ -234,6 +249,7 @@ impl Daemon {
         sync_drop_ins(&settings, &self.paths)?;
         self.attached
             .reconcile(&mut self.dp, &scopes, &settings.xdp, &tag(&state))?;
+        fault::point(Step::Attached);
         state.last_reload = self.state.last_reload.clone();
         self.state = state;
         Ok(())

@@ -87,8 +87,10 @@ pub fn resolve(args: &mut Overrides) -> anyhow::Result<(Policy, Settings, Option
         (None, None) if default_config.is_file() => Some(default_config),
         _ => None,
     };
+    let mut xdp_scope_only = false;
     let (mut policy, mut settings) = if let Some(path) = &config {
         let site = crate::config::load_site(path)?;
+        xdp_scope_only = site.xdp_scope_only;
         let policy = compiler::compile_site(&site, Some(path))?;
         if args.paths.pin_dir.is_none() {
             args.paths.pin_dir = Some(site.pin_dir.clone());
@@ -130,6 +132,13 @@ pub fn resolve(args: &mut Overrides) -> anyhow::Result<(Policy, Settings, Option
     }
     if let Some(e) = args.events_per_sec {
         settings.events_per_sec = e;
+    }
+    // The config refuses the combination itself (with its line); this catches it when
+    // the command line makes it.
+    if !settings.xdp.is_empty() && settings.scopes != [ScopeTarget::Host] && !xdp_scope_only {
+        return Err(crate::config::site::scope_xdp_error()
+            .hint("drop --xdp or --scope, or set xdp_scope_only = true in the site config to accept that only the scope's flows get replies through xdp")
+            .into());
     }
     Ok((policy, settings, config))
 }

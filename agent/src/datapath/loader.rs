@@ -24,7 +24,10 @@ use portcullis_common::{
     stats::{Counter, LAYERS},
 };
 
-use super::paths::{PathArgs, ensure_bpffs};
+use super::{
+    fault::{self, Step},
+    paths::{PathArgs, ensure_bpffs},
+};
 use crate::{model::Mode, policy::image::Image};
 
 /// How each of the four cgroup programs attaches.
@@ -126,53 +129,88 @@ impl Datapath {
     /// Writes `image` into its generation, then makes it live by writing `config` (whose
     /// `generation` must be the image's) in one map update, then clears the other
     /// generation's peer entries. Packets see the old policy or the new one, never a mix.
+    ///
+    /// The idle generation is made to hold exactly the image before the flip, whatever
+    /// an earlier run left in it (a reload killed between its flip and its cleanup
+    /// leaves a whole old generation behind): every port entry whose content is not
+    /// known from this process's own writes is written, and every idle peer entry is
+    /// removed before the new ones go in (peer-set ids are renumbered for each policy,
+    /// so a stale entry would admit the wrong peers).
     pub fn install(&mut self, image: &Image, config: Config) -> anyhow::Result<()> {
         anyhow::ensure!(
             config.generation == image.generation,
             "config and image generations differ"
         );
         {
-            let mut ports =
-                Array::<_, u32>::try_from(self.ebpf.map_mut(names::PORTS).context("ports map")?)?;
+            let Some(Map::Array(ports)) = self.ebpf.map(names::PORTS) else {
+                bail!("the eBPF object's {} is not an array", names::PORTS);
+            };
             let base = image.ports_base();
+            // Taken, not borrowed: if writing fails half-way, the next install writes all.
             let known = self.shadow[image.generation as usize & 1].take();
+            let (mut keys, mut values) = (Vec::new(), Vec::new());
             for (i, v) in image.ports.iter().enumerate() {
                 if known.as_ref().is_some_and(|k| k[i] == *v) {
                     continue;
                 }
-                ports
-                    .set(base + i as u32, *v, 0)
-                    .context("writing the port table")?;
+                keys.push(base + i as u32);
+                values.push(*v);
             }
+            let half = keys.len() / 2;
+            update_batch(ports, &keys[..half], &values[..half])
+                .context("writing the port table")?;
+            fault::point(Step::PortsHalf);
+            update_batch(ports, &keys[half..], &values[half..])
+                .context("writing the port table")?;
             self.shadow[image.generation as usize & 1] = Some(image.ports.clone());
         }
+        fault::point(Step::Ports);
+        self.clear_peers(image.generation)?;
+        fault::point(Step::PeersCleared);
         {
             let mut peers = LpmTrie::<_, PeerAddr, u32>::try_from(
                 self.ebpf.map_mut(names::PEERS).context("peers map")?,
             )?;
-            for e in &image.peers {
+            for (i, e) in image.peers.iter().enumerate() {
+                if i == image.peers.len() / 2 {
+                    fault::point(Step::PeersHalf);
+                }
                 peers
                     .insert(&Key::new(e.prefix_len, e.key), u32::from(e.rule), 0)
                     .context("writing the peer table")?;
             }
         }
+        fault::point(Step::Peers);
         {
             let mut cfg = Array::<_, Config>::try_from(
                 self.ebpf.map_mut(names::CONFIG).context("config map")?,
             )?;
             cfg.set(0, config, 0).context("writing the configuration")?;
         }
-        // The old generation's trie entries are now unreachable; remove them.
+        fault::point(Step::Flip);
+        // The old generation's trie entries are now unreachable; remove them (memory
+        // only: the next install clears that generation again before filling it).
+        self.clear_peers(1 - image.generation)?;
+        fault::point(Step::Cleanup);
+        Ok(())
+    }
+
+    /// Removes every peer entry of `generation`.
+    fn clear_peers(&mut self, generation: u32) -> anyhow::Result<()> {
         let mut peers = LpmTrie::<_, PeerAddr, u32>::try_from(
             self.ebpf.map_mut(names::PEERS).context("peers map")?,
         )?;
-        let stale: Vec<Key<PeerAddr>> = peers
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| (u32::from_be_bytes(k.data().set) >> 16) & 1 != image.generation)
-            .collect();
+        let mut stale = Vec::new();
+        for k in peers.keys() {
+            let k = k.context("listing the peer table")?;
+            if (u32::from_be_bytes(k.data().set) >> 16) & 1 == generation & 1 {
+                stale.push(k);
+            }
+        }
         for k in stale {
-            peers.remove(&k).context("clearing the idle peer table")?;
+            peers
+                .remove(&k)
+                .with_context(|| format!("clearing the peer table of generation {generation}"))?;
         }
         Ok(())
     }
@@ -209,6 +247,49 @@ fn pin_programs(ebpf: &mut Ebpf, paths: &PathArgs) -> anyhow::Result<()> {
         program(ebpf, name)?
             .pin(&path)
             .with_context(|| format!("pinning program {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Writes `values` at `keys` of an array map with BPF_MAP_UPDATE_BATCH (Linux 5.6+).
+///
+/// A generation of the port table is 262144 entries, all written when the contents of
+/// an adopted map are unknown: one syscall per entry took about half a second, the batch
+/// a few milliseconds. aya 0.14 has no batch API, hence the raw syscall.
+fn update_batch(map: &MapData, keys: &[u32], values: &[u32]) -> std::io::Result<()> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+
+    use aya_obj::generated::{bpf_attr, bpf_cmd};
+    debug_assert_eq!(keys.len(), values.len());
+    let fd = map.fd().as_fd().as_raw_fd();
+    let mut done = 0;
+    while done < keys.len() {
+        // SAFETY: bpf_attr is plain data; all-zero is its "no options" value.
+        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+        attr.batch.keys = keys[done..].as_ptr() as u64;
+        attr.batch.values = values[done..].as_ptr() as u64;
+        attr.batch.count = (keys.len() - done) as u32;
+        attr.batch.map_fd = fd as u32;
+        // SAFETY: the kernel reads `count` keys and values from the live slices above.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                bpf_cmd::BPF_MAP_UPDATE_BATCH as libc::c_long,
+                &raw mut attr,
+                std::mem::size_of::<bpf_attr>(),
+            )
+        };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: the kernel wrote back how many elements it updated.
+        let n = unsafe { attr.batch.count } as usize;
+        if n == 0 {
+            return Err(std::io::Error::other(
+                "BPF_MAP_UPDATE_BATCH updated nothing",
+            ));
+        }
+        done += n;
     }
     Ok(())
 }

@@ -4,13 +4,14 @@
 //! attaches cgroup programs and XDP and detaches them ([`attach`], [`xdp`]), reads and
 //! resets the counters of every layer ([`counters`]), reads and deletes the per-flow
 //! evidence of would-denied flows ([`evidence`]), reads the deny-event ring
-//! ([`events`]) and the programs' run statistics ([`programs`]), and keeps the agent's
-//! state file ([`state`]).
+//! ([`events`]) and the programs' run statistics ([`programs`]), keeps the agent's
+//! state file ([`state`]), and has the test-only fault points of a reload ([`fault`]).
 
 pub mod attach;
 pub mod counters;
 pub mod events;
 pub mod evidence;
+pub mod fault;
 pub mod loader;
 pub mod paths;
 pub mod programs;

@@ -173,6 +173,39 @@ pub fn write_json_atomically(path: &Path, value: &impl Serialize) -> anyhow::Res
     Ok(())
 }
 
+/// The lock that serialises every writer of the live policy: the agent holds it while
+/// it installs a policy and writes the state file (start and reload), `portcullis mode`
+/// while it rewrites the configuration map and the state file. Without it, `mode` could
+/// read the configuration, let a reload flip the generation, then write the old
+/// generation back with the new mode: an old policy live again, and a state file that
+/// says otherwise. A separate file from the agent's single-instance lock, which the agent
+/// holds for its whole life. Released when the file is dropped or the holder dies.
+pub struct InstallLock {
+    /// Held open for the lock's lifetime; closing it releases the lock.
+    _file: fs::File,
+}
+
+impl InstallLock {
+    /// Waits for the lock of the state directory `dir`.
+    pub fn take(dir: &Path) -> anyhow::Result<Self> {
+        use std::os::fd::AsRawFd as _;
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let path = dir.join("install.lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        // SAFETY: flock on a file descriptor we own; blocks until the holder is done.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("locking {}", path.display()));
+        }
+        Ok(Self { _file: file })
+    }
+}
+
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
