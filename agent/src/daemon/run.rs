@@ -7,9 +7,9 @@
 //! made live before any program is attached; new links are attached before the links of
 //! an earlier run are removed. At no instant is a scope unprotected or half-configured.
 
-use std::{fs, net::SocketAddr, os::fd::AsRawFd as _, process::ExitCode, time::Duration};
+use std::{fs, net::SocketAddr, process::ExitCode, time::Duration};
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use portcullis_common::config::MODE_ENFORCE;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -27,7 +27,7 @@ use crate::{
         fault::{self, Step},
         loader::Datapath,
         paths::PathArgs,
-        state::{InstallLock, ReloadOutcome, State, unix_now},
+        state::{self, InstallLock, ReloadOutcome, State, unix_now},
     },
     model::{Mode, ScopeTarget},
     observe::events::EventLog,
@@ -60,23 +60,13 @@ struct Daemon {
 /// Takes the single-instance lock of a state directory (released by the kernel when the
 /// process dies, even by kill -9).
 fn lock(paths: &PathArgs) -> anyhow::Result<fs::File> {
-    fs::create_dir_all(&paths.state_dir)
-        .with_context(|| format!("creating {}", paths.state_dir.display()))?;
-    let path = paths.state_dir.join("lock");
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    // SAFETY: flock on a file descriptor we own.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        bail!(
+    match state::lock_file(&paths.state_dir, "lock", false)? {
+        Some(file) => Ok(file),
+        None => bail!(
             "another portcullis agent is running with state directory {} (see `portcullis status`)",
             paths.state_dir.display()
-        );
+        ),
     }
-    Ok(file)
 }
 
 /// Resolves every scope of the settings, before anything is attached.

@@ -188,22 +188,39 @@ pub struct InstallLock {
 impl InstallLock {
     /// Waits for the lock of the state directory `dir`.
     pub fn take(dir: &Path) -> anyhow::Result<Self> {
-        use std::os::fd::AsRawFd as _;
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let path = dir.join("install.lock");
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        // SAFETY: flock on a file descriptor we own; blocks until the holder is done.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("locking {}", path.display()));
-        }
+        let file =
+            lock_file(dir, "install.lock", true)?.context("a waiting lock is always taken")?;
         Ok(Self { _file: file })
     }
+}
+
+/// Opens `dir/name` (creating both) and takes an exclusive flock on it, released when
+/// the file is closed or its holder dies, even by kill -9. With `wait`, waits for the
+/// holder; without, returns `None` at once when another process holds it.
+pub fn lock_file(dir: &Path, name: &str, wait: bool) -> anyhow::Result<Option<fs::File>> {
+    use std::os::fd::AsRawFd as _;
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(name);
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let op = if wait {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_EX | libc::LOCK_NB
+    };
+    // SAFETY: flock on a file descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), op) } != 0 {
+        let error = std::io::Error::last_os_error();
+        if !wait && error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Ok(None);
+        }
+        return Err(error).with_context(|| format!("locking {}", path.display()));
+    }
+    Ok(Some(file))
 }
 
 /// Seconds since the Unix epoch.
