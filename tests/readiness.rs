@@ -16,25 +16,12 @@
 //!   flows, handshakes, peers and payload bytes each way.
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     time::{Duration, Instant},
 };
 
-use portcullis_tests::{Agent, AgentSpec, Lab, net_py, rule, rule_packets, stderr, stdout};
+use portcullis_tests::{Agent, Lab, net_py, rule, rule_packets, stderr, stdout};
 use serde_json::Value;
-
-/// The agent, running in namespace A (its `/proc/PID/net` is A's).
-fn agent_in_a(lab: &Lab, cfg: &Path) -> Agent {
-    Agent::start(&AgentSpec {
-        config: cfg,
-        pin_dir: PathBuf::from(format!("/sys/fs/bpf/portcullis-{}", lab.tag)),
-        state_dir: lab.dir.join("state"),
-        netns: Some(&lab.ns_a),
-        args: &[],
-        env: &[],
-    })
-    .unwrap_or_else(|e| panic!("{e:#}"))
-}
 
 fn report(agent: &Agent, cfg: &Path, extra: &[&str]) -> Value {
     let cfg = cfg.display().to_string();
@@ -118,7 +105,7 @@ fn scans_only_are_safe_to_enforce_and_listed_as_exposures_closed() {
     lab.wait_tcp(&ns_a, "127.0.0.1", 11211);
     lab.wait_udp(&ns_a, 5140);
     let cfg = lab.config(&rule("smtp-in", "in", "tcp", 25, ""), "mode = \"audit\"");
-    let agent = agent_in_a(&lab, &cfg);
+    let agent = lab.agent_in_a(&cfg, &[]);
 
     // Real mail on the allowed port, from both peers.
     let mail = lab.write("mail.txt", "Subject: readiness\r\n\r\nhello\r\n");
@@ -271,7 +258,7 @@ fn real_breakage_is_not_safe_with_exact_flow_evidence() {
     lab.wait_tcp(&ns_b, &b4, 8081);
     lab.wait_tcp(&ns_a, &a4, 9000);
     let cfg = lab.config(&rule("web-out", "out", "tcp", 8080, ""), "mode = \"audit\"");
-    let agent = agent_in_a(&lab, &cfg);
+    let agent = lab.agent_in_a(&cfg, &[]);
 
     assert_eq!(
         ok(&lab, false, &format!("{net} exchange {b4} 8080 10")).trim(),

@@ -11,9 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use portcullis_tests::{
-    Agent, AgentSpec, Lab, denied_port, denies, net_py, rule_packets, stderr, stdout,
-};
+use portcullis_tests::{Agent, Lab, denied_port, denies, net_py, rule_packets, stderr, stdout};
 use serde_json::Value;
 
 const WEB_OUT: &str = r#"
@@ -547,15 +545,7 @@ fn report_reset_zeroes_the_xdp_layer_too() {
     }
     let cfg = lab.config(WEB_OUT, "mode = \"enforce\"\nxdp_scope_only = true");
     // The agent runs in namespace A, where the veth it filters lives.
-    let agent = Agent::start(&AgentSpec {
-        config: &cfg,
-        pin_dir: std::path::PathBuf::from(format!("/sys/fs/bpf/portcullis-{}", lab.tag)),
-        state_dir: lab.dir.join("state"),
-        netns: Some(&lab.ns_a),
-        args: &["--xdp", &lab.veth_a()],
-        env: &[],
-    })
-    .unwrap_or_else(|e| panic!("{e:#}"));
+    let agent = lab.agent_xdp(&cfg);
     let from_b = |port: u16| {
         stdout(&lab.on_b(&format!(
             "curl -s -o /dev/null -w '%{{http_code}}' --max-time 2 http://{}:{port}/",

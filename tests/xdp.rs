@@ -1679,7 +1679,7 @@ fn veth_generic_mode_filters_the_same() {
 /// policy allows still work.
 #[test]
 fn reload_revokes_inbound_tcp_and_udp_flows_at_xdp() {
-    use portcullis_tests::{Agent, AgentSpec, net_py, rule, web_out};
+    use portcullis_tests::{net_py, rule, web_out};
     use std::time::{Duration, Instant};
     let mut lab = Lab::new("xrevoke");
     let dir = lab.dir.display().to_string();
@@ -1693,15 +1693,7 @@ fn reload_revokes_inbound_tcp_and_udp_flows_at_xdp() {
         + &rule("app-tcp", "in", "tcp", 7000, "")
         + &rule("app-udp", "in", "udp", 7001, "");
     let cfg = lab.config(&before, "mode = \"enforce\"\nxdp_scope_only = true");
-    let mut agent = Agent::start(&AgentSpec {
-        config: &cfg,
-        pin_dir: std::path::PathBuf::from(format!("/sys/fs/bpf/portcullis-{}", lab.tag)),
-        state_dir: lab.dir.join("state"),
-        netns: Some(&lab.ns_a),
-        args: &["--xdp", &lab.veth_a()],
-        env: &[],
-    })
-    .unwrap_or_else(|e| panic!("{e:#}"));
+    let mut agent = lab.agent_xdp(&cfg);
     let lab_dir = lab.dir.clone();
     let file = |name: &str| std::fs::read_to_string(lab_dir.join(name)).unwrap_or_default();
     let wait = |what: &str, ready: &dyn Fn() -> bool| {
@@ -1782,7 +1774,7 @@ fn reload_revokes_inbound_tcp_and_udp_flows_at_xdp() {
 /// from B:9999 to the same socket port is dropped by XDP and counted.
 #[test]
 fn connected_udp_sendto_elsewhere_opens_no_xdp_reply_path() {
-    use portcullis_tests::{Agent, AgentSpec, rule, stdout, web_out};
+    use portcullis_tests::{rule, stdout, web_out};
     let mut lab = Lab::new("xflow");
     lab.spawn_b("exec python3 -c 'import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind((\"0.0.0.0\",5300))\nwhile True:\n    d,a=s.recvfrom(9000)\n    s.sendto(d,a)'");
     lab.wait_udp(&lab.ns_b.clone(), 5300);
@@ -1790,15 +1782,7 @@ fn connected_udp_sendto_elsewhere_opens_no_xdp_reply_path() {
         &(web_out() + &rule("dns-out", "out", "udp", 5300, "")),
         "mode = \"enforce\"\nxdp_scope_only = true",
     );
-    let agent = Agent::start(&AgentSpec {
-        config: &cfg,
-        pin_dir: std::path::PathBuf::from(format!("/sys/fs/bpf/portcullis-{}", lab.tag)),
-        state_dir: lab.dir.join("state"),
-        netns: Some(&lab.ns_a),
-        args: &["--xdp", &lab.veth_a()],
-        env: &[],
-    })
-    .unwrap_or_else(|e| panic!("{e:#}"));
+    let agent = lab.agent_xdp(&cfg);
     let out = stdout(&lab.on_a(&format!(
         "python3 -c 'import socket,errno\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.settimeout(2)\ns.connect((\"{b}\",5300))\ns.send(b\"q\")\necho=\"ok\" if s.recv(100)==b\"q\" else \"bad\"\ntry:\n    s.sendto(b\"x\",(\"{b}\",9999)); other=\"ok\"\nexcept OSError as e:\n    other=errno.errorcode[e.errno]\nprint(s.getsockname()[1], echo, other)'",
         b = lab.b4

@@ -322,12 +322,33 @@ impl Lab {
 
     /// Like [`Lab::agent`], with extra environment variables.
     pub fn agent_env(&self, config: &Path, extra: &[&str], env: &[(&str, &str)]) -> Agent {
+        self.start_agent(config, None, extra, env)
+    }
+
+    /// Starts the agent in namespace A (its `/proc/PID/net` and interfaces are A's).
+    pub fn agent_in_a(&self, config: &Path, extra: &[&str]) -> Agent {
+        self.start_agent(config, Some(&self.ns_a), extra, &[])
+    }
+
+    /// Starts the agent in namespace A with XDP on A's veth (`run --xdp`), where the
+    /// interface it filters lives; the config must accept a cgroup scope with XDP.
+    pub fn agent_xdp(&self, config: &Path) -> Agent {
+        self.agent_in_a(config, &["--xdp", &self.veth_a()])
+    }
+
+    fn start_agent(
+        &self,
+        config: &Path,
+        netns: Option<&str>,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Agent {
         Agent::start(&AgentSpec {
             config,
             pin_dir: PathBuf::from(format!("/sys/fs/bpf/portcullis-{}", self.tag)),
             state_dir: self.dir.join("state"),
-            netns: None,
-            args: extra,
+            netns,
+            args,
             env,
         })
         .unwrap_or_else(|e| panic!("{e:#}"))
