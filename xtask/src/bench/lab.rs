@@ -120,7 +120,9 @@ impl Lab {
         fs::write(
             &site,
             format!(
-                "profile = \"{}\"\nmode = \"enforce\"\nfailsafe = false\nscope = [\"{}\"]\nxdp = [{}]\npin_dir = \"{}\"\n",
+                // The bench's own cgroup is the scope (never the host's root); its XDP
+                // side judges only the bench's flows, so it accepts the scope + XDP gap.
+                "profile = \"{}\"\nmode = \"enforce\"\nfailsafe = false\nscope = [\"{}\"]\nxdp = [{}]\nxdp_scope_only = true\npin_dir = \"{}\"\n",
                 profile.display(),
                 self.cgroups[i].rel,
                 if xdp {
