@@ -684,19 +684,7 @@ fn audit_counts_replies_against_the_outbound_flow_and_report_suggests_only_it() 
     let out = agent.cli(&["report", "--json"]);
     assert!(out.status.success(), "{}", portcullis_tests::stderr(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report JSON");
-    let mut ports: Vec<(String, String, u64)> = report["ports"]
-        .as_array()
-        .expect("report.ports")
-        .iter()
-        .map(|p| {
-            (
-                p["direction"].as_str().unwrap_or("?").to_owned(),
-                p["protocol"].as_str().unwrap_or("?").to_owned(),
-                p["port"].as_u64().unwrap_or(0),
-            )
-        })
-        .collect();
-    ports.sort();
+    let ports = portcullis_tests::reported_ports(&report);
     assert_eq!(
         ports,
         vec![

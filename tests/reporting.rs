@@ -11,7 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use portcullis_tests::{Agent, Lab, denied_port, denies, net_py, rule_packets, stderr, stdout};
+use portcullis_tests::{
+    Agent, Lab, denied_port, denies, net_py, reported_ports, rule_packets, stderr, stdout,
+};
 use serde_json::Value;
 
 const WEB_OUT: &str = r#"
@@ -280,23 +282,6 @@ fn report(agent: &Agent, cfg: &std::path::Path) -> Value {
     let out = agent.cli(&["report", "--json", "--config", &cfg.display().to_string()]);
     assert!(out.status.success(), "report failed: {}", stderr(&out));
     serde_json::from_slice(&out.stdout).expect("report --json is JSON")
-}
-
-fn reported_ports(r: &Value) -> Vec<(String, String, u64)> {
-    let mut v: Vec<(String, String, u64)> = r["ports"]
-        .as_array()
-        .expect("ports")
-        .iter()
-        .map(|p| {
-            (
-                p["direction"].as_str().unwrap_or("?").to_owned(),
-                p["protocol"].as_str().unwrap_or("?").to_owned(),
-                p["port"].as_u64().unwrap_or(0),
-            )
-        })
-        .collect();
-    v.sort();
-    v
 }
 
 /// Audit traffic: allowed HTTP to 8080; HTTP to 8081 and 8082 and UDP to 5353 that no

@@ -34,7 +34,7 @@ pub use lab::{
     Cgroup, End, Lab, Netns, Proc, Signal, cgroup2_mount, in_cgroup_netns, in_netns, output, rule,
     veth, web_out,
 };
-pub use status::{denied_port, denies, rule_field, rule_packets};
+pub use status::{denied_port, denies, reported_ports, rule_field, rule_packets};
 
 /// The `portcullis` binary under test.
 pub fn bin() -> PathBuf {

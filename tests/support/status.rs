@@ -1,5 +1,6 @@
 //! Reading `portcullis status --json`: a rule's counters, the deny totals and the
-//! denied-ports table, each panicking with the whole status when a field is missing.
+//! denied-ports table, each panicking with the whole status when a field is missing; and
+//! the ports of a `report --json`.
 
 use serde_json::Value;
 
@@ -43,4 +44,22 @@ pub fn denied_port(status: &Value, direction: &str, protocol: &str, port: u16) -
         .iter()
         .find(|d| d["direction"] == direction && d["protocol"] == protocol && d["port"] == port)
         .map_or(0, |d| d["packets"].as_u64().unwrap_or(0))
+}
+
+/// The (direction, protocol, port) of each port in a `report --json`, sorted.
+pub fn reported_ports(r: &Value) -> Vec<(String, String, u64)> {
+    let mut v: Vec<(String, String, u64)> = r["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .map(|p| {
+            (
+                p["direction"].as_str().unwrap_or("?").to_owned(),
+                p["protocol"].as_str().unwrap_or("?").to_owned(),
+                p["port"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    v.sort();
+    v
 }
