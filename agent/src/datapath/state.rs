@@ -49,6 +49,9 @@ pub struct State {
     pub generation: u32,
     /// Incremented by every policy install (start and reload).
     pub policy_version: u64,
+    /// [`Policy::digest`] of the live policy (empty in state files of older agents).
+    #[serde(default)]
+    pub policy_digest: String,
     /// Unix time (seconds) of the last install.
     pub loaded_at: u64,
     /// The agent's pid.
@@ -122,6 +125,7 @@ impl State {
             scopes: scopes.to_vec(),
             generation,
             policy_version,
+            policy_digest: policy.digest(),
             loaded_at,
             pid: std::process::id(),
             rules,

@@ -146,13 +146,14 @@ impl Collector for Scrape {
         family(
             enc,
             "portcullis_info",
-            "The running policy: product, mode, loopback handling and agent version (always 1).",
+            "The running policy: product, mode, loopback handling, agent version and policy digest (always 1).",
             [(
                 [
                     product(),
                     ("mode", s.mode.as_str().to_owned()),
                     ("loopback", s.loopback.as_str().to_owned()),
                     ("version", env!("CARGO_PKG_VERSION").to_owned()),
+                    ("policy", s.policy_digest.clone()),
                 ],
                 ConstGauge::new(1u64),
             )],
@@ -348,6 +349,7 @@ mod tests {
             xdp: Default::default(),
             generation: 1,
             policy_version: 3,
+            policy_digest: "0123456789abcdef".into(),
             loaded_at: 1_795_000_000,
             pid: 42,
             rules: vec![RuleStatus {
@@ -403,7 +405,7 @@ mod tests {
             "# HELP portcullis_rule_packets_total Packets allowed by each rule.",
             "# TYPE portcullis_rule_packets_total counter",
             "# TYPE portcullis_info gauge",
-            "portcullis_info{product=\"xeams\",mode=\"audit\",loopback=\"exempt\",version=\"0.1.0\"} 1",
+            "portcullis_info{product=\"xeams\",mode=\"audit\",loopback=\"exempt\",version=\"0.1.0\",policy=\"0123456789abcdef\"} 1",
             "portcullis_policy_version 3",
             "portcullis_policy_loaded_timestamp_seconds 1795000000",
             "portcullis_attached_links 4",

@@ -153,6 +153,9 @@ pub struct Status {
     pub generation: u32,
     /// Policy installs since start.
     pub policy_version: u64,
+    /// Fingerprint of what the live policy enforces (equal on hosts that run the same
+    /// config, whatever their policy_version).
+    pub policy_digest: String,
     /// Unix time of the last install.
     pub loaded_at: u64,
     /// Agent pid.
@@ -223,6 +226,7 @@ pub fn build(state: State, snap: &counters::Snapshot, links: &[std::path::PathBu
         attached_links,
         generation: state.generation,
         policy_version: state.policy_version,
+        policy_digest: state.policy_digest.clone(),
         loaded_at: state.loaded_at,
         pid: state.pid,
         rules,
@@ -341,6 +345,7 @@ mod tests {
             "attached_links",
             "generation",
             "policy_version",
+            "policy_digest",
             "loaded_at",
             "pid",
             "rules",

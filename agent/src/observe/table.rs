@@ -171,6 +171,7 @@ pub(crate) mod tests {
             xdp: XdpStatus::default(),
             generation: 1,
             policy_version: 1,
+            policy_digest: String::new(),
             loaded_at: 0,
             pid: 1,
             rules: vec![RuleStatus {

@@ -89,3 +89,27 @@ pub struct Policy {
     /// The flat, sorted entries.
     pub entries: Vec<Entry>,
 }
+
+impl Policy {
+    /// A short, stable fingerprint of what the policy enforces: its rules, peer sets,
+    /// entries, loopback and echo settings, not its mode (audit and enforce of the same
+    /// policy are the same policy). Hosts running the same config have the same digest,
+    /// whatever their `policy_version` (which counts a host's own installs); the metrics
+    /// export it so a fleet can see drift.
+    pub fn digest(&self) -> String {
+        use sha2::{Digest as _, Sha256};
+        let what = (
+            &self.product,
+            self.loopback,
+            self.icmp_echo,
+            &self.rules,
+            &self.peer_sets,
+            &self.entries,
+        );
+        let bytes = serde_json::to_vec(&what).expect("a policy always serialises");
+        Sha256::digest(bytes)[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}

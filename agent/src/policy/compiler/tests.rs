@@ -1224,3 +1224,22 @@ fn error_more_rules_than_the_maps_hold() {
         "\"r4094\" does not fit",
     );
 }
+
+#[test]
+fn the_digest_follows_what_is_enforced_not_the_mode() {
+    let audit = compile_product("xeams", &[], false).unwrap();
+    let mut enforce = audit.clone();
+    enforce.mode = Mode::Enforce;
+    assert_eq!(
+        audit.digest(),
+        enforce.digest(),
+        "the mode is not the policy"
+    );
+    assert_eq!(audit.digest().len(), 16);
+    let more = compile_product("xeams", &[], true).unwrap();
+    assert_ne!(
+        audit.digest(),
+        more.digest(),
+        "another feature, another digest"
+    );
+}
