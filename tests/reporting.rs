@@ -202,10 +202,15 @@ fn check_exposition(text: &str, s: &Value) {
         ),
         3.0
     );
+    // The policy label is the digest `status --json` reports for the same policy.
+    let digest = s["policy_digest"].as_str().expect("policy_digest");
+    assert_eq!(digest.len(), 16, "{s:#}");
     assert_eq!(
         sample(
             text,
-            "portcullis_info{product=\"lab\",mode=\"enforce\",loopback=\"exempt\",version=\"0.1.0\"}"
+            &format!(
+                "portcullis_info{{product=\"lab\",mode=\"enforce\",loopback=\"exempt\",version=\"0.1.0\",policy=\"{digest}\"}}"
+            )
         ),
         1.0
     );
