@@ -1,7 +1,10 @@
 //! Counting and reporting: per-rule counters, global counters, the denied-port table and
 //! rate-limited deny events. Nothing here decides anything.
 
-use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns};
+use aya_ebpf::helpers::{
+    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+    generated::bpf_ktime_get_coarse_ns,
+};
 use portcullis_common::{
     config::{Config, MODE_ENFORCE},
     stats::{self, Counter, DeniedKey},
@@ -9,7 +12,7 @@ use portcullis_common::{
 
 use portcullis_common::maps::MAX_RULES;
 
-use crate::maps::{PC_DENIED, PC_EVENTS, PC_RATE, PC_RULES, PC_STATS};
+use crate::maps::{PC_DENIED, PC_DENIED_HOT, PC_EVENTS, PC_RATE, PC_RULES, PC_STATS};
 
 /// Adds one packet (or `segments` wire packets of a GSO buffer) of `bytes` to a counter.
 #[inline(always)]
@@ -144,21 +147,43 @@ pub fn deny_connect(cfg: &Config, d: &Denied) -> bool {
     drop
 }
 
-/// Adds to the denied-port table (an LRU map: the least recently denied ports fall out
-/// when it is full, so it stays bounded under a scan).
+/// Adds to the denied-port count of `key`: in place in its per-CPU cache slot
+/// (`PC_DENIED_HOT`) when the slot holds that key, which is every packet but the first of
+/// a flood or of a port scanned twice. A slot holding another key moves its counts to the
+/// denied-port table first, so each packet is counted once, in the slot or in the table.
 #[inline(always)]
 fn count_denied_port(key: DeniedKey, segments: u32, bytes: u32) {
+    let Some(slot) = PC_DENIED_HOT.get_ptr_mut(stats::denied_slot(&key)) else {
+        // A slot of a per-CPU array within its size always exists; for the verifier.
+        table_add(key, segments as u64, bytes as u64);
+        return;
+    };
+    // SAFETY: per-CPU array slot, see `add`.
+    let slot = unsafe { &mut *slot };
+    if slot.count.packets != 0 && slot.key.bits() != key.bits() {
+        let (old, count) = (slot.key, slot.count);
+        table_add(old, count.packets, count.bytes);
+        slot.count = Counter::default();
+    }
+    slot.key = key;
+    slot.count.packets += segments as u64;
+    slot.count.bytes += bytes as u64;
+}
+
+/// Adds to the denied-port table (an LRU map: the least recently denied ports fall out
+/// when it is full, so it stays bounded under a scan).
+#[inline(never)]
+fn table_add(key: DeniedKey, packets: u64, bytes: u64) {
     match PC_DENIED.get_ptr_mut(key) {
-        Some(c) => add(Some(c), segments, bytes),
+        Some(c) => {
+            // SAFETY: a per-CPU hash value of this CPU, valid for the program's run.
+            unsafe {
+                (*c).packets += packets;
+                (*c).bytes += bytes;
+            }
+        }
         None => {
-            let _ = PC_DENIED.insert(
-                key,
-                Counter {
-                    packets: segments as u64,
-                    bytes: bytes as u64,
-                },
-                0,
-            );
+            let _ = PC_DENIED.insert(key, Counter { packets, bytes }, 0);
         }
     }
 }
@@ -166,13 +191,17 @@ fn count_denied_port(key: DeniedKey, segments: u32, bytes: u32) {
 /// Puts a deny event on the ring buffer if the per-CPU token bucket allows it.
 #[inline(always)]
 fn emit(cfg: &Config, d: &Denied, dropped: bool, pid: u32, comm: [u8; 16]) {
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
     let layer = layer_of(d.hook);
-    if !take_token(cfg.events_per_sec, now) {
+    // The bucket runs on the coarse clock (the last tick: a few ns, where the precise
+    // clock costs tens): a rate a second needs no better. Only a sent event reads the
+    // precise time it carries.
+    // SAFETY: a helper without arguments.
+    if !take_token(cfg.events_per_sec, unsafe { bpf_ktime_get_coarse_ns() }) {
         count_stat(layer, stats::EVENTS_RATE_LIMITED, 1, 0);
         return;
     }
+    // SAFETY: as above.
+    let now = unsafe { bpf_ktime_get_ns() };
     // Built in place in the ring buffer: no copy of the event on the stack (the deny
     // path's frame then leaves room for `evidence::note`).
     let Some(mut entry) = PC_EVENTS.reserve(0) else {
@@ -219,7 +248,12 @@ fn take_token(rate: u32, now: u64) -> bool {
     if elapsed > 1_000_000_000 {
         elapsed = 1_000_000_000;
     }
-    let refill = elapsed * rate as u64 / 1_000_000_000;
+    // The coarse clock moves once a tick: most calls see no time pass and skip the division.
+    let refill = if elapsed == 0 {
+        0
+    } else {
+        elapsed * rate as u64 / 1_000_000_000
+    };
     if refill > 0 {
         b.packets = if b.packets + refill > rate as u64 {
             rate as u64

@@ -11,9 +11,12 @@ use portcullis_common::{
     event::DenyEvent,
     evidence::FlowEvidence,
     flow::{FlowKey, FlowValue, SockState},
-    maps::{AUDIT_FLOWS_MAX, DENIED_MAX, EVENTS_BYTES, FLOWS_MAX, MAX_RULES, PEERS_MAX},
+    maps::{
+        AUDIT_FLOWS_MAX, DENIED_HOT_SLOTS, DENIED_MAX, EVENTS_BYTES, FLOWS_MAX, MAX_RULES,
+        PEERS_MAX,
+    },
     policy::{PORT_TABLE_LEN, PeerAddr, PolicyTables},
-    stats::{Counter, DeniedKey, LAYERS, STATS_LEN},
+    stats::{Counter, DeniedKey, DeniedSlot, LAYERS, STATS_LEN},
 };
 
 #[btf_map]
@@ -31,6 +34,10 @@ pub static PC_STATS: PerCpuArray<Counter, { (STATS_LEN * LAYERS) as usize }> = P
 #[btf_map]
 pub static PC_DENIED: LruPerCpuHashMap<DeniedKey, Counter, { DENIED_MAX as usize }> =
     LruPerCpuHashMap::new();
+
+#[btf_map]
+pub static PC_DENIED_HOT: PerCpuArray<DeniedSlot, { DENIED_HOT_SLOTS as usize }> =
+    PerCpuArray::new();
 
 #[btf_map]
 pub static PC_FLOWS_OUT: LruHashMap<FlowKey, FlowValue, { FLOWS_MAX as usize }> = LruHashMap::new();

@@ -91,9 +91,9 @@ use portcullis_common::{
 
 use crate::{
     account::{Denied, count_rule, count_stat, deny},
-    maps::{KernelTables, PC_FLOWS_IN, PC_FLOWS_OUT, config},
+    maps::{KernelTables, PC_FLOWS_IN, PC_FLOWS_OUT, config, config_ref},
     related::{echo_answered, in_tables},
-    xdp_parse::{Fragment, Frame, Parsed, TCP_ACK, TCP_SYN, parse, read_at},
+    xdp_parse::{Fragment, Frame, Link, TCP_ACK, TCP_SYN, link, parse, read_at},
 };
 
 /// A verdict on an inbound packet, with the direction of the flow it belongs to (an
@@ -127,16 +127,26 @@ const NO_RULE: u16 = 0;
 
 #[xdp]
 pub fn pc_xdp(ctx: XdpContext) -> u32 {
-    let cfg = config();
-    let mut f = Frame::EMPTY;
-    match parse(&ctx, &mut f) {
-        Ok(Parsed::Ip) => judge(&ctx, &cfg, &f),
-        Ok(Parsed::NonIp) => {
+    // The link layer first, before the configuration or any frame state: a non-IP frame
+    // (ARP, LLDP) costs one read and one counter.
+    let (ip, l3) = match link(&ctx) {
+        Ok(Link::Ip(ip)) => ip,
+        Ok(Link::NonIp) => {
             count_stat(stats::LAYER_XDP, stats::PASS_NON_IP, 1, frame_len(&ctx));
-            XDP_PASS
+            return XDP_PASS;
         }
+        Err(()) => return malformed(frame_len(&ctx)),
+    };
+    // A one-entry array: the lookup cannot fail; `None` is for the verifier only, and
+    // fails closed like a frame that cannot be parsed.
+    let Some(cfg) = config_ref() else {
+        return XDP_DROP;
+    };
+    let mut f = Frame::EMPTY;
+    match parse(&ctx, ip, l3, &mut f) {
+        Ok(()) => judge(&ctx, cfg, &f),
         // Fail closed: what cannot be parsed cannot be shown to be allowed.
-        Err(()) => malformed(&cfg, frame_len(&ctx)),
+        Err(()) => malformed(frame_len(&ctx)),
     }
 }
 
@@ -380,12 +390,14 @@ fn deny_packet(cfg: &Config, f: &Frame, direction: u8, why: u32, event: bool) ->
     }
 }
 
-/// Not inlined, like [`deny_packet`].
+/// Not inlined, like [`deny_packet`]. Reads the configuration itself: a frame can be
+/// found malformed before the entry point read it.
 #[inline(never)]
-fn malformed(cfg: &Config, bytes: u32) -> u32 {
+fn malformed(bytes: u32) -> u32 {
     count_stat(stats::LAYER_XDP, stats::MALFORMED, 1, bytes);
+    let cfg = config();
     let d = Denied::malformed(DIR_IN, hook::XDP);
-    if deny(cfg, &d, 1, bytes, true) {
+    if deny(&cfg, &d, 1, bytes, true) {
         XDP_DROP
     } else {
         XDP_PASS

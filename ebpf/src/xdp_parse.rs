@@ -168,17 +168,25 @@ impl Frame {
     }
 }
 
-/// What the frame is.
-pub enum Parsed {
-    /// IPv4 or IPv6: the frame's fields are filled in.
-    Ip,
+/// IP version of a frame's network header.
+#[derive(Clone, Copy)]
+pub enum Ip {
+    V4,
+    V6,
+}
+
+/// What the link layer says the frame is.
+pub enum Link {
+    /// IPv4 or IPv6, with the offset of its header (after any VLAN tags).
+    Ip((Ip, usize)),
     /// Not IPv4 or IPv6 (ARP, LLDP, ...).
     NonIp,
 }
 
-/// Parses the frame into `f`.
+/// The link layer: the EtherType under up to [`MAX_VLAN_TAGS`] tags. Read apart from
+/// [`parse`] so that a non-IP frame leaves before anything else is read.
 #[inline(always)]
-pub fn parse(ctx: &XdpContext, f: &mut Frame) -> Result<Parsed, ()> {
+pub fn link(ctx: &XdpContext) -> Result<Link, ()> {
     let mut ethertype = u16::from_be_bytes(read(ctx, 12)?);
     let mut offset = ETH_HLEN;
     for _ in 0..MAX_VLAN_TAGS {
@@ -189,12 +197,21 @@ pub fn parse(ctx: &XdpContext, f: &mut Frame) -> Result<Parsed, ()> {
         ethertype = u16::from_be_bytes(read(ctx, offset + 2)?);
         offset += 4;
     }
-    let ip_end = match ethertype {
-        ETH_P_IP => parse_v4(ctx, offset, f)?,
-        ETH_P_IPV6 => parse_v6(ctx, offset, f)?,
+    match ethertype {
+        ETH_P_IP => Ok(Link::Ip((Ip::V4, offset))),
+        ETH_P_IPV6 => Ok(Link::Ip((Ip::V6, offset))),
         // Three tags or more: the kernel would not strip them either.
-        ETH_P_8021Q | ETH_P_8021AD => return Err(()),
-        _ => return Ok(Parsed::NonIp),
+        ETH_P_8021Q | ETH_P_8021AD => Err(()),
+        _ => Ok(Link::NonIp),
+    }
+}
+
+/// Parses the IP packet at `l3` (from [`link`]) into `f`.
+#[inline(always)]
+pub fn parse(ctx: &XdpContext, ip: Ip, l3: usize, f: &mut Frame) -> Result<(), ()> {
+    let ip_end = match ip {
+        Ip::V4 => parse_v4(ctx, l3, f)?,
+        Ip::V6 => parse_v6(ctx, l3, f)?,
     };
     // The datagram must fit in the frame. Checked last, on purpose: done before the
     // header reads, it would let LLVM drop their bounds checks as implied by this one,
@@ -202,7 +219,7 @@ pub fn parse(ctx: &XdpContext, f: &mut Frame) -> Result<Parsed, ()> {
     if !holds(ctx, ip_end) {
         return Err(());
     }
-    Ok(Parsed::Ip)
+    Ok(())
 }
 
 /// The IPv4 packet at `l3` into `f`; returns the offset where its datagram ends (not

@@ -13,8 +13,8 @@ use aya::{
     util::nr_cpus,
 };
 use portcullis_common::{
-    maps::{self as names, MAX_RULES},
-    stats::{Counter, DeniedKey, LAYER_CGROUP, LAYER_XDP, LAYERS, STATS_LEN},
+    maps::{self as names, DENIED_HOT_SLOTS, MAX_RULES},
+    stats::{Counter, DeniedKey, DeniedSlot, LAYER_CGROUP, LAYER_XDP, LAYERS, STATS_LEN},
 };
 
 use super::{loader::open_pinned, paths::PathArgs};
@@ -84,6 +84,19 @@ pub fn read(paths: &PathArgs) -> anyhow::Result<Snapshot> {
         };
         table.insert(k, sum(v.iter().copied()));
     }
+    // Then the per-CPU cache in front of the table: a key's count is its entry plus the
+    // slots holding it (read after the table, so a slot moved into the table while we
+    // read is missed until the next read, never counted twice).
+    for (k, c) in hot_slots(paths)? {
+        let table = if u32::from(k.layer) == LAYER_XDP {
+            &mut xdp_denied
+        } else {
+            &mut denied
+        };
+        let e: &mut Counter = table.entry(k).or_default();
+        e.packets += c.packets;
+        e.bytes += c.bytes;
+    }
     Ok(Snapshot {
         rules: read_rules(LAYER_CGROUP)?,
         stats: read_stats(LAYER_CGROUP)?,
@@ -92,6 +105,21 @@ pub fn read(paths: &PathArgs) -> anyhow::Result<Snapshot> {
         xdp_stats: read_stats(LAYER_XDP)?,
         xdp_denied,
     })
+}
+
+/// The occupied slots of the denied-port cache, of every CPU.
+fn hot_slots(paths: &PathArgs) -> anyhow::Result<Vec<(DeniedKey, Counter)>> {
+    let map = Map::from_map_data(open_pinned(paths, names::DENIED_HOT)?)?;
+    let map = PerCpuArray::<_, DeniedSlot>::try_from(map).context("denied-port cache")?;
+    let mut out = Vec::new();
+    for i in 0..DENIED_HOT_SLOTS {
+        for slot in map.get(&i, 0)?.iter() {
+            if slot.count.packets != 0 {
+                out.push((slot.key, slot.count));
+            }
+        }
+    }
+    Ok(out)
 }
 
 impl Snapshot {
@@ -135,6 +163,17 @@ pub fn reset(paths: &PathArgs) -> anyhow::Result<()> {
     for k in keys {
         // Gone already (LRU eviction) is as good as removed.
         let _ = denied.remove(&k);
+    }
+    let map = Map::from_map_data(open_pinned(paths, names::DENIED_HOT)?)?;
+    let mut hot =
+        PerCpuArray::<_, DeniedSlot>::try_from(map).context("opening the denied-port cache")?;
+    for i in 0..DENIED_HOT_SLOTS {
+        hot.set(
+            i,
+            PerCpuValues::try_from(vec![DeniedSlot::default(); cpus])?,
+            0,
+        )
+        .with_context(|| format!("zeroing slot {i} of the denied-port cache"))?;
     }
     Ok(())
 }

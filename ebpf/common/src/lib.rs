@@ -54,4 +54,5 @@ pod!(
     policy::PeerAddr,
     stats::Counter,
     stats::DeniedKey,
+    stats::DeniedSlot,
 );

@@ -20,6 +20,12 @@ pub const STATS: &str = "PC_STATS";
 pub const DENIED: &str = "PC_DENIED";
 /// Capacity of [`DENIED`].
 pub const DENIED_MAX: u32 = 4096;
+/// Per-CPU cache in front of [`DENIED`]: `stats::denied_slot(key)` -> `stats::DeniedSlot`.
+/// `PerCpuArray<DeniedSlot>`. A flood or scan counts in place here instead of looking
+/// its key up in the hash on every packet; readers add the slots to the table.
+pub const DENIED_HOT: &str = "PC_DENIED_HOT";
+/// Slots of [`DENIED_HOT`] per CPU (a power of two).
+pub const DENIED_HOT_SLOTS: u32 = 1024;
 /// Flows this host opened (connectionless protocols and the XDP side). `LruHashMap<FlowKey, FlowValue>`.
 pub const FLOWS_OUT: &str = "PC_FLOWS_OUT";
 /// Flows remote peers opened. A separate map so an inbound flood can only evict inbound
@@ -68,12 +74,13 @@ pub const LEARNED: &str = "PC_LEARNED";
 pub const LEARNED_MAX: u32 = 64 * 1024;
 
 /// Every map the object defines, for pinning and for the adoption check.
-pub const ALL: [&str; 13] = [
+pub const ALL: [&str; 14] = [
     PORTS,
     PEERS,
     RULE_COUNTERS,
     STATS,
     DENIED,
+    DENIED_HOT,
     FLOWS_OUT,
     FLOWS_IN,
     FRAGS,

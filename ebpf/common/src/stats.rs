@@ -113,3 +113,40 @@ pub struct DeniedKey {
     /// Padding, zero.
     pub _pad: [u8; 3],
 }
+
+/// One slot of the per-CPU cache in front of the denied-port table (`maps::DENIED_HOT`):
+/// the key it counts for and what it counted since it took that key. A denied packet
+/// whose key is in its slot adds here, with no hash lookup; a packet of another key moves
+/// the slot's counts into the table first. The table's count for a key is the table
+/// entry plus the slots that hold the key (one per CPU at most), so each packet is in
+/// exactly one of them. `count.packets == 0`: the slot is empty.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeniedSlot {
+    /// The key counted here.
+    pub key: DeniedKey,
+    /// Its packets and bytes since the slot took it.
+    pub count: Counter,
+}
+
+/// Slot of the denied-port cache for a key: a mix of its fields, so that the ports of a
+/// scan or a flood (consecutive numbers) land in different slots.
+#[inline(always)]
+pub const fn denied_slot(key: &DeniedKey) -> u32 {
+    (key.port as u32
+        ^ ((key.protocol as u32) << 4)
+        ^ ((key.direction as u32 & 1) << 9)
+        ^ ((key.layer as u32 & 1) << 8))
+        & (crate::maps::DENIED_HOT_SLOTS - 1)
+}
+
+impl DeniedKey {
+    /// The key as one number (its 8 bytes, padding zero), for a one-compare match.
+    #[inline(always)]
+    pub const fn bits(&self) -> u64 {
+        (self.direction as u64)
+            | ((self.protocol as u64) << 8)
+            | ((self.port as u64) << 16)
+            | ((self.layer as u64) << 32)
+    }
+}
