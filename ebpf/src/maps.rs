@@ -2,6 +2,7 @@
 //! constant in `portcullis_common::maps` (the agent checks this when it loads the object).
 
 use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
     btf_maps::lpm_trie::Key,
     btf_maps::{Array, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf, SkStorage},
     macros::btf_map,
@@ -19,8 +20,12 @@ use portcullis_common::{
     stats::{Counter, DeniedKey, DeniedSlot, LAYERS, STATS_LEN},
 };
 
+/// Mappable (`BPF_F_MMAPABLE`): the agent writes a generation as plain memory, a
+/// reload's quarter of a million entries in well under a millisecond. The programs'
+/// lookup is the same.
 #[btf_map]
-pub static PC_PORTS: Array<u32, { PORT_TABLE_LEN as usize }> = Array::new();
+pub static PC_PORTS: Array<u32, { PORT_TABLE_LEN as usize }, { BPF_F_MMAPABLE as usize }> =
+    Array::new();
 
 #[btf_map]
 pub static PC_PEERS: LpmTrie<PeerAddr, u32, { PEERS_MAX as usize }> = LpmTrie::new();

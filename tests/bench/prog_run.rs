@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! prog_run --object OBJ --repeat N --runs R LABEL=KIND:SOURCE:HEXFRAME...
-//!   KIND    xdp | skb-ingress | skb-egress
+//!   KIND    xdp | skb-ingress | skb-ingress-lo (from the loopback device) | skb-egress
 //!   SOURCE  noop (the object's empty baseline of that type), or the bpffs path of a
 //!           pinned program (the agent's own programs, pinned by id with bpftool, or a
 //!           peer's such as xdp-filter's)
@@ -37,9 +37,16 @@ enum Prog {
 }
 
 impl Prog {
-    fn run(&self, ebpf: &Ebpf, frame: &[u8], repeat: u32) -> anyhow::Result<(u128, u32)> {
+    fn run(
+        &self,
+        ebpf: &Ebpf,
+        frame: &[u8],
+        ctx: Option<&[u8]>,
+        repeat: u32,
+    ) -> anyhow::Result<(u128, u32)> {
         let opts = TestRunOptions {
             data_in: Some(frame),
+            ctx_in: ctx,
             repeat,
             ..TestRunOptions::default()
         };
@@ -68,6 +75,18 @@ struct Job {
     label: String,
     prog: usize,
     frame: Vec<u8>,
+    /// `struct __sk_buff` input, for `skb-ingress-lo`.
+    ctx: Option<Vec<u8>>,
+}
+
+/// The head of a `struct __sk_buff` (uapi/linux/bpf.h) up to `ingress_ifindex` (offset
+/// 36), set to the loopback device: BPF_PROG_TEST_RUN copies that field into the test
+/// skb (a shorter context is zero-extended), so the program sees a packet that crossed
+/// loopback. Without it the field is 0 and a 127/8 source is taken for spoofed.
+fn loopback_ctx() -> Vec<u8> {
+    let mut ctx = vec![0u8; 40];
+    ctx[36..40].copy_from_slice(&1u32.to_ne_bytes());
+    ctx
 }
 
 fn hex(s: &str) -> anyhow::Result<Vec<u8>> {
@@ -133,6 +152,11 @@ fn run() -> anyhow::Result<()> {
         else {
             bail!("job {spec:?}: expected LABEL=KIND:SOURCE:HEX");
         };
+        // `skb-ingress-lo`: the ingress program, on a packet from the loopback device.
+        let (kind, ctx) = match kind {
+            "skb-ingress-lo" => ("skb-ingress", Some(loopback_ctx())),
+            k => (k, None),
+        };
         // Ingress and egress baselines are the same program.
         let key = (
             if source == "noop" {
@@ -185,7 +209,9 @@ fn run() -> anyhow::Result<()> {
                             .with_context(|| format!("opening pinned program {path}"))?,
                     ),
                     (k, _) => {
-                        bail!("job {spec:?}: unknown kind {k:?} (xdp, skb-ingress, skb-egress)")
+                        bail!(
+                            "job {spec:?}: unknown kind {k:?} (xdp, skb-ingress, skb-ingress-lo, skb-egress)"
+                        )
                     }
                 };
                 progs.push(prog);
@@ -197,17 +223,18 @@ fn run() -> anyhow::Result<()> {
             label: label.to_owned(),
             prog: index,
             frame: hex(frame)?,
+            ctx,
         });
     }
     for job in &jobs {
         progs[job.prog]
-            .run(&ebpf, &job.frame, repeat.min(10_000))
+            .run(&ebpf, &job.frame, job.ctx.as_deref(), repeat.min(10_000))
             .with_context(|| format!("warming up {}", job.label))?;
     }
     for round in 0..runs {
         for job in &jobs {
             let (ns, ret) = progs[job.prog]
-                .run(&ebpf, &job.frame, repeat)
+                .run(&ebpf, &job.frame, job.ctx.as_deref(), repeat)
                 .with_context(|| format!("running {}", job.label))?;
             println!("{}\t{round}\t{ns}\t{ret}", job.label);
         }

@@ -20,7 +20,7 @@ use portcullis_common::{
     flow::{FlowKey, FlowValue},
     maps,
     policy::{DIR_IN, IPPROTO_TCP, PEER_SET_BITS, PeerAddr, port_entry, port_index, v4_mapped},
-    stats::{self, Counter, DeniedKey},
+    stats::{self, Counter, DeniedKey, DeniedSlot},
 };
 
 use crate::require_root;
@@ -189,6 +189,25 @@ impl Datapath {
                 "test_run only runs the XDP program"
             );
             out.insert((k.direction, k.protocol, k.port), c);
+        }
+        // A key's count is its table entry plus the per-CPU cache slots that hold it.
+        let hot = PerCpuArray::<_, DeniedSlot>::try_from(self.ebpf.map(maps::DENIED_HOT).unwrap())
+            .unwrap();
+        for i in 0..maps::DENIED_HOT_SLOTS {
+            for slot in hot.get(&i, 0).unwrap().iter() {
+                if slot.count.packets == 0 {
+                    continue;
+                }
+                let k = slot.key;
+                assert_eq!(
+                    u32::from(k.layer),
+                    stats::LAYER_XDP,
+                    "test_run only runs the XDP program"
+                );
+                let c = out.entry((k.direction, k.protocol, k.port)).or_default();
+                c.packets += slot.count.packets;
+                c.bytes += slot.count.bytes;
+            }
         }
         out
     }

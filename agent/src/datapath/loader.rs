@@ -12,7 +12,7 @@ use std::{fs, path::PathBuf};
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues, lpm_trie::Key},
+    maps::{Array, LpmTrie, Map, MapData, lpm_trie::Key},
     programs::{CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, CgroupSockAddrAttachType},
     util::nr_cpus,
 };
@@ -20,7 +20,7 @@ use portcullis_common::{
     config::{Config, MODE_AUDIT, MODE_ENFORCE},
     maps::MAX_RULES,
     maps::{self as names, programs},
-    policy::PeerAddr,
+    policy::{PORT_TABLE_LEN, PeerAddr},
     stats::{Counter, LAYERS},
 };
 
@@ -63,6 +63,57 @@ pub struct Datapath {
     /// start zeroed; adopted ones are unknown until written once. Lets a reload write
     /// only the entries that change (a full generation is 262144 writes).
     shadow: [Option<Vec<u32>>; 2],
+    /// The port table mapped into this process (`BPF_F_MMAPABLE`), when it is mappable.
+    ports_mmap: Option<PortsMmap>,
+    /// The rule counters were created by this process and no install has run yet.
+    fresh_counters: bool,
+}
+
+/// The port table, mapped: both generations. The kernel lays array values out in 8-byte
+/// slots, so entry `i` is the first four bytes of slot `i`.
+struct PortsMmap(memmap2::MmapMut);
+
+/// Bytes between two entries of a mapped array (`round_up(value_size, 8)`).
+const PORTS_STRIDE: usize = 8;
+
+impl PortsMmap {
+    /// The entries from `start`, as (slot, entry) pairs.
+    fn entries(&mut self, start: usize) -> impl Iterator<Item = &mut u32> {
+        let words: &mut [u32] = {
+            let len = self.0.len() / std::mem::size_of::<u32>();
+            // SAFETY: the mapping is page-aligned, `len` whole u32s long, and u32 has no
+            // invalid values; the programs only read it.
+            unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr().cast(), len) }
+        };
+        words
+            .iter_mut()
+            .step_by(PORTS_STRIDE / std::mem::size_of::<u32>())
+            .skip(start)
+    }
+}
+
+/// Maps the port table, or `None` (logged) when it cannot be: a table pinned by a build
+/// before it was made mappable is written with batched syscalls instead. memmap2 rather
+/// than raw mmap: it unmaps on drop and checks the length.
+fn map_ports(ebpf: &Ebpf) -> Option<PortsMmap> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    let Some(Map::Array(ports)) = ebpf.map(names::PORTS) else {
+        return None;
+    };
+    let len = PORT_TABLE_LEN as usize * PORTS_STRIDE;
+    let fd = ports.fd().as_fd().as_raw_fd();
+    // SAFETY: a shared mapping of a BPF array's value area; the kernel keeps it valid
+    // until it is unmapped, whatever happens to the fd. Only this process writes it.
+    match unsafe { memmap2::MmapOptions::new().len(len).map_mut(fd) } {
+        Ok(m) if m.len() >= len => Some(PortsMmap(m)),
+        Ok(_) => None,
+        Err(e) => {
+            log::info!(
+                "the pinned port table cannot be mapped ({e}): writing it with batched updates"
+            );
+            None
+        }
+    }
 }
 
 impl Datapath {
@@ -106,11 +157,15 @@ impl Datapath {
                 .with_context(|| format!("loading program {name} (verifier)"))?;
         }
         pin_programs(&mut ebpf, paths)?;
-        let zero = || (!adopted).then(|| vec![0u32; 4 * 65536]);
+        let ports_mmap = map_ports(&ebpf);
+        // Only the batched writes need to know what a generation holds.
+        let zero = || (!adopted && ports_mmap.is_none()).then(|| vec![0u32; 4 * 65536]);
         Ok(Self {
             ebpf,
             paths: paths.clone(),
             shadow: [zero(), zero()],
+            ports_mmap,
+            fresh_counters: !adopted,
         })
     }
 
@@ -146,25 +201,32 @@ impl Datapath {
                 bail!("the eBPF object's {} is not an array", names::PORTS);
             };
             let base = image.ports_base();
-            // Taken, not borrowed: if writing fails half-way, the next install writes all.
-            let known = self.shadow[image.generation as usize & 1].take();
-            let (mut keys, mut values) = (Vec::new(), Vec::new());
-            for (i, v) in image.ports.iter().enumerate() {
-                if known.as_ref().is_some_and(|k| k[i] == *v) {
-                    continue;
+            if let Some(table) = &mut self.ports_mmap {
+                // The mapped table is its own record of what it holds: compare and write
+                // in place (a full generation is 1 MiB of memory).
+                let half = image.ports.len() / 2;
+                for (i, (have, want)) in table.entries(base as usize).zip(&image.ports).enumerate()
+                {
+                    if i == half {
+                        fault::point(Step::PortsHalf);
+                    }
+                    if *have != *want {
+                        *have = *want;
+                    }
                 }
-                keys.push(base + i as u32);
-                values.push(*v);
+                // The flip below is a syscall the programs then see; the entries written
+                // here must be visible no later than it, on every architecture.
+                std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+            } else {
+                write_ports_batch(ports, &mut self.shadow, image)?;
             }
-            let half = keys.len() / 2;
-            update_batch(ports, &keys[..half], &values[..half])
-                .context("writing the port table")?;
-            fault::point(Step::PortsHalf);
-            update_batch(ports, &keys[half..], &values[half..])
-                .context("writing the port table")?;
-            self.shadow[image.generation as usize & 1] = Some(image.ports.clone());
         }
         fault::point(Step::Ports);
+        self.install_rest(image, config)
+    }
+
+    /// The peers, the flip and the cleanup of [`Datapath::install`], once the ports are in.
+    fn install_rest(&mut self, image: &Image, config: Config) -> anyhow::Result<()> {
         self.clear_peers(image.generation)?;
         fault::point(Step::PeersCleared);
         {
@@ -215,25 +277,56 @@ impl Datapath {
         Ok(())
     }
 
-    /// Zeroes the counters of rule indices that a new rule id now uses.
+    /// Zeroes the counters of rule indices that a new rule id now uses, in one batched
+    /// write. Skipped on the first install into counters this process created: they
+    /// start zeroed and nothing ran before (one syscall per counter was most of startup).
     pub fn reset_rule_counters(&mut self, indices: &[u16]) -> anyhow::Result<()> {
-        let mut rules = PerCpuArray::<_, Counter>::try_from(
-            self.ebpf
-                .map_mut(names::RULE_COUNTERS)
-                .context("rule counters")?,
-        )?;
-        let cpus = nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?;
-        for &i in indices {
-            for layer in 0..LAYERS {
-                rules.set(
-                    layer * MAX_RULES + u32::from(i),
-                    PerCpuValues::try_from(vec![Counter::default(); cpus])?,
-                    0,
-                )?;
-            }
+        if std::mem::take(&mut self.fresh_counters) {
+            return Ok(());
         }
-        Ok(())
+        let Some(Map::PerCpuArray(rules)) = self.ebpf.map(names::RULE_COUNTERS) else {
+            bail!(
+                "the eBPF object's {} is not a per-CPU array",
+                names::RULE_COUNTERS
+            );
+        };
+        let cpus = nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?;
+        let keys: Vec<u32> = indices
+            .iter()
+            .flat_map(|&i| (0..LAYERS).map(move |layer| layer * MAX_RULES + u32::from(i)))
+            .collect();
+        let zeros = vec![Counter::default(); keys.len() * cpus];
+        update_batch(rules, &keys, &zeros, cpus).context("zeroing rule counters")
     }
+}
+
+/// Writes `image`'s port entries that differ from what this process knows the idle
+/// generation holds, with BPF_MAP_UPDATE_BATCH: for a table that cannot be mapped
+/// (pinned by a build before it was made mappable).
+fn write_ports_batch(
+    ports: &MapData,
+    shadow: &mut [Option<Vec<u32>>; 2],
+    image: &Image,
+) -> anyhow::Result<()> {
+    let base = image.ports_base();
+    {
+        // Taken, not borrowed: if writing fails half-way, the next install writes all.
+        let known = shadow[image.generation as usize & 1].take();
+        let (mut keys, mut values) = (Vec::new(), Vec::new());
+        for (i, v) in image.ports.iter().enumerate() {
+            if known.as_ref().is_some_and(|k| k[i] == *v) {
+                continue;
+            }
+            keys.push(base + i as u32);
+            values.push(*v);
+        }
+        let half = keys.len() / 2;
+        update_batch(ports, &keys[..half], &values[..half], 1).context("writing the port table")?;
+        fault::point(Step::PortsHalf);
+        update_batch(ports, &keys[half..], &values[half..], 1).context("writing the port table")?;
+        shadow[image.generation as usize & 1] = Some(image.ports.clone());
+    }
+    Ok(())
 }
 
 /// Pins the four cgroup programs as `progs/<name>`, replacing those of an earlier run:
@@ -256,18 +349,25 @@ fn pin_programs(ebpf: &mut Ebpf, paths: &PathArgs) -> anyhow::Result<()> {
 /// A generation of the port table is 262144 entries, all written when the contents of
 /// an adopted map are unknown: one syscall per entry took about half a second, the batch
 /// a few milliseconds. aya 0.14 has no batch API, hence the raw syscall.
-fn update_batch(map: &MapData, keys: &[u32], values: &[u32]) -> std::io::Result<()> {
+/// `per_key` values per key: 1, or the number of possible CPUs for a per-CPU map (whose
+/// values must then be 8-byte multiples, as `Counter` is).
+fn update_batch<V: Copy>(
+    map: &MapData,
+    keys: &[u32],
+    values: &[V],
+    per_key: usize,
+) -> std::io::Result<()> {
     use std::os::fd::{AsFd as _, AsRawFd as _};
 
     use aya_obj::generated::{bpf_attr, bpf_cmd};
-    debug_assert_eq!(keys.len(), values.len());
+    assert_eq!(keys.len() * per_key, values.len());
     let fd = map.fd().as_fd().as_raw_fd();
     let mut done = 0;
     while done < keys.len() {
         // SAFETY: bpf_attr is plain data; all-zero is its "no options" value.
         let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
         attr.batch.keys = keys[done..].as_ptr() as u64;
-        attr.batch.values = values[done..].as_ptr() as u64;
+        attr.batch.values = values[done * per_key..].as_ptr() as u64;
         attr.batch.count = (keys.len() - done) as u32;
         attr.batch.map_fd = fd as u32;
         // SAFETY: the kernel reads `count` keys and values from the live slices above.
