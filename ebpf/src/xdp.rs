@@ -93,7 +93,7 @@ use crate::{
     account::{Denied, count_rule, count_stat, deny},
     maps::{KernelTables, PC_FLOWS_IN, PC_FLOWS_OUT, config, config_ref},
     related::{echo_answered, in_tables},
-    xdp_parse::{Fragment, Frame, Link, TCP_ACK, TCP_SYN, link, parse, read_at},
+    xdp_parse::{Fragment, Frame, Link, TCP_ACK, TCP_SYN, icmp_offset, link, parse, read_at},
 };
 
 /// A verdict on an inbound packet, with the direction of the flow it belongs to (an
@@ -296,7 +296,7 @@ fn icmp(ctx: &XdpContext, cfg: &Config, f: &Frame, first: bool) -> u32 {
     let ok = match class {
         Icmp::Local => true,
         Icmp::EchoRequest if cfg.icmp_echo == 1 => true,
-        Icmp::EchoReply if cfg.icmp_echo == 1 => match read_at::<2>(ctx, f.l4 + 4) {
+        Icmp::EchoReply if cfg.icmp_echo == 1 => match read_at::<2>(ctx, icmp_offset() + 4) {
             Ok(id) => echo_answered(&echo_key(f.dst, f.src, u16::from_be_bytes(id), f.protocol)),
             Err(()) => false,
         },
@@ -317,7 +317,7 @@ fn icmp(ctx: &XdpContext, cfg: &Config, f: &Frame, first: bool) -> u32 {
 /// `related::in_tables`). Inlined into [`icmp`], whose frame it shares.
 #[inline(always)]
 fn error_related(ctx: &XdpContext, f: &Frame) -> bool {
-    let quote = f.l4 + 8;
+    let quote = icmp_offset() + 8;
     let mut key = FlowKey::default();
     let known = if f.v6 {
         match read_at::<48>(ctx, quote) {

@@ -14,7 +14,7 @@
 
 use core::mem::size_of;
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::{btf_maps::PerCpuArray, macros::btf_map, programs::XdpContext};
 use portcullis_common::{
     flow::FragKey,
     policy::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, v4_mapped},
@@ -133,8 +133,23 @@ pub struct Frame {
     pub fragment: Fragment,
     /// IPv6 hop limit (0 for IPv4): link-local ICMPv6 must carry 255 or 1.
     pub hop_limit: u8,
-    /// Offset of the transport header in the frame: where an ICMP message starts.
-    pub l4: usize,
+}
+
+/// Where the ICMP message of the packet being judged starts: written by [`parse`] for ICMP
+/// only, read by the ICMP checks. Per CPU, and an XDP program runs to its end on one CPU.
+///
+/// Not a `Frame` field on purpose: an offset carried in the frame through the verdict
+/// code is a value the verifier must track exactly, so it walked every path after the
+/// parse once per header layout (VLAN tags, IPv6 extension headers), and loading the
+/// program took about a second of the agent's startup. Read back from a map, the offset
+/// is just a number that `read_at` bounds-checks.
+#[btf_map]
+static PC_ICMP_AT: PerCpuArray<u32, 1> = PerCpuArray::new();
+
+/// The offset [`parse`] found for the ICMP message (see [`PC_ICMP_AT`]).
+#[inline(always)]
+pub fn icmp_offset() -> usize {
+    PC_ICMP_AT.get(0).map_or(usize::MAX, |v| *v as usize)
 }
 
 impl Frame {
@@ -152,7 +167,6 @@ impl Frame {
         frag_protocol: 0,
         fragment: Fragment::None,
         hop_limit: 0,
-        l4: 0,
     };
 
     /// The key of this packet's datagram in the fragment table.
@@ -336,7 +350,7 @@ fn transport(ctx: &XdpContext, offset: usize, ip_end: usize, f: &mut Frame) -> R
     if offset + need > ip_end {
         return Err(());
     }
-    f.l4 = offset;
+
     // Each read covers the whole minimal header, though only some fields are used.
     match f.protocol {
         IPPROTO_TCP => {
@@ -357,6 +371,10 @@ fn transport(ctx: &XdpContext, offset: usize, ip_end: usize, f: &mut Frame) -> R
         _ => {
             let i: [u8; ICMP_MIN] = read(ctx, offset)?;
             f.icmp_type = i[0];
+            if let Some(at) = PC_ICMP_AT.get_ptr_mut(0) {
+                // SAFETY: this CPU's slot of a per-CPU array, see `PC_ICMP_AT`.
+                unsafe { *at = offset as u32 };
+            }
         }
     }
     Ok(())
