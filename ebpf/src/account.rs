@@ -1,9 +1,10 @@
 //! Counting and reporting: per-rule counters, global counters, the denied-port table and
 //! rate-limited deny events. Nothing here decides anything.
 
+use aya_ebpf::bindings::__sk_buff;
 use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-    generated::bpf_ktime_get_coarse_ns,
+    generated::{bpf_ktime_get_coarse_ns, bpf_skb_cgroup_id},
 };
 use portcullis_common::{
     config::{Config, MODE_ENFORCE},
@@ -67,8 +68,12 @@ pub struct Denied {
     pub local_port: u16,
     pub remote_port: u16,
     pub hook: u8,
-    /// cgroup v2 id of the socket (skb) or of the calling task (connect).
+    /// cgroup v2 id of the calling task (connect); 0 when `skb` names it or none is known.
     pub cgroup_id: u64,
+    /// The packet whose socket's cgroup an event names (cgroup_skb), else NULL. Asked
+    /// (`bpf_skb_cgroup_id`) only for an event actually sent: a helper call saved on
+    /// every rate-limited deny.
+    pub skb: *mut __sk_buff,
 }
 
 impl Denied {
@@ -85,6 +90,7 @@ impl Denied {
             remote_port: 0,
             hook,
             cgroup_id: 0,
+            skb: core::ptr::null_mut(),
         }
     }
 }
@@ -213,7 +219,11 @@ fn emit(cfg: &Config, d: &Denied, dropped: bool, pid: u32, comm: [u8; 16]) {
     // field is written once, in place (a struct literal would be built on the stack).
     unsafe {
         (*e).time_ns = now;
-        (*e).cgroup_id = d.cgroup_id;
+        (*e).cgroup_id = if d.skb.is_null() {
+            d.cgroup_id
+        } else {
+            bpf_skb_cgroup_id(d.skb)
+        };
         (*e).pid = pid;
         (*e)._pad0 = 0;
         (*e).comm = comm;

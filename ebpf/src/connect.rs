@@ -117,6 +117,7 @@ fn on_connect(ctx: &SockAddrContext, addr: [u8; 16], port_be: u32, protocol: u32
                 hook: hook::CONNECT,
                 // SAFETY: plain helper call.
                 cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+                skb: core::ptr::null_mut(),
             };
             if deny_connect(&cfg, &d) {
                 // The socket stays connected to its earlier destination (if any), but

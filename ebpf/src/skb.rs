@@ -27,7 +27,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_SK_STORAGE_GET_F_CREATE, bpf_sock},
-    helpers::generated::{bpf_sk_fullsock, bpf_sk_storage_get, bpf_skb_cgroup_id},
+    helpers::generated::{bpf_sk_fullsock, bpf_sk_storage_get},
     macros::cgroup_skb,
     programs::SkBuffContext,
 };
@@ -82,8 +82,8 @@ struct Flow {
     l4: u16,
     segments: u32,
     bytes: u32,
-    /// The packet, for what only a deny needs (the cgroup id): a helper call saved on
-    /// every allowed packet.
+    /// The packet, for what only a sent deny event needs (the cgroup id): a helper call
+    /// saved on every allowed and every rate-limited denied packet.
     skb: *mut aya_ebpf::bindings::__sk_buff,
 }
 
@@ -140,8 +140,8 @@ impl Flow {
             } else {
                 hook::INGRESS
             },
-            // SAFETY: plain helper call on the program's own context.
-            cgroup_id: unsafe { bpf_skb_cgroup_id(self.skb) },
+            cgroup_id: 0,
+            skb: self.skb,
         }
     }
 

@@ -382,6 +382,7 @@ fn deny_packet(cfg: &Config, f: &Frame, direction: u8, why: u32, event: bool) ->
         remote_port: f.sport,
         hook: hook::XDP,
         cgroup_id: 0,
+        skb: core::ptr::null_mut(),
     };
     if deny(cfg, &denied, 1, f.ip_len, event) {
         XDP_DROP
