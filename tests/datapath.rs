@@ -526,8 +526,10 @@ fn reload_revokes_established_tcp_and_udp_flows_at_the_cgroup_layer() {
         assert!(
             log.lines().any(|l| l.contains("reason=revoked")
                 && l.contains(&format!("dport={port}"))
-                && l.contains("verdict=deny")),
-            "the deny log has the revoked flow to {port}:\n{log}"
+                && l.contains("verdict=deny")
+                // The event names the socket's cgroup (read only for a sent event).
+                && l.contains("cgroup_path=")),
+            "the deny log has the revoked flow to {port}, with its cgroup:\n{log}"
         );
     }
     portcullis_tests::figures(
