@@ -150,3 +150,58 @@ impl DeniedKey {
             | ((self.layer as u64) << 32)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::maps::DENIED_HOT_SLOTS;
+
+    fn key(direction: u8, protocol: u8, port: u16, layer: u8) -> DeniedKey {
+        DeniedKey {
+            direction,
+            protocol,
+            port,
+            layer,
+            _pad: [0; 3],
+        }
+    }
+
+    /// Consecutive ports (a flood over N ports, a scan) never share a slot.
+    #[test]
+    fn denied_slots_are_in_range_and_spread_a_port_scan() {
+        let mut used = [false; DENIED_HOT_SLOTS as usize];
+        for port in 30000..30000 + DENIED_HOT_SLOTS as u16 {
+            let s = denied_slot(&key(0, 17, port, 1));
+            assert!(s < DENIED_HOT_SLOTS, "slot {s} of port {port} out of range");
+            assert!(!used[s as usize], "ports of one scan share slot {s}");
+            used[s as usize] = true;
+        }
+        for direction in 0..2 {
+            for protocol in [1u8, 6, 17, 58, 255] {
+                for layer in 0..2 {
+                    assert!(
+                        denied_slot(&key(direction, protocol, 65535, layer)) < DENIED_HOT_SLOTS
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn denied_key_bits_tell_every_field_apart() {
+        let base = key(1, 6, 25, 0);
+        for other in [
+            key(0, 6, 25, 0),
+            key(1, 17, 25, 0),
+            key(1, 6, 26, 0),
+            key(1, 6, 25, 1),
+        ] {
+            assert_ne!(
+                base.bits(),
+                other.bits(),
+                "{base:?} and {other:?} share their bits"
+            );
+        }
+        assert_eq!(base.bits(), key(1, 6, 25, 0).bits());
+    }
+}
