@@ -128,6 +128,12 @@ impl Datapath {
         }
         let pins: Vec<(&str, PathBuf)> = names::ALL.iter().map(|n| (*n, paths.map(n))).collect();
         let adopted = paths.map(names::PORTS).exists();
+        // Asked of the counters' own pin: a half-removed pin directory may hold one map
+        // and not the other.
+        let counters_adopted = paths.map(names::RULE_COUNTERS).exists();
+        // aya 0.14's `EbpfLoader::new()` parses the kernel BTF (/sys/kernel/btf/vmlinux)
+        // whatever follows, tens of ms of startup; `btf(None)` only keeps it out of the
+        // load. aya has no constructor without it (see BENCHMARKS.md, "Issue 14").
         let mut loader = EbpfLoader::new();
         loader.btf(None);
         for (name, path) in &pins {
@@ -165,7 +171,7 @@ impl Datapath {
             paths: paths.clone(),
             shadow: [zero(), zero()],
             ports_mmap,
-            fresh_counters: !adopted,
+            fresh_counters: !counters_adopted,
         })
     }
 
