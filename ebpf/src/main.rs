@@ -9,6 +9,8 @@
 //! - [`related`]: whether an ICMP error or echo reply belongs to a flow this host has.
 //! - [`account`]: counters, the denied-port table and rate-limited deny events.
 //! - [`evidence`]: per-flow evidence of would-denied flows, for the report's classes.
+//! - [`learn`]: addresses of listed host names, learned from trusted resolvers' DNS
+//!   answers in ingress.
 //! - [`maps`]: the maps, with names and sizes from `portcullis-common`.
 //! - [`noop`]: empty baseline programs for the benchmark only; never attached.
 //!
@@ -19,6 +21,7 @@
 mod account;
 mod connect;
 mod evidence;
+mod learn;
 mod maps;
 mod noop;
 mod packet;

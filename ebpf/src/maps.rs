@@ -4,20 +4,27 @@
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
     btf_maps::lpm_trie::Key,
-    btf_maps::{Array, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf, SkStorage},
+    btf_maps::{
+        Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf, SkStorage,
+    },
+    helpers::generated::bpf_ktime_get_boot_ns,
     macros::btf_map,
 };
 use portcullis_common::{
     config::Config,
+    dns::{DNS_BUF, Parser},
     event::DenyEvent,
     evidence::FlowEvidence,
     flow::{FlowKey, FlowValue, SockState},
     maps::{
-        AUDIT_FLOWS_MAX, DENIED_HOT_SLOTS, DENIED_MAX, EVENTS_BYTES, FLOWS_MAX, MAX_RULES,
-        PEERS_MAX,
+        AUDIT_FLOWS_MAX, DENIED_HOT_SLOTS, DENIED_MAX, EVENTS_BYTES, FLOWS_MAX, LEARNED_MAX,
+        MAX_RULES, NAMES_MAX, PEERS_MAX, RESOLVERS_MAX, SLOT_NAMES_MAX,
+    },
+    names::{
+        self, Learned, LearnedKey, NameKey, NameTables, NameValue, PatternWalk, SlotKey, SlotNames,
     },
     policy::{PORT_TABLE_LEN, PeerAddr, PolicyTables},
-    stats::{Counter, DeniedKey, DeniedSlot, LAYERS, STATS_LEN},
+    stats::{self, Counter, DeniedKey, DeniedSlot, LAYERS, STATS_LEN},
 };
 
 /// Mappable (`BPF_F_MMAPABLE`): the agent writes a generation as plain memory, a
@@ -66,6 +73,56 @@ pub static PC_EVENTS: RingBuf<DenyEvent, { EVENTS_BYTES as usize }> = RingBuf::n
 #[btf_map]
 pub static PC_RATE: PerCpuArray<Counter, 1> = PerCpuArray::new();
 
+#[btf_map]
+pub static PC_NAMES: HashMap<NameKey, NameValue, { NAMES_MAX as usize }> = HashMap::new();
+
+#[btf_map]
+pub static PC_SLOT_NAMES: HashMap<SlotKey, SlotNames, { SLOT_NAMES_MAX as usize }> = HashMap::new();
+
+#[btf_map]
+pub static PC_LEARNED: LruHashMap<LearnedKey, Learned, { LEARNED_MAX as usize }> =
+    LruHashMap::new();
+
+#[btf_map]
+pub static PC_RESOLVERS: LpmTrie<[u8; 16], u32, { RESOLVERS_MAX as usize }> = LpmTrie::new();
+
+#[btf_map]
+pub static PC_DNS_STATS: PerCpuArray<u64, { stats::dns::LEN as usize }> = PerCpuArray::new();
+
+/// The DNS learner's working memory: far larger than the 512-byte stack, and shared by
+/// the `bpf_loop` callbacks (which get no pointer to the caller's frame).
+pub struct DnsScratch {
+    /// The message, copied out of the packet.
+    pub buf: [u8; DNS_BUF],
+    /// The parser's state and results.
+    pub parser: Parser,
+    /// The walk over the question's patterns.
+    pub walk: PatternWalk,
+    /// Whether a pattern of the question is listed.
+    pub listed: bool,
+    /// The live policy generation.
+    pub generation: u32,
+    /// The policy's patterns the answer's question matches (expiry unset).
+    pub patterns: Learned,
+    /// A learned address's entry being merged.
+    pub entry: Learned,
+    /// Its key.
+    pub key: LearnedKey,
+    /// The key of the sender's lookup in `PC_RESOLVERS`.
+    pub resolver: Key<[u8; 16]>,
+    /// `bpf_ktime_get_boot_ns` of the answer.
+    pub now: u64,
+    /// `dns_grace` in ns.
+    pub grace: u64,
+    /// Addresses stored, entries inserted, valid patterns pushed out.
+    pub stored: u64,
+    pub inserted: u64,
+    pub evicted: u64,
+}
+
+#[btf_map]
+pub static PC_DNS_SCRATCH: PerCpuArray<DnsScratch, 1> = PerCpuArray::new();
+
 /// The live configuration, in the map (no copy on the program's stack). The entry of a
 /// one-entry array always exists; `None` is for the verifier only.
 #[inline(always)]
@@ -98,5 +155,36 @@ impl PolicyTables for KernelTables {
     fn peer_rule(&self, key: &PeerAddr) -> u16 {
         let key = Key::new(128 + portcullis_common::policy::PEER_SET_BITS, *key);
         PC_PEERS.get(&key).map_or(0, |rule| *rule as u16)
+    }
+
+    #[inline(always)]
+    fn learned_rule(&self, generation: u32, slot: u16, peer: &[u8; 16]) -> u16 {
+        let key = LearnedKey { addr: *peer };
+        match PC_LEARNED.get_ptr(&key) {
+            None => 0,
+            Some(learned) => {
+                // SAFETY: an LRU value stays valid for the program's run (RCU); a
+                // concurrent update at worst gives the old or the new expiry.
+                let learned = unsafe { &*learned };
+                // SAFETY: a plain helper call.
+                let now = unsafe { bpf_ktime_get_boot_ns() };
+                names::learned_rule(self, generation, slot, learned, now)
+            }
+        }
+    }
+}
+
+impl NameTables for KernelTables {
+    #[inline(always)]
+    fn name_groups(&self, key: &NameKey) -> u64 {
+        // SAFETY: a hash map value stays valid for the program's run (RCU).
+        PC_NAMES.get_ptr(key).map_or(0, |v| unsafe { (*v).groups })
+    }
+
+    #[inline(always)]
+    fn slot_names(&self, key: &SlotKey) -> Option<&SlotNames> {
+        // SAFETY: as above; the agent writes a slot's entry before the generation that
+        // refers to it goes live and removes it only after it went idle.
+        PC_SLOT_NAMES.get_ptr(key).map(|v| unsafe { &*v })
     }
 }

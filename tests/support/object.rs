@@ -94,7 +94,7 @@ impl Datapath {
             events_per_sec: 0,
             xdp_flows: 1,
             epoch: 0,
-            _reserved: [0; 1],
+            dns_grace: 0,
         };
         cfg.set(0, c, 0).unwrap();
     }

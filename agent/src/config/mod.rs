@@ -7,6 +7,7 @@
 pub mod error;
 pub mod peers;
 pub mod profile;
+pub mod resolvers;
 pub mod site;
 
 use std::path::Path;

@@ -12,7 +12,12 @@
 //! `icmp_echo = true`, no `[peers]`, `any_peer_groups = []`, `vendor_peers = "any"`,
 //! no `[[rule]]`,
 //! `scope = ["host"]`, `xdp = []`, `xdp_scope_only = false`, `events_per_sec = 100`,
-//! `pin_dir = "/sys/fs/bpf/portcullis"`, and `[metrics] listen` unset (no endpoint).
+//! `dns_grace = 60`, `pin_dir = "/sys/fs/bpf/portcullis"`, and `[metrics] listen` unset
+//! (no endpoint).
+//!
+//! The peer group `dns-servers` ([`DNS_SERVERS`]) is also the list of trusted resolvers
+//! the datapath learns host name addresses from (`config::resolvers`): it takes
+//! networks only.
 
 pub use crate::config::peers::Cidr;
 
@@ -35,6 +40,12 @@ use crate::{
     model::ScopeTarget,
     model::{LoopbackMode, Mode},
 };
+
+/// The peer group of the site's DNS resolvers: the trusted resolvers, when defined.
+pub const DNS_SERVERS: &str = "dns-servers";
+
+/// Longest `dns_grace` accepted, in seconds (one day, like the longest TTL honoured).
+pub const MAX_DNS_GRACE: u32 = 86_400;
 
 /// The site config the packaged agent runs (and `report` reads) unless told otherwise.
 pub const DEFAULT_CONFIG: &str = "/etc/portcullis/portcullis.toml";
@@ -106,6 +117,11 @@ pub struct Site {
     /// Deny events per second before rate limiting. Default 100.
     #[serde(default = "default_events_per_sec")]
     pub events_per_sec: u32,
+    /// Seconds an address learned from a DNS answer stays usable for new flows after
+    /// its TTL ran out (a client may connect a little after the answer expired, or
+    /// from a cache). Default 60, at most [`MAX_DNS_GRACE`].
+    #[serde(default = "default_dns_grace", deserialize_with = "dns_grace")]
+    pub dns_grace: u32,
     /// Where maps and links are pinned. Default `/sys/fs/bpf/portcullis`.
     #[serde(default = "default_pin_dir", deserialize_with = "absolute_path")]
     pub pin_dir: PathBuf,
@@ -158,6 +174,21 @@ fn host_scope() -> Vec<ScopeTarget> {
 
 fn default_events_per_sec() -> u32 {
     100
+}
+
+fn default_dns_grace() -> u32 {
+    60
+}
+
+fn dns_grace<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let secs = i64::deserialize(d)?;
+    match u32::try_from(secs) {
+        Ok(s) if s <= MAX_DNS_GRACE => Ok(s),
+        _ => Err(de_error(
+            format!("dns_grace = {secs} is out of range"),
+            format!("give seconds from 0 to {MAX_DNS_GRACE}; the default is 60"),
+        )),
+    }
 }
 
 fn default_pin_dir() -> PathBuf {
@@ -248,7 +279,7 @@ fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D:
 
 impl Site {
     /// The top-level keys of a site config (to spot one misplaced under a table).
-    pub const TOP_LEVEL_KEYS: [&str; 16] = [
+    pub const TOP_LEVEL_KEYS: [&str; 17] = [
         "product",
         "profile",
         "features",
@@ -262,6 +293,7 @@ impl Site {
         "xdp",
         "xdp_scope_only",
         "events_per_sec",
+        "dns_grace",
         "pin_dir",
         "rule",
         "metrics",
@@ -279,6 +311,15 @@ impl Site {
                 return Err(PolicyError::new("peer group \"loopback\" is built in")
                     .hint("use scope = \"loopback\" in the rule, or another group name")
                     .at(Some(file), &site.lines, name.span()));
+            }
+            if name.get_ref() == DNS_SERVERS
+                && let Some(host) = peers::names(networks.get_ref()).next()
+            {
+                return Err(PolicyError::new(format!(
+                    "peer group \"{DNS_SERVERS}\" lists the host name \"{host}\"; it names the trusted resolvers, which must be addresses"
+                ))
+                .hint("write the resolvers' addresses or networks, e.g. dns-servers = [\"192.0.2.53\"] (a resolver's name would need a resolver to find it)")
+                .at(Some(file), &site.lines, networks.span()));
             }
         }
         for name in &site.any_peer_groups {
@@ -373,6 +414,7 @@ mod tests {
         assert_eq!(site.scope, vec![ScopeTarget::Host]);
         assert!(site.xdp.is_empty());
         assert_eq!(site.events_per_sec, 100);
+        assert_eq!(site.dns_grace, 60);
         assert_eq!(site.pin_dir, PathBuf::from("/sys/fs/bpf/portcullis"));
         assert_eq!(site.metrics.listen, None);
     }
@@ -381,7 +423,7 @@ mod tests {
     fn daemon_settings() {
         let site = parse(
             "product = \"xeams\"\nscope = [\"system.slice/xeams.service\"]\nxdp = [\"eth0\"]\n\
-             xdp_scope_only = true\nevents_per_sec = 5\npin_dir = \"/sys/fs/bpf/x\"\n[metrics]\nlisten = \"127.0.0.1:9464\"\n",
+             xdp_scope_only = true\nevents_per_sec = 5\ndns_grace = 0\npin_dir = \"/sys/fs/bpf/x\"\n[metrics]\nlisten = \"127.0.0.1:9464\"\n",
         )
         .unwrap();
         assert_eq!(
@@ -391,6 +433,7 @@ mod tests {
         assert_eq!(site.xdp, vec!["eth0".to_string()]);
         assert!(site.xdp_scope_only);
         assert_eq!(site.events_per_sec, 5);
+        assert_eq!(site.dns_grace, 0);
         assert_eq!(site.metrics.listen, Some("127.0.0.1:9464".parse().unwrap()));
     }
 
@@ -404,6 +447,12 @@ mod tests {
             ("scope = [\"a\"]\nxdp = [\"eth0\"]", "cgroup scope"),
             ("xdp = [\"a very long interface\"]", "interface name"),
             ("pin_dir = \"bpf\"", "absolute"),
+            ("dns_grace = -1", "out of range"),
+            ("dns_grace = 86401", "out of range"),
+            (
+                "[peers]\ndns-servers = [\"192.0.2.53\",\n  \"ns.example.com\"]",
+                "host name \"ns.example.com\"",
+            ),
             ("[metrics]\nlisten = \"localhost\"", "socket address"),
             ("[metrics]\nport = 1", "unknown field"),
         ] {

@@ -11,7 +11,7 @@ use crate::{
     datapath::{
         fault::{self, Step},
         loader::Datapath,
-        state::State,
+        state::{NamesState, State},
     },
     model::{LoopbackMode, Mode},
     policy::{
@@ -38,7 +38,7 @@ pub fn config_for(policy: &Policy, generation: u32, settings: &Settings) -> Conf
         events_per_sec: settings.events_per_sec,
         xdp_flows: u32::from(!settings.xdp.is_empty()),
         epoch: 0,
-        _reserved: [0; 1],
+        dns_grace: settings.dns_grace,
     }
 }
 
@@ -60,7 +60,8 @@ pub fn install(
     let live = dp.config()?;
     let generation = 1 - (live.generation & 1);
     let image = Image::build(policy, &index, generation)?;
-    warn_unlearned_names(policy);
+    let resolvers: Vec<_> = settings.resolvers.iter().map(|r| r.network).collect();
+    dp.set_resolvers(&resolvers)?;
     dp.reset_rule_counters(&fresh)?;
     fault::point(Step::Counters);
     // A new epoch: every flow is decided again on its next packet (revocation).
@@ -70,29 +71,7 @@ pub fn install(
     };
     dp.install(&image, config)?;
     let version = previous.map_or(1, |s| s.policy_version + 1);
-    Ok(State::new(
-        policy,
-        &index,
-        &settings.scopes,
-        generation,
-        version,
-    ))
-}
-
-/// The datapath of this build does not yet learn addresses from DNS answers (issue 15,
-/// kernel side pending), so a peer group that is only host names admits no address:
-/// say so once per install, with the way back.
-fn warn_unlearned_names(policy: &Policy) {
-    let groups: Vec<&str> = policy
-        .peer_sets
-        .iter()
-        .filter(|s| !s.names.is_empty())
-        .map(|s| s.name.as_str())
-        .collect();
-    if !groups.is_empty() {
-        log::warn!(
-            "peer groups with host names ({}) admit only their networks: this build does not learn addresses from DNS answers yet; set vendor_peers = \"any\" (or list the groups in any_peer_groups) to keep their ports open to any peer",
-            groups.join(", ")
-        );
-    }
+    let mut state = State::new(policy, &index, &settings.scopes, generation, version);
+    state.names = NamesState::new(policy, settings.dns_grace, settings.resolvers.clone());
+    Ok(state)
 }

@@ -5,7 +5,10 @@
 use std::{net::SocketAddr, path::PathBuf};
 
 use crate::{
-    config::site::DEFAULT_CONFIG,
+    config::{
+        resolvers::{self, Resolver},
+        site::DEFAULT_CONFIG,
+    },
     datapath::paths::PathArgs,
     model::{Mode, ScopeTarget},
     policy::{Policy, compiler},
@@ -77,6 +80,10 @@ pub struct Settings {
     pub xdp: Vec<String>,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics: Option<SocketAddr>,
+    /// Seconds a learned address outlives its TTL (the site's `dns_grace`).
+    pub dns_grace: u32,
+    /// The resolvers whose answers the datapath learns from.
+    pub resolvers: Vec<Resolver>,
 }
 
 /// Compiles the policy and settles the settings, before anything touches the kernel.
@@ -100,6 +107,8 @@ pub fn resolve(args: &mut Overrides) -> anyhow::Result<(Policy, Settings, Option
             events_per_sec: site.events_per_sec,
             xdp: site.xdp.clone(),
             metrics: site.metrics.listen,
+            dns_grace: site.dns_grace,
+            resolvers: resolvers::trusted(Some(&site)),
         };
         (policy, settings)
     } else {
@@ -112,6 +121,8 @@ pub fn resolve(args: &mut Overrides) -> anyhow::Result<(Policy, Settings, Option
                 events_per_sec: 100,
                 xdp: Vec::new(),
                 metrics: None,
+                dns_grace: crate::config::Site::default_for(product).dns_grace,
+                resolvers: resolvers::trusted(None),
             },
         )
     };

@@ -156,11 +156,13 @@ impl Datapath {
             let prog: &mut CgroupSkb = program(&mut ebpf, name)?.try_into()?;
             prog.load()
                 .with_context(|| format!("loading program {name} (verifier)"))?;
+            log_verified(name, prog.info());
         }
         for name in [programs::CONNECT4, programs::CONNECT6] {
             let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?.try_into()?;
             prog.load()
                 .with_context(|| format!("loading program {name} (verifier)"))?;
+            log_verified(name, prog.info());
         }
         pin_programs(&mut ebpf, paths)?;
         let ports_mmap = map_ports(&ebpf);
@@ -189,7 +191,7 @@ impl Datapath {
 
     /// Writes `image` into its generation, then makes it live by writing `config` (whose
     /// `generation` must be the image's) in one map update, then clears the other
-    /// generation's peer entries. Packets see the old policy or the new one, never a mix.
+    /// generation's peer and host name entries (`names`). Packets see the old policy or the new one, never a mix.
     ///
     /// The idle generation is made to hold exactly the image before the flip, whatever
     /// an earlier run left in it (a reload killed between its flip and its cleanup
@@ -249,6 +251,7 @@ impl Datapath {
             }
         }
         fault::point(Step::Peers);
+        self.write_names(image)?;
         {
             let mut cfg = Array::<_, Config>::try_from(
                 self.ebpf.map_mut(names::CONFIG).context("config map")?,
@@ -259,6 +262,7 @@ impl Datapath {
         // The old generation's trie entries are now unreachable; remove them (memory
         // only: the next install clears that generation again before filling it).
         self.clear_peers(1 - image.generation)?;
+        self.clear_names(1 - image.generation)?;
         fault::point(Step::Cleanup);
         Ok(())
     }
@@ -333,6 +337,14 @@ fn write_ports_batch(
         shadow[image.generation as usize & 1] = Some(image.ports.clone());
     }
     Ok(())
+}
+
+/// Logs (debug) how many instructions the verifier processed for a program: how close
+/// it is to the kernel's limit of one million.
+fn log_verified(name: &str, info: Result<aya::programs::ProgramInfo, aya::programs::ProgramError>) {
+    if let Some(n) = info.ok().and_then(|i| i.verified_instruction_count()) {
+        log::debug!("program {name}: the verifier processed {n} instructions");
+    }
 }
 
 /// Pins the four cgroup programs as `progs/<name>`, replacing those of an earlier run:

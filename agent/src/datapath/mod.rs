@@ -5,7 +5,9 @@
 //! resets the counters of every layer ([`counters`]), reads and deletes the per-flow
 //! evidence of would-denied flows ([`evidence`]), reads the deny-event ring
 //! ([`events`]) and the programs' run statistics ([`programs`]), keeps the agent's
-//! state file ([`state`]), and has the test-only fault points of a reload ([`fault`]).
+//! state file ([`state`]), writes the host name maps and the trusted resolvers and reads
+//! back what the kernel learned from DNS answers ([`names`]), and has the test-only fault
+//! points of a reload ([`fault`]).
 
 pub mod attach;
 pub mod counters;
@@ -13,6 +15,7 @@ pub mod events;
 pub mod evidence;
 pub mod fault;
 pub mod loader;
+pub mod names;
 pub mod paths;
 pub mod programs;
 pub mod state;

@@ -7,7 +7,10 @@ use std::{fs, path::Path};
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
+use portcullis_common::names;
+
 use crate::{
+    config::resolvers::Resolver,
     model::ScopeTarget,
     policy::{LoopbackMode, Mode, Policy, image::RuleIndex},
 };
@@ -64,6 +67,73 @@ pub struct State {
     /// Outcome of the last reload, if there was one.
     #[serde(default)]
     pub last_reload: Option<ReloadOutcome>,
+    /// Host names of the live policy and the DNS settings (empty in state files of
+    /// older agents).
+    #[serde(default)]
+    pub names: NamesState,
+}
+
+/// What `status` needs to show the addresses learned from DNS: the pattern behind each
+/// hash the kernel stores, the groups it is in, and the settings in force.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamesState {
+    /// The site's `dns_grace`, seconds.
+    pub dns_grace_secs: u32,
+    /// The resolvers answers are learned from.
+    pub trusted_resolvers: Vec<Resolver>,
+    /// Every name and wildcard of the policy's peer groups.
+    pub patterns: Vec<PatternState>,
+}
+
+/// One name pattern of the policy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PatternState {
+    /// As written (lowercase): `repo.example.com` or `*.example.com`.
+    pub pattern: String,
+    /// `names::NameKey::hash`.
+    pub hash: u64,
+    /// `names::KIND_*`.
+    pub kind: u8,
+    /// The peer groups that list it.
+    pub groups: Vec<String>,
+}
+
+impl NamesState {
+    /// The names of `policy`, with the DNS settings.
+    pub fn new(policy: &Policy, dns_grace_secs: u32, trusted_resolvers: Vec<Resolver>) -> Self {
+        let mut by_pattern: std::collections::BTreeMap<String, PatternState> = Default::default();
+        for set in &policy.peer_sets {
+            for host in &set.names {
+                let p = by_pattern
+                    .entry(host.to_string())
+                    .or_insert_with(|| PatternState {
+                        pattern: host.to_string(),
+                        hash: names::name_hash(&host.name),
+                        kind: if host.wildcard {
+                            names::KIND_WILDCARD
+                        } else {
+                            names::KIND_EXACT
+                        },
+                        groups: Vec::new(),
+                    });
+                if !p.groups.contains(&set.name) {
+                    p.groups.push(set.name.clone());
+                }
+            }
+        }
+        Self {
+            dns_grace_secs,
+            trusted_resolvers,
+            patterns: by_pattern.into_values().collect(),
+        }
+    }
+
+    /// The pattern a learned slot stands for, if the live policy has it.
+    pub fn pattern(&self, hash: u64, kind: u8) -> Option<&PatternState> {
+        self.patterns
+            .iter()
+            .find(|p| p.hash == hash && p.kind == kind)
+    }
 }
 
 /// What became of a reload.
@@ -131,6 +201,7 @@ impl State {
             rules,
             config: None,
             last_reload: None,
+            names: NamesState::default(),
         }
     }
 

@@ -322,8 +322,8 @@ impl NameTables for Image {
         self.names.get(key).map_or(0, |v| v.groups)
     }
 
-    fn slot_names(&self, key: &SlotKey) -> Option<SlotNames> {
-        self.slot_names.get(key).copied()
+    fn slot_names(&self, key: &SlotKey) -> Option<&SlotNames> {
+        self.slot_names.get(key)
     }
 }
 

@@ -37,6 +37,7 @@ pub struct Config {
     /// that finds an older epoch has its flow decided again by the live policy, so a rule
     /// a reload removes or narrows stops the flows it allowed (reason `revoked`).
     pub epoch: u32,
-    /// Reserved, zero.
-    pub _reserved: [u32; 1],
+    /// Seconds an address learned from a DNS answer stays usable for new flows after
+    /// its TTL ran out (the site's `dns_grace`).
+    pub dns_grace: u32,
 }

@@ -110,6 +110,18 @@ impl NameCursor {
         }
     }
 
+    /// Starts reading a name at `pos`, in place: the label hashes of an earlier name
+    /// stay in the array but are never read (only the first `count` are). Building a
+    /// new cursor instead would put its 256-byte array on the kernel program's stack.
+    #[inline(always)]
+    fn start(&mut self, pos: u16) {
+        self.pos = pos;
+        self.after = 0;
+        self.hops = 0;
+        self.count = 0;
+        self.bytes = 1;
+    }
+
     /// The hash of the whole name.
     fn hash(&self) -> u64 {
         let mut h = ROOT;
@@ -278,7 +290,7 @@ impl Parser {
             return self.finish(Status::NotAnswer);
         }
         self.records = if an > MAX_RECORDS { MAX_RECORDS } else { an };
-        self.name = NameCursor::at(HEADER_LEN as u16);
+        self.name.start(HEADER_LEN as u16);
         self.phase = Phase::Question;
         true
     }
@@ -364,7 +376,7 @@ impl Parser {
             return self.finish(Status::Complete);
         }
         self.records -= 1;
-        self.name = NameCursor::at(pos);
+        self.name.start(pos);
         self.phase = Phase::Owner;
         true
     }
@@ -430,7 +442,7 @@ impl Parser {
             }
             (TYPE_A | TYPE_AAAA, _) => return self.finish(Status::Malformed),
             (TYPE_CNAME, _) if (self.chain_len as usize) < MAX_CHAIN => {
-                self.name = NameCursor::at(start);
+                self.name.start(start);
                 self.rdata_end = end;
                 self.cname_ttl = ttl;
                 self.phase = Phase::Cname;

@@ -57,8 +57,8 @@ pub const EVENTS_BYTES: u32 = 256 * 1024;
 pub const EVENT_RATE: &str = "PC_RATE";
 
 /// Name patterns of the policy (both generations): `names::NameKey` -> `names::NameValue`.
-/// `HashMap`. Written by the agent with the policy (issue 15: the kernel side that reads
-/// it lands with the DNS learning programs).
+/// `HashMap`. Written by the agent with the policy, read by the ingress program when it
+/// learns from an answer and by `decide` for a learned address.
 pub const NAMES: &str = "PC_NAMES";
 /// Capacity of [`NAMES`] (patterns across both generations).
 pub const NAMES_MAX: u32 = 8 * 1024;
@@ -73,8 +73,20 @@ pub const LEARNED: &str = "PC_LEARNED";
 /// Capacity of [`LEARNED`] (addresses in total).
 pub const LEARNED_MAX: u32 = 64 * 1024;
 
-/// Every map the object defines, for pinning and for the adoption check.
-pub const ALL: [&str; 14] = [
+/// Trusted resolvers: address prefixes -> 1. `LpmTrie<[u8; 16], u32>` (IPv6 or
+/// IPv4-mapped, prefix length in bits of the 16-byte form). Only answers from these are
+/// learned from.
+pub const RESOLVERS: &str = "PC_RESOLVERS";
+/// Capacity of [`RESOLVERS`].
+pub const RESOLVERS_MAX: u32 = 256;
+/// DNS learning counters, indexed by `stats::dns::*`. `PerCpuArray<u64>`.
+pub const DNS_STATS: &str = "PC_DNS_STATS";
+/// The ingress program's per-CPU DNS parser state and message buffer (not pinned: each
+/// loaded object has its own; nothing outside the program reads it).
+pub const DNS_SCRATCH: &str = "PC_DNS_SCRATCH";
+
+/// Every map the object defines and pins, for pinning and for the adoption check.
+pub const ALL: [&str; 19] = [
     PORTS,
     PEERS,
     RULE_COUNTERS,
@@ -89,6 +101,11 @@ pub const ALL: [&str; 14] = [
     EVENTS,
     EVENT_RATE,
     AUDIT_FLOWS,
+    NAMES,
+    SLOT_NAMES,
+    LEARNED,
+    RESOLVERS,
+    DNS_STATS,
 ];
 
 /// Program names (the Rust function names in the eBPF crate).

@@ -177,7 +177,11 @@ impl SlotNames {
         if hit == 0 {
             return 0;
         }
-        self.rules[(hit.trailing_zeros() as usize) & (MAX_NAME_GROUPS - 1)]
+        // Through `black_box`: eBPF has no count-trailing-zeros instruction, LLVM reads
+        // a table instead and, knowing its bytes are below 64, drops the mask, which
+        // the verifier needs to see the index bounded.
+        let bit = core::hint::black_box(hit.trailing_zeros() as usize);
+        self.rules[bit & (MAX_NAME_GROUPS - 1)]
     }
 }
 
@@ -213,8 +217,11 @@ pub struct Learned {
 }
 
 impl Learned {
-    /// Records `name` (or extends its expiry when already there).
-    pub fn record(&mut self, name: LearnedName) {
+    /// Records `name` (or extends its expiry when already there). A new pattern takes
+    /// a free slot, else the slot expiring first; returns whether the pattern it
+    /// replaced was still valid at `now_ns` (an eviction, counted by the datapath).
+    #[inline(always)]
+    pub fn record(&mut self, name: LearnedName, now_ns: u64) -> bool {
         let mut slot = 0;
         let mut i = 0;
         while i < LEARNED_NAMES {
@@ -228,11 +235,42 @@ impl Learned {
             }
             i += 1;
         }
-        let old = self.names[slot];
+        let old = self.names[slot & (LEARNED_NAMES - 1)];
         let same = old.hash == name.hash && old.kind == name.kind;
         if !same || name.expires_ns > old.expires_ns {
-            self.names[slot] = name;
+            self.names[slot & (LEARNED_NAMES - 1)] = name;
         }
+        !same && old.hash != 0 && old.expires_ns > now_ns
+    }
+
+    /// Records every pattern of `template` (an answer's patterns, see
+    /// [`record_listed`]) as valid until `expires_ns`; returns how many still valid
+    /// patterns were pushed out (see [`Learned::record`]).
+    #[inline(always)]
+    pub fn merge(&mut self, template: &Learned, expires_ns: u64, now_ns: u64) -> u32 {
+        let mut evicted = 0;
+        let mut i = 0;
+        while i < LEARNED_NAMES {
+            let t = &template.names[i];
+            if t.hash != 0 {
+                let name = LearnedName {
+                    hash: t.hash,
+                    expires_ns,
+                    kind: t.kind,
+                    _pad: [0; 7],
+                };
+                evicted += self.record(name, now_ns) as u32;
+            }
+            i += 1;
+        }
+        evicted
+    }
+
+    /// Whether no pattern is valid at `now_ns` any more: what the agent's sweep removes.
+    pub fn expired(&self, now_ns: u64) -> bool {
+        self.names
+            .iter()
+            .all(|n| n.hash == 0 || n.expires_ns <= now_ns)
     }
 }
 
@@ -240,8 +278,9 @@ impl Learned {
 pub trait NameTables {
     /// The groups of a `NAMES` entry (0 when absent).
     fn name_groups(&self, key: &NameKey) -> u64;
-    /// The `SLOT_NAMES` entry of a slot, if any.
-    fn slot_names(&self, key: &SlotKey) -> Option<SlotNames>;
+    /// The `SLOT_NAMES` entry of a slot, if any (by reference: it is 136 bytes, too
+    /// many to copy onto a kernel program's stack).
+    fn slot_names(&self, key: &SlotKey) -> Option<&SlotNames>;
 }
 
 /// The rule that opens `slot` of `generation` to an address learned as `learned`, at
@@ -269,42 +308,87 @@ pub fn learned_rule<T: NameTables>(
     slot_names.rule(groups)
 }
 
-/// The patterns a name (its label hashes, first label first) can match, most specific
-/// first: the name itself exactly, then `*.` of each proper suffix with at least one
-/// label. Calls `f` with each key until it returns true; returns whether one did.
+/// The patterns a name (its label hashes, first label first) can match, one per
+/// [`PatternWalk::next`]: `*.` of each proper suffix with at least one label, from the
+/// shortest suffix to the longest, then the name itself exactly. The suffix hashes fold
+/// from the root down, one label per step, so no array of them is needed, and the
+/// kernel can take one step per `bpf_loop` round.
+#[derive(Clone, Copy, Debug)]
+pub struct PatternWalk {
+    suffix: u64,
+    left: u8,
+}
+
+impl PatternWalk {
+    /// A walk over a name of `count` labels (none for 0 or more than [`MAX_LABELS`]).
+    #[inline(always)]
+    pub const fn new(count: usize) -> Self {
+        Self {
+            suffix: ROOT,
+            left: if count <= MAX_LABELS { count as u8 } else { 0 },
+        }
+    }
+
+    /// The next pattern's key in `generation`, or None after the exact name.
+    #[inline(always)]
+    pub fn next(&mut self, labels: &[u64; MAX_LABELS], generation: u32) -> Option<NameKey> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let i = self.left as usize;
+        self.suffix = fold(labels[i & (MAX_LABELS - 1)], self.suffix);
+        let kind = if i == 0 { KIND_EXACT } else { KIND_WILDCARD };
+        Some(NameKey::new(self.suffix, generation, kind))
+    }
+}
+
+/// Calls `f` with the key of each pattern a name can match ([`PatternWalk`]) until it
+/// returns true; returns whether one did.
 pub fn for_each_pattern(
     labels: &[u64; MAX_LABELS],
     count: usize,
     generation: u32,
     mut f: impl FnMut(NameKey) -> bool,
 ) -> bool {
-    if count == 0 || count > MAX_LABELS {
-        return false;
-    }
-    // suffix[i] = hash of labels i..count, built from the root down.
-    let mut suffix = [ROOT; MAX_LABELS + 1];
-    let mut i = count;
-    while i > 0 {
-        i -= 1;
-        suffix[i] = fold(labels[i], suffix[i + 1]);
-    }
-    if f(NameKey::new(suffix[0], generation, KIND_EXACT)) {
-        return true;
-    }
-    let mut i = 1;
-    while i < count {
-        if f(NameKey::new(suffix[i], generation, KIND_WILDCARD)) {
+    let mut walk = PatternWalk::new(count);
+    while let Some(key) = walk.next(labels, generation) {
+        if f(key) {
             return true;
         }
-        i += 1;
     }
     false
 }
 
+/// Records `key` in `learned`, valid until `expires_ns`, if the policy lists that
+/// pattern; returns whether it does.
+#[inline(always)]
+pub fn record_pattern<T: NameTables>(
+    tables: &T,
+    key: &NameKey,
+    expires_ns: u64,
+    learned: &mut Learned,
+) -> bool {
+    if tables.name_groups(key) == 0 {
+        return false;
+    }
+    learned.record(
+        LearnedName {
+            hash: key.hash,
+            expires_ns,
+            kind: key.kind,
+            _pad: [0; 7],
+        },
+        0,
+    );
+    true
+}
+
 /// Records in `learned` every pattern of the policy's `generation` that the name
-/// (label hashes as [`for_each_pattern`] takes them) matches, valid until
-/// `expires_ns`; returns whether the name is listed at all. This is what learning an
-/// address from an answer to that name stores.
+/// (label hashes as [`PatternWalk`] takes them) matches, valid until `expires_ns`;
+/// returns whether the name is listed at all. This is what learning an address from an
+/// answer to that name stores (the kernel takes the same steps, one per `bpf_loop`
+/// round).
 pub fn record_listed<T: NameTables>(
     tables: &T,
     labels: &[u64; MAX_LABELS],
@@ -315,15 +399,7 @@ pub fn record_listed<T: NameTables>(
 ) -> bool {
     let mut listed = false;
     for_each_pattern(labels, count, generation, |key| {
-        if tables.name_groups(&key) != 0 {
-            listed = true;
-            learned.record(LearnedName {
-                hash: key.hash,
-                expires_ns,
-                kind: key.kind,
-                _pad: [0; 7],
-            });
-        }
+        listed |= record_pattern(tables, &key, expires_ns, learned);
         false
     });
     listed
@@ -366,10 +442,10 @@ mod tests {
             false
         });
         assert_eq!(i, 4);
-        assert_eq!(seen[0], name_hash("x.y.mailshell.net"));
-        assert_eq!(seen[1], name_hash("y.mailshell.net"));
-        assert_eq!(seen[2], name_hash("mailshell.net"));
-        assert_eq!(seen[3], name_hash("net"));
+        assert_eq!(seen[0], name_hash("net"));
+        assert_eq!(seen[1], name_hash("mailshell.net"));
+        assert_eq!(seen[2], name_hash("y.mailshell.net"));
+        assert_eq!(seen[3], name_hash("x.y.mailshell.net"));
     }
 
     #[test]
@@ -381,14 +457,44 @@ mod tests {
             _pad: [0; 7],
         };
         let mut l = Learned::default();
-        l.record(n(1, 10));
-        l.record(n(1, 5));
+        assert!(!l.record(n(1, 10), 0));
+        assert!(!l.record(n(1, 5), 0));
         assert_eq!(l.names[0].expires_ns, 10);
         for h in 2..=4 {
-            l.record(n(h, 20 + h));
+            assert!(!l.record(n(h, 20 + h), 0), "free slots first");
         }
-        l.record(n(9, 100));
+        // Pattern 1 expires first; at time 11 it is no longer valid: no eviction.
+        assert!(!l.record(n(9, 100), 11));
         assert!(l.names.iter().all(|x| x.hash != 1), "the oldest went");
         assert!(l.names.iter().any(|x| x.hash == 9));
+        // Pattern 2 (valid until 22) pushed out at time 12: an eviction.
+        assert!(l.record(n(10, 100), 12));
+        assert!(!l.expired(23));
+        assert!(l.expired(100));
+    }
+
+    #[test]
+    fn merge_stamps_the_answer_expiry_and_counts_valid_patterns_pushed_out() {
+        let n = |hash| LearnedName {
+            hash,
+            expires_ns: 0,
+            kind: KIND_WILDCARD,
+            _pad: [0; 7],
+        };
+        let mut template = Learned::default();
+        template.names[0] = n(7);
+        template.names[1] = n(8);
+        let mut l = Learned::default();
+        assert_eq!(l.merge(&template, 50, 10), 0);
+        assert!(l.names.iter().filter(|x| x.expires_ns == 50).count() == 2);
+        // The same answer later extends both, evicting nothing.
+        assert_eq!(l.merge(&template, 90, 60), 0);
+        assert!(l.names.iter().filter(|x| x.expires_ns == 90).count() == 2);
+        // Three more names fill the rest and push one valid pattern out.
+        let mut more = Learned::default();
+        for (i, h) in [1, 2, 3].into_iter().enumerate() {
+            more.names[i] = n(h);
+        }
+        assert_eq!(l.merge(&more, 100, 70), 1);
     }
 }

@@ -151,6 +151,31 @@ impl DeniedKey {
     }
 }
 
+/// Counters of the DNS answers the datapath learns addresses from (`maps::DNS_STATS`,
+/// a `PerCpuArray<u64>` indexed by these). The kernel adds to all but [`dns::EXPIRED`],
+/// which the agent's sweep keeps (in CPU 0's slot, which no program writes).
+pub mod dns {
+    /// Answers from a trusted resolver that taught at least one address.
+    pub const ANSWERS_LEARNED: u32 = 0;
+    /// Address records stored (new or refreshed) from those answers.
+    pub const ADDRESSES_LEARNED: u32 = 1;
+    /// Packets from port 53 of an address that is not a trusted resolver: never parsed.
+    pub const UNTRUSTED: u32 = 2;
+    /// Usable answers from a trusted resolver for a name no peer group lists.
+    pub const UNLISTED: u32 = 3;
+    /// Messages from a trusted resolver the parser found broken (`dns::Status::Malformed`).
+    pub const MALFORMED: u32 = 4;
+    /// Name patterns pushed out of a learned address's slots while still valid.
+    pub const PATTERNS_EVICTED: u32 = 5;
+    /// Learned addresses inserted as new entries (for the LRU eviction count: inserted
+    /// minus present minus swept).
+    pub const INSERTED: u32 = 6;
+    /// Learned addresses the agent removed after they expired.
+    pub const EXPIRED: u32 = 7;
+    /// Number of counters.
+    pub const LEN: u32 = 8;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
