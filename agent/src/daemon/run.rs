@@ -26,6 +26,7 @@ use crate::{
         evidence::EvidenceMap,
         fault::{self, Step},
         loader::Datapath,
+        names,
         paths::PathArgs,
         state::{self, InstallLock, ReloadOutcome, State, unix_now},
     },
@@ -33,6 +34,10 @@ use crate::{
     observe::events::EventLog,
     systemd,
 };
+
+/// How often expired learned addresses are swept (`datapath::names::sweep`): an expired
+/// entry opens nothing, so this only bounds how long it takes room in the LRU map.
+const NAMES_SWEEP: Duration = Duration::from_secs(10);
 
 /// Deny log lines per second before the log summarises ("suppressed N lines"); the
 /// kernel's own per-CPU limit (`events_per_sec`) comes first.
@@ -309,6 +314,7 @@ async fn serve(daemon: &mut Daemon) -> anyhow::Result<()> {
     );
     let watchdog_on = daemon.notify.watchdog_interval().is_some();
     let mut flush = tokio::time::interval(Duration::from_secs(2));
+    let mut names_sweep = tokio::time::interval(NAMES_SWEEP);
     if let Some(addr) = daemon.metrics {
         let paths = daemon.paths.clone();
         tokio::spawn(async move {
@@ -334,6 +340,11 @@ async fn serve(daemon: &mut Daemon) -> anyhow::Result<()> {
             }
             _ = watchdog.tick(), if watchdog_on => daemon.notify.send("WATCHDOG=1"),
             _ = flush.tick() => daemon.flush(),
+            _ = names_sweep.tick() => {
+                if let Err(e) = names::sweep(&daemon.paths) {
+                    log::warn!("sweeping expired host name addresses: {e:#}");
+                }
+            }
             _ = scope_check.tick() => {
                 let tag = tag(&daemon.state);
                 daemon.attached.reattach_recreated(&mut daemon.dp, &tag);

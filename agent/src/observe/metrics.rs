@@ -58,7 +58,8 @@ pub struct Scrape {
 pub fn gather(paths: &PathArgs) -> anyhow::Result<String> {
     let state = State::read(&paths.state_file())?;
     let snap = counters::read(paths)?;
-    let status = status::build(state, &snap, &pinned_links(paths));
+    let learning = status::learned(paths);
+    let status = status::build(state, &snap, &pinned_links(paths), learning.as_ref());
     Ok(Scrape {
         status,
         denied_ports: snap.denied.len(),
@@ -300,6 +301,38 @@ impl Collector for Scrape {
             ConstCounter::new(s.malformed.packets),
         )?;
 
+        let dns = &s.names.counters;
+        family(
+            enc,
+            "portcullis_dns_answers_total",
+            "DNS answers from port 53 by what the kernel made of them: learned (a trusted resolver's answer taught at least one address of a listed name), untrusted (not from a trusted resolver: never learned from; counts packets), unlisted (for a name no peer group lists), malformed (broken).",
+            [
+                ("learned", dns.answers_learned),
+                ("untrusted", dns.untrusted),
+                ("unlisted", dns.unlisted),
+                ("malformed", dns.malformed),
+            ]
+            .map(|(result, n)| ([("result", result.to_owned())], ConstCounter::new(n))),
+        )?;
+        single(
+            enc,
+            "portcullis_dns_learned_addresses",
+            "Addresses learned from DNS answers with at least one listed name still valid.",
+            ConstGauge::new(s.names.learned.len() as u64),
+        )?;
+        single(
+            enc,
+            "portcullis_dns_expired_total",
+            "Learned addresses removed after their TTL plus dns_grace ran out.",
+            ConstCounter::new(dns.expired),
+        )?;
+        single(
+            enc,
+            "portcullis_dns_evicted_total",
+            "Learned addresses (or names of an address) pushed out by newer ones while still valid: the learned-address table or an address's name slots are full.",
+            ConstCounter::new(dns.evicted),
+        )?;
+
         let program = |p: &ProgramRuns| [("program", p.name.clone())];
         family(
             enc,
@@ -380,6 +413,7 @@ mod tests {
                 packets: 3,
                 bytes: 180,
             }],
+            names: Default::default(),
             events: EventStatus {
                 sent: 3,
                 rate_limited: 1,

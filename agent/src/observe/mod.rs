@@ -1,5 +1,5 @@
 //! What the operator sees of a running policy: the status model ([`status`]) and its
-//! tables ([`table`]), the Prometheus metrics ([`metrics`]), deny events ([`events`]) as
+//! tables ([`table`]), the host names learned from DNS ([`names`]), the Prometheus metrics ([`metrics`]), deny events ([`events`]) as
 //! log lines ([`denylog`], with cgroup names from [`cgroups`]) and as the aggregate
 //! behind `report` ([`aggregate`], with the per-flow [`evidence`] that [`readiness`]
 //! classifies as breakage or exposure). It reads counters and events through
@@ -11,6 +11,7 @@ pub mod denylog;
 pub mod events;
 pub mod evidence;
 pub mod metrics;
+pub mod names;
 pub mod readiness;
 pub mod report;
 pub mod status;

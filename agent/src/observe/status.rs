@@ -10,8 +10,15 @@ use portcullis_common::{
 use serde::Serialize;
 
 use crate::{
-    datapath::{attach::pinned_links, counters, paths::PathArgs, state::State},
+    datapath::{
+        attach::pinned_links,
+        counters,
+        names::{self as datapath_names, Learning},
+        paths::PathArgs,
+        state::State,
+    },
     model::{Direction, IpProtocol, LoopbackMode, Mode, ScopeTarget},
+    observe::names::{self, NamesStatus},
 };
 
 /// Packets and bytes.
@@ -182,18 +189,34 @@ pub struct Status {
     pub events: EventStatus,
     /// The XDP layer.
     pub xdp: XdpStatus,
+    /// Host names: the addresses learned from DNS answers, and the counters.
+    pub names: NamesStatus,
 }
 
 /// Reads state and counters into a [`Status`].
 pub fn collect(paths: &PathArgs) -> anyhow::Result<Status> {
     let state = State::read(&paths.state_file())?;
     let snap = counters::read(paths)?;
-    Ok(build(state, &snap, &pinned_links(paths)))
+    let learning = learned(paths);
+    Ok(build(state, &snap, &pinned_links(paths), learning.as_ref()))
+}
+
+/// What the kernel learned from DNS answers; None (logged) when its maps cannot be
+/// read, e.g. pins left by a version without them: the rest of the status still shows.
+pub fn learned(paths: &PathArgs) -> Option<Learning> {
+    datapath_names::read(paths)
+        .inspect_err(|e| log::debug!("no learned host names: {e:#}"))
+        .ok()
 }
 
 /// A [`Status`] from a state file and a counter snapshot already read (the metrics
 /// endpoint reads each once and needs both).
-pub fn build(state: State, snap: &counters::Snapshot, links: &[std::path::PathBuf]) -> Status {
+pub fn build(
+    state: State,
+    snap: &counters::Snapshot,
+    links: &[std::path::PathBuf],
+    learning: Option<&Learning>,
+) -> Status {
     let attached_links = links.len();
     let paths_links = links;
     let rules: Vec<RuleStatus> = state
@@ -218,6 +241,7 @@ pub fn build(state: State, snap: &counters::Snapshot, links: &[std::path::PathBu
     let (denies, denied, would_deny) = deny_summary(|i| snap.stat(i));
     let denied_ports = denied_ports(&snap.denied);
     let xdp = xdp_status(&state, snap, paths_links);
+    let names = names::build(&state.names, learning, datapath_names::boot_ns());
     Status {
         product: state.product,
         mode: state.mode,
@@ -244,6 +268,7 @@ pub fn build(state: State, snap: &counters::Snapshot, links: &[std::path::PathBu
             ring_full: snap.stat(stats::EVENTS_RING_FULL).packets,
         },
         xdp,
+        names,
     }
 }
 

@@ -147,6 +147,7 @@ pub fn table(s: &Status, watch: Option<&Watch>) -> String {
         "events: {} sent, {} rate-limited, {} lost (ring full)",
         s.events.sent, s.events.rate_limited, s.events.ring_full
     );
+    o.push_str(&super::names::table(&s.names));
     o
 }
 
