@@ -222,7 +222,9 @@ fn compile(profile: &str, site: &str) -> Policy {
 // The generator: valid configs, written in varied ways.
 // ---------------------------------------------------------------------------------
 
-const GROUPS: [&str; 3] = ["dns-servers", "ldap", "g.2_x"];
+/// Not "dns-servers": that group names the trusted resolvers and takes addresses only,
+/// while the generator gives any group host names.
+const GROUPS: [&str; 3] = ["mail-relays", "ldap", "g.2_x"];
 /// Members of a peer group: networks and host names (in the cases people write them).
 const NETS: [&str; 10] = [
     "192.0.2.0/24",

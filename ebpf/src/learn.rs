@@ -215,6 +215,10 @@ extern "C" fn pattern(_index: u32, _ctx: *mut c_void) -> i64 {
 
 /// Stores address `index` of the answer with the question's patterns, as `bpf_loop`'s
 /// callback.
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "key and value are passed as pointers into the scratch: no copy on the stack"
+)]
 extern "C" fn address(index: u32, _ctx: *mut c_void) -> i64 {
     let Some(s) = scratch() else { return 1 };
     let i = index as usize;

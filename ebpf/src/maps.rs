@@ -157,6 +157,10 @@ impl PolicyTables for KernelTables {
         PC_PEERS.get(&key).map_or(0, |rule| *rule as u16)
     }
 
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "the key is looked up by reference: no second copy on a tight stack"
+    )]
     #[inline(always)]
     fn learned_rule(&self, generation: u32, slot: u16, peer: &[u8; 16]) -> u16 {
         let key = LearnedKey { addr: *peer };

@@ -177,12 +177,12 @@ pub fn read(paths: &PathArgs) -> anyhow::Result<Learning> {
 }
 
 fn learned_map(data: MapData) -> anyhow::Result<HashMap<MapData, LearnedKey, Learned>> {
-    Ok(HashMap::try_from(Map::from_map_data(data)?).context("learned addresses map")?)
+    HashMap::try_from(Map::from_map_data(data)?).context("learned addresses map")
 }
 
 fn counters_map(paths: &PathArgs) -> anyhow::Result<PerCpuArray<MapData, u64>> {
     let map = Map::from_map_data(open_pinned(paths, names::DNS_STATS)?)?;
-    Ok(PerCpuArray::try_from(map).context("DNS counters")?)
+    PerCpuArray::try_from(map).context("DNS counters")
 }
 
 fn read_counters(paths: &PathArgs) -> anyhow::Result<Vec<u64>> {

@@ -170,6 +170,7 @@ pub(crate) mod tests {
             scopes: vec![ScopeTarget::Host],
             attached_links: 4,
             xdp: XdpStatus::default(),
+            names: Default::default(),
             generation: 1,
             policy_version: 1,
             policy_digest: String::new(),
