@@ -215,6 +215,15 @@ fn judge(ctx: &SkBuffContext, egress: bool, dns: Option<&mut u8>) -> i32 {
             true,
         );
     }
+    // A possible DNS answer (after the spoof check: a forged source is never learned
+    // from; before the loopback exemption: a local stub such as 127.0.0.53 is a
+    // trusted resolver).
+    if let Some(dns) = dns
+        && f.remote_port == learn::DNS_PORT
+        && (f.protocol == IPPROTO_UDP || f.protocol == IPPROTO_TCP)
+    {
+        *dns = 1;
+    }
     if cfg.loopback == LOOPBACK_EXEMPT && is_loopback(&f.remote) {
         count_stat(
             stats::LAYER_CGROUP,
@@ -241,11 +250,6 @@ fn judge(ctx: &SkBuffContext, egress: bool, dns: Option<&mut u8>) -> i32 {
         }
     }
 
-    if let Some(dns) = dns
-        && f.remote_port == learn::DNS_PORT
-    {
-        *dns = 1;
-    }
     let sk = full_socket(ctx);
     let record = storage(sk, None);
     if !record.is_null() {

@@ -24,6 +24,8 @@ use crate::{
         profile::{self, Profile},
         site::Site,
     },
+    datapath::paths::PathArgs,
+    observe::names::{self, LearnedAddress},
     policy::{
         Direction, HostName, Mode, Policy, Protocol, Rule, compiler,
         verdict::{DEFAULT_PEER, FeatureHints, Flow, Tables, Verdict},
@@ -39,7 +41,9 @@ whatever the verdict.
 \"no-rule\"|\"peer\"|\"loopback-exempt\"|null, why, source, note, feature, hint,
 direction, protocol, port, peer, peer_name, resolved, product, mode}; with
 --peer NAME, the name is resolved now with the system resolver, \"resolved\" lists
-its addresses and the verdict is for the first one, as if learned from a DNS answer.
+its addresses and the verdict is for the first one, as if learned from a DNS answer;
+when an agent runs (see --pin-dir, --state-dir), \"learned\" lists those of them its
+kernel learned from DNS answers, with the names and the time left.
 
 Examples:
   portcullis explain --product iredmail --direction in --protocol tcp --port 25
@@ -84,6 +88,10 @@ pub struct Args {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    /// Where a running agent keeps its pins and state: with a host name as --peer,
+    /// what its kernel learned for the name's addresses is shown too.
+    #[command(flatten)]
+    paths: PathArgs,
 }
 
 /// `--peer`: an address, or a host name to resolve.
@@ -157,6 +165,10 @@ struct Explanation<'a> {
     peer_name: Option<&'a str>,
     /// What the name resolves to now; the verdict is for the first address.
     resolved: Vec<IpAddr>,
+    /// With a host name and a running agent: those of `resolved` its kernel learned
+    /// from DNS answers, with the names and expiry (absent without an agent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    learned: Option<Vec<LearnedAddress>>,
     product: &'a str,
     mode: Mode,
 }
@@ -207,6 +219,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         port: flow.port,
         peer: flow.peer,
         peer_name: name,
+        learned: name.and_then(|_| names::learned_for(&args.paths, &resolved)),
         resolved: if name.is_some() { resolved } else { vec![] },
         product: &policy.product,
         mode: policy.mode,
@@ -315,6 +328,28 @@ fn print_text(e: &Explanation<'_>) -> anyhow::Result<()> {
             "dns:",
             all.join(", ")
         )?;
+    }
+    if let Some(learned) = &e.learned {
+        if learned.is_empty() {
+            writeln!(
+                out,
+                "{:<9}none of these addresses is learned by the running agent (yet)",
+                "kernel:"
+            )?;
+        }
+        for l in learned {
+            for n in &l.names {
+                writeln!(
+                    out,
+                    "{:<9}{} learned for {} ({}), {} s left",
+                    "kernel:",
+                    l.address,
+                    n.pattern,
+                    n.groups.join(", "),
+                    n.expires_in_ms / 1000
+                )?;
+            }
+        }
     }
     let line = |out: &mut std::io::StdoutLock<'_>, key: &str, value: Option<&str>| match value {
         Some(v) => writeln!(out, "{key:<9}{v}"),

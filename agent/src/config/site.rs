@@ -96,8 +96,8 @@ pub struct Site {
     #[serde(default)]
     pub any_peer_groups: Vec<Spanned<String>>,
     /// names: rules with a peer group of the profile's named servers are limited to
-    /// those servers; any (default until the kernel learns names): those groups mean
-    /// any peer.
+    /// those servers (their addresses learned from DNS answers); any (the default):
+    /// those groups mean any peer.
     #[serde(default)]
     pub vendor_peers: VendorPeers,
     /// Extra site rules, after the profile's.
@@ -138,9 +138,9 @@ pub struct Site {
 pub enum VendorPeers {
     /// Rules of those groups are limited to the vendor's servers, learned from DNS.
     Names,
-    /// Those groups mean any peer. The default while this build cannot learn addresses
-    /// from DNS answers in the kernel: with names, a group of host names would admit
-    /// no address at all and close the vendor's update ports.
+    /// Those groups mean any peer. The default: names admit only what a trusted
+    /// resolver answers, so turning them on is the site's decision (its resolvers
+    /// must be the ones the gateway's software asks, in clear: see README "Names").
     #[default]
     Any,
 }

@@ -111,6 +111,24 @@ pub fn build(state: &NamesState, learning: Option<&Learning>, now_ns: u64) -> Na
     out
 }
 
+/// What the running agent's kernel learned for `addrs` (the entries among them), or
+/// None when no agent runs with these paths (no state file or maps).
+pub fn learned_for(
+    paths: &crate::datapath::paths::PathArgs,
+    addrs: &[IpAddr],
+) -> Option<Vec<LearnedAddress>> {
+    let state = crate::datapath::state::State::read(&paths.state_file()).ok()?;
+    let learning = crate::datapath::names::read(paths).ok()?;
+    let now = crate::datapath::names::boot_ns();
+    let all = build(&state.names, Some(&learning), now);
+    Some(
+        all.learned
+            .into_iter()
+            .filter(|l| addrs.contains(&l.address))
+            .collect(),
+    )
+}
+
 /// A 16-byte datapath address as people write it (IPv4 unmapped).
 fn display_addr(addr: [u8; 16]) -> IpAddr {
     let v6 = Ipv6Addr::from(addr);

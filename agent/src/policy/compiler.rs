@@ -420,7 +420,9 @@ fn check_peer_groups(
         }
     };
     for (name, networks) in &site.peers {
-        if !used.contains(name.as_str()) {
+        // `dns-servers` also names the trusted resolvers (`config::resolvers`): with
+        // loopback exempt, a local stub needs no rule and the group is still meant.
+        if !used.contains(name.as_str()) && name != crate::config::site::DNS_SERVERS {
             // TOML puts every key after `[peers]` into that table, including top-level
             // settings written below it.
             let hint = if Site::TOP_LEVEL_KEYS.contains(&name.as_str()) {

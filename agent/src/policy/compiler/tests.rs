@@ -826,6 +826,13 @@ fn error_peer_group_unused_or_contradictory() {
         3,
         "peer group \"dns-server\" is not used by any rule",
     );
+    // "dns-servers" names the trusted resolvers too: meant even when no rule uses it.
+    let site = Site::parse(
+        "product = \"xeams\"\n[peers]\ndns-servers = [\"127.0.0.53\"]\n",
+        Path::new("site.toml"),
+    )
+    .unwrap();
+    compile_site(&site, None).expect("an unused dns-servers group compiles");
     let err = site_error(
         "product = \"clearswift-exchange\"\n[peers]\nsxg-servers = [\"192.0.2.1\"]\nany_peer_groups = []\n",
     );
