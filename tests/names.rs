@@ -2,9 +2,9 @@
 //! a real resolver: dnsmasq on the peer namespace B answers from a zone each test
 //! writes, the protected namespace A resolves with a stub in the same process that then
 //! connects (tests/support/net.py), and the real agent learns the answers' addresses on
-//! the ingress path. B owns every address the zones point at (198.19.0.0/21, made local
-//! on B) and an echo server on port 443 answers on all of them, so a connect fails only
-//! when the agent denies it.
+//! the ingress path. B owns every address the zones point at (198.19.0.0/21 and
+//! fd7f::/64, made local on B) and an echo server on port 443 answers on all of them, so
+//! a connect fails only when the agent denies it.
 //!
 //! Every test checks the allowed connect, the denied one (EPERM, counted with reason
 //! "peer") and the `names` section of `portcullis status --json` (NAMES-CONTRACT.md:
@@ -24,6 +24,8 @@ use serde_json::Value;
 
 /// The prefix B owns for the zones' addresses, routed from A.
 const NAMED_PREFIX: &str = "198.19.0.0/21";
+/// The IPv6 prefix B owns for the zones' AAAA records, routed from A.
+const NAMED_PREFIX6: &str = "fd7f::/64";
 /// The port of rule "updates", where B's echo server listens.
 const PORT: u16 = 443;
 /// The group of names the tests' rule uses.
@@ -50,6 +52,17 @@ struct Setup<'a> {
     xdp: bool,
 }
 
+/// How the stub asks.
+#[derive(Clone, Copy)]
+enum Query {
+    /// An A query over UDP.
+    Udp,
+    /// An A query over TCP.
+    Tcp,
+    /// An AAAA query over UDP.
+    Aaaa,
+}
+
 /// A lab with the resolver, the echo server and the agent; the agent is dropped first.
 struct Names {
     agent: Agent,
@@ -64,6 +77,7 @@ impl Names {
     fn new(name: &str, zone: &Zone, setup: Setup) -> Names {
         let mut lab = Lab::new(name);
         lab.local_prefix_on_b(NAMED_PREFIX);
+        lab.local_prefix_on_b(NAMED_PREFIX6);
         lab.spawn_b(&format!("exec {} echo {PORT}", net_py()));
         let (ns_b, probe) = (lab.ns_b.clone(), named(1999));
         lab.wait_tcp(&ns_b, &probe, PORT);
@@ -104,10 +118,14 @@ impl Names {
 
     /// Resolves each name (one query to `server`, UDP or TCP) and connects at once to
     /// its first address on [`PORT`], all in one process on A; net.py's JSON summary.
-    fn resolve_connect(&self, server: &str, names: &[&str], tcp: bool) -> Value {
-        let tcp = if tcp { " --tcp" } else { "" };
+    fn resolve_connect(&self, server: &str, names: &[&str], how: Query) -> Value {
+        let flags = match how {
+            Query::Udp => "",
+            Query::Tcp => " --tcp",
+            Query::Aaaa => " --aaaa",
+        };
         self.run_resolve(&format!(
-            "{} resolve-connect {server} {PORT}{tcp} {}",
+            "{} resolve-connect {server} {PORT}{flags} {}",
             net_py(),
             names.join(" ")
         ))
@@ -127,11 +145,12 @@ impl Names {
     /// Resolves one name with the trusted resolver and connects at once: the address
     /// and the connect's verdict ("ok", "EPERM", ...).
     fn resolve_one(&self, name: &str) -> (String, String) {
-        self.resolve_one_at(&self.lab.b4.clone(), name, false)
+        self.resolve_one_at(&self.lab.b4.clone(), name, Query::Udp)
     }
 
-    fn resolve_one_at(&self, server: &str, name: &str, tcp: bool) -> (String, String) {
-        let r = self.resolve_connect(server, &[name], tcp);
+    /// Like [`Names::resolve_one`], asking `server` in the way `how`.
+    fn resolve_one_at(&self, server: &str, name: &str, how: Query) -> (String, String) {
+        let r = self.resolve_connect(server, &[name], how);
         let addr = r["answers"][name]
             .as_str()
             .unwrap_or_else(|| panic!("{name} did not resolve at {server}: {r}"))
@@ -389,7 +408,7 @@ fn forged_answer() {
     let forger = t.forger.clone();
     for (name, i) in [("evil.lab.test", 11), ("good.lab.test", 12)] {
         assert_eq!(
-            t.resolve_one_at(&forger, name, false),
+            t.resolve_one_at(&forger, name, Query::Udp),
             (named(i), "EPERM".to_owned()),
             "{name} answered by the untrusted {forger}: the client reads it, the address is denied"
         );
@@ -594,12 +613,12 @@ fn tcp_answer() {
     let b4 = t.lab.b4.clone();
     let s0 = t.agent.status();
     assert_eq!(
-        t.resolve_one_at(&b4, "tcp.lab.test", true),
+        t.resolve_one_at(&b4, "tcp.lab.test", Query::Tcp),
         (named(40), "ok".to_owned()),
         "tcp.lab.test resolved over TCP"
     );
     assert_eq!(
-        t.resolve_one_at(&b4, "tcp.other.test", true),
+        t.resolve_one_at(&b4, "tcp.other.test", Query::Tcp),
         (named(41), "EPERM".to_owned()),
         "unlisted tcp.other.test resolved over TCP"
     );
@@ -609,6 +628,41 @@ fn tcp_answer() {
     assert!(counter(&s, "unlisted") >= 1, "{:#}", names(&s));
     assert_learned(&s, &named(40), WILDCARD, 360_000);
     assert!(learned(&s, &named(41)).is_none(), "{:#}", names(&s));
+}
+
+/// AAAA answers are learned as A answers are: a listed name's IPv6 address is allowed,
+/// an unlisted name's denied.
+#[test]
+fn aaaa_answer() {
+    let zone = Zone::new(
+        300,
+        &[("v6.lab.test", "fd7f::10"), ("v6.other.test", "fd7f::11")],
+    );
+    let t = Names::new(
+        "aaaa",
+        &zone,
+        Setup {
+            members: &[WILDCARD],
+            ..Setup::default()
+        },
+    );
+    let b4 = t.lab.b4.clone();
+    let s0 = t.agent.status();
+    assert_eq!(
+        t.resolve_one_at(&b4, "v6.lab.test", Query::Aaaa),
+        ("fd7f::10".to_owned(), "ok".to_owned()),
+        "v6.lab.test AAAA"
+    );
+    assert_eq!(
+        t.resolve_one_at(&b4, "v6.other.test", Query::Aaaa),
+        ("fd7f::11".to_owned(), "EPERM".to_owned()),
+        "unlisted v6.other.test AAAA"
+    );
+    let s = t.agent.status();
+    assert!(peer_denies(&s) > peer_denies(&s0), "{s:#}");
+    assert!(counter(&s, "unlisted") >= 1, "{:#}", names(&s));
+    assert_learned(&s, "fd7f::10", WILDCARD, 360_000);
+    assert!(learned(&s, "fd7f::11").is_none(), "{:#}", names(&s));
 }
 
 /// With XDP on A's veth, the DNS answer and the replies from a learned address pass

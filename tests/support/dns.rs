@@ -56,14 +56,19 @@ impl Lab {
         ));
     }
 
-    /// Makes every address of the IPv4 `prefix` local on B (a `local` route on B's
-    /// loopback, "AnyIP"), and routes the prefix from A through B's veth address: one
+    /// Makes every address of `prefix` (IPv4 or IPv6) local on B (a `local` route on
+    /// B's loopback, "AnyIP"), and routes the prefix from A through B's veth address: one
     /// listener on B's wildcard address then answers on thousands of addresses without
     /// thousands of `ip addr add`.
     pub fn local_prefix_on_b(&self, prefix: &str) {
+        let via = if prefix.contains(':') {
+            &self.b6
+        } else {
+            &self.b4
+        };
         must(&format!(
-            "ip -n {} route add local {prefix} dev lo && ip -n {} route add {prefix} via {}",
-            self.ns_b, self.ns_a, self.b4
+            "ip -n {} route add local {prefix} dev lo && ip -n {} route add {prefix} via {via}",
+            self.ns_b, self.ns_a
         ));
     }
 
