@@ -50,6 +50,9 @@ struct Setup<'a> {
     forger: Option<&'a Zone>,
     /// Run the agent in A with XDP on A's veth.
     xdp: bool,
+    /// Put B's resolver in a group `resolvers` instead of `dns-servers`: the site then
+    /// names no trusted resolvers, and those of /etc/resolv.conf are trusted.
+    resolv_conf: bool,
 }
 
 /// How the stub asks.
@@ -84,16 +87,26 @@ impl Names {
         let b4 = lab.b4.clone();
         lab.dnsmasq(&b4, zone);
         let members: Vec<String> = setup.members.iter().map(|m| format!("\"{m}\"")).collect();
-        let mut rules = rule("dns", "out", "both", 53, "peers = \"dns-servers\"")
-            + &rule(
-                "updates",
-                "out",
-                "tcp",
-                PORT,
-                &format!("peers = \"{GROUP}\""),
-            );
+        let dns_group = if setup.resolv_conf {
+            "resolvers"
+        } else {
+            "dns-servers"
+        };
+        let mut rules = rule(
+            "dns",
+            "out",
+            "both",
+            53,
+            &format!("peers = \"{dns_group}\""),
+        ) + &rule(
+            "updates",
+            "out",
+            "tcp",
+            PORT,
+            &format!("peers = \"{GROUP}\""),
+        );
         let mut site = format!(
-            "mode = \"enforce\"\n{}\n[peers]\ndns-servers = [\"{}/32\"]\n{GROUP} = [{}]\n",
+            "mode = \"enforce\"\n{}\n[peers]\n{dns_group} = [\"{}/32\"]\n{GROUP} = [{}]\n",
             setup.site,
             lab.b4,
             members.join(", "),
@@ -444,6 +457,60 @@ fn forged_answer() {
         trusted.contains(&format!("{}/32", t.lab.b4)) && !trusted.contains(&forger),
         "the trusted resolvers are dns-servers only: {trusted}"
     );
+}
+
+/// Without a `dns-servers` group the nameservers of /etc/resolv.conf are the trusted
+/// resolvers (the agent runs in the host's mount namespace, so the host's file): B's
+/// resolver, which the site may query, is not one of them, so its answers are not
+/// learned; the group's network member is allowed all the same.
+#[test]
+fn resolv_conf_trusted_without_dns_servers() {
+    let zone = Zone::new(300, &[("www.lab.test", &named(60))]);
+    let cidr = "198.19.7.0/24";
+    let t = Names::new(
+        "resolvconf",
+        &zone,
+        Setup {
+            members: &[WILDCARD, cidr],
+            resolv_conf: true,
+            ..Setup::default()
+        },
+    );
+    let nameservers: Vec<String> = std::fs::read_to_string("/etc/resolv.conf")
+        .expect("reading /etc/resolv.conf")
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .map(|a| a.trim().to_owned())
+        .collect();
+    let s0 = t.agent.status();
+    let trusted = names(&s0)["trusted_resolvers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("names.trusted_resolvers: {:#}", names(&s0)));
+    for r in trusted {
+        assert_eq!(r["source"], "resolv.conf", "{:#}", names(&s0));
+        let network = r["network"].as_str().unwrap_or("?");
+        let address = network.split('/').next().unwrap_or("?");
+        assert!(
+            nameservers.iter().any(|n| n == address),
+            "{network} is a nameserver of /etc/resolv.conf ({nameservers:?})"
+        );
+    }
+    assert_eq!(
+        trusted.len(),
+        nameservers.len(),
+        "every nameserver of /etc/resolv.conf, nothing else: {:#}",
+        names(&s0)
+    );
+    assert_eq!(
+        t.resolve_one("www.lab.test"),
+        (named(60), "EPERM".to_owned()),
+        "www.lab.test answered by B, which resolv.conf does not name"
+    );
+    assert_eq!(t.connect("198.19.7.9"), "ok", "the group's network {cidr}");
+    let s = t.agent.status();
+    assert!(peer_denies(&s) > peer_denies(&s0), "{s:#}");
+    assert!(counter(&s, "untrusted") >= 1, "{:#}", names(&s));
+    assert!(learned(&s, &named(60)).is_none(), "{:#}", names(&s));
 }
 
 /// A learned address expires TTL + dns_grace after its answer: a connection opened
