@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use portcullis_tests::{Agent, Lab, Zone, denies, net_py, rule, rule_packets, stdout};
+use portcullis_tests::{Agent, Lab, Zone, denies, must, net_py, rule, rule_packets, stdout};
 use serde_json::Value;
 
 /// The prefix B owns for the zones' addresses, routed from A.
@@ -407,11 +407,17 @@ fn forged_answer() {
         300,
         &[("evil.lab.test", &named(11)), ("good.lab.test", &named(12))],
     );
+    // The agent's metrics endpoint, on a port the kernel picks (free again at once).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
     let t = Names::new(
         "forged",
         &zone,
         Setup {
             members: &[WILDCARD],
+            site: &format!("[metrics]\nlisten = \"127.0.0.1:{port}\""),
             forger: Some(&forged),
             ..Setup::default()
         },
@@ -456,6 +462,28 @@ fn forged_answer() {
     assert!(
         trusted.contains(&format!("{}/32", t.lab.b4)) && !trusted.contains(&forger),
         "the trusted resolvers are dns-servers only: {trusted}"
+    );
+    // The same counts as metrics.
+    let metrics = must(&format!(
+        "curl -s --max-time 5 http://127.0.0.1:{port}/metrics"
+    ));
+    let sample = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no sample {series} in the metrics:\n{metrics}"))
+    };
+    assert!(
+        sample("portcullis_dns_answers_total{result=\"untrusted\"}") >= 2.0,
+        "{metrics}"
+    );
+    assert!(
+        sample("portcullis_dns_answers_total{result=\"learned\"}") >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        sample("portcullis_dns_learned_addresses") >= 1.0,
+        "{metrics}"
     );
 }
 
@@ -651,6 +679,15 @@ fn cname() {
         learned(&s, &named(31)).is_none(),
         "the target of an unlisted alias is not learned: {:#}",
         names(&s)
+    );
+    // The human status shows the learned address with its pattern and group.
+    let human = stdout(&t.agent.cli(&["status"]));
+    assert!(
+        human
+            .lines()
+            .any(|l| l.contains(WILDCARD) && l.contains(GROUP) && l.contains(&named(30))),
+        "status names {} for {WILDCARD} ({GROUP}):\n{human}",
+        named(30)
     );
     // The listed target asked for by its own name is allowed: the deny above was the
     // alias's, not the address's or the listener's.
