@@ -53,7 +53,13 @@ struct Setup<'a> {
     /// Put B's resolver in a group `resolvers` instead of `dns-servers`: the site then
     /// names no trusted resolvers, and those of /etc/resolv.conf are trusted.
     resolv_conf: bool,
+    /// The client asks a local stub on A (127.0.0.53, forwarding to B), and the stub
+    /// is the trusted resolver (`dns-servers`).
+    stub: bool,
 }
+
+/// The address of the local stub resolver on A.
+const STUB: &str = "127.0.0.53";
 
 /// How the stub asks.
 #[derive(Clone, Copy)]
@@ -70,6 +76,8 @@ enum Query {
 struct Names {
     agent: Agent,
     lab: Lab,
+    /// The trusted resolver the client asks: B's address, or the stub on A.
+    resolver: String,
     /// The untrusted resolver's address (B's second address), if the setup has one.
     forger: String,
 }
@@ -86,6 +94,12 @@ impl Names {
         lab.wait_tcp(&ns_b, &probe, PORT);
         let b4 = lab.b4.clone();
         lab.dnsmasq(&b4, zone);
+        let resolver = if setup.stub {
+            lab.dns_stub_on_a(STUB, &b4);
+            STUB.to_owned()
+        } else {
+            b4
+        };
         let members: Vec<String> = setup.members.iter().map(|m| format!("\"{m}\"")).collect();
         let dns_group = if setup.resolv_conf {
             "resolvers"
@@ -106,9 +120,8 @@ impl Names {
             &format!("peers = \"{GROUP}\""),
         );
         let mut site = format!(
-            "mode = \"enforce\"\n{}\n[peers]\n{dns_group} = [\"{}/32\"]\n{GROUP} = [{}]\n",
+            "mode = \"enforce\"\n{}\n[peers]\n{dns_group} = [\"{resolver}/32\"]\n{GROUP} = [{}]\n",
             setup.site,
-            lab.b4,
             members.join(", "),
         );
         let mut forger = String::new();
@@ -126,7 +139,12 @@ impl Names {
         } else {
             lab.agent(&cfg, &[])
         };
-        Names { agent, lab, forger }
+        Names {
+            agent,
+            lab,
+            resolver,
+            forger,
+        }
     }
 
     /// Resolves each name (one query to `server`, UDP or TCP) and connects at once to
@@ -155,10 +173,10 @@ impl Names {
         })
     }
 
-    /// Resolves one name with the trusted resolver and connects at once: the address
-    /// and the connect's verdict ("ok", "EPERM", ...).
+    /// Resolves one name with the resolver of the setup and connects at once: the
+    /// address and the connect's verdict ("ok", "EPERM", ...).
     fn resolve_one(&self, name: &str) -> (String, String) {
-        self.resolve_one_at(&self.lab.b4.clone(), name, Query::Udp)
+        self.resolve_one_at(&self.resolver, name, Query::Udp)
     }
 
     /// Like [`Names::resolve_one`], asking `server` in the way `how`.
@@ -278,7 +296,7 @@ fn first_connection() {
     let r = t.run_resolve(&format!(
         "{} resolve-connect {} {PORT} --names {}",
         net_py(),
-        t.lab.b4,
+        t.resolver,
         file.display()
     ));
     let elapsed = started.elapsed();
@@ -487,6 +505,52 @@ fn forged_answer() {
     );
 }
 
+/// A local stub resolver (127.0.0.53 on A, outside the enforced cgroup, forwarding to
+/// B), as systemd-resolved is on a gateway: its answers cross the loopback device, which
+/// the policy exempts, and are learned all the same when the stub is trusted.
+#[test]
+fn local_stub() {
+    let zone = Zone::new(
+        300,
+        &[
+            ("stub.lab.test", &named(70)),
+            ("stub.other.test", &named(71)),
+        ],
+    );
+    let t = Names::new(
+        "stub",
+        &zone,
+        Setup {
+            members: &[WILDCARD],
+            stub: true,
+            ..Setup::default()
+        },
+    );
+    let s0 = t.agent.status();
+    assert_eq!(
+        t.resolve_one("stub.lab.test"),
+        (named(70), "ok".to_owned()),
+        "stub.lab.test through the stub"
+    );
+    assert_eq!(
+        t.resolve_one("stub.other.test"),
+        (named(71), "EPERM".to_owned()),
+        "unlisted stub.other.test through the stub"
+    );
+    let s = t.agent.status();
+    assert!(peer_denies(&s) > peer_denies(&s0), "{s:#}");
+    assert!(counter(&s, "unlisted") >= 1, "{:#}", names(&s));
+    assert!(
+        names(&s)["trusted_resolvers"]
+            .to_string()
+            .contains(&format!("{STUB}/32")),
+        "{:#}",
+        names(&s)
+    );
+    assert_learned(&s, &named(70), WILDCARD, 360_000);
+    assert!(learned(&s, &named(71)).is_none(), "{:#}", names(&s));
+}
+
 /// Without a `dns-servers` group the nameservers of /etc/resolv.conf are the trusted
 /// resolvers (the agent runs in the host's mount namespace, so the host's file): B's
 /// resolver, which the site may query, is not one of them, so its answers are not
@@ -563,7 +627,7 @@ fn expiry() {
     let cmd = format!(
         "exec {} resolve-hold {} {PORT} brief.lab.test {} {}",
         net_py(),
-        t.lab.b4,
+        t.resolver,
         go.display(),
         out.display()
     );

@@ -72,6 +72,22 @@ impl Lab {
         ));
     }
 
+    /// A local stub resolver on A, as systemd-resolved is on a gateway: dnsmasq on A's
+    /// loopback address `listen` (e.g. 127.0.0.53, added to A's `lo`), outside the
+    /// enforced cgroup, forwarding every query to `upstream` port 53, with no data of its
+    /// own; ready when this returns. Stopped with the lab.
+    pub fn dns_stub_on_a(&mut self, listen: &str, upstream: &str) {
+        must(&format!("ip -n {} addr add {listen}/8 dev lo", self.ns_a));
+        self.spawn_a_unenforced(&format!(
+            "exec dnsmasq --keep-in-foreground --conf-file=/dev/null --port=53 \
+             --listen-address={listen} --bind-interfaces --no-resolv --no-hosts \
+             --server={upstream} --pid-file={}/dnsmasq-stub.pid",
+            self.dir.display()
+        ));
+        let ns = self.ns_a.clone();
+        self.wait_tcp(&ns, listen, 53);
+    }
+
     /// Starts dnsmasq on B, listening on `listen` port 53 (UDP and TCP) only and
     /// answering from `zone` only; ready (its TCP port accepts) when this returns. Several
     /// may run side by side on different addresses. Stopped with the lab.
