@@ -37,6 +37,18 @@ serve PORT REPLY [--host ADDR]
 udp6-frame IFACE DSTMAC SRC DST SPORT DPORT PAYLOAD
     sends one Ethernet frame on IFACE (AF_PACKET): IPv6 SRC -> DST, UDP, any source
     address at all (IPv4-mapped, ::1): what a spoofing peer puts on the wire
+echo PORT
+    dual-stack TCP echo server: sends back whatever each connection sends
+resolve-connect SERVER PORT [--tcp] [--aaaa] [--names FILE] [NAME...]
+    a stub resolver and its application in one process: for each name, one DNS query
+    (UDP, or TCP with --tcp) to SERVER port 53 from a fresh socket, the answer read and
+    its CNAME chain followed as an application's resolver does, then at once (no sleep)
+    connect() to the first address on PORT; prints one JSON summary:
+    {"resolved", "connected", "eperm", "failures": [first 20], "answers": {name: addr}}
+resolve-hold SERVER PORT NAME GOFILE OUTFILE
+    resolves NAME as resolve-connect does, connects, exchanges "1" with the echo server,
+    writes OUTFILE.open; waits for GOFILE, exchanges "2" on the same connection, then
+    tries a new connect() to the same address; writes the results as JSON to OUTFILE
 """
 import errno
 import socket
@@ -363,8 +375,208 @@ def probe(args):
         time.sleep(3600)
 
 
+def echo(args):
+    import threading
+    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("::", int(args[0])))
+    s.listen(1024)
+
+    def serve_one(c):
+        with c:
+            while True:
+                data = c.recv(65536)
+                if not data:
+                    return
+                c.sendall(data)
+    while True:
+        c, _ = s.accept()
+        threading.Thread(target=serve_one, args=(c,), daemon=True).start()
+
+
+# A DNS stub written out here: the test machine has neither scapy nor dnspython, and
+# the tests need the exact bytes on the wire (one query, one answer, no retries, no
+# cache) from the very process that then connects.
+QTYPE_A, QTYPE_AAAA, QTYPE_CNAME = 1, 28, 5
+
+
+def dns_query_bytes(qid, name, qtype):
+    import struct
+    q = struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0)
+    for label in name.rstrip(".").split("."):
+        q += bytes([len(label)]) + label.encode()
+    return q + b"\0" + struct.pack("!HH", qtype, 1)
+
+
+def dns_name(msg, at):
+    """The name at offset `at` (compression pointers followed) and the offset after it."""
+    labels, end, hops = [], None, 0
+    while True:
+        n = msg[at]
+        if n & 0xC0 == 0xC0:
+            if end is None:
+                end = at + 2
+            hops += 1
+            if hops > 16:
+                raise ValueError("compression loop")
+            at = ((n & 0x3F) << 8) | msg[at + 1]
+            continue
+        if n == 0:
+            return ".".join(labels).lower(), (at + 1 if end is None else end)
+        labels.append(msg[at + 1:at + 1 + n].decode("ascii"))
+        at += 1 + n
+
+
+def dns_answer_addresses(msg, qid, qname, qtype):
+    """The addresses an application gets for qname: the chain of CNAMEs from qname
+    followed inside the answer, then the A (or AAAA) records of its last name."""
+    import struct
+    rid, flags, qd, an = struct.unpack("!HHHH", msg[:8])
+    if rid != qid:
+        raise ValueError(f"answer id {rid} for query {qid}")
+    if flags & 0xF:
+        raise ValueError(f"rcode {flags & 0xF}")
+    at = 12
+    for _ in range(qd):
+        _, at = dns_name(msg, at)
+        at += 4
+    cnames, addrs = {}, {}
+    for _ in range(an):
+        owner, at = dns_name(msg, at)
+        rtype, _, _, rdlen = struct.unpack("!HHIH", msg[at:at + 10])
+        at += 10
+        rdata = msg[at:at + rdlen]
+        if rtype == QTYPE_CNAME:
+            cnames[owner] = dns_name(msg, at)[0]
+        elif rtype == QTYPE_A == qtype:
+            addrs.setdefault(owner, []).append(socket.inet_ntop(socket.AF_INET, rdata))
+        elif rtype == QTYPE_AAAA == qtype:
+            addrs.setdefault(owner, []).append(socket.inet_ntop(socket.AF_INET6, rdata))
+        at += rdlen
+    name = qname.rstrip(".").lower()
+    for _ in range(16):
+        if name not in cnames:
+            break
+        name = cnames[name]
+    return addrs.get(name, [])
+
+
+def recv_exact(s, n):
+    data = b""
+    while len(data) < n:
+        chunk = s.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError("connection closed mid-answer")
+        data += chunk
+    return data
+
+
+def resolve(server, name, qtype, tcp):
+    """One query to server:53 from a fresh socket, like a stub resolver; the addresses."""
+    import random
+    qid = random.randrange(1 << 16)
+    query = dns_query_bytes(qid, name, qtype)
+    if tcp:
+        s = socket.create_connection((server, 53), timeout=3)
+        with s:
+            s.sendall(len(query).to_bytes(2, "big") + query)
+            msg = recv_exact(s, int.from_bytes(recv_exact(s, 2), "big"))
+    else:
+        s = socket.socket(family(server), socket.SOCK_DGRAM)
+        with s:
+            s.settimeout(3)
+            s.connect((server, 53))
+            s.send(query)
+            msg = s.recv(65535)
+    return dns_answer_addresses(msg, qid, name, qtype)
+
+
+def connect_now(addr, port):
+    """connect() at once; None when it worked (the socket is closed), else the errno name."""
+    s = socket.socket(family(addr), socket.SOCK_STREAM)
+    s.settimeout(3)
+    try:
+        s.connect((addr, port))
+        return None
+    except socket.timeout:
+        return "timeout"
+    except OSError as e:
+        return errname(e)
+    finally:
+        s.close()
+
+
+def resolve_connect(args):
+    import json
+    server, port = args[0], int(args[1])
+    qtype = QTYPE_AAAA if "--aaaa" in args else QTYPE_A
+    tcp = "--tcp" in args
+    names, rest = [], args[2:]
+    i = 0
+    while i < len(rest):
+        if rest[i] == "--names":
+            with open(rest[i + 1]) as f:
+                names += f.read().split()
+            i += 2
+            continue
+        if not rest[i].startswith("--"):
+            names.append(rest[i])
+        i += 1
+    out = {"resolved": 0, "connected": 0, "eperm": 0, "failures": [], "answers": {}}
+
+    def fail(what):
+        if len(out["failures"]) < 20:
+            out["failures"].append(what)
+    for name in names:
+        try:
+            addrs = resolve(server, name, qtype, tcp)
+        except (OSError, ValueError) as e:
+            fail(f"{name}: resolving: {e}")
+            continue
+        if not addrs:
+            fail(f"{name}: no address in the answer")
+            continue
+        out["resolved"] += 1
+        out["answers"][name] = addrs[0]
+        err = connect_now(addrs[0], port)
+        if err is None:
+            out["connected"] += 1
+        else:
+            out["eperm"] += err == "EPERM"
+            fail(f"{name} {addrs[0]}: {err}")
+    print(json.dumps(out))
+
+
+def resolve_hold(args):
+    import json, os, time
+    server, port, name, gofile, outfile = args[0], int(args[1]), args[2], args[3], args[4]
+    res = {}
+    addr = resolve(server, name, QTYPE_A, False)[0]
+    res["address"] = addr
+    held = socket.create_connection((addr, port), timeout=3)
+
+    def exchange(tag):
+        try:
+            held.sendall(tag)
+            res[tag.decode()] = "ok" if recv_exact(held, len(tag)) == tag else "bad echo"
+        except OSError as e:
+            res[tag.decode()] = errname(e)
+    exchange(b"1")
+    with open(outfile + ".open", "w") as f:
+        json.dump(res, f)
+    while not os.path.exists(gofile):
+        time.sleep(0.05)
+    exchange(b"2")
+    err = connect_now(addr, port)
+    res["new_connect"] = "ok" if err is None else err
+    with open(outfile, "w") as f:
+        json.dump(res, f)
+
+
 if __name__ == "__main__":
     {"connect": connect, "udp-send": udp_send, "listen": listen, "load": load,
      "udp-per-flow": udp_per_flow, "hold": hold, "ping": ping, "icmp-listen": icmp_listen,
      "icmp-error": icmp_error, "udp6-frame": udp6_frame, "probe": probe,
-     "exchange": exchange, "serve": serve}[sys.argv[1]](sys.argv[2:])
+     "exchange": exchange, "serve": serve, "echo": echo,
+     "resolve-connect": resolve_connect, "resolve-hold": resolve_hold}[sys.argv[1]](sys.argv[2:])

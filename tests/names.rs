@@ -1,0 +1,891 @@
+//! Peer groups of host names, learned in the kernel from DNS answers (issue 15), against
+//! a real resolver: dnsmasq on the peer namespace B answers from a zone each test
+//! writes, the protected namespace A resolves with a stub in the same process that then
+//! connects (tests/support/net.py), and the real agent learns the answers' addresses on
+//! the ingress path. B owns every address the zones point at (198.19.0.0/21 and
+//! fd7f::/64, made local on B) and an echo server on port 443 answers on all of them, so
+//! a connect fails only when the agent denies it.
+//!
+//! Every test checks the allowed connect, the denied one (EPERM, counted with reason
+//! "peer") and the `names` section of `portcullis status --json` (NAMES-CONTRACT.md:
+//! learned addresses with their pattern and groups, and the counters).
+//!
+//! The site: rule "dns" (out, UDP and TCP 53) to the trusted resolvers of the
+//! `dns-servers` group (B's address), rule "updates" (out, TCP 443) to the group
+//! `vendor-updates`, whose members are host names and wildcards.
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use portcullis_tests::{Agent, Lab, Zone, denies, must, net_py, rule, rule_packets, stdout};
+use serde_json::Value;
+
+/// The prefix B owns for the zones' addresses, routed from A.
+const NAMED_PREFIX: &str = "198.19.0.0/21";
+/// The IPv6 prefix B owns for the zones' AAAA records, routed from A.
+const NAMED_PREFIX6: &str = "fd7f::/64";
+/// The port of rule "updates", where B's echo server listens.
+const PORT: u16 = 443;
+/// The group of names the tests' rule uses.
+const GROUP: &str = "vendor-updates";
+/// The wildcard most tests list.
+const WILDCARD: &str = "*.lab.test";
+
+/// The `i`-th address of [`NAMED_PREFIX`] (0 <= i < 2000).
+fn named(i: u32) -> String {
+    format!("198.19.{}.{}", i / 250, i % 250 + 1)
+}
+
+/// What a test's site adds to the common one.
+#[derive(Default)]
+struct Setup<'a> {
+    /// Members of the `vendor-updates` group.
+    members: &'a [&'a str],
+    /// Top-level site settings (`dns_grace`, `xdp_scope_only`).
+    site: &'a str,
+    /// A second resolver on B that the site may query (rule "other-dns", UDP 53, group
+    /// `other-resolvers`) but does not trust, and what it answers.
+    forger: Option<&'a Zone>,
+    /// Run the agent in A with XDP on A's veth.
+    xdp: bool,
+    /// Put B's resolver in a group `resolvers` instead of `dns-servers`: the site then
+    /// names no trusted resolvers, and those of /etc/resolv.conf are trusted.
+    resolv_conf: bool,
+    /// The client asks a local stub on A (127.0.0.53, forwarding to B), and the stub
+    /// is the trusted resolver (`dns-servers`).
+    stub: bool,
+}
+
+/// The address of the local stub resolver on A.
+const STUB: &str = "127.0.0.53";
+
+/// How the stub asks.
+#[derive(Clone, Copy)]
+enum Query {
+    /// An A query over UDP.
+    Udp,
+    /// An A query over TCP.
+    Tcp,
+    /// An AAAA query over UDP.
+    Aaaa,
+}
+
+/// A lab with the resolver, the echo server and the agent; the agent is dropped first.
+struct Names {
+    agent: Agent,
+    lab: Lab,
+    /// The trusted resolver the client asks: B's address, or the stub on A.
+    resolver: String,
+    /// The untrusted resolver's address (B's second address), if the setup has one.
+    forger: String,
+}
+
+impl Names {
+    /// A lab whose trusted resolver (B's address) answers from `zone`, with the echo
+    /// server on B and the agent enforcing the site of `setup`.
+    fn new(name: &str, zone: &Zone, setup: Setup) -> Names {
+        let mut lab = Lab::new(name);
+        lab.local_prefix_on_b(NAMED_PREFIX);
+        lab.local_prefix_on_b(NAMED_PREFIX6);
+        lab.spawn_b(&format!("exec {} echo {PORT}", net_py()));
+        let (ns_b, probe) = (lab.ns_b.clone(), named(1999));
+        lab.wait_tcp(&ns_b, &probe, PORT);
+        let b4 = lab.b4.clone();
+        lab.dnsmasq(&b4, zone);
+        let resolver = if setup.stub {
+            lab.dns_stub_on_a(STUB, &b4);
+            STUB.to_owned()
+        } else {
+            b4
+        };
+        let members: Vec<String> = setup.members.iter().map(|m| format!("\"{m}\"")).collect();
+        let dns_group = if setup.resolv_conf {
+            "resolvers"
+        } else {
+            "dns-servers"
+        };
+        let mut rules = rule(
+            "dns",
+            "out",
+            "both",
+            53,
+            &format!("peers = \"{dns_group}\""),
+        ) + &rule(
+            "updates",
+            "out",
+            "tcp",
+            PORT,
+            &format!("peers = \"{GROUP}\""),
+        );
+        let mut site = format!(
+            "mode = \"enforce\"\n{}\n[peers]\n{dns_group} = [\"{resolver}/32\"]\n{GROUP} = [{}]\n",
+            setup.site,
+            members.join(", "),
+        );
+        let mut forger = String::new();
+        if let Some(zone) = setup.forger {
+            // B's address with the last octet 3 (A is .1, B .2), on B's veth.
+            forger = format!("{}.3", lab.b4.rsplit_once('.').expect("an IPv4 address").0);
+            lab.add_b_address(&format!("{forger}/24"));
+            lab.dnsmasq(&forger, zone);
+            rules += &rule("other-dns", "out", "udp", 53, "peers = \"other-resolvers\"");
+            site += &format!("other-resolvers = [\"{forger}/32\"]\n");
+        }
+        let cfg: PathBuf = lab.config(&rules, &site);
+        let agent = if setup.xdp {
+            lab.agent_xdp(&cfg)
+        } else {
+            lab.agent(&cfg, &[])
+        };
+        Names {
+            agent,
+            lab,
+            resolver,
+            forger,
+        }
+    }
+
+    /// Resolves each name (one query to `server`, UDP or TCP) and connects at once to
+    /// its first address on [`PORT`], all in one process on A; net.py's JSON summary.
+    fn resolve_connect(&self, server: &str, names: &[&str], how: Query) -> Value {
+        let flags = match how {
+            Query::Udp => "",
+            Query::Tcp => " --tcp",
+            Query::Aaaa => " --aaaa",
+        };
+        self.run_resolve(&format!(
+            "{} resolve-connect {server} {PORT}{flags} {}",
+            net_py(),
+            names.join(" ")
+        ))
+    }
+
+    fn run_resolve(&self, cmd: &str) -> Value {
+        let out = self.lab.on_a(cmd);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{cmd}: no JSON summary ({e}): {}\n{}",
+                stdout(&out),
+                portcullis_tests::stderr(&out)
+            )
+        })
+    }
+
+    /// Resolves one name with the resolver of the setup and connects at once: the
+    /// address and the connect's verdict ("ok", "EPERM", ...).
+    fn resolve_one(&self, name: &str) -> (String, String) {
+        self.resolve_one_at(&self.resolver, name, Query::Udp)
+    }
+
+    /// Like [`Names::resolve_one`], asking `server` in the way `how`.
+    fn resolve_one_at(&self, server: &str, name: &str, how: Query) -> (String, String) {
+        let r = self.resolve_connect(server, &[name], how);
+        let addr = r["answers"][name]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name} did not resolve at {server}: {r}"))
+            .to_owned();
+        let verdict = if r["connected"] == 1 {
+            "ok".to_owned()
+        } else {
+            let failure = r["failures"][0].as_str().unwrap_or("?");
+            failure.rsplit(": ").next().unwrap_or("?").to_owned()
+        };
+        (addr, verdict)
+    }
+
+    /// connect() from A to `addr` on [`PORT`], no resolution: "ok", "EPERM", ...
+    fn connect(&self, addr: &str) -> String {
+        stdout(
+            &self
+                .lab
+                .on_a(&format!("{} connect {addr} {PORT}", net_py())),
+        )
+        .trim()
+        .to_owned()
+    }
+}
+
+/// The `names` section of a status (panics with the status if it has none).
+fn names(status: &Value) -> &Value {
+    let n = &status["names"];
+    assert!(n.is_object(), "status --json has no \"names\": {status:#}");
+    n
+}
+
+/// A counter of the `names` section.
+fn counter(status: &Value, key: &str) -> u64 {
+    names(status)["counters"][key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("names.counters has no number {key:?}: {status:#}"))
+}
+
+/// The learned entry of an address, if the status lists it.
+fn learned<'a>(status: &'a Value, addr: &str) -> Option<&'a Value> {
+    names(status)["learned"]
+        .as_array()
+        .unwrap_or_else(|| panic!("names.learned is not a list: {status:#}"))
+        .iter()
+        .find(|l| l["address"] == addr)
+}
+
+/// Asserts the status lists `addr` as learned for `pattern` of [`GROUP`], expiring in
+/// (0, max_ms]; returns its expiry.
+fn assert_learned(status: &Value, addr: &str, pattern: &str, max_ms: u64) -> u64 {
+    let entry = learned(status, addr)
+        .unwrap_or_else(|| panic!("{addr} is not in names.learned: {:#}", names(status)));
+    let name = entry["names"]
+        .as_array()
+        .and_then(|n| n.iter().find(|n| n["pattern"] == pattern))
+        .unwrap_or_else(|| panic!("{addr} is not learned for {pattern}: {entry:#}"));
+    assert!(
+        name["groups"]
+            .as_array()
+            .is_some_and(|g| g.iter().any(|g| g == GROUP)),
+        "{addr} for {pattern} names its group {GROUP}: {entry:#}"
+    );
+    let expires = name["expires_in_ms"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no expires_in_ms: {entry:#}"));
+    assert!(
+        expires > 0 && expires <= max_ms,
+        "{addr} expires in {expires} ms, expected (0, {max_ms}]: {entry:#}"
+    );
+    expires
+}
+
+/// Denied outbound connects with reason "peer" (enforce).
+fn peer_denies(status: &Value) -> u64 {
+    denies(status, "out", "peer", false).0
+}
+
+/// 1,000 distinct names under a wildcard, each resolved and connected to at once by the
+/// same process with no sleep: every first connection is allowed.
+#[test]
+fn first_connection() {
+    const N: u32 = 1000;
+    // Names at depth 1 and 3 under the wildcard ("any depth below").
+    let hosts: Vec<(String, String)> = (0..N)
+        .map(|i| {
+            let name = if i % 2 == 0 {
+                format!("h{i}.lab.test")
+            } else {
+                format!("h{i}.eu.pool.lab.test")
+            };
+            (name, named(i))
+        })
+        .collect();
+    let zone = Zone {
+        ttl: 300,
+        hosts: hosts.clone(),
+        cnames: Vec::new(),
+    };
+    let t = Names::new(
+        "first",
+        &zone,
+        Setup {
+            members: &[WILDCARD],
+            ..Setup::default()
+        },
+    );
+    let list: Vec<&str> = hosts.iter().map(|(n, _)| n.as_str()).collect();
+    let file = t.lab.write("names.txt", &list.join("\n"));
+    let s0 = t.agent.status();
+    let started = Instant::now();
+    let r = t.run_resolve(&format!(
+        "{} resolve-connect {} {PORT} --names {}",
+        net_py(),
+        t.resolver,
+        file.display()
+    ));
+    let elapsed = started.elapsed();
+    assert_eq!(r["resolved"], N, "every name resolved: {r}");
+    assert_eq!(
+        (&r["connected"], &r["eperm"]),
+        (&Value::from(N), &Value::from(0)),
+        "every first connection allowed: failures {}",
+        r["failures"]
+    );
+    for (name, addr) in &hosts {
+        assert_eq!(r["answers"][name], addr.as_str(), "the answer for {name}");
+    }
+
+    // Denied: an address of the same prefix that no answer named.
+    assert_eq!(t.connect(&named(1500)), "EPERM", "an unlearned address");
+    let s = t.agent.status();
+    assert!(
+        peer_denies(&s) > peer_denies(&s0),
+        "the deny is counted with reason peer: {s:#}"
+    );
+    assert!(
+        counter(&s, "addresses_learned") >= u64::from(N),
+        "{:#}",
+        names(&s)
+    );
+    assert!(
+        counter(&s, "answers_learned") >= u64::from(N),
+        "{:#}",
+        names(&s)
+    );
+    assert_eq!(counter(&s, "untrusted"), 0, "{:#}", names(&s));
+    assert_eq!(counter(&s, "evicted"), 0, "{:#}", names(&s));
+    assert!(rule_packets(&s, "updates") >= u64::from(N), "{s:#}");
+    // The last answers are listed with their pattern, group and TTL + grace (60 s).
+    for i in [N - 2, N - 1] {
+        assert_learned(&s, &named(i), WILDCARD, (300 + 60) * 1000);
+    }
+    assert!(
+        learned(&s, &named(1500)).is_none(),
+        "an address no answer named is not listed: {:#}",
+        names(&s)
+    );
+    portcullis_tests::figures(
+        "names_first_connection",
+        &[
+            ("names", N.to_string()),
+            ("connected", r["connected"].to_string()),
+            ("eperm", r["eperm"].to_string()),
+            ("resolve_connect_ms", elapsed.as_millis().to_string()),
+        ],
+    );
+}
+
+/// A name in no group resolves (the trusted resolver answers) but its address is
+/// denied; so are the wildcard's own apex and a sibling of an exactly listed name. The
+/// listed names, in any letter case, are allowed.
+#[test]
+fn unlisted_name() {
+    let zone = Zone::new(
+        300,
+        &[
+            ("www.lab.test", &named(1)),
+            ("repo.vendor.test", &named(2)),
+            ("intruder.example", &named(3)),
+            ("lab.test", &named(4)),
+            ("www.vendor.test", &named(5)),
+        ],
+    );
+    let t = Names::new(
+        "unlisted",
+        &zone,
+        Setup {
+            members: &[WILDCARD, "repo.vendor.test"],
+            ..Setup::default()
+        },
+    );
+    let s0 = t.agent.status();
+    for (name, i) in [("WWW.Lab.Test", 1), ("repo.vendor.test", 2)] {
+        assert_eq!(
+            t.resolve_one(name),
+            (named(i), "ok".to_owned()),
+            "listed {name}"
+        );
+    }
+    for (name, i) in [
+        ("intruder.example", 3),
+        ("lab.test", 4),
+        ("www.vendor.test", 5),
+    ] {
+        assert_eq!(
+            t.resolve_one(name),
+            (named(i), "EPERM".to_owned()),
+            "unlisted {name} resolves, its address is denied"
+        );
+    }
+    let s = t.agent.status();
+    assert!(
+        peer_denies(&s) >= peer_denies(&s0) + 3,
+        "three denies with reason peer: {s:#}"
+    );
+    assert!(
+        counter(&s, "unlisted") >= 3,
+        "three trusted answers for names in no group: {:#}",
+        names(&s)
+    );
+    assert_learned(&s, &named(1), WILDCARD, 360_000);
+    assert_learned(&s, &named(2), "repo.vendor.test", 360_000);
+    for i in 3..=5 {
+        assert!(
+            learned(&s, &named(i)).is_none(),
+            "{} of an unlisted name is not learned: {:#}",
+            named(i),
+            names(&s)
+        );
+    }
+}
+
+/// An answer from port 53 of an address that is not a trusted resolver (a second
+/// dnsmasq on B, which the site may query but does not trust) is not learned, neither
+/// for a new name nor for a name the trusted resolver answers otherwise.
+#[test]
+fn forged_answer() {
+    let zone = Zone::new(300, &[("good.lab.test", &named(10))]);
+    let forged = Zone::new(
+        300,
+        &[("evil.lab.test", &named(11)), ("good.lab.test", &named(12))],
+    );
+    // The agent's metrics endpoint, on a port the kernel picks (free again at once).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let t = Names::new(
+        "forged",
+        &zone,
+        Setup {
+            members: &[WILDCARD],
+            site: &format!("[metrics]\nlisten = \"127.0.0.1:{port}\""),
+            forger: Some(&forged),
+            ..Setup::default()
+        },
+    );
+    let s0 = t.agent.status();
+    // The forger's answers reach the client (the query and its answer are allowed) ...
+    let forger = t.forger.clone();
+    for (name, i) in [("evil.lab.test", 11), ("good.lab.test", 12)] {
+        assert_eq!(
+            t.resolve_one_at(&forger, name, Query::Udp),
+            (named(i), "EPERM".to_owned()),
+            "{name} answered by the untrusted {forger}: the client reads it, the address is denied"
+        );
+    }
+    // ... while the trusted resolver's answer teaches its address.
+    assert_eq!(
+        t.resolve_one("good.lab.test"),
+        (named(10), "ok".to_owned()),
+        "good.lab.test answered by the trusted resolver"
+    );
+    // The forged addresses stay denied after a trusted answer for the same name.
+    assert_eq!(t.connect(&named(12)), "EPERM");
+    let s = t.agent.status();
+    assert!(
+        peer_denies(&s) >= peer_denies(&s0) + 3,
+        "three denies with reason peer: {s:#}"
+    );
+    assert!(
+        counter(&s, "untrusted") >= 2,
+        "two answers from an untrusted address: {:#}",
+        names(&s)
+    );
+    assert_learned(&s, &named(10), WILDCARD, 360_000);
+    for i in [11, 12] {
+        assert!(
+            learned(&s, &named(i)).is_none(),
+            "a forged address is not learned: {:#}",
+            names(&s)
+        );
+    }
+    let trusted = names(&s)["trusted_resolvers"].to_string();
+    assert!(
+        trusted.contains(&format!("{}/32", t.lab.b4)) && !trusted.contains(&forger),
+        "the trusted resolvers are dns-servers only: {trusted}"
+    );
+    // The same counts as metrics.
+    let metrics = must(&format!(
+        "curl -s --max-time 5 http://127.0.0.1:{port}/metrics"
+    ));
+    let sample = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no sample {series} in the metrics:\n{metrics}"))
+    };
+    assert!(
+        sample("portcullis_dns_answers_total{result=\"untrusted\"}") >= 2.0,
+        "{metrics}"
+    );
+    assert!(
+        sample("portcullis_dns_answers_total{result=\"learned\"}") >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        sample("portcullis_dns_learned_addresses") >= 1.0,
+        "{metrics}"
+    );
+}
+
+/// A local stub resolver (127.0.0.53 on A, outside the enforced cgroup, forwarding to
+/// B), as systemd-resolved is on a gateway: its answers cross the loopback device, which
+/// the policy exempts, and are learned all the same when the stub is trusted.
+#[test]
+fn local_stub() {
+    let zone = Zone::new(
+        300,
+        &[
+            ("stub.lab.test", &named(70)),
+            ("stub.other.test", &named(71)),
+        ],
+    );
+    let t = Names::new(
+        "stub",
+        &zone,
+        Setup {
+            members: &[WILDCARD],
+            stub: true,
+            ..Setup::default()
+        },
+    );
+    let s0 = t.agent.status();
+    assert_eq!(
+        t.resolve_one("stub.lab.test"),
+        (named(70), "ok".to_owned()),
+        "stub.lab.test through the stub"
+    );
+    assert_eq!(
+        t.resolve_one("stub.other.test"),
+        (named(71), "EPERM".to_owned()),
+        "unlisted stub.other.test through the stub"
+    );
+    let s = t.agent.status();
+    assert!(peer_denies(&s) > peer_denies(&s0), "{s:#}");
+    assert!(counter(&s, "unlisted") >= 1, "{:#}", names(&s));
+    assert!(
+        names(&s)["trusted_resolvers"]
+            .to_string()
+            .contains(&format!("{STUB}/32")),
+        "{:#}",
+        names(&s)
+    );
+    assert_learned(&s, &named(70), WILDCARD, 360_000);
+    assert!(learned(&s, &named(71)).is_none(), "{:#}", names(&s));
+}
+
+/// Without a `dns-servers` group the nameservers of /etc/resolv.conf are the trusted
+/// resolvers (the agent runs in the host's mount namespace, so the host's file): B's
+/// resolver, which the site may query, is not one of them, so its answers are not
+/// learned; the group's network member is allowed all the same.
+#[test]
+fn resolv_conf_trusted_without_dns_servers() {
+    let zone = Zone::new(300, &[("www.lab.test", &named(60))]);
+    let cidr = "198.19.7.0/24";
+    let t = Names::new(
+        "resolvconf",
+        &zone,
+        Setup {
+            members: &[WILDCARD, cidr],
+            resolv_conf: true,
+            ..Setup::default()
+        },
+    );
+    let nameservers: Vec<String> = std::fs::read_to_string("/etc/resolv.conf")
+        .expect("reading /etc/resolv.conf")
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .map(|a| a.trim().to_owned())
+        .collect();
+    let s0 = t.agent.status();
+    let trusted = names(&s0)["trusted_resolvers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("names.trusted_resolvers: {:#}", names(&s0)));
+    for r in trusted {
+        assert_eq!(r["source"], "resolv.conf", "{:#}", names(&s0));
+        let network = r["network"].as_str().unwrap_or("?");
+        let address = network.split('/').next().unwrap_or("?");
+        assert!(
+            nameservers.iter().any(|n| n == address),
+            "{network} is a nameserver of /etc/resolv.conf ({nameservers:?})"
+        );
+    }
+    assert_eq!(
+        trusted.len(),
+        nameservers.len(),
+        "every nameserver of /etc/resolv.conf, nothing else: {:#}",
+        names(&s0)
+    );
+    assert_eq!(
+        t.resolve_one("www.lab.test"),
+        (named(60), "EPERM".to_owned()),
+        "www.lab.test answered by B, which resolv.conf does not name"
+    );
+    assert_eq!(t.connect("198.19.7.9"), "ok", "the group's network {cidr}");
+    let s = t.agent.status();
+    assert!(peer_denies(&s) > peer_denies(&s0), "{s:#}");
+    assert!(counter(&s, "untrusted") >= 1, "{:#}", names(&s));
+    assert!(learned(&s, &named(60)).is_none(), "{:#}", names(&s));
+}
+
+/// A learned address expires TTL + dns_grace after its answer: a connection opened
+/// before keeps exchanging data, a new connect to the same address is denied.
+#[test]
+fn expiry() {
+    // Short, but long enough that the status read right after the answer still sees the
+    // address valid on a loaded machine.
+    const TTL: u64 = 2;
+    const GRACE: u64 = 2;
+    let zone = Zone::new(TTL as u32, &[("brief.lab.test", &named(20))]);
+    let mut t = Names::new(
+        "expiry",
+        &zone,
+        Setup {
+            members: &[WILDCARD],
+            site: &format!("dns_grace = {GRACE}"),
+            ..Setup::default()
+        },
+    );
+    let (go, out) = (t.lab.dir.join("go"), t.lab.dir.join("hold.json"));
+    let cmd = format!(
+        "exec {} resolve-hold {} {PORT} brief.lab.test {} {}",
+        net_py(),
+        t.resolver,
+        go.display(),
+        out.display()
+    );
+    t.lab.spawn_a(&cmd);
+    let opened = wait_json(&t.lab.dir.join("hold.json.open"));
+    assert_eq!(opened["address"], named(20).as_str(), "{opened}");
+    assert_eq!(
+        opened["1"], "ok",
+        "connect right after the answer, and data: {opened}"
+    );
+    let s = t.agent.status();
+    assert_eq!(names(&s)["dns_grace_secs"], GRACE, "{:#}", names(&s));
+    assert_learned(&s, &named(20), WILDCARD, (TTL + GRACE) * 1000);
+
+    // Semantics, not timing: well past TTL + grace.
+    std::thread::sleep(Duration::from_secs(TTL + GRACE + 2));
+    let s0 = t.agent.status();
+    std::fs::write(&go, "").expect("writing the go file");
+    let held = wait_json(&out);
+    assert_eq!(held["2"], "ok", "the open connection keeps working: {held}");
+    assert_eq!(
+        held["new_connect"], "EPERM",
+        "a new connect after expiry: {held}"
+    );
+    let s = t.agent.status();
+    assert!(
+        peer_denies(&s) > peer_denies(&s0),
+        "the deny is counted with reason peer: {s:#}"
+    );
+    assert!(
+        learned(&s, &named(20)).is_none_or(|l| l["names"]
+            .as_array()
+            .is_some_and(|n| n.iter().all(|n| n["expires_in_ms"].as_u64() == Some(0)))),
+        "an expired address is not listed as valid: {:#}",
+        names(&s)
+    );
+    // The agent sweeps expired entries on its own schedule: wait for the count.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while counter(&t.agent.status(), "expired") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the expired entry was never swept: {:#}",
+            names(&t.agent.status())
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // A fresh answer teaches the address again.
+    assert_eq!(
+        t.resolve_one("brief.lab.test"),
+        (named(20), "ok".to_owned()),
+        "a new answer after expiry"
+    );
+}
+
+/// Waits (up to 15 s) for a JSON file a background client writes.
+fn wait_json(path: &std::path::Path) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(v) = std::fs::read(path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} was never written",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// CNAME chains are followed inside the answer from the name asked: a listed name that
+/// is a CNAME to an unlisted one is allowed; an unlisted name that is a CNAME to a
+/// listed one is not.
+#[test]
+fn cname() {
+    let zone = Zone::new(
+        300,
+        &[
+            ("edge.cdn.example", &named(30)),
+            ("real.lab.test", &named(31)),
+        ],
+    )
+    .cname("cdn.lab.test", "edge.cdn.example")
+    .cname("alias.other.test", "real.lab.test");
+    let t = Names::new(
+        "cname",
+        &zone,
+        Setup {
+            members: &[WILDCARD],
+            ..Setup::default()
+        },
+    );
+    let s0 = t.agent.status();
+    assert_eq!(
+        t.resolve_one("cdn.lab.test"),
+        (named(30), "ok".to_owned()),
+        "listed cdn.lab.test -> CNAME edge.cdn.example (unlisted)"
+    );
+    assert_eq!(
+        t.resolve_one("alias.other.test"),
+        (named(31), "EPERM".to_owned()),
+        "unlisted alias.other.test -> CNAME real.lab.test (listed)"
+    );
+    let s = t.agent.status();
+    assert!(
+        peer_denies(&s) > peer_denies(&s0),
+        "the deny is counted with reason peer: {s:#}"
+    );
+    assert!(counter(&s, "unlisted") >= 1, "{:#}", names(&s));
+    assert_learned(&s, &named(30), WILDCARD, 360_000);
+    assert!(
+        learned(&s, &named(31)).is_none(),
+        "the target of an unlisted alias is not learned: {:#}",
+        names(&s)
+    );
+    // The human status shows the learned address with its pattern and group.
+    let human = stdout(&t.agent.cli(&["status"]));
+    assert!(
+        human
+            .lines()
+            .any(|l| l.contains(WILDCARD) && l.contains(GROUP) && l.contains(&named(30))),
+        "status names {} for {WILDCARD} ({GROUP}):\n{human}",
+        named(30)
+    );
+    // The listed target asked for by its own name is allowed: the deny above was the
+    // alias's, not the address's or the listener's.
+    assert_eq!(
+        t.resolve_one("real.lab.test"),
+        (named(31), "ok".to_owned()),
+        "real.lab.test asked directly"
+    );
+}
+
+/// An answer over TCP (2-byte length prefix, the segment after the handshake) is
+/// learned; over TCP too an unlisted name's address is denied.
+#[test]
+fn tcp_answer() {
+    let zone = Zone::new(
+        300,
+        &[("tcp.lab.test", &named(40)), ("tcp.other.test", &named(41))],
+    );
+    let t = Names::new(
+        "tcpdns",
+        &zone,
+        Setup {
+            members: &[WILDCARD],
+            ..Setup::default()
+        },
+    );
+    let b4 = t.lab.b4.clone();
+    let s0 = t.agent.status();
+    assert_eq!(
+        t.resolve_one_at(&b4, "tcp.lab.test", Query::Tcp),
+        (named(40), "ok".to_owned()),
+        "tcp.lab.test resolved over TCP"
+    );
+    assert_eq!(
+        t.resolve_one_at(&b4, "tcp.other.test", Query::Tcp),
+        (named(41), "EPERM".to_owned()),
+        "unlisted tcp.other.test resolved over TCP"
+    );
+    let s = t.agent.status();
+    assert!(peer_denies(&s) > peer_denies(&s0), "{s:#}");
+    assert!(counter(&s, "answers_learned") >= 1, "{:#}", names(&s));
+    assert!(counter(&s, "unlisted") >= 1, "{:#}", names(&s));
+    assert_learned(&s, &named(40), WILDCARD, 360_000);
+    assert!(learned(&s, &named(41)).is_none(), "{:#}", names(&s));
+}
+
+/// AAAA answers are learned as A answers are: a listed name's IPv6 address is allowed,
+/// an unlisted name's denied.
+#[test]
+fn aaaa_answer() {
+    let zone = Zone::new(
+        300,
+        &[("v6.lab.test", "fd7f::10"), ("v6.other.test", "fd7f::11")],
+    );
+    let t = Names::new(
+        "aaaa",
+        &zone,
+        Setup {
+            members: &[WILDCARD],
+            ..Setup::default()
+        },
+    );
+    let b4 = t.lab.b4.clone();
+    let s0 = t.agent.status();
+    assert_eq!(
+        t.resolve_one_at(&b4, "v6.lab.test", Query::Aaaa),
+        ("fd7f::10".to_owned(), "ok".to_owned()),
+        "v6.lab.test AAAA"
+    );
+    assert_eq!(
+        t.resolve_one_at(&b4, "v6.other.test", Query::Aaaa),
+        ("fd7f::11".to_owned(), "EPERM".to_owned()),
+        "unlisted v6.other.test AAAA"
+    );
+    let s = t.agent.status();
+    assert!(peer_denies(&s) > peer_denies(&s0), "{s:#}");
+    assert!(counter(&s, "unlisted") >= 1, "{:#}", names(&s));
+    assert_learned(&s, "fd7f::10", WILDCARD, 360_000);
+    assert!(learned(&s, "fd7f::11").is_none(), "{:#}", names(&s));
+}
+
+/// With XDP on A's veth, the DNS answer and the replies from a learned address pass
+/// XDP (counted against their rules there); an unlearned address is denied.
+#[test]
+fn xdp_attached() {
+    let zone = Zone::new(
+        300,
+        &[("x.lab.test", &named(50)), ("y.other.test", &named(51))],
+    );
+    let t = Names::new(
+        "xdpnames",
+        &zone,
+        Setup {
+            members: &[WILDCARD],
+            site: "xdp_scope_only = true",
+            xdp: true,
+            ..Setup::default()
+        },
+    );
+    let s0 = t.agent.status();
+    assert_eq!(
+        t.resolve_one("x.lab.test"),
+        (named(50), "ok".to_owned()),
+        "x.lab.test: its answer and the SYN-ACK of its address pass XDP"
+    );
+    // Data both ways on a connection to the learned address.
+    let ex = stdout(
+        &t.lab
+            .on_a(&format!("{} exchange {} {PORT} 3000", net_py(), named(50))),
+    );
+    assert_eq!(ex.trim(), "received=3000", "echo through XDP");
+    assert_eq!(
+        t.resolve_one("y.other.test"),
+        (named(51), "EPERM".to_owned()),
+        "unlisted y.other.test"
+    );
+    let s = t.agent.status();
+    assert!(peer_denies(&s) > peer_denies(&s0), "{s:#}");
+    let xdp_rule = |id: &str| -> u64 {
+        s["xdp"]["rules"]
+            .as_array()
+            .expect("xdp.rules")
+            .iter()
+            .filter(|r| r["id"] == id)
+            .map(|r| r["packets"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    assert!(xdp_rule("dns") >= 2, "answers pass XDP on rule dns: {s:#}");
+    assert!(
+        xdp_rule("updates") >= 2,
+        "replies from the learned address pass XDP on rule updates: {s:#}"
+    );
+    assert_learned(&s, &named(50), WILDCARD, 360_000);
+    assert!(learned(&s, &named(51)).is_none(), "{:#}", names(&s));
+}
