@@ -9,7 +9,7 @@
 //!
 //! Defaults (an empty file is a valid site config apart from naming no product):
 //! `features = []`, `mode = "audit"`, `failsafe = true`, `loopback = "exempt"`,
-//! `icmp_echo = true`, no `[peers]`, `any_peer_groups = []`, `vendor_peers = "any"`,
+//! `icmp_echo = true`, no `[peers]`, `any_peer_groups = []`, `vendor_peers = "names"`,
 //! no `[[rule]]`,
 //! `scope = ["host"]`, `xdp = []`, `xdp_scope_only = false`, `events_per_sec = 100`,
 //! `dns_grace = 60`, `pin_dir = "/sys/fs/bpf/portcullis"`, and `[metrics] listen` unset
@@ -136,12 +136,14 @@ pub struct Site {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum VendorPeers {
-    /// Rules of those groups are limited to the vendor's servers, learned from DNS.
-    Names,
-    /// Those groups mean any peer. The default: names admit only what a trusted
-    /// resolver answers, so turning them on is the site's decision (its resolvers
-    /// must be the ones the gateway's software asks, in clear: see README "Names").
+    /// Rules of those groups are limited to the vendor's servers, their addresses
+    /// learned from trusted resolvers' answers. The default: it is what the vendor
+    /// documents, and the default mode (audit) shows what it would refuse before a
+    /// site enforces it (README "Names").
     #[default]
+    Names,
+    /// Those groups mean any peer: the one-line way back, for a gateway whose software
+    /// resolves in a way the kernel cannot read (DoH, DoT, an in-process cache).
     Any,
 }
 

@@ -561,7 +561,7 @@ fn site_peer_groups_limit_rules() {
 }
 
 #[test]
-fn vendor_groups_mean_any_peer_by_default_and_their_names_on_request() {
+fn vendor_groups_are_their_names_by_default_and_any_peer_on_request() {
     let compile_text = |text: &str| {
         let site = Site::parse(text, Path::new("site.toml")).unwrap();
         compile_site(&site, Some(Path::new("site.toml"))).unwrap()
@@ -585,12 +585,11 @@ fn vendor_groups_mean_any_peer_by_default_and_their_names_on_request() {
         Verdict::Deny(portcullis_common::stats::reason::PEER)
     );
 
-    // Any peer by default while the kernel learns no names: nothing is closed unasked.
+    // Names by default: what the vendor documents; the same policy as asking for them.
     let default = compile_text("product = \"gfi-mailessentials\"\n");
-    assert!(default.peer_sets.iter().all(|s| s.names.is_empty()));
-    assert_eq!(id(&default, out(443, "203.0.113.9"), None), "http-updates");
-
     let policy = compile_text("product = \"gfi-mailessentials\"\nvendor_peers = \"names\"\n");
+    assert_eq!(default.digest(), policy.digest());
+    assert_eq!(id(&default, out(443, "203.0.113.9"), None), peer_deny);
     let set = policy
         .peer_sets
         .iter()
