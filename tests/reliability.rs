@@ -1182,8 +1182,9 @@ fn ssh_stays_reachable_unless_the_config_says_failsafe_false() {
     );
 }
 
-/// The lab's two policies for the generation tests: A and B differ in rules, peer groups
-/// and peer networks, so an entry of one left in the other's generation is visible.
+/// The lab's two policies for the generation tests: A and B differ in rules, peer groups,
+/// peer networks and host names, so an entry of one left in the other's generation is
+/// visible (in the peer trie and in the name tables).
 fn generation_configs(lab: &Lab) -> [(String, String); 2] {
     let db = rule("db-out", "out", "tcp", 5432, "peers = \"dbs\"");
     let relay = rule("relay-out", "out", "tcp", 25, "peers = \"relays\"");
@@ -1191,13 +1192,13 @@ fn generation_configs(lab: &Lab) -> [(String, String); 2] {
         (
             web_out() + &db,
             format!(
-                "mode = \"enforce\"\n[peers]\ndbs = [\"{}/32\", \"192.0.2.0/24\", \"2001:db8::/48\"]\n",
+                "mode = \"enforce\"\n[peers]\ndbs = [\"{}/32\", \"192.0.2.0/24\", \"2001:db8::/48\", \"db.lab.test\", \"*.dbs.lab.test\"]\n",
                 lab.b4
             ),
         ),
         (
             web_out() + &relay + &db,
-            "mode = \"enforce\"\n[peers]\ndbs = [\"198.51.100.0/24\"]\nrelays = [\"203.0.113.0/24\", \"2001:db8:25::/64\"]\n"
+            "mode = \"enforce\"\n[peers]\ndbs = [\"198.51.100.0/24\", \"db2.lab.test\"]\nrelays = [\"203.0.113.0/24\", \"2001:db8:25::/64\", \"*.relay.test\"]\n"
                 .to_owned(),
         ),
     ]
@@ -1224,14 +1225,22 @@ fn assert_live_is_status_policy(agent: &Agent, when: &str) {
     let have = LivePolicy::read(&agent.pin_dir);
     assert!(
         have == want,
-        "{when}: the live maps differ from the image of the policy status reports (v{}):\nlive: gen {} {} ports, peers {:?}\nimage: gen {} {} ports, peers {:?}",
+        "{when}: the live maps differ from the image of the policy status reports (v{}):\nlive: gen {} {} ports, peers {:?}, names {:?}, slots with names {}\nimage: gen {} {} ports, peers {:?}, names {:?}, slots with names {}",
         status["policy_version"],
         have.generation,
         have.ports.len(),
         have.peers,
+        have.names,
+        have.slot_names.len(),
         want.generation,
         want.ports.len(),
-        want.peers
+        want.peers,
+        want.names,
+        want.slot_names.len()
+    );
+    assert!(
+        !want.names.is_empty() && !want.slot_names.is_empty(),
+        "{when}: the generation policies have host names: the name tables must be compared"
     );
 }
 

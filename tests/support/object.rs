@@ -19,6 +19,7 @@ use portcullis_common::{
     config::{Config, LOOPBACK_ENFORCE, MODE_AUDIT, MODE_ENFORCE},
     flow::{FlowKey, FlowValue},
     maps,
+    names::{NameKey, NameValue, SlotKey, SlotNames},
     policy::{DIR_IN, IPPROTO_TCP, PEER_SET_BITS, PeerAddr, port_entry, port_index, v4_mapped},
     stats::{self, Counter, DeniedKey, DeniedSlot},
 };
@@ -284,6 +285,10 @@ pub struct LivePolicy {
     pub ports: Vec<(u32, u32)>,
     /// `PEERS` entries of the live generation, (prefix_len, set word, address, rule), sorted.
     pub peers: Vec<(u32, u32, [u8; 16], u32)>,
+    /// `NAMES` entries of the live generation, (hash, kind, groups), sorted.
+    pub names: Vec<(u64, u8, u64)>,
+    /// `SLOT_NAMES` entries of the live generation, (slot, mask, rules), sorted.
+    pub slot_names: Vec<(u16, u64, Vec<u16>)>,
 }
 
 impl LivePolicy {
@@ -319,6 +324,23 @@ impl LivePolicy {
             }
         }
         live_peers.sort_unstable();
+        let names_map = BpfHashMap::<_, NameKey, NameValue>::try_from(open(maps::NAMES)).unwrap();
+        let mut names: Vec<(u64, u8, u64)> = names_map
+            .iter()
+            .map(|e| e.expect("listing the name table"))
+            .filter(|(k, _)| k.generation == c.generation)
+            .map(|(k, v)| (k.hash, k.kind, v.groups))
+            .collect();
+        names.sort_unstable();
+        let slots_map =
+            BpfHashMap::<_, SlotKey, SlotNames>::try_from(open(maps::SLOT_NAMES)).unwrap();
+        let mut slot_names: Vec<(u16, u64, Vec<u16>)> = slots_map
+            .iter()
+            .map(|e| e.expect("listing the slot name table"))
+            .filter(|(k, _)| k.generation == c.generation)
+            .map(|(k, v)| (k.slot, v.mask, v.rules.to_vec()))
+            .collect();
+        slot_names.sort_unstable();
         LivePolicy {
             generation: c.generation,
             enforce: c.mode == MODE_ENFORCE,
@@ -326,6 +348,8 @@ impl LivePolicy {
             icmp_echo: c.icmp_echo == 1,
             ports: live_ports,
             peers: live_peers,
+            names,
+            slot_names,
         }
     }
 
@@ -352,6 +376,30 @@ impl LivePolicy {
             })
             .collect();
         peers.sort_unstable();
+        let mut names: Vec<(u64, u8, u64)> = image["names"]
+            .as_array()
+            .expect("image.names")
+            .iter()
+            .map(|e| {
+                let u = |k: &str| e[k].as_u64().expect("a number in image.names");
+                (u("hash"), u("kind") as u8, u("groups"))
+            })
+            .collect();
+        names.sort_unstable();
+        let mut slot_names: Vec<(u16, u64, Vec<u16>)> = image["slot_names"]
+            .as_array()
+            .expect("image.slot_names")
+            .iter()
+            .map(|e| {
+                let rules = e["rules"].as_array().expect("rules");
+                (
+                    n(&e["slot"]) as u16,
+                    e["mask"].as_u64().expect("mask"),
+                    rules.iter().map(|r| n(r) as u16).collect(),
+                )
+            })
+            .collect();
+        slot_names.sort_unstable();
         LivePolicy {
             generation: n(&image["generation"]),
             enforce,
@@ -359,6 +407,8 @@ impl LivePolicy {
             icmp_echo: image["icmp_echo"].as_bool().expect("icmp_echo"),
             ports,
             peers,
+            names,
+            slot_names,
         }
     }
 }

@@ -1,4 +1,5 @@
-//! `portcullis debug image` (hidden): prints, as JSON, the map image of the policy the
+//! `portcullis debug image` (hidden): prints, as JSON, the map image (port table, peer
+//! trie, host name tables) of the policy the
 //! state file records, built from its config with the rule indices and generation the
 //! state file names. The root suite compares it with the live pinned maps (a reload
 //! killed at any step must leave the maps equal to this image once the agent restarts).
@@ -41,6 +42,22 @@ struct PeerJson {
     rule: u16,
 }
 
+/// One `NAMES` entry: the pattern's hash and kind, and its name groups (bits).
+#[derive(Serialize)]
+struct NameJson {
+    hash: u64,
+    kind: u8,
+    groups: u64,
+}
+
+/// One `SLOT_NAMES` entry: the slot, its name groups (bits) and the rule of each bit.
+#[derive(Serialize)]
+struct SlotNamesJson {
+    slot: u16,
+    mask: u64,
+    rules: Vec<u16>,
+}
+
 /// The image as printed.
 #[derive(Serialize)]
 struct ImageJson {
@@ -51,6 +68,10 @@ struct ImageJson {
     /// Non-zero `PORTS` entries of the generation, as (map index, value).
     ports: Vec<(u32, u32)>,
     peers: Vec<PeerJson>,
+    /// `NAMES` entries of the generation.
+    names: Vec<NameJson>,
+    /// `SLOT_NAMES` entries of the generation.
+    slot_names: Vec<SlotNamesJson>,
 }
 
 /// Runs the subcommand.
@@ -95,6 +116,24 @@ pub fn run(command: DebugCommand) -> anyhow::Result<ExitCode> {
                 set: u32::from_be_bytes(e.key.set),
                 addr: e.key.addr,
                 rule: e.rule,
+            })
+            .collect(),
+        names: image
+            .names
+            .iter()
+            .map(|(k, v)| NameJson {
+                hash: k.hash,
+                kind: k.kind,
+                groups: v.groups,
+            })
+            .collect(),
+        slot_names: image
+            .slot_names
+            .iter()
+            .map(|(k, v)| SlotNamesJson {
+                slot: k.slot,
+                mask: v.mask,
+                rules: v.rules.to_vec(),
             })
             .collect(),
     };
