@@ -51,39 +51,23 @@ impl Datapath {
 
     /// Removes every name entry of `generation`.
     pub(super) fn clear_names(&mut self, generation: u32) -> anyhow::Result<()> {
-        let mut patterns = HashMap::<_, NameKey, NameValue>::try_from(
-            self.ebpf.map_mut(names::NAMES).context("names map")?,
+        let generation = generation & 1;
+        remove_where(
+            &mut HashMap::<_, NameKey, NameValue>::try_from(
+                self.ebpf.map_mut(names::NAMES).context("names map")?,
+            )?,
+            |k| k.generation == generation,
+            "the host name table",
         )?;
-        let stale: Vec<NameKey> = patterns
-            .keys()
-            .collect::<Result<Vec<_>, _>>()
-            .context("listing the host name table")?
-            .into_iter()
-            .filter(|k| k.generation == generation & 1)
-            .collect();
-        for k in stale {
-            patterns
-                .remove(&k)
-                .context("clearing the host name table")?;
-        }
-        let mut slots = HashMap::<_, SlotKey, SlotNames>::try_from(
-            self.ebpf
-                .map_mut(names::SLOT_NAMES)
-                .context("slot names map")?,
-        )?;
-        let stale: Vec<SlotKey> = slots
-            .keys()
-            .collect::<Result<Vec<_>, _>>()
-            .context("listing the host name groups of the ports")?
-            .into_iter()
-            .filter(|k| k.generation == generation & 1)
-            .collect();
-        for k in stale {
-            slots
-                .remove(&k)
-                .context("clearing the host name groups of the ports")?;
-        }
-        Ok(())
+        remove_where(
+            &mut HashMap::<_, SlotKey, SlotNames>::try_from(
+                self.ebpf
+                    .map_mut(names::SLOT_NAMES)
+                    .context("slot names map")?,
+            )?,
+            |k| k.generation == generation,
+            "the host name groups of the ports",
+        )
     }
 
     /// Makes `networks` the trusted resolvers: new ones are added before old ones go,
@@ -239,4 +223,24 @@ pub fn boot_ns() -> u64 {
     // SAFETY: a valid timespec to write into.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &raw mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Removes the entries of a hash map whose keys `stale` picks (listed first: a map's keys
+/// cannot be walked while entries are removed). `what` names the map in errors.
+fn remove_where<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(
+    map: &mut HashMap<&mut MapData, K, V>,
+    stale: impl Fn(&K) -> bool,
+    what: &str,
+) -> anyhow::Result<()> {
+    let keys: Vec<K> = map
+        .keys()
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("listing {what}"))?
+        .into_iter()
+        .filter(|k| stale(k))
+        .collect();
+    for k in keys {
+        map.remove(&k).with_context(|| format!("clearing {what}"))?;
+    }
+    Ok(())
 }
