@@ -351,6 +351,76 @@ fn first_connection() {
     );
 }
 
+/// One pattern holds at most `LEARNED_PER_NAME` addresses at a time: the wildcard's
+/// answers beyond it are not learned (EPERM, counted `over_limit`), while another
+/// pattern of the same group still learns, and the wildcard's first addresses keep
+/// working.
+#[test]
+fn a_name_holds_at_most_its_limit_of_addresses() {
+    let limit = portcullis_common::names::LEARNED_PER_NAME;
+    let over = 6;
+    let n = limit + over;
+    let mut hosts: Vec<(String, String)> = (0..n)
+        .map(|i| (format!("p{i}.lab.test"), named(i)))
+        .collect();
+    hosts.push(("solo.other.test".to_owned(), named(n)));
+    let zone = Zone {
+        ttl: 300,
+        hosts: hosts.clone(),
+        cnames: Vec::new(),
+    };
+    let t = Names::new(
+        "limit",
+        &zone,
+        Setup {
+            members: &[WILDCARD, "solo.other.test"],
+            ..Setup::default()
+        },
+    );
+    let list: Vec<&str> = hosts[..n as usize]
+        .iter()
+        .map(|(h, _)| h.as_str())
+        .collect();
+    let file = t.lab.write("names.txt", &list.join("\n"));
+    let r = t.run_resolve(&format!(
+        "{} resolve-connect {} {PORT} --names {}",
+        net_py(),
+        t.resolver,
+        file.display()
+    ));
+    assert_eq!(r["resolved"], n, "every name resolved: {r}");
+    assert_eq!(
+        (&r["connected"], &r["eperm"]),
+        (&Value::from(limit), &Value::from(over)),
+        "the first {limit} addresses of the wildcard are learned, the rest refused: failures {}",
+        r["failures"]
+    );
+    let s = t.agent.status();
+    assert_eq!(
+        counter(&s, "over_limit"),
+        u64::from(over),
+        "{:#}",
+        names(&s)
+    );
+    assert_eq!(counter(&s, "evicted"), 0, "{:#}", names(&s));
+    assert!(
+        learned(&s, &named(n - 1)).is_none(),
+        "over the limit: not listed"
+    );
+    assert_learned(&s, &named(0), WILDCARD, (300 + 60) * 1000);
+    // Another pattern of the group is not held back by the full one.
+    assert_eq!(
+        t.resolve_one("solo.other.test"),
+        (named(n), "ok".to_owned()),
+        "an exact name next to the full wildcard"
+    );
+    // The wildcard's learned addresses keep working; a refused one stays refused.
+    assert_eq!(t.connect(&named(0)), "ok");
+    assert_eq!(t.connect(&named(n - 1)), "EPERM");
+    let s = t.agent.status();
+    assert!(peer_denies(&s) > u64::from(over), "{s:#}");
+}
+
 /// A name in no group resolves (the trusted resolver answers) but its address is
 /// denied; so are the wildcard's own apex and a sibling of an exactly listed name. The
 /// listed names, in any letter case, are allowed.

@@ -16,7 +16,9 @@
 //!
 //! Counters (`stats::dns`): answers that taught an address, addresses stored, untrusted
 //! packets, unlisted and malformed answers, patterns pushed out of an address's slots
-//! while still valid, and new entries (the agent derives the LRU's evictions from them).
+//! while still valid, new entries (the agent derives the LRU's evictions from them), and
+//! new addresses refused because a pattern holds `LEARNED_PER_NAME` of them already
+//! (`PC_NAME_ADDRS` counts them per pattern; the agent recounts it at each sweep).
 
 use core::ffi::c_void;
 
@@ -28,13 +30,16 @@ use aya_ebpf::{
 };
 use portcullis_common::{
     dns::{DNS_BUF, MAX_ADDRS, MAX_STEPS, Status},
-    names::{self, Learned, MAX_LABELS, MAX_TTL, PatternWalk},
+    names::{
+        self, LEARNED_NAMES, LEARNED_PER_NAME, Learned, MAX_LABELS, MAX_TTL, NameKey, PatternWalk,
+    },
     policy::{IPPROTO_TCP, IPPROTO_UDP, v4_mapped},
     stats::dns,
 };
 
 use crate::maps::{
-    DnsScratch, KernelTables, PC_DNS_SCRATCH, PC_DNS_STATS, PC_LEARNED, PC_RESOLVERS, config_ref,
+    DnsScratch, KernelTables, PC_DNS_SCRATCH, PC_DNS_STATS, PC_LEARNED, PC_NAME_ADDRS,
+    PC_RESOLVERS, config_ref,
 };
 
 /// The port answers come from.
@@ -233,6 +238,10 @@ extern "C" fn address(index: u32, _ctx: *mut c_void) -> i64 {
         // SAFETY: an LRU value stays valid for the program's run (RCU).
         Some(old) => s.entry = unsafe { *old },
         None => {
+            if at_limit(s) {
+                s.over_limit += 1;
+                return 0;
+            }
             s.entry = Learned::default();
             s.inserted += 1;
         }
@@ -242,6 +251,48 @@ extern "C" fn address(index: u32, _ctx: *mut c_void) -> i64 {
         s.stored += 1;
     }
     0
+}
+
+/// Whether a pattern of the answer holds `LEARNED_PER_NAME` addresses already; if none
+/// does, counts the new address for each of them. The counts are approximate between
+/// the agent's recounts (two CPUs may add at once; the LRU drops entries silently), which
+/// moves the limit by a few addresses, never the verdicts of learned ones.
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "the key lives in the scratch and is passed by pointer: no copy on the stack"
+)]
+#[inline(always)]
+fn at_limit(s: &mut DnsScratch) -> bool {
+    let mut i = 0;
+    while i < LEARNED_NAMES {
+        let n = s.patterns.names[i];
+        if n.hash != 0 {
+            s.name_key = NameKey::new(n.hash, 0, n.kind);
+            if let Some(c) = PC_NAME_ADDRS.get_ptr(&s.name_key) {
+                // SAFETY: a hash map value stays valid for the program's run (RCU).
+                if unsafe { *c } >= LEARNED_PER_NAME {
+                    return true;
+                }
+            }
+        }
+        i += 1;
+    }
+    let mut i = 0;
+    while i < LEARNED_NAMES {
+        let n = s.patterns.names[i];
+        if n.hash != 0 {
+            s.name_key = NameKey::new(n.hash, 0, n.kind);
+            match PC_NAME_ADDRS.get_ptr_mut(&s.name_key) {
+                // SAFETY: as above; a lost add between CPUs is corrected by the recount.
+                Some(c) => unsafe { *c += 1 },
+                None => {
+                    let _ = PC_NAME_ADDRS.insert(&s.name_key, &1, 0);
+                }
+            }
+        }
+        i += 1;
+    }
+    false
 }
 
 /// Stores what a parsed message teaches. Not inlined: its frame is separate.
@@ -282,6 +333,7 @@ fn learn() {
     s.stored = 0;
     s.inserted = 0;
     s.evicted = 0;
+    s.over_limit = 0;
     // SAFETY: as above.
     unsafe {
         bpf_loop(
@@ -300,5 +352,8 @@ fn learn() {
     }
     if s.evicted > 0 {
         count(dns::PATTERNS_EVICTED, s.evicted);
+    }
+    if s.over_limit > 0 {
+        count(dns::OVER_LIMIT, s.over_limit);
     }
 }

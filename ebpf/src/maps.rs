@@ -84,6 +84,9 @@ pub static PC_LEARNED: LruHashMap<LearnedKey, Learned, { LEARNED_MAX as usize }>
     LruHashMap::new();
 
 #[btf_map]
+pub static PC_NAME_ADDRS: HashMap<NameKey, u32, { NAMES_MAX as usize }> = HashMap::new();
+
+#[btf_map]
 pub static PC_RESOLVERS: LpmTrie<[u8; 16], u32, { RESOLVERS_MAX as usize }> = LpmTrie::new();
 
 #[btf_map]
@@ -96,6 +99,8 @@ pub struct DnsScratch {
     pub buf: [u8; DNS_BUF],
     /// The parser's state and results.
     pub parser: Parser,
+    /// A key of `PC_NAME_ADDRS` being looked up (here: not on the stack).
+    pub name_key: NameKey,
     /// The walk over the question's patterns.
     pub walk: PatternWalk,
     /// Whether a pattern of the question is listed.
@@ -118,6 +123,8 @@ pub struct DnsScratch {
     pub stored: u64,
     pub inserted: u64,
     pub evicted: u64,
+    /// New addresses refused for a pattern at its limit.
+    pub over_limit: u64,
 }
 
 #[btf_map]

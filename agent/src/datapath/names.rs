@@ -177,7 +177,9 @@ fn read_counters(paths: &PathArgs) -> anyhow::Result<Vec<u64>> {
 }
 
 /// Removes the learned addresses none of whose patterns is valid any more, and adds
-/// them to the `expired` counter. Returns how many went.
+/// them to the `expired` counter; then corrects the addresses each pattern holds
+/// (`PC_NAME_ADDRS`, which the kernel's per-name limit reads, see [`recount`]). Returns
+/// how many went.
 ///
 /// An entry is read, then deleted if it has expired: should the kernel learn the same
 /// address again in between (microseconds), that answer is lost and the address waits
@@ -185,14 +187,17 @@ fn read_counters(paths: &PathArgs) -> anyhow::Result<Vec<u64>> {
 /// the sweep is for the LRU's room and the counter.
 pub fn sweep(paths: &PathArgs) -> anyhow::Result<u64> {
     let now = boot_ns();
+    let mut name_addrs = name_addrs_map(paths)?;
+    let before = read_name_counts(&name_addrs)?;
     let mut map = learned_map(open_pinned(paths, names::LEARNED)?)?;
-    let expired: Vec<LearnedKey> = map
+    let entries = map
         .iter()
         .collect::<Result<Vec<_>, _>>()
-        .context("reading the learned addresses")?
-        .into_iter()
+        .context("reading the learned addresses")?;
+    let expired: Vec<LearnedKey> = entries
+        .iter()
         .filter(|(_, v)| v.expired(now))
-        .map(|(k, _)| k)
+        .map(|(k, _)| *k)
         .collect();
     let mut gone = 0u64;
     for k in &expired {
@@ -210,7 +215,62 @@ pub fn sweep(paths: &PathArgs) -> anyhow::Result<u64> {
         }
         counters.set(dns::EXPIRED, PerCpuValues::try_from(values)?, 0)?;
     }
+    recount(&mut name_addrs, &before, &entries, now)?;
     Ok(gone)
+}
+
+/// The addresses per pattern of `PC_NAME_ADDRS`.
+type NameCounts = std::collections::BTreeMap<NameKey, u32>;
+
+fn name_addrs_map(paths: &PathArgs) -> anyhow::Result<HashMap<MapData, NameKey, u32>> {
+    let map = Map::from_map_data(open_pinned(paths, names::NAME_ADDRS)?)?;
+    HashMap::try_from(map).context("addresses per name map")
+}
+
+fn read_name_counts(map: &HashMap<MapData, NameKey, u32>) -> anyhow::Result<NameCounts> {
+    map.iter()
+        .collect::<Result<NameCounts, _>>()
+        .context("reading the addresses per name")
+}
+
+/// Corrects `PC_NAME_ADDRS` (which the kernel's per-name limit reads) by the drift the
+/// sweep saw: `before` is the map read just before the learned addresses `entries`,
+/// whose valid patterns at `now` are the true counts then. The kernel's counts drift up
+/// (the LRU drops entries without a word, addresses expire, two CPUs may add at once);
+/// what the kernel added since `before` is kept, so an answer learned during the sweep
+/// still counts: each count becomes (now in the map) - (before - true).
+fn recount(
+    map: &mut HashMap<MapData, NameKey, u32>,
+    before: &NameCounts,
+    entries: &[(LearnedKey, Learned)],
+    now: u64,
+) -> anyhow::Result<()> {
+    let mut true_counts = NameCounts::new();
+    for (_, learned) in entries {
+        for n in learned
+            .names
+            .iter()
+            .filter(|n| n.hash != 0 && n.expires_ns > now)
+        {
+            *true_counts
+                .entry(NameKey::new(n.hash, 0, n.kind))
+                .or_default() += 1;
+        }
+    }
+    for (key, current) in read_name_counts(map)? {
+        let seen = before.get(&key).copied().unwrap_or(0);
+        let drift = seen.saturating_sub(true_counts.get(&key).copied().unwrap_or(0));
+        let fixed = current.saturating_sub(drift);
+        if fixed == 0 {
+            // Removed while the kernel may add to it: that add is lost, and the count
+            // is low by one until the next sweep (a limit a little late, never early).
+            let _ = map.remove(&key);
+        } else if fixed != current {
+            map.insert(key, fixed, 0)
+                .context("writing the addresses per name")?;
+        }
+    }
+    Ok(())
 }
 
 /// `CLOCK_BOOTTIME` in ns: the clock of `bpf_ktime_get_boot_ns`, which the kernel

@@ -332,6 +332,12 @@ impl Collector for Scrape {
             "Learned addresses (or names of an address) pushed out by newer ones while still valid: the learned-address table or an address's name slots are full.",
             ConstCounter::new(dns.evicted),
         )?;
+        single(
+            enc,
+            "portcullis_dns_over_limit_total",
+            "New addresses not learned because a name (or wildcard) already held its limit of learned addresses; they are learned again once older ones expire.",
+            ConstCounter::new(dns.over_limit),
+        )?;
 
         let program = |p: &ProgramRuns| [("program", p.name.clone())];
         family(

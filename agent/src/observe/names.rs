@@ -64,6 +64,9 @@ pub struct NameCounters {
     /// Learned addresses the LRU pushed out, plus names pushed out of an address's
     /// slots, while still valid.
     pub evicted: u64,
+    /// New addresses not learned because a name pattern of the answer held its limit
+    /// (`LEARNED_PER_NAME`) of addresses.
+    pub over_limit: u64,
 }
 
 /// The section, from the state file's names and what the kernel holds (None: the
@@ -85,6 +88,7 @@ pub fn build(state: &NamesState, learning: Option<&Learning>, now_ns: u64) -> Na
         malformed: learning.counter(dns::MALFORMED),
         expired: learning.counter(dns::EXPIRED),
         evicted: learning.evicted(),
+        over_limit: learning.counter(dns::OVER_LIMIT),
     };
     for (key, value) in &learning.learned {
         let names: Vec<LearnedName> = value
@@ -160,14 +164,15 @@ pub fn table(n: &NamesStatus) -> String {
     );
     let _ = writeln!(
         o,
-        "  answers learned {}  addresses learned {}  untrusted {}  unlisted {}  malformed {}  expired {}  evicted {}",
+        "  answers learned {}  addresses learned {}  untrusted {}  unlisted {}  malformed {}  expired {}  evicted {}  over limit {}",
         c.answers_learned,
         c.addresses_learned,
         c.untrusted,
         c.unlisted,
         c.malformed,
         c.expired,
-        c.evicted
+        c.evicted,
+        c.over_limit
     );
     if n.learned.is_empty() {
         return o;

@@ -73,6 +73,12 @@ pub const LEARNED: &str = "PC_LEARNED";
 /// Capacity of [`LEARNED`] (addresses in total).
 pub const LEARNED_MAX: u32 = 64 * 1024;
 
+/// Addresses each name pattern holds in [`LEARNED`]: `names::NameKey` (generation 0)
+/// -> `u32`. `HashMap`. The kernel adds one for each new address it learns for a
+/// pattern and refuses a new one at `names::LEARNED_PER_NAME`; the agent's sweep
+/// recounts it from [`LEARNED`] (which the LRU shrinks without telling anyone).
+pub const NAME_ADDRS: &str = "PC_NAME_ADDRS";
+
 /// Trusted resolvers: address prefixes -> 1. `LpmTrie<[u8; 16], u32>` (IPv6 or
 /// IPv4-mapped, prefix length in bits of the 16-byte form). Only answers from these are
 /// learned from.
@@ -86,7 +92,7 @@ pub const DNS_STATS: &str = "PC_DNS_STATS";
 pub const DNS_SCRATCH: &str = "PC_DNS_SCRATCH";
 
 /// Every map the object defines and pins, for pinning and for the adoption check.
-pub const ALL: [&str; 19] = [
+pub const ALL: [&str; 20] = [
     PORTS,
     PEERS,
     RULE_COUNTERS,
@@ -104,6 +110,7 @@ pub const ALL: [&str; 19] = [
     NAMES,
     SLOT_NAMES,
     LEARNED,
+    NAME_ADDRS,
     RESOLVERS,
     DNS_STATS,
 ];

@@ -26,6 +26,12 @@
 pub const MAX_LABELS: usize = 32;
 /// Name patterns one learned address remembers (a CDN address can serve several names).
 pub const LEARNED_NAMES: usize = 4;
+/// Addresses one name pattern (an exact name or a wildcard) may hold in `LEARNED` at a
+/// time. Beyond it a new address for the pattern is not learned (counted
+/// `stats::dns::OVER_LIMIT`) until older ones expire, so one name that answers with
+/// ever new addresses (a pool, a wildcard an attacker's domain falls under) cannot
+/// push every other name's addresses out of the LRU: 64 such names would be needed.
+pub const LEARNED_PER_NAME: u32 = 1024;
 /// Name groups (peer groups with names) in one policy generation: bits of a `u64`.
 pub const MAX_NAME_GROUPS: usize = 64;
 /// Longest TTL honoured, in seconds (one day), so that a bogus TTL cannot keep an

@@ -172,8 +172,11 @@ pub mod dns {
     pub const INSERTED: u32 = 6;
     /// Learned addresses the agent removed after they expired.
     pub const EXPIRED: u32 = 7;
+    /// New addresses not learned because a name pattern of the answer already holds
+    /// `names::LEARNED_PER_NAME` addresses.
+    pub const OVER_LIMIT: u32 = 8;
     /// Number of counters.
-    pub const LEN: u32 = 8;
+    pub const LEN: u32 = 9;
 }
 
 #[cfg(test)]
