@@ -15,11 +15,13 @@
 //! `vendor-updates`, whose members are host names and wildcards.
 
 use std::{
+    net::Ipv4Addr,
     path::PathBuf,
     time::{Duration, Instant},
 };
 
-use portcullis_tests::{Agent, Lab, Zone, denies, must, net_py, rule, rule_packets, stdout};
+use portcullis_common::dns::{self, Status};
+use portcullis_tests::{Agent, Lab, Wire, Zone, denies, must, net_py, rule, rule_packets, stdout};
 use serde_json::Value;
 
 /// The prefix B owns for the zones' addresses, routed from A.
@@ -56,6 +58,9 @@ struct Setup<'a> {
     /// The client asks a local stub on A (127.0.0.53, forwarding to B), and the stub
     /// is the trusted resolver (`dns-servers`).
     stub: bool,
+    /// A second trusted resolver on B (in `dns-servers` too) that answers these names
+    /// with these bytes (`Lab::fake_resolver`); none when empty.
+    fake: &'a [(String, Wire)],
 }
 
 /// The address of the local stub resolver on A.
@@ -80,6 +85,12 @@ struct Names {
     resolver: String,
     /// The untrusted resolver's address (B's second address), if the setup has one.
     forger: String,
+    /// The fake trusted resolver's address (B's third address), if the setup has one.
+    fake: String,
+    /// The profile's rules, and the site's text before and after the group's line:
+    /// [`Names::set_members`] rewrites the group.
+    rules: String,
+    site: (String, String),
 }
 
 impl Names {
@@ -100,7 +111,6 @@ impl Names {
         } else {
             b4
         };
-        let members: Vec<String> = setup.members.iter().map(|m| format!("\"{m}\"")).collect();
         let dns_group = if setup.resolv_conf {
             "resolvers"
         } else {
@@ -119,21 +129,26 @@ impl Names {
             PORT,
             &format!("peers = \"{GROUP}\""),
         );
-        let mut site = format!(
-            "mode = \"enforce\"\n{}\n[peers]\n{dns_group} = [\"{resolver}/32\"]\n{GROUP} = [{}]\n",
+        let mut trusted = format!("\"{resolver}/32\"");
+        let mut fake = String::new();
+        if !setup.fake.is_empty() {
+            fake = lab.add_b_peer(4);
+            lab.fake_resolver(&fake, setup.fake);
+            trusted += &format!(", \"{fake}/32\"");
+        }
+        let head = format!(
+            "mode = \"enforce\"\n{}\n[peers]\n{dns_group} = [{trusted}]\n",
             setup.site,
-            members.join(", "),
         );
+        let mut tail = String::new();
         let mut forger = String::new();
         if let Some(zone) = setup.forger {
-            // B's address with the last octet 3 (A is .1, B .2), on B's veth.
-            forger = format!("{}.3", lab.b4.rsplit_once('.').expect("an IPv4 address").0);
-            lab.add_b_address(&format!("{forger}/24"));
+            forger = lab.add_b_peer(3);
             lab.dnsmasq(&forger, zone);
             rules += &rule("other-dns", "out", "udp", 53, "peers = \"other-resolvers\"");
-            site += &format!("other-resolvers = [\"{forger}/32\"]\n");
+            tail += &format!("other-resolvers = [\"{forger}/32\"]\n");
         }
-        let cfg: PathBuf = lab.config(&rules, &site);
+        let cfg: PathBuf = lab.config(&rules, &site_text(&head, setup.members, &tail));
         let agent = if setup.xdp {
             lab.agent_xdp(&cfg)
         } else {
@@ -144,6 +159,28 @@ impl Names {
             lab,
             resolver,
             forger,
+            fake,
+            rules,
+            site: (head, tail),
+        }
+    }
+
+    /// Rewrites the site with `members` as the group's members and reloads the agent
+    /// (SIGHUP, or `portcullis reload` with `cli`); returns when the new policy is live.
+    fn set_members(&mut self, members: &[&str], cli: bool) {
+        let (head, tail) = &self.site;
+        self.lab
+            .config(&self.rules, &site_text(head, members, tail));
+        if cli {
+            let out = self.agent.cli(&["reload", "--timeout", "30"]);
+            assert!(
+                out.status.success(),
+                "portcullis reload: {}{}",
+                stdout(&out),
+                portcullis_tests::stderr(&out)
+            );
+        } else {
+            self.agent.reload().unwrap_or_else(|e| panic!("{e:#}"));
         }
     }
 
@@ -205,6 +242,13 @@ impl Names {
         .trim()
         .to_owned()
     }
+}
+
+/// The site's text: `head` (mode, settings, `[peers]` with the trusted resolvers), the
+/// group [`GROUP`] of `members`, then `tail` (more groups).
+fn site_text(head: &str, members: &[&str], tail: &str) -> String {
+    let members: Vec<String> = members.iter().map(|m| format!("\"{m}\"")).collect();
+    format!("{head}{GROUP} = [{}]\n{tail}", members.join(", "))
 }
 
 /// The `names` section of a status (panics with the status if it has none).
@@ -958,4 +1002,418 @@ fn xdp_attached() {
     );
     assert_learned(&s, &named(50), WILDCARD, 360_000);
     assert!(learned(&s, &named(51)).is_none(), "{:#}", names(&s));
+}
+
+/// The TTL of the hostile corpus's records.
+const HOSTILE_TTL: u32 = 300;
+
+/// One hostile answer of [`hostile_answers_on_the_wire_teach_nothing_and_break_nothing`]:
+/// the name the client asks, the bytes the fake resolver answers with, and what the
+/// parser's rules (ebpf/common/src/dns.rs) say of them.
+struct Hostile {
+    name: String,
+    wire: Wire,
+    /// Asked over TCP (else UDP).
+    tcp: bool,
+    /// The parser's verdict on the bytes.
+    status: Status,
+    /// Addresses of the answer the rules let it teach: connect works.
+    learned: Vec<String>,
+    /// Addresses of the answer (or near it) that must not be learned: connect gets EPERM.
+    denied: Vec<String>,
+}
+
+impl Hostile {
+    /// The case `label`.lab.test (listed by [`WILDCARD`]), answered with what `wire`
+    /// writes for that name; the parser says `status`.
+    fn new(label: &str, status: Status, wire: impl FnOnce(&str) -> Wire) -> Hostile {
+        let name = format!("{label}.lab.test");
+        Hostile {
+            wire: wire(&name),
+            name,
+            tcp: false,
+            status,
+            learned: Vec::new(),
+            denied: Vec::new(),
+        }
+    }
+
+    fn tcp(mut self) -> Hostile {
+        self.tcp = true;
+        self
+    }
+
+    fn learns(mut self, addrs: &[u32]) -> Hostile {
+        self.learned = addrs.iter().map(|&i| hostile_addr(i)).collect();
+        self
+    }
+
+    fn denies(mut self, addrs: &[u32]) -> Hostile {
+        self.denied = addrs.iter().map(|&i| hostile_addr(i)).collect();
+        self
+    }
+}
+
+/// The `i`-th address of the hostile corpus (B listens on it).
+fn hostile_addr(i: u32) -> String {
+    named(100 + i)
+}
+
+/// The hostile corpus: each case's name is listed and each address is one B listens
+/// on, so only the parser's rules decide what is learned. Every case that the rules
+/// call malformed carries a good A record of the question before the bad part: nothing
+/// of a malformed message counts, not even what came before the damage.
+fn hostile_corpus() -> Vec<Hostile> {
+    use portcullis_tests::dns::{ANSWER, TC, TYPE_A, TYPE_CNAME, TYPE_TXT, ipv4};
+    const TTL: u32 = HOSTILE_TTL;
+    let a = hostile_addr;
+    // A good A record of the question, then one whose owner is a pointer to itself.
+    let self_loop = |q: &str, good, bad| {
+        let w = Wire::header(ANSWER, 1, 2)
+            .question(q)
+            .ptr(12)
+            .a_fixed(TTL, &a(good));
+        let at = w.at();
+        w.ptr(at).a_fixed(TTL, &a(bad))
+    };
+    // TC set, three records announced: the first whole, the second cut in its address.
+    let truncated = |q: &str, kept, cut| {
+        let w = Wire::header(ANSWER | TC, 1, 3)
+            .question(q)
+            .ptr(12)
+            .a_fixed(TTL, &a(kept))
+            .ptr(12)
+            .a_fixed(TTL, &a(cut));
+        let len = w.0.len() - 2;
+        w.cut(len)
+    };
+    // The question, then `hops` CNAMEs, each to the next name, then the A record of the
+    // last name.
+    let chain = |q: &str, hops: u16, addr| {
+        let mut w = Wire::header(ANSWER, 1, hops + 1).question(q);
+        let mut owner = q.to_owned();
+        for i in 1..=hops {
+            let target = format!("c{i}.chain{hops}.example");
+            w = w.cname(&owner, TTL, &target);
+            owner = target;
+        }
+        w.a(&owner, TTL, &a(addr))
+    };
+    // `n` short labels: with "lab.test", a name of n + 2 labels.
+    let labels = |n: usize| {
+        (0..n)
+            .map(|i| format!("l{i}"))
+            .collect::<Vec<_>>()
+            .join(".")
+    };
+    let answer = |addr| move |q: &str| Wire::answer(q, TTL, &[&a(addr)]);
+    let with_a = |w: Wire, addr| w.ptr(12).a_fixed(TTL, &a(addr));
+    vec![
+        Hostile::new("self-loop", Status::Malformed, |q| self_loop(q, 0, 1)).denies(&[0, 1]),
+        Hostile::new("self-loop-tcp", Status::Malformed, |q| self_loop(q, 2, 3))
+            .tcp()
+            .denies(&[2, 3]),
+        // A TXT record whose data is two pointers to each other (the parser skips data
+        // it does not read), then a record whose owner points into that pair.
+        Hostile::new("pointer-pair", Status::Malformed, |q| {
+            let w = with_a(Wire::header(ANSWER, 1, 3).question(q), 4)
+                .ptr(12)
+                .fixed(TYPE_TXT, TTL, 4);
+            let x = w.at();
+            w.ptr(x + 2).ptr(x).ptr(x + 2).a_fixed(TTL, &a(5))
+        })
+        .denies(&[4, 5]),
+        // An owner pointing forwards, past its own record, at a copy of the question.
+        Hostile::new("forward", Status::Malformed, |q| {
+            let w = with_a(Wire::header(ANSWER, 1, 2).question(q), 6);
+            let after = w.at() + 2 + 10 + 4;
+            w.ptr(after).a_fixed(TTL, &a(7)).name(q)
+        })
+        .denies(&[6, 7]),
+        // Cut in the middle of a record: the records before the cut count.
+        Hostile::new("truncated", Status::Truncated, |q| truncated(q, 8, 9))
+            .learns(&[8])
+            .denies(&[9]),
+        Hostile::new("truncated-tcp", Status::Truncated, |q| truncated(q, 10, 11))
+            .tcp()
+            .learns(&[10])
+            .denies(&[11]),
+        // An A record whose length (200) runs past the end of the message: the message
+        // ends inside that record, which is a cut too.
+        Hostile::new("rdlength", Status::Truncated, |q| {
+            with_a(Wire::header(ANSWER, 1, 2).question(q), 12)
+                .ptr(12)
+                .fixed(TYPE_A, TTL, 200)
+                .bytes(&ipv4(&a(13)))
+        })
+        .learns(&[12])
+        .denies(&[13]),
+        // A CNAME whose data says 2 bytes while its target name runs on past them.
+        Hostile::new("cname-overrun", Status::Malformed, |q| {
+            let target = "edge.overrun.example";
+            Wire::header(ANSWER, 1, 2)
+                .question(q)
+                .ptr(12)
+                .fixed(TYPE_CNAME, TTL, 2)
+                .name(target)
+                .a(target, TTL, &a(14))
+        })
+        .denies(&[14]),
+        // A chain of 8 names (the limit) is followed to its end; one of 9 is not.
+        Hostile::new("chain8", Status::Complete, |q| chain(q, 7, 15)).learns(&[15]),
+        Hostile::new("chain9", Status::Complete, |q| chain(q, 8, 16)).denies(&[16]),
+        // 32 labels (the limit) are read; 33 make the message malformed.
+        Hostile::new(&labels(30), Status::Complete, answer(17)).learns(&[17]),
+        Hostile::new(&labels(31), Status::Malformed, answer(18)).denies(&[18]),
+        // A label of 63 bytes (the most RFC 1035 allows) is read; a length byte of 64
+        // has the reserved label type 01.
+        Hostile::new(&"x".repeat(63), Status::Complete, answer(19)).learns(&[19]),
+        Hostile::new(&"x".repeat(64), Status::Malformed, answer(20)).denies(&[20]),
+        // 40 records: 31 of another name, the question's A as the 32nd (the last one
+        // read), then 8 more of the question that lie beyond the limit.
+        Hostile::new("records40", Status::Complete, |q| {
+            let mut w = Wire::header(ANSWER, 1, 40).question(q);
+            for _ in 0..31 {
+                w = w.a("decoy.records40.example", TTL, &a(21));
+            }
+            for i in 22..=30 {
+                w = with_a(w, i);
+            }
+            w
+        })
+        .learns(&[22])
+        .denies(&[21, 23, 24, 25, 26, 27, 28, 29, 30]),
+        // Not an answer to one standard query: nothing counts.
+        Hostile::new("two-questions", Status::NotAnswer, |q| {
+            with_a(
+                Wire::header(ANSWER, 2, 1)
+                    .question(q)
+                    .question("second.lab.test"),
+                31,
+            )
+        })
+        .denies(&[31]),
+        Hostile::new("nxdomain", Status::NotAnswer, |q| {
+            with_a(Wire::header(ANSWER | 3, 1, 1).question(q), 32)
+        })
+        .denies(&[32]),
+        Hostile::new("query", Status::NotAnswer, |q| {
+            with_a(Wire::header(0x0100, 1, 1).question(q), 33)
+        })
+        .denies(&[33]),
+        // The same fake resolver's well-formed answers: the path itself works.
+        Hostile::new("good", Status::Complete, answer(34)).learns(&[34]),
+        Hostile::new("good-tcp", Status::Complete, answer(35))
+            .tcp()
+            .learns(&[35]),
+    ]
+}
+
+/// A fake resolver on a trusted address of B answers listed names with hostile bytes
+/// (pointer loops, forward pointers, cuts, lying lengths, over-long chains, names and
+/// labels, too many records, not-answers), each to the client's own query so that the
+/// reply is a real reply to its socket, over UDP and, for some, TCP. The client gets
+/// every answer whole (the kernel neither drops nor chokes on it); the addresses learned
+/// are exactly those the parser's rules let count (its verdict checked in userspace on
+/// the same bytes), the others get EPERM, and the counters say which answers were
+/// malformed. The agent keeps running, logs no error and still answers `status`.
+#[test]
+fn hostile_answers_on_the_wire_teach_nothing_and_break_nothing() {
+    let corpus = hostile_corpus();
+    let replies: Vec<(String, Wire)> = corpus
+        .iter()
+        .map(|c| (c.name.clone(), c.wire.clone()))
+        .collect();
+    let mut t = Names::new(
+        "hostile",
+        &Zone::new(HOSTILE_TTL, &[]),
+        Setup {
+            members: &[WILDCARD],
+            fake: &replies,
+            ..Setup::default()
+        },
+    );
+    let start = t.agent.status();
+    assert!(
+        names(&start)["trusted_resolvers"]
+            .to_string()
+            .contains(&format!("\"{}/32\"", t.fake)),
+        "the fake resolver is trusted: {:#}",
+        names(&start)
+    );
+    let mut denied = 0;
+    for c in &corpus {
+        // The same parser, in userspace: the case says what the rules say.
+        let p = dns::parse(&c.wire.0);
+        assert_eq!(p.status(), c.status, "{}: the parser's verdict", c.name);
+        let parsed: Vec<String> = if p.usable() {
+            p.addresses()
+                .iter()
+                .map(|a| Ipv4Addr::new(a.addr[12], a.addr[13], a.addr[14], a.addr[15]).to_string())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        assert_eq!(parsed, c.learned, "{}: the parser's addresses", c.name);
+
+        let s0 = t.agent.status();
+        let flags = if c.tcp { " --tcp" } else { "" };
+        let got = t.run_resolve(&format!(
+            "{} dns-ask {} {}{flags}",
+            net_py(),
+            t.fake,
+            c.name
+        ));
+        assert_eq!(
+            got,
+            serde_json::json!({"bytes": c.wire.0.len(), "id_ok": true}),
+            "{}: the client receives the whole answer",
+            c.name
+        );
+        let s1 = t.agent.status();
+        let delta = |key| counter(&s1, key) - counter(&s0, key);
+        assert_eq!(
+            [
+                delta("malformed"),
+                delta("answers_learned"),
+                delta("addresses_learned"),
+                delta("unlisted"),
+                delta("untrusted"),
+            ],
+            [
+                u64::from(c.status == Status::Malformed),
+                u64::from(!c.learned.is_empty()),
+                c.learned.len() as u64,
+                0,
+                0
+            ],
+            "{} ({:?}): counters [malformed, answers_learned, addresses_learned, unlisted, \
+             untrusted] rose by: {:#}",
+            c.name,
+            c.status,
+            names(&s1)["counters"]
+        );
+        for addr in &c.learned {
+            assert_eq!(t.connect(addr), "ok", "{}: {addr} was learned", c.name);
+        }
+        for addr in &c.denied {
+            assert_eq!(
+                t.connect(addr),
+                "EPERM",
+                "{}: {addr} was not learned",
+                c.name
+            );
+        }
+        denied += c.denied.len() as u64;
+        assert!(
+            t.agent.running(),
+            "the agent exited after {}: {}",
+            c.name,
+            t.agent.output()
+        );
+    }
+
+    let s = t.agent.status();
+    assert!(
+        peer_denies(&s) >= peer_denies(&start) + denied,
+        "{denied} denies with reason peer: {s:#}"
+    );
+    for c in &corpus {
+        for addr in &c.learned {
+            assert_learned(&s, addr, WILDCARD, u64::from(HOSTILE_TTL + 60) * 1000);
+        }
+        for addr in &c.denied {
+            assert!(
+                learned(&s, addr).is_none(),
+                "{}: {addr} is not listed: {:#}",
+                c.name,
+                names(&s)
+            );
+        }
+    }
+    let human = t.agent.cli(&["status"]);
+    assert!(
+        human.status.success() && stdout(&human).contains(WILDCARD),
+        "portcullis status answers: {}{}",
+        stdout(&human),
+        portcullis_tests::stderr(&human)
+    );
+    assert!(t.agent.running(), "the agent runs: {}", t.agent.output());
+    let log = t.agent.output();
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("ERROR") || l.contains("error:") || l.contains("panicked")),
+        "the agent logged an error:\n{log}"
+    );
+}
+
+/// Learned addresses survive a reload, and the names a reload changes apply at once to
+/// them: with the name dropped from the group, its address (still learned) is denied
+/// for new connects without any new DNS answer; with the name back, it is allowed again,
+/// still without a new answer (the same entry, the same expiry). The `names` section
+/// follows each state.
+#[test]
+fn reload_keeps_learned_addresses_and_applies_the_new_names_at_once() {
+    const REPO: &str = "repo.lab.test";
+    const OTHER: &str = "other.lab.test";
+    let zone = Zone::new(300, &[(REPO, &named(80)), (OTHER, &named(81))]);
+    let mut t = Names::new(
+        "reload",
+        &zone,
+        Setup {
+            members: &[REPO, OTHER],
+            ..Setup::default()
+        },
+    );
+    // Both listed names learned; an address no answer named is denied.
+    for (name, i) in [(REPO, 80), (OTHER, 81)] {
+        assert_eq!(t.resolve_one(name), (named(i), "ok".to_owned()), "{name}");
+    }
+    assert_eq!(t.connect(&named(82)), "EPERM", "an unlearned address");
+    let s1 = t.agent.status();
+    let expiry = assert_learned(&s1, &named(80), REPO, 360_000);
+    assert_learned(&s1, &named(81), OTHER, 360_000);
+    let answers = counter(&s1, "answers_learned");
+
+    // repo.lab.test dropped (SIGHUP): its address is denied at once; the other stays.
+    t.set_members(&[OTHER], false);
+    assert_eq!(
+        t.connect(&named(80)),
+        "EPERM",
+        "{REPO} is no longer listed: its learned address is denied at once"
+    );
+    assert_eq!(t.connect(&named(81)), "ok", "{OTHER} is still listed");
+    let s2 = t.agent.status();
+    assert!(
+        peer_denies(&s2) > peer_denies(&s1),
+        "the deny is counted with reason peer: {s2:#}"
+    );
+    assert!(
+        learned(&s2, &named(80)).is_none(),
+        "an address of names the live policy does not list is not shown: {:#}",
+        names(&s2)
+    );
+    assert_learned(&s2, &named(81), OTHER, 360_000);
+
+    // repo.lab.test back (`portcullis reload`): allowed again, from the kept entry.
+    t.set_members(&[REPO, OTHER], true);
+    assert_eq!(
+        t.connect(&named(80)),
+        "ok",
+        "{REPO} listed again: its address, kept, is allowed without a new answer"
+    );
+    let s3 = t.agent.status();
+    let again = assert_learned(&s3, &named(80), REPO, 360_000);
+    assert!(
+        again <= expiry,
+        "the same entry (expiry {again} ms, was {expiry} ms): no new answer taught it"
+    );
+    assert_eq!(
+        counter(&s3, "answers_learned"),
+        answers,
+        "no DNS answer since the first two: {:#}",
+        names(&s3)
+    );
+    assert_eq!(peer_denies(&s3), peer_denies(&s2), "no new deny: {s3:#}");
+    assert_eq!(t.connect(&named(82)), "EPERM", "an unlearned address");
 }

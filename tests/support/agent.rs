@@ -220,6 +220,13 @@ impl Agent {
         self.try_status().unwrap_or_else(|e| panic!("{e:#}"))
     }
 
+    /// Whether the agent process is still running (it has neither exited nor crashed).
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
     /// The agent's pid.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)

@@ -9,8 +9,8 @@
 //! - [`object`] (feature `object`, on by default): the eBPF object loaded directly, for
 //!   the XDP tests;
 //! - [`status`]: reading `portcullis status --json`;
-//! - [`dns`]: a real resolver (dnsmasq) on B with a zone of the test's, for the names
-//!   tests.
+//! - [`dns`]: a real resolver (dnsmasq) on B with a zone of the test's, and a fake one
+//!   that sends crafted answers, for the names tests.
 //!
 //! Root is required. Without it, or without BPF, the tests FAIL with a message; the
 //! only way to skip them is `PORTCULLIS_SKIP_ROOT_TESTS=1`, which `cargo xtask test`
@@ -33,7 +33,7 @@ use std::{
 };
 
 pub use agent::{Agent, AgentSpec};
-pub use dns::Zone;
+pub use dns::{Wire, Zone};
 pub use lab::{
     Cgroup, End, Lab, Netns, Proc, Signal, cgroup2_mount, in_cgroup_netns, in_netns, output, rule,
     veth, web_out,

@@ -49,6 +49,15 @@ resolve-hold SERVER PORT NAME GOFILE OUTFILE
     resolves NAME as resolve-connect does, connects, exchanges "1" with the echo server,
     writes OUTFILE.open; waits for GOFILE, exchanges "2" on the same connection, then
     tries a new connect() to the same address; writes the results as JSON to OUTFILE
+dns-ask SERVER NAME [--tcp]
+    one A query for NAME to SERVER port 53 (UDP, or TCP with --tcp) from a fresh
+    socket; the answer is read whole but not interpreted (it may be hostile); prints
+    {"bytes": its length, "id_ok": whether it carries the query's ID} or the errno name
+fake-resolver ADDR FILE
+    a hostile resolver on ADDR port 53, UDP and TCP: FILE has one "NAME HEX" line per
+    query name, and a query for NAME is answered with the bytes HEX as written (the
+    first two, the ID, replaced by the query's; over TCP in one segment with the length
+    prefix); a name not in FILE gets no answer
 """
 import errno
 import socket
@@ -472,8 +481,9 @@ def recv_exact(s, n):
     return data
 
 
-def resolve(server, name, qtype, tcp):
-    """One query to server:53 from a fresh socket, like a stub resolver; the addresses."""
+def ask(server, name, qtype, tcp):
+    """One query to server:53 from a fresh socket, like a stub resolver: its ID and the
+    answer's bytes."""
     import random
     qid = random.randrange(1 << 16)
     query = dns_query_bytes(qid, name, qtype)
@@ -481,15 +491,82 @@ def resolve(server, name, qtype, tcp):
         s = socket.create_connection((server, 53), timeout=3)
         with s:
             s.sendall(len(query).to_bytes(2, "big") + query)
-            msg = recv_exact(s, int.from_bytes(recv_exact(s, 2), "big"))
-    else:
-        s = socket.socket(family(server), socket.SOCK_DGRAM)
-        with s:
-            s.settimeout(3)
-            s.connect((server, 53))
-            s.send(query)
-            msg = s.recv(65535)
+            return qid, recv_exact(s, int.from_bytes(recv_exact(s, 2), "big"))
+    s = socket.socket(family(server), socket.SOCK_DGRAM)
+    with s:
+        s.settimeout(3)
+        s.connect((server, 53))
+        s.send(query)
+        return qid, s.recv(65535)
+
+
+def resolve(server, name, qtype, tcp):
+    """One query to server:53 from a fresh socket, like a stub resolver; the addresses."""
+    qid, msg = ask(server, name, qtype, tcp)
     return dns_answer_addresses(msg, qid, name, qtype)
+
+
+def dns_ask(args):
+    import json
+    server, name = args[0], args[1]
+    try:
+        qid, msg = ask(server, name, QTYPE_A, "--tcp" in args)
+    except OSError as e:
+        print(errname(e))
+        return
+    print(json.dumps({"bytes": len(msg), "id_ok": msg[:2] == qid.to_bytes(2, "big")}))
+
+
+def query_name(query):
+    """The question's name of a query we sent ourselves (no pointers), lowercase."""
+    labels, at = [], 12
+    while at < len(query) and query[at]:
+        labels.append(query[at + 1:at + 1 + query[at]].decode("latin-1"))
+        at += 1 + query[at]
+    return ".".join(labels).lower()
+
+
+def fake_resolver(args):
+    import threading
+    addr, path = args[0], args[1]
+    replies = {}
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                name, hexed = line.split()
+                replies[name.lower()] = bytes.fromhex(hexed)
+
+    def reply(query):
+        msg = replies.get(query_name(query))
+        return None if msg is None or len(query) < 2 else query[:2] + msg[2:]
+
+    # Both bound before either serves: ready for UDP too once the TCP port accepts.
+    u = socket.socket(family(addr), socket.SOCK_DGRAM)
+    u.bind((addr, 53))
+    t = socket.socket(family(addr), socket.SOCK_STREAM)
+    t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    t.bind((addr, 53))
+    t.listen(16)
+
+    def serve_tcp():
+        while True:
+            c, _ = t.accept()
+            with c:
+                try:
+                    c.settimeout(3)
+                    msg = reply(recv_exact(c, int.from_bytes(recv_exact(c, 2), "big")))
+                    if msg is not None:
+                        # One send: the prefix and the message leave in one segment.
+                        c.sendall(len(msg).to_bytes(2, "big") + msg)
+                except (OSError, ConnectionError):
+                    pass
+
+    threading.Thread(target=serve_tcp, daemon=True).start()
+    while True:
+        query, peer = u.recvfrom(65535)
+        msg = reply(query)
+        if msg is not None:
+            u.sendto(msg, peer)
 
 
 def connect_now(addr, port):
@@ -579,4 +656,5 @@ if __name__ == "__main__":
      "udp-per-flow": udp_per_flow, "hold": hold, "ping": ping, "icmp-listen": icmp_listen,
      "icmp-error": icmp_error, "udp6-frame": udp6_frame, "probe": probe,
      "exchange": exchange, "serve": serve, "echo": echo,
-     "resolve-connect": resolve_connect, "resolve-hold": resolve_hold}[sys.argv[1]](sys.argv[2:])
+     "resolve-connect": resolve_connect, "resolve-hold": resolve_hold, "dns-ask": dns_ask,
+     "fake-resolver": fake_resolver}[sys.argv[1]](sys.argv[2:])
