@@ -114,7 +114,7 @@ impl Daemon {
         };
         let mut attached = Attachments::default();
         let install_lock = InstallLock::take(&paths.state_dir)?;
-        let result = Datapath::load(&paths).and_then(|mut dp| {
+        let result = Datapath::load(&paths, !settings.xdp.is_empty()).and_then(|mut dp| {
             let state = install(&mut dp, &policy, &settings, previous.as_ref())?;
             // Drop-ins before the running instances: a unit restarting in between is
             // attached by its drop-in (the programs are pinned by now).
