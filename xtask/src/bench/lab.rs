@@ -76,7 +76,7 @@ impl Lab {
         Ok(lab)
     }
 
-    fn pin_dir(&self, i: usize) -> PathBuf {
+    pub fn pin_dir(&self, i: usize) -> PathBuf {
         PathBuf::from(format!("/sys/fs/bpf/portcullis-bench-{}-{i}", self.pid))
     }
 

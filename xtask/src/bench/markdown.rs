@@ -288,6 +288,7 @@ pub fn markdown(r: &Results, m: &Machine) -> String {
     for k in AGENT_FIGURES {
         let _ = writeln!(s, "{}", row(r, k));
     }
+    names_section(&mut s, r);
     let _ = writeln!(
         s,
         "\n![ns per packet against rule count](ns_per_packet.svg)\n"
@@ -300,4 +301,48 @@ pub fn markdown(r: &Results, m: &Machine) -> String {
         }
     }
     s
+}
+
+/// Names: the cost of learning from one DNS answer, and the memory per learned address.
+fn names_section(s: &mut String, r: &Results) {
+    if !r.figures.contains_key("names.a1.parse_ns") {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "\n## Names: learning addresses from DNS answers (pc_ingress)\n\nBPF_PROG_TEST_RUN of the agent's `pc_ingress` on a UDP answer for a listed name from the trusted resolver, and on the same datagram from an untrusted sender (counted, never parsed); the difference per round is what parsing the answer and storing its addresses costs.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| answer | trusted ns | untrusted ns | parse + learn ns |\n|---|---|---|---|"
+    );
+    for (label, text) in [
+        ("a1", "1 A record"),
+        ("a4", "4 A records"),
+        ("a16", "16 A records"),
+        ("cname_a4", "CNAME + 4 A records"),
+    ] {
+        let cell = |k: String| {
+            r.figures.get(&k).map_or("-".to_owned(), |f| {
+                format!("{} ({}-{})", fmt(f.median()), fmt(f.min()), fmt(f.max()))
+            })
+        };
+        let _ = writeln!(
+            s,
+            "| {text} | {} | {} | {} |",
+            cell(format!("names.{label}.trusted.ns")),
+            cell(format!("names.{label}.untrusted.ns")),
+            cell(format!("names.{label}.parse_ns")),
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nMemory: a `PC_LEARNED` entry is {} bytes of key and value; the kernel charges the map {} MiB for {} addresses, {} bytes per address, all at creation (an LRU hash is preallocated: {} bytes more after {} addresses were learned).",
+        fmt(r.med("names.learned.entry_bytes")),
+        fmt(r.med("names.learned.memlock_mib")),
+        fmt(r.med("names.learned.capacity")),
+        fmt(r.med("names.learned.memlock_per_address_bytes")),
+        fmt(r.med("names.learned.memlock_growth_bytes")),
+        fmt(r.med("names.learned.count")),
+    );
 }

@@ -21,9 +21,11 @@
 //!    the agent.
 //! 4. Startup (spawn to the "ready:" line), memory (VmRSS, PSS) idle with the full-range
 //!    policy, reload latency (SIGHUP to the "reloaded:" log line).
+//! 5. Names: what learning from a DNS answer costs `pc_ingress` (test_run, trusted
+//!    resolver against an untrusted sender) and the memory per learned address.
 //!
 //! Layout: `lab` (namespaces, veths, cgroups, sites: the root tests' guards), `prog_run`
-//! (M1-M3), `floods` (S1, S2), `agent` (startup, memory, reload), `stats` (figures,
+//! (M1-M3), `floods` (S1, S2), `agent` (startup, memory, reload), `names` (DNS learning), `stats` (figures,
 //! results.json), `markdown` (BENCHMARKS.md), `svg` (the plot).
 //!
 //! Safety: nothing is attached outside what this module creates (namespaces, veths,
@@ -35,6 +37,7 @@ mod agent;
 mod floods;
 mod lab;
 mod markdown;
+mod names;
 mod prog_run;
 mod stats;
 mod svg;
@@ -53,6 +56,7 @@ use self::{
     floods::measure_floods,
     lab::Lab,
     markdown::markdown,
+    names::measure_names,
     prog_run::measure_programs,
     stats::{Machine, Results, print_summary},
     svg::svg,
@@ -171,6 +175,7 @@ pub fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
     drop(agents);
     drop(full);
     measure_agent(&lab, &plan, &mut results)?;
+    measure_names(&tools, &lab, &plan, &mut results)?;
 
     let elapsed = started.elapsed();
     step(&format!(

@@ -71,7 +71,49 @@ fn frame(v6: bool, tcp: bool, port: u16, outbound: bool) -> Vec<u8> {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Runs the `prog_run` jobs (`LABEL=KIND:SOURCE:HEXFRAME`) for the plan's rounds and
+/// returns each label's ns per round. `want` gives the return value a label's frame must
+/// get, if any: a frame that takes another path than its label names is an error, not a
+/// figure.
+pub(super) fn run_jobs(
+    tools: &Tools,
+    plan: &Plan,
+    jobs: &[String],
+    want: impl Fn(&str) -> Option<u32>,
+) -> anyhow::Result<BTreeMap<String, Vec<f64>>> {
+    let out = output(
+        Command::new(&tools.prog_run)
+            .arg("--object")
+            .arg(&tools.object)
+            .args([
+                "--repeat",
+                &plan.repeat.to_string(),
+                "--runs",
+                &plan.rounds.to_string(),
+            ])
+            .args(jobs),
+    )?;
+    let mut ns: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for line in out.lines() {
+        let f: Vec<&str> = line.split('\t').collect();
+        if f.len() != 4 {
+            continue;
+        }
+        ns.entry(f[0].to_owned())
+            .or_default()
+            .push(f[2].parse().unwrap_or(f64::NAN));
+        let ret: u32 = f[3].parse().unwrap_or(99);
+        if let Some(w) = want(f[0]).filter(|w| *w != ret) {
+            bail!(
+                "{}: the program returned {ret}, expected {w}: the frame does not take the path it is named after",
+                f[0]
+            );
+        }
+    }
+    Ok(ns)
+}
+
+pub(super) fn hex(bytes: &[u8]) -> String {
     bytes.iter().fold(String::new(), |mut s, b| {
         let _ = write!(s, "{b:02x}");
         s
@@ -179,51 +221,21 @@ pub fn measure_programs(
             }
         }
     }
-    let out = output(
-        Command::new(&tools.prog_run)
-            .arg("--object")
-            .arg(&tools.object)
-            .args([
-                "--repeat",
-                &plan.repeat.to_string(),
-                "--runs",
-                &plan.rounds.to_string(),
-            ])
-            .args(&jobs),
-    )?;
-    // label -> per-round ns, return values.
-    let mut ns: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    for line in out.lines() {
-        let f: Vec<&str> = line.split('\t').collect();
-        if f.len() == 4 {
-            ns.entry(f[0].to_owned())
-                .or_default()
-                .push(f[2].parse().unwrap_or(f64::NAN));
-            let ret: u32 = f[3].parse().unwrap_or(99);
-            // The verdict must be what the label says, or the figure measures a path
-            // it does not name.
-            // The early exits pass: XDP_PASS (2) for a non-IP frame, 1 for loopback.
-            let passes = f[0].ends_with(".allow") || f[0].starts_with("probe.");
-            let want = match (
-                f[0].contains(".xdp.") || f[0].starts_with("xdpfilter."),
-                passes,
-                f[0].ends_with(".deny"),
-            ) {
-                (true, true, _) => Some(2),
-                (true, _, true) => Some(1),
-                (false, true, _) => Some(1),
-                (false, _, true) => Some(0),
-                _ => None,
-            };
-            if want.is_some_and(|w| w != ret) {
-                bail!(
-                    "{}: the program returned {ret}, expected {}: the frame does not take the path it is named after",
-                    f[0],
-                    want.unwrap_or(0)
-                );
-            }
+    let ns = run_jobs(tools, plan, &jobs, |label| {
+        // The early exits pass: XDP_PASS (2) for a non-IP frame, 1 for loopback.
+        let passes = label.ends_with(".allow") || label.starts_with("probe.");
+        match (
+            label.contains(".xdp.") || label.starts_with("xdpfilter."),
+            passes,
+            label.ends_with(".deny"),
+        ) {
+            (true, true, _) => Some(2),
+            (true, _, true) => Some(1),
+            (false, true, _) => Some(1),
+            (false, _, true) => Some(0),
+            _ => None,
         }
-    }
+    })?;
     let get = |k: &str| {
         ns.get(k)
             .cloned()
