@@ -230,7 +230,8 @@ pub const PARSED: u32 = 1;
 /// inlined code is walked again for every state that reaches it: here, once for each
 /// number of VLAN tags (the IP header at a different constant offset each time), which
 /// multiplied the IPv6 extension header walk and the fragment cases. `l3` arrives as
-/// a number the verifier knows only the type of, and `at` bounds it.
+/// a number the verifier knows only the type of, and `at` bounds it. Figures and price:
+/// `xdp::pc_xdp_judge`.
 ///
 /// The verifier treats a global function's pointer arguments as possibly null, so `f`
 /// is a raw pointer checked here (`pc_xdp` passes its own frame; null fails closed).
