@@ -72,10 +72,7 @@
 //! hook; a 127/8 or `::1` source on the wire is spoofed).
 
 use aya_ebpf::{
-    bindings::{
-        xdp_action::{XDP_DROP, XDP_PASS},
-        xdp_md,
-    },
+    bindings::xdp_action::{XDP_DROP, XDP_PASS},
     btf_maps::LruHashMap,
     macros::{btf_map, xdp},
     programs::XdpContext,
@@ -96,9 +93,7 @@ use crate::{
     account::{Denied, count_rule, count_stat, deny},
     maps::{KernelTables, PC_FLOWS_IN, PC_FLOWS_OUT, config, config_ref},
     related::{echo_answered, in_tables},
-    xdp_parse::{
-        Fragment, Frame, Link, PARSED, TCP_ACK, TCP_SYN, icmp_offset, link, pc_xdp_parse, read_at,
-    },
+    xdp_parse::{Fragment, Frame, Link, TCP_ACK, TCP_SYN, icmp_offset, link, parse, read_at},
 };
 
 /// A verdict on an inbound packet, with the direction of the flow it belongs to (an
@@ -148,10 +143,10 @@ pub fn pc_xdp(ctx: XdpContext) -> u32 {
         return XDP_DROP;
     };
     let mut f = Frame::EMPTY;
-    match pc_xdp_parse(ctx.ctx, ip, l3, &mut f) {
-        PARSED => pc_xdp_judge(ctx.ctx, cfg, &f),
+    match parse(&ctx, ip, l3, &mut f) {
+        Ok(()) => judge(&ctx, cfg, &f),
         // Fail closed: what cannot be parsed cannot be shown to be allowed.
-        _ => malformed(frame_len(&ctx)),
+        Err(()) => malformed(frame_len(&ctx)),
     }
 }
 
@@ -159,28 +154,6 @@ pub fn pc_xdp(ctx: XdpContext) -> u32 {
 fn frame_len(ctx: &XdpContext) -> u32 {
     // SAFETY: reads two fields of the program's own context.
     unsafe { (*ctx.ctx).data_end.wrapping_sub((*ctx.ctx).data) }
-}
-
-/// [`judge`] as a global BPF function: the verifier checks a global function once, on
-/// its own, from the types of its arguments, where code inlined into `pc_xdp` is walked
-/// again for every state the parse leaves behind (VLAN tags, IPv4 or IPv6, extension
-/// headers, fragments). With [`crate::xdp_parse::pc_xdp_parse`], loading `pc_xdp` went
-/// from about 370 ms of the agent's startup (329,000 instructions verified) to 15-20 ms
-/// (19,000). The price, measured against the inlined version: 6-8 ns per IP packet,
-/// two calls instead of one (`apply` is inlined here to win one back).
-///
-/// The verifier treats a global function's pointer arguments as possibly null, so they
-/// are raw pointers checked here (a null one cannot come from `pc_xdp`; it fails
-/// closed all the same).
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub extern "C" fn pc_xdp_judge(ctx: *mut xdp_md, cfg: *const Config, f: *const Frame) -> u32 {
-    // SAFETY: `pc_xdp` passes its own context, the configuration map's value and its
-    // parsed frame, each valid for the whole call; null is refused.
-    match unsafe { (cfg.as_ref(), f.as_ref()) } {
-        (Some(cfg), Some(f)) if !ctx.is_null() => judge(&XdpContext::new(ctx), cfg, f),
-        _ => XDP_DROP,
-    }
 }
 
 #[inline(always)]
@@ -381,14 +354,10 @@ fn later_fragment(cfg: &Config, f: &Frame) -> u32 {
     }
 }
 
-/// Counts and applies a verdict on an inbound packet. Inlined into the global
-/// [`pc_xdp_judge`]: a BPF-to-BPF call and return cost about 5 ns per packet here
-/// (measured: the allow path gained 3-5 ns when this stopped being one). Once it was
-/// kept out of line so that no path read the payload of a variant it did not build
-/// (LLVM may hoist such a read into a register, which the verifier rejects as
-/// uninitialised, `!read_ok`); inlined into the global function the verifier accepts
-/// it. Should that error come back, `#[inline(never)]` here is the fix.
-#[inline(always)]
+/// Counts and applies a verdict on an inbound packet. Not inlined: the verdict reaches
+/// it through memory, so no path reads the payload of a variant it did not build (LLVM
+/// may hoist such a read into a register, which the verifier rejects as uninitialised).
+#[inline(never)]
 fn apply(cfg: &Config, f: &Frame, v: &Verdict) -> u32 {
     match v.decision {
         Decision::Allow(rule) => {

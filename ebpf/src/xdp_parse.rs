@@ -14,7 +14,7 @@
 
 use core::mem::size_of;
 
-use aya_ebpf::{bindings::xdp_md, btf_maps::PerCpuArray, macros::btf_map, programs::XdpContext};
+use aya_ebpf::{btf_maps::PerCpuArray, macros::btf_map, programs::XdpContext};
 use portcullis_common::{
     flow::FragKey,
     policy::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, v4_mapped},
@@ -184,7 +184,6 @@ impl Frame {
 
 /// IP version of a frame's network header.
 #[derive(Clone, Copy)]
-#[repr(u32)]
 pub enum Ip {
     V4,
     V6,
@@ -221,36 +220,9 @@ pub fn link(ctx: &XdpContext) -> Result<Link, ()> {
     }
 }
 
-/// What [`pc_xdp_parse`] returns for a frame it parsed.
-pub const PARSED: u32 = 1;
-
-/// [`parse`] as a global BPF function: [`PARSED`], or 0 for a malformed frame.
-///
-/// The verifier checks a global function once, from the types of its arguments, where
-/// inlined code is walked again for every state that reaches it: here, once for each
-/// number of VLAN tags (the IP header at a different constant offset each time), which
-/// multiplied the IPv6 extension header walk and the fragment cases. `l3` arrives as
-/// a number the verifier knows only the type of, and `at` bounds it. Figures and price:
-/// `xdp::pc_xdp_judge`.
-///
-/// The verifier treats a global function's pointer arguments as possibly null, so `f`
-/// is a raw pointer checked here (`pc_xdp` passes its own frame; null fails closed).
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub extern "C" fn pc_xdp_parse(ctx: *mut xdp_md, ip: Ip, l3: usize, f: *mut Frame) -> u32 {
-    // SAFETY: `pc_xdp` passes its context and a frame on its stack, valid for the call.
-    match unsafe { f.as_mut() } {
-        Some(f) if !ctx.is_null() => match parse(&XdpContext::new(ctx), ip, l3, f) {
-            Ok(()) => PARSED,
-            Err(()) => 0,
-        },
-        _ => 0,
-    }
-}
-
 /// Parses the IP packet at `l3` (from [`link`]) into `f`.
 #[inline(always)]
-fn parse(ctx: &XdpContext, ip: Ip, l3: usize, f: &mut Frame) -> Result<(), ()> {
+pub fn parse(ctx: &XdpContext, ip: Ip, l3: usize, f: &mut Frame) -> Result<(), ()> {
     let ip_end = match ip {
         Ip::V4 => parse_v4(ctx, l3, f)?,
         Ip::V6 => parse_v6(ctx, l3, f)?,
