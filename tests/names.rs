@@ -220,6 +220,17 @@ impl Names {
         self.resolve_one_at(&self.resolver, name, Query::Udp)
     }
 
+    /// Asserts that `name` resolves to `addr` and that the connect that follows gets
+    /// `verdict` ("ok", "EPERM").
+    #[track_caller]
+    fn expect_verdict(&self, name: &str, addr: &str, verdict: &str, why: &str) {
+        assert_eq!(
+            self.resolve_one(name),
+            (addr.to_owned(), verdict.to_owned()),
+            "{why}"
+        );
+    }
+
     /// Like [`Names::resolve_one`], asking `server` in the way `how`.
     fn resolve_one_at(&self, server: &str, name: &str, how: Query) -> (String, String) {
         let r = self.resolve_connect(server, &[name], how);
@@ -457,10 +468,11 @@ fn a_name_holds_at_most_its_limit_of_addresses() {
     );
     assert_learned(&s, &named(0), WILDCARD, (300 + 60) * 1000);
     // Another pattern of the group is not held back by the full one.
-    assert_eq!(
-        t.resolve_one("solo.other.test"),
-        (named(n), "ok".to_owned()),
-        "an exact name next to the full wildcard"
+    t.expect_verdict(
+        "solo.other.test",
+        &named(n),
+        "ok",
+        "an exact name next to the full wildcard",
     );
     // The wildcard's learned addresses keep working; a refused one stays refused.
     assert_eq!(t.connect(&named(0)), "ok");
@@ -494,21 +506,18 @@ fn unlisted_name() {
     );
     let s0 = t.agent.status();
     for (name, i) in [("WWW.Lab.Test", 1), ("repo.vendor.test", 2)] {
-        assert_eq!(
-            t.resolve_one(name),
-            (named(i), "ok".to_owned()),
-            "listed {name}"
-        );
+        t.expect_verdict(name, &named(i), "ok", &format!("listed {name}"));
     }
     for (name, i) in [
         ("intruder.example", 3),
         ("lab.test", 4),
         ("www.vendor.test", 5),
     ] {
-        assert_eq!(
-            t.resolve_one(name),
-            (named(i), "EPERM".to_owned()),
-            "unlisted {name} resolves, its address is denied"
+        t.expect_verdict(
+            name,
+            &named(i),
+            "EPERM",
+            &format!("unlisted {name} resolves, its address is denied"),
         );
     }
     let s = t.agent.status();
@@ -569,10 +578,11 @@ fn forged_answer() {
         );
     }
     // ... while the trusted resolver's answer teaches its address.
-    assert_eq!(
-        t.resolve_one("good.lab.test"),
-        (named(10), "ok".to_owned()),
-        "good.lab.test answered by the trusted resolver"
+    t.expect_verdict(
+        "good.lab.test",
+        &named(10),
+        "ok",
+        "good.lab.test answered by the trusted resolver",
     );
     // The forged addresses stay denied after a trusted answer for the same name.
     assert_eq!(t.connect(&named(12)), "EPERM");
@@ -645,15 +655,17 @@ fn local_stub() {
         },
     );
     let s0 = t.agent.status();
-    assert_eq!(
-        t.resolve_one("stub.lab.test"),
-        (named(70), "ok".to_owned()),
-        "stub.lab.test through the stub"
+    t.expect_verdict(
+        "stub.lab.test",
+        &named(70),
+        "ok",
+        "stub.lab.test through the stub",
     );
-    assert_eq!(
-        t.resolve_one("stub.other.test"),
-        (named(71), "EPERM".to_owned()),
-        "unlisted stub.other.test through the stub"
+    t.expect_verdict(
+        "stub.other.test",
+        &named(71),
+        "EPERM",
+        "unlisted stub.other.test through the stub",
     );
     let s = t.agent.status();
     assert!(peer_denies(&s) > peer_denies(&s0), "{s:#}");
@@ -711,10 +723,11 @@ fn resolv_conf_trusted_without_dns_servers() {
         "every nameserver of /etc/resolv.conf, nothing else: {:#}",
         names(&s0)
     );
-    assert_eq!(
-        t.resolve_one("www.lab.test"),
-        (named(60), "EPERM".to_owned()),
-        "www.lab.test answered by B, which resolv.conf does not name"
+    t.expect_verdict(
+        "www.lab.test",
+        &named(60),
+        "EPERM",
+        "www.lab.test answered by B, which resolv.conf does not name",
     );
     assert_eq!(t.connect("198.19.7.9"), "ok", "the group's network {cidr}");
     let s = t.agent.status();
@@ -793,10 +806,11 @@ fn expiry() {
         std::thread::sleep(Duration::from_millis(500));
     }
     // A fresh answer teaches the address again.
-    assert_eq!(
-        t.resolve_one("brief.lab.test"),
-        (named(20), "ok".to_owned()),
-        "a new answer after expiry"
+    t.expect_verdict(
+        "brief.lab.test",
+        &named(20),
+        "ok",
+        "a new answer after expiry",
     );
 }
 
@@ -842,15 +856,17 @@ fn cname() {
         },
     );
     let s0 = t.agent.status();
-    assert_eq!(
-        t.resolve_one("cdn.lab.test"),
-        (named(30), "ok".to_owned()),
-        "listed cdn.lab.test -> CNAME edge.cdn.example (unlisted)"
+    t.expect_verdict(
+        "cdn.lab.test",
+        &named(30),
+        "ok",
+        "listed cdn.lab.test -> CNAME edge.cdn.example (unlisted)",
     );
-    assert_eq!(
-        t.resolve_one("alias.other.test"),
-        (named(31), "EPERM".to_owned()),
-        "unlisted alias.other.test -> CNAME real.lab.test (listed)"
+    t.expect_verdict(
+        "alias.other.test",
+        &named(31),
+        "EPERM",
+        "unlisted alias.other.test -> CNAME real.lab.test (listed)",
     );
     let s = t.agent.status();
     assert!(
@@ -875,10 +891,11 @@ fn cname() {
     );
     // The listed target asked for by its own name is allowed: the deny above was the
     // alias's, not the address's or the listener's.
-    assert_eq!(
-        t.resolve_one("real.lab.test"),
-        (named(31), "ok".to_owned()),
-        "real.lab.test asked directly"
+    t.expect_verdict(
+        "real.lab.test",
+        &named(31),
+        "ok",
+        "real.lab.test asked directly",
     );
 }
 
@@ -972,10 +989,11 @@ fn xdp_attached() {
         },
     );
     let s0 = t.agent.status();
-    assert_eq!(
-        t.resolve_one("x.lab.test"),
-        (named(50), "ok".to_owned()),
-        "x.lab.test: its answer and the SYN-ACK of its address pass XDP"
+    t.expect_verdict(
+        "x.lab.test",
+        &named(50),
+        "ok",
+        "x.lab.test: its answer and the SYN-ACK of its address pass XDP",
     );
     // Data both ways on a connection to the learned address.
     let ex = stdout(
@@ -983,11 +1001,7 @@ fn xdp_attached() {
             .on_a(&format!("{} exchange {} {PORT} 3000", net_py(), named(50))),
     );
     assert_eq!(ex.trim(), "received=3000", "echo through XDP");
-    assert_eq!(
-        t.resolve_one("y.other.test"),
-        (named(51), "EPERM".to_owned()),
-        "unlisted y.other.test"
-    );
+    t.expect_verdict("y.other.test", &named(51), "EPERM", "unlisted y.other.test");
     let s = t.agent.status();
     assert!(peer_denies(&s) > peer_denies(&s0), "{s:#}");
     let xdp_rule = |id: &str| -> u64 {
