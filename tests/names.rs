@@ -903,48 +903,33 @@ fn cname() {
 /// learned; over TCP too an unlisted name's address is denied.
 #[test]
 fn tcp_answer() {
-    let zone = Zone::new(
-        300,
-        &[("tcp.lab.test", &named(40)), ("tcp.other.test", &named(41))],
-    );
-    let t = Names::new(
+    listed_and_unlisted_by(
         "tcpdns",
-        &zone,
-        Setup {
-            members: &[WILDCARD],
-            ..Setup::default()
-        },
+        Query::Tcp,
+        ("tcp.lab.test", &named(40)),
+        ("tcp.other.test", &named(41)),
     );
-    let b4 = t.lab.b4.clone();
-    let s0 = t.agent.status();
-    assert_eq!(
-        t.resolve_one_at(&b4, "tcp.lab.test", Query::Tcp),
-        (named(40), "ok".to_owned()),
-        "tcp.lab.test resolved over TCP"
-    );
-    assert_eq!(
-        t.resolve_one_at(&b4, "tcp.other.test", Query::Tcp),
-        (named(41), "EPERM".to_owned()),
-        "unlisted tcp.other.test resolved over TCP"
-    );
-    let s = t.agent.status();
-    assert!(peer_denies(&s) > peer_denies(&s0), "{s:#}");
-    assert!(counter(&s, "answers_learned") >= 1, "{:#}", names(&s));
-    assert!(counter(&s, "unlisted") >= 1, "{:#}", names(&s));
-    assert_learned(&s, &named(40), WILDCARD, 360_000);
-    assert!(learned(&s, &named(41)).is_none(), "{:#}", names(&s));
 }
 
 /// AAAA answers are learned as A answers are: a listed name's IPv6 address is allowed,
 /// an unlisted name's denied.
 #[test]
 fn aaaa_answer() {
-    let zone = Zone::new(
-        300,
-        &[("v6.lab.test", "fd7f::10"), ("v6.other.test", "fd7f::11")],
-    );
-    let t = Names::new(
+    listed_and_unlisted_by(
         "aaaa",
+        Query::Aaaa,
+        ("v6.lab.test", "fd7f::10"),
+        ("v6.other.test", "fd7f::11"),
+    );
+}
+
+/// Resolves a listed and an unlisted name (name, address) by `how` from the trusted
+/// resolver: the listed one connects and is learned for the wildcard, the unlisted one
+/// gets EPERM, counted with reason peer and as `unlisted`, and is not learned.
+fn listed_and_unlisted_by(lab: &str, how: Query, listed: (&str, &str), unlisted: (&str, &str)) {
+    let zone = Zone::new(300, &[listed, unlisted]);
+    let t = Names::new(
+        lab,
         &zone,
         Setup {
             members: &[WILDCARD],
@@ -953,21 +938,19 @@ fn aaaa_answer() {
     );
     let b4 = t.lab.b4.clone();
     let s0 = t.agent.status();
-    assert_eq!(
-        t.resolve_one_at(&b4, "v6.lab.test", Query::Aaaa),
-        ("fd7f::10".to_owned(), "ok".to_owned()),
-        "v6.lab.test AAAA"
-    );
-    assert_eq!(
-        t.resolve_one_at(&b4, "v6.other.test", Query::Aaaa),
-        ("fd7f::11".to_owned(), "EPERM".to_owned()),
-        "unlisted v6.other.test AAAA"
-    );
+    for ((name, addr), verdict) in [(listed, "ok"), (unlisted, "EPERM")] {
+        assert_eq!(
+            t.resolve_one_at(&b4, name, how),
+            (addr.to_owned(), verdict.to_owned()),
+            "{name} resolved by {lab}"
+        );
+    }
     let s = t.agent.status();
     assert!(peer_denies(&s) > peer_denies(&s0), "{s:#}");
+    assert!(counter(&s, "answers_learned") >= 1, "{:#}", names(&s));
     assert!(counter(&s, "unlisted") >= 1, "{:#}", names(&s));
-    assert_learned(&s, "fd7f::10", WILDCARD, 360_000);
-    assert!(learned(&s, "fd7f::11").is_none(), "{:#}", names(&s));
+    assert_learned(&s, listed.1, WILDCARD, 360_000);
+    assert!(learned(&s, unlisted.1).is_none(), "{:#}", names(&s));
 }
 
 /// With XDP on A's veth, the DNS answer and the replies from a learned address pass
