@@ -209,18 +209,34 @@ fn scratch() -> Option<&'static mut DnsScratch> {
     PC_DNS_SCRATCH.get_ptr_mut(0).map(|s| unsafe { &mut *s })
 }
 
-/// One parser step: 0 goes on, 1 stops. A global BPF function (see the module docs).
+/// One parser step: 0 goes on, 1 stops. A global BPF function (see the module docs),
+/// which hands the step to one of two more: a label of a name, or everything else.
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn pc_dns_step() -> i64 {
     match scratch() {
-        Some(s) => {
-            if s.parser.step(&s.buf) {
-                0
-            } else {
-                1
-            }
-        }
+        Some(s) if s.parser.in_name() => pc_dns_name(),
+        Some(_) => pc_dns_other(),
+        None => 1,
+    }
+}
+
+/// `Parser::step_name` as a global BPF function: 0 goes on, 1 stops.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn pc_dns_name() -> i64 {
+    match scratch() {
+        Some(s) => (!s.parser.step_name(&s.buf)) as i64,
+        None => 1,
+    }
+}
+
+/// `Parser::step_other` as a global BPF function: 0 goes on, 1 stops.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn pc_dns_other() -> i64 {
+    match scratch() {
+        Some(s) => (!s.parser.step_other(&s.buf)) as i64,
         None => 1,
     }
 }
