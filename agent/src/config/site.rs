@@ -161,7 +161,7 @@ impl VendorPeers {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Metrics {
-    /// Socket address to serve metrics on, e.g. `"127.0.0.1:9464"`. Default: off.
+    /// Socket address to serve metrics on, e.g. `"127.0.0.1:9975"`. Default: off.
     #[serde(default, deserialize_with = "socket_addr")]
     pub listen: Option<SocketAddr>,
 }
@@ -274,7 +274,7 @@ fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D:
     text.parse().map(Some).map_err(|_| {
         de_error(
             format!("listen address \"{text}\" is not a socket address"),
-            "write an address and port, e.g. \"127.0.0.1:9464\" or \"[::1]:9464\"",
+            "write an address and port, e.g. \"127.0.0.1:9975\" or \"[::1]:9975\"",
         )
     })
 }
@@ -425,7 +425,7 @@ mod tests {
     fn daemon_settings() {
         let site = parse(
             "product = \"xeams\"\nscope = [\"system.slice/xeams.service\"]\nxdp = [\"eth0\"]\n\
-             xdp_scope_only = true\nevents_per_sec = 5\ndns_grace = 0\npin_dir = \"/sys/fs/bpf/x\"\n[metrics]\nlisten = \"127.0.0.1:9464\"\n",
+             xdp_scope_only = true\nevents_per_sec = 5\ndns_grace = 0\npin_dir = \"/sys/fs/bpf/x\"\n[metrics]\nlisten = \"127.0.0.1:9975\"\n",
         )
         .unwrap();
         assert_eq!(
@@ -436,7 +436,7 @@ mod tests {
         assert!(site.xdp_scope_only);
         assert_eq!(site.events_per_sec, 5);
         assert_eq!(site.dns_grace, 0);
-        assert_eq!(site.metrics.listen, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(site.metrics.listen, Some("127.0.0.1:9975".parse().unwrap()));
     }
 
     #[test]
