@@ -85,7 +85,8 @@ pub fn site_profile(site: &Site, site_path: Option<&Path>) -> Result<Profile, Po
 }
 
 /// Compiles a built-in product with the default site settings (audit, failsafe on,
-/// loopback exempt, every peer group meaning any peer) and the given features.
+/// loopback exempt, the groups a site fills in meaning any peer, the vendor's named
+/// servers kept to their names) and the given features.
 pub fn compile_product(
     slug: &str,
     features: &[String],
