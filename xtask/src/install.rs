@@ -99,7 +99,8 @@ pub fn install(root: &Path, layout: &Layout) -> anyhow::Result<()> {
         let path = entry?.path();
         copy(
             &path,
-            &doc.join("docs").join(path.file_name().context("file name")?),
+            &doc.join("docs")
+                .join(path.file_name().context("file name")?),
             0o644,
         )?;
     }

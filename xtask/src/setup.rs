@@ -93,7 +93,11 @@ pub fn all() -> anyhow::Result<()> {
     packages()?;
     toolchains()?;
     cargo_tool("cargo-deb", "deb", CARGO_DEB_VERSION)?;
-    cargo_tool("cargo-generate-rpm", "generate-rpm", CARGO_GENERATE_RPM_VERSION)?;
+    cargo_tool(
+        "cargo-generate-rpm",
+        "generate-rpm",
+        CARGO_GENERATE_RPM_VERSION,
+    )?;
     crate::ansible::venv(&crate::workspace_root())?;
     rootfs(&crate::workspace_root())
 }
@@ -194,7 +198,9 @@ fn cargo_tool(krate: &str, subcommand: &str, version: &str) -> anyhow::Result<()
         step(&format!("setup: {krate} {version} present"));
         return Ok(());
     }
-    step(&format!("setup: installing {krate} {version} (a few minutes)"));
+    step(&format!(
+        "setup: installing {krate} {version} (a few minutes)"
+    ));
     sh(Command::new("cargo")
         .args(["install", "--locked", &format!("{krate}@{version}")])
         .env_remove("RUSTUP_TOOLCHAIN"))
