@@ -2,6 +2,12 @@
 # as the .deb's postinst: enabled and started in audit mode on install; on upgrade
 # restarted once the new files are in place, so the new agent takes the pinned
 # programs over without a gap (the old one was never stopped).
+# On the first install only, before the unit starts: choose the product from what runs
+# on the host (as the .deb's postinst does); the shipped default stays otherwise.
+if [ "$1" -eq 1 ] && [ -x /usr/bin/portcullis ]; then
+	/usr/bin/portcullis detect --write-config /etc/portcullis/portcullis.toml ||
+		echo "portcullis: product detection failed; set product in /etc/portcullis/portcullis.toml" >&2
+fi
 if command -v systemctl >/dev/null 2>&1; then
 	# Enabling works offline too (an image being built, `rpm --root`); starting needs
 	# a running systemd.
