@@ -153,8 +153,14 @@ fn rpm_install_upgrade_erase_in_a_scratch_root() {
     let root = ScratchRoot::new();
     root.rpm("--initdb");
 
-    // Install: files in place, the unit enabled, the config in audit mode.
-    root.rpm(&format!("-i --nodeps {}", rpm.display()));
+    // Install: %post ran `portcullis detect --write-config` (this root runs no mail
+    // product, so the config stays as shipped), files in place, the unit enabled, the
+    // config in audit mode.
+    let installed = root.rpm(&format!("-i --nodeps {}", rpm.display()));
+    assert!(
+        installed.contains("/etc/portcullis/portcullis.toml: left as it is (no single product detected)"),
+        "%post runs portcullis detect on install; rpm said:\n{installed}"
+    );
     for f in [
         "usr/bin/portcullis",
         "usr/lib/systemd/system/portcullis.service",

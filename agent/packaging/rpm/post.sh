@@ -5,7 +5,7 @@
 # On the first install only, before the unit starts: choose the product from what runs
 # on the host (as the .deb's postinst does); the shipped default stays otherwise.
 if [ "$1" -eq 1 ] && [ -x /usr/bin/portcullis ]; then
-	/usr/bin/portcullis detect --write-config /etc/portcullis/portcullis.toml ||
+	portcullis detect --write-config /etc/portcullis/portcullis.toml ||
 		echo "portcullis: product detection failed; set product in /etc/portcullis/portcullis.toml" >&2
 fi
 if command -v systemctl >/dev/null 2>&1; then

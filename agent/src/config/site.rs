@@ -79,9 +79,12 @@ pub struct Site {
     /// audit (default) | enforce.
     #[serde(default)]
     pub mode: Mode,
-    /// Keep inbound 22/tcp open (rule `failsafe-ssh`). Default true.
+    /// Keep inbound `failsafe_port`/tcp open (rule `failsafe-ssh`). Default true.
     #[serde(default = "yes")]
     pub failsafe: bool,
+    /// The TCP port the failsafe rule keeps open: the host's SSH port. Default 22.
+    #[serde(default = "ssh_port")]
+    pub failsafe_port: std::num::NonZeroU16,
     /// exempt (default) | enforce.
     #[serde(default)]
     pub loopback: LoopbackMode,
@@ -168,6 +171,10 @@ pub struct Metrics {
 
 fn yes() -> bool {
     true
+}
+
+fn ssh_port() -> std::num::NonZeroU16 {
+    std::num::NonZeroU16::new(22).expect("22 is not zero")
 }
 
 fn host_scope() -> Vec<ScopeTarget> {
@@ -281,12 +288,13 @@ fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D:
 
 impl Site {
     /// The top-level keys of a site config (to spot one misplaced under a table).
-    pub const TOP_LEVEL_KEYS: [&str; 17] = [
+    pub const TOP_LEVEL_KEYS: [&str; 18] = [
         "product",
         "profile",
         "features",
         "mode",
         "failsafe",
+        "failsafe_port",
         "loopback",
         "icmp_echo",
         "any_peer_groups",

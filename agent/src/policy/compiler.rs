@@ -207,7 +207,7 @@ pub fn compile(
         }
     }
     if site.failsafe {
-        rules.push(failsafe_rule());
+        rules.push(failsafe_rule(site.failsafe_port.get()));
         peers_of.push(None);
     }
     let peer_sets = peer_sets(profile, site, &peers_of);
@@ -369,14 +369,14 @@ fn entries(rules: &[Rule], peers_of: &[Option<String>], peer_sets: &[PeerSet]) -
     entries
 }
 
-/// The rule that keeps inbound SSH open so that a wrong policy in enforce mode cannot
-/// lock the operator out.
-pub fn failsafe_rule() -> Rule {
+/// The rule that keeps inbound SSH (on `port`, the site's `failsafe_port`) open so that
+/// a wrong policy in enforce mode cannot lock the operator out.
+pub fn failsafe_rule(port: u16) -> Rule {
     Rule {
         id: FAILSAFE_RULE.into(),
         direction: Direction::In,
         protocols: vec![Protocol::Tcp],
-        ports: vec![(22, 22)],
+        ports: vec![(port, port)],
         feature: None,
         scope: RuleScope::Any,
         peers: None,
