@@ -158,7 +158,9 @@ fn rpm_install_upgrade_erase_in_a_scratch_root() {
     // config in audit mode.
     let installed = root.rpm(&format!("-i --nodeps {}", rpm.display()));
     assert!(
-        installed.contains("/etc/portcullis/portcullis.toml: left as it is (no single product detected)"),
+        installed.contains(
+            "/etc/portcullis/portcullis.toml: left as it is (no single product detected)"
+        ),
         "%post runs portcullis detect on install; rpm said:\n{installed}"
     );
     for f in [
