@@ -52,11 +52,29 @@ pub struct PeerEvidence {
     pub payload_bytes_in: u64,
     /// Payload bytes this host sent.
     pub payload_bytes_out: u64,
+    /// Unix time the first of these flows started (0: unknown), to tell a peer that
+    /// comes back at a steady pace (a health check) from a one-off.
+    #[serde(default)]
+    pub first_flow: u64,
+    /// Unix time the last of these flows started.
+    #[serde(default)]
+    pub last_flow: u64,
 }
 
 impl PeerEvidence {
+    /// Flows whose handshake completed but that carried no payload from the peer (a TCP
+    /// flow with peer payload has completed its handshake): a scanner's connect, a
+    /// health check, or a client of a server-speaks-first protocol that only listened.
+    pub fn silent_handshakes(&self) -> u64 {
+        self.handshakes.saturating_sub(self.flows_with_peer_payload)
+    }
+
     /// Adds another's counts.
     pub fn add(&mut self, d: &PeerEvidence) {
+        if d.first_flow != 0 && (self.first_flow == 0 || d.first_flow < self.first_flow) {
+            self.first_flow = d.first_flow;
+        }
+        self.last_flow = self.last_flow.max(d.last_flow);
         self.flows += d.flows;
         self.handshakes += d.handshakes;
         self.flows_with_peer_payload += d.flows_with_peer_payload;
@@ -238,6 +256,8 @@ fn delta(key: &FlowKey, old: Option<&FlowEvidence>, now: &FlowEvidence) -> FlowD
             flows_with_payload_both_ways: became(|e| e.payload_in > 0 && e.payload_out > 0),
             payload_bytes_in: now.payload_in - base.payload_in,
             payload_bytes_out: now.payload_out - base.payload_out,
+            first_flow: 0,
+            last_flow: 0,
         },
         first_ns: now.first_ns,
         last_ns: now.last_ns,
@@ -252,7 +272,12 @@ impl PortEvidence {
         } else {
             0
         };
-        self.add(&d.peer, &d.delta, first, to_unix(d.last_ns));
+        let delta = PeerEvidence {
+            first_flow: first,
+            last_flow: first,
+            ..d.delta
+        };
+        self.add(&d.peer, &delta, first, to_unix(d.last_ns));
     }
 }
 
@@ -306,6 +331,7 @@ mod tests {
                 flows_with_payload_both_ways: 1,
                 payload_bytes_in: 100,
                 payload_bytes_out: 7,
+                ..PeerEvidence::default()
             }
         );
         // Nothing new: nothing added. Closed and idle: deleted.

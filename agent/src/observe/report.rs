@@ -107,6 +107,10 @@ pub struct Report {
     pub max_unclear: u64,
     /// Exposures closed on ports with a listener reachable from outside.
     pub findings: Vec<String>,
+    /// Peers that look like health checks, in words (their ports are unclear, and any
+    /// makes the report unsafe whatever `max_unclear` says: a failed health check takes
+    /// the host out of its pool).
+    pub health_checks: Vec<String>,
     /// True when enforcing breaks nothing seen in the window: no breakage, at most
     /// `max_unclear` unclear ports (exposures closed do not count).
     pub safe: bool,
@@ -235,6 +239,7 @@ pub fn build(query: &Query, now: u64) -> anyhow::Result<Report> {
         class_reason: String::new(),
         evidence: None,
         listener: None,
+        health_checks: Vec::new(),
     };
     if kernel_in_window {
         for d in &status.denied_ports {
@@ -262,17 +267,18 @@ pub fn build(query: &Query, now: u64) -> anyhow::Result<Report> {
         f.peers = p.peers.clone();
         f.processes = p.processes.clone();
         if p.evidence.total.flows > 0 {
-            f.evidence = Some(Evidence::new(&p.evidence, &scans));
+            f.evidence = Some(Evidence::new(p.direction, &p.evidence, &scans));
         }
-        let (class, why) = readiness::classify(p.direction, Some(&p.evidence), &scans);
-        (f.class, f.class_reason) = (class, why);
+        let c = readiness::classify(p.direction, Some(&p.evidence), &scans);
+        (f.class, f.class_reason, f.health_checks) = (c.class, c.reason, c.health_checks);
     }
     let listeners = readiness::listeners(status.pid);
     let mut findings = Vec::new();
     for f in ports.values_mut() {
         if f.class_reason.is_empty() {
             // Only in the kernel's table: no events, no evidence.
-            (f.class, f.class_reason) = readiness::classify(f.direction, None, &scans);
+            let c = readiness::classify(f.direction, None, &scans);
+            (f.class, f.class_reason) = (c.class, c.reason);
         }
         if f.class == Class::ExposureClosed
             && f.direction == Direction::In
@@ -352,7 +358,14 @@ pub fn build(query: &Query, now: u64) -> anyhow::Result<Report> {
     );
     // Counted, but the denied-port table lost every entry (LRU): nothing to class.
     let unknown = ports.is_empty() && any_counted;
-    let safe = breakage.is_empty() && unclear.len() as u64 <= query.max_unclear && !unknown;
+    let health_checks: Vec<String> = ports
+        .iter()
+        .flat_map(|f| f.health_checks.iter().map(|h| h.text(&port_name(f))))
+        .collect();
+    let safe = breakage.is_empty()
+        && unclear.len() as u64 <= query.max_unclear
+        && health_checks.is_empty()
+        && !unknown;
     let mode = state.mode;
     let verdict = verdict(mode, safe, since, now, &ports, &status, query.max_unclear);
     Ok(Report {
@@ -370,6 +383,7 @@ pub fn build(query: &Query, now: u64) -> anyhow::Result<Report> {
         unclear,
         max_unclear: query.max_unclear,
         findings,
+        health_checks,
         safe,
         verdict,
         notes,
