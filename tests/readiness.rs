@@ -104,8 +104,30 @@ fn scans_only_are_safe_to_enforce_and_listed_as_exposures_closed() {
     lab.wait_tcp(&ns_a, &a4, 3306);
     lab.wait_tcp(&ns_a, "127.0.0.1", 11211);
     lab.wait_udp(&ns_a, 5140);
-    let cfg = lab.config(&rule("smtp-in", "in", "tcp", 25, ""), "mode = \"audit\"");
+    // A window of 2 s is long enough here; the default (7 days) is checked first.
+    let cfg = lab.config(
+        &rule("smtp-in", "in", "tcp", 25, ""),
+        "mode = \"audit\"\naudit_min_window = \"2s\"",
+    );
     let agent = lab.agent_in_a(&cfg, &[]);
+    let fresh = report(&agent, &cfg, &["--min-window", "7d"]);
+    assert_eq!(
+        (
+            &fresh["safe"],
+            &fresh["window_complete"],
+            &fresh["min_window_seconds"]
+        ),
+        (&false.into(), &false.into(), &604_800.into()),
+        "a fresh install has seen nothing, which is not safe: {fresh:#}"
+    );
+    let verdict = fresh["verdict"].as_str().expect("verdict");
+    assert!(
+        verdict.starts_with("not yet: the window is ")
+            && verdict.contains("the minimum is 7d")
+            && verdict.contains("so far: safe to enforce: no would-deny"),
+        "{verdict}"
+    );
+    std::thread::sleep(Duration::from_millis(2100));
 
     // Real mail on the allowed port, from both peers.
     let mail = lab.write("mail.txt", "Subject: readiness\r\n\r\nhello\r\n");
@@ -219,7 +241,14 @@ fn scans_only_are_safe_to_enforce_and_listed_as_exposures_closed() {
     assert!(out.status.success(), "report --reset: {}", stderr(&out));
     let r = report(&agent, &cfg, &[]);
     assert_eq!(r["ports"], serde_json::json!([]), "{r:#}");
-    assert_eq!(r["safe"], true);
+    assert_eq!(
+        (&r["safe"], &r["window_complete"], &r["min_window_seconds"]),
+        (&false.into(), &false.into(), &2.into()),
+        "a new window starts short of the config's audit_min_window: {r:#}"
+    );
+    std::thread::sleep(Duration::from_millis(2100));
+    let r = report(&agent, &cfg, &[]);
+    assert_eq!(r["safe"], true, "{r:#}");
     let c = ok(&lab, true, &format!("{net} connect {a4} 3306"));
     assert_eq!(c.trim(), "ok");
     let r = report_when(&agent, &cfg, "3306 after the reset", |r| {
@@ -327,5 +356,167 @@ fn real_breakage_is_not_safe_with_exact_flow_evidence() {
     assert!(rule_packets(&agent.status(), "web-out") > 0);
     let text = stdout(&agent.cli(&["report", "--config", &cfg.display().to_string()]));
     assert!(text.contains("breakage (2):"), "{text}");
+    assert!(text.contains("exchanged payload both ways"), "{text}");
+}
+
+/// Listens on 9001-9009 on all addresses, accepting and closing: nine ports a peer can
+/// complete a handshake with and send nothing, as a connect scan does.
+const NINE_LISTENERS: &str = "\
+import select, socket
+socks = []
+for port in range(9001, 9010):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(('0.0.0.0', port))
+    s.listen(16)
+    socks.append(s)
+while True:
+    for s in select.select(socks, [], [])[0]:
+        s.accept()[0].close()
+";
+
+/// Connects from SRC to HOST:PORT COUNT times, PAUSE seconds apart, sending nothing:
+/// a load balancer's TCP health check.
+const HEALTH_CHECK: &str = "\
+import socket, sys, time
+src, host, port, count, pause = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+for i in range(count):
+    s = socket.socket()
+    s.bind((src, 0))
+    s.settimeout(3)
+    s.connect((host, port))
+    s.close()
+    if i + 1 < count:
+        time.sleep(pause)
+print('checked')
+";
+
+#[test]
+fn an_exchange_among_scans_and_a_health_check_are_not_safe() {
+    let mut lab = Lab::new("hcheck");
+    let b4_2 = format!("{}3", lab.b4.trim_end_matches('2'));
+    let dev_b = format!("{}y", lab.tag);
+    ok(&lab, true, &format!("ip addr add {b4_2}/24 dev {dev_b}"));
+    let net = net_py();
+    // On A: the allowed 25, a server on 9000 that answers 200 bytes, nine more listeners
+    // (9001-9009) and 8080, a listener a load balancer checks. No rule opens 8080-9009.
+    let listeners = lab.write("nine.py", NINE_LISTENERS);
+    let check = lab.write("check.py", HEALTH_CHECK);
+    lab.spawn_a(&format!("exec {net} listen 25 --host 0.0.0.0"));
+    lab.spawn_a(&format!("exec {net} serve 9000 200 --host 0.0.0.0"));
+    lab.spawn_a(&format!("exec python3 {}", listeners.display()));
+    lab.spawn_a(&format!("exec {net} listen 8080 --host 0.0.0.0"));
+    let (ns_a, a4) = (lab.ns_a.clone(), lab.a4.clone());
+    for port in [25, 8080, 9000, 9001, 9005, 9009] {
+        lab.wait_tcp(&ns_a, &a4, port);
+    }
+    let cfg = lab.config(
+        &rule("smtp-in", "in", "tcp", 25, ""),
+        "mode = \"audit\"\naudit_min_window = \"1s\"",
+    );
+    let agent = lab.agent_in_a(&cfg, &[]);
+
+    // Allowed: a connection to 25.
+    assert_eq!(
+        ok(&lab, true, &format!("{net} connect {a4} 25")).trim(),
+        "ok"
+    );
+    // One peer: a real exchange on 9000 and a silent connect to nine other ports, so it
+    // touched ten would-denied ports: a "scanner" for the window.
+    assert_eq!(
+        ok(&lab, true, &format!("{net} exchange {a4} 9000 700")).trim(),
+        "received=200"
+    );
+    ok(
+        &lab,
+        true,
+        &format!("for p in $(seq 9001 9009); do {net} connect {a4} $p; done"),
+    );
+    // Another peer: a health check of 8080, five connects 2 s apart, nothing sent.
+    assert_eq!(
+        ok(
+            &lab,
+            true,
+            &format!("python3 {} {b4_2} {a4} 8080 5 2", check.display())
+        )
+        .trim(),
+        "checked"
+    );
+
+    let r = report_when(
+        &agent,
+        &cfg,
+        "9000, 9001-9009 and five checks of 8080",
+        |r| {
+            evidence(r, "in", "tcp", 9000, "payload_bytes_out") == 200
+                && evidence(r, "in", "tcp", 9009, "flows") == 1
+                && evidence(r, "in", "tcp", 8080, "flows") == 5
+        },
+    );
+    // Denied: the exchange is breakage although its peer scanned; the scan's probes are
+    // exposures closed; the health check is unclear with a finding of its own.
+    let p = port(&r, "in", "tcp", 9000).expect("9000 reported");
+    assert_eq!(p["class"], "breakage", "{p:#}");
+    let peer = &p["evidence"]["peers"][0];
+    assert_eq!(
+        (&peer["address"], &peer["scanner"], &peer["reading"]),
+        (&lab.b4.clone().into(), &true.into(), &"exchange".into()),
+        "{p:#}"
+    );
+    assert_eq!(labels(&r, "breakage"), vec!["in tcp/9000"], "{r:#}");
+    let mut closed = labels(&r, "exposure_closed");
+    closed.sort();
+    let probes: Vec<String> = (9001..=9009).map(|p| format!("in tcp/{p}")).collect();
+    assert_eq!(
+        closed, probes,
+        "a scanner's silent connects are probes: {r:#}"
+    );
+    let p9001 = port(&r, "in", "tcp", 9001).unwrap();
+    assert_eq!(
+        p9001["evidence"]["peers"][0]["reading"], "scan-probe",
+        "{p9001:#}"
+    );
+    assert_eq!(labels(&r, "unclear"), vec!["in tcp/8080"], "{r:#}");
+    let p8080 = port(&r, "in", "tcp", 8080).unwrap();
+    assert_eq!(
+        (
+            &p8080["evidence"]["flows"],
+            &p8080["evidence"]["handshakes"]
+        ),
+        (&5.into(), &5.into()),
+        "{p8080:#}"
+    );
+    let hc = &p8080["health_checks"][0];
+    assert_eq!(
+        (&hc["peer"], &hc["flows"]),
+        (&b4_2.clone().into(), &5.into()),
+        "{p8080:#}"
+    );
+    let interval = hc["interval_seconds"].as_u64().expect("interval");
+    assert!((1..=3).contains(&interval), "checks 2 s apart: {p8080:#}");
+    let checks = labels(&r, "health_checks");
+    assert_eq!(checks.len(), 1, "{r:#}");
+    assert!(
+        checks[0].starts_with(&format!("{b4_2} connects to in tcp/8080 about every"))
+            && checks[0].ends_with("a health check? enforcing breaks it"),
+        "{checks:?}"
+    );
+    assert_eq!(r["safe"], false, "{r:#}");
+    let verdict = r["verdict"].as_str().expect("verdict");
+    assert!(
+        verdict.starts_with("not safe to enforce: enforcing would break in tcp/9000")
+            && verdict.contains(&format!(
+                "health checks? enforcing fails {b4_2} -> in tcp/8080"
+            )),
+        "{verdict}"
+    );
+    // Tolerating unclear ports does not tolerate a health check.
+    let tolerant = report(&agent, &cfg, &["--max-unclear", "5"]);
+    assert_eq!(tolerant["safe"], false, "{tolerant:#}");
+    // The allowed port is not in the report, and its rule counted the connection.
+    assert!(port(&r, "in", "tcp", 25).is_none(), "{r:#}");
+    assert!(rule_packets(&agent.status(), "smtp-in") > 0);
+    let text = stdout(&agent.cli(&["report", "--config", &cfg.display().to_string()]));
+    assert!(text.contains("Health checks?"), "{text}");
     assert!(text.contains("exchanged payload both ways"), "{text}");
 }

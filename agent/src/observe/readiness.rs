@@ -149,6 +149,18 @@ pub enum Reading {
 }
 
 impl Reading {
+    /// The name used in the text report (the JSON's, in words).
+    pub fn name(self) -> &'static str {
+        match self {
+            Reading::Exchange => "exchange",
+            Reading::HealthCheck => "health check?",
+            Reading::OneWay => "one way",
+            Reading::SilentHandshake => "silent handshake",
+            Reading::ScanProbe => "scan probe",
+            Reading::Attempt => "attempt",
+        }
+    }
+
     /// Reads one peer's flows on an inbound port.
     pub fn of(e: &PeerEvidence, scanner: bool) -> Reading {
         if e.flows_with_payload_both_ways > 0 {

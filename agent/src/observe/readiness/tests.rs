@@ -71,7 +71,10 @@ fn classes() {
         ..PortEvidence::default()
     };
     let syns = port(peer(3, 0, 0, 0), "192.0.2.1");
-    assert_eq!(class(Direction::In, Some(&syns), &scans), Class::ExposureClosed);
+    assert_eq!(
+        class(Direction::In, Some(&syns), &scans),
+        Class::ExposureClosed
+    );
     let talk = port(peer(1, 1, 1, 1), "192.0.2.1");
     assert_eq!(class(Direction::In, Some(&talk), &scans), Class::Breakage);
     let one_way = port(peer(1, 1, 0, 1), "192.0.2.1");
@@ -108,8 +111,13 @@ fn classes() {
 
     // Two peers: one real exchange among scanners' probes makes the port breakage.
     let mut mixed = port(peer(1, 1, 0, 0), "192.0.2.1");
-    mixed.peers.insert("198.51.100.9".to_owned(), peer(1, 1, 1, 1));
-    assert_eq!(class(Direction::In, Some(&mixed), &scanner), Class::Breakage);
+    mixed
+        .peers
+        .insert("198.51.100.9".to_owned(), peer(1, 1, 1, 1));
+    assert_eq!(
+        class(Direction::In, Some(&mixed), &scanner),
+        Class::Breakage
+    );
 }
 
 fn finding(port: u16, packets: Option<u64>, events: u64) -> PortFinding {
