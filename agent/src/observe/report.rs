@@ -37,7 +37,7 @@ use super::{
 use crate::{
     config::{
         profile,
-        site::{DEFAULT_CONFIG, Site},
+        site::{DEFAULT_AUDIT_MIN_WINDOW, DEFAULT_CONFIG, Site},
     },
     datapath::{paths::PathArgs, state::State},
     model::{Direction, IpProtocol, Mode, Protocol},
