@@ -286,7 +286,10 @@ fn real_breakage_is_not_safe_with_exact_flow_evidence() {
     lab.wait_tcp(&ns_b, &b4, 8080);
     lab.wait_tcp(&ns_b, &b4, 8081);
     lab.wait_tcp(&ns_a, &a4, 9000);
-    let cfg = lab.config(&rule("web-out", "out", "tcp", 8080, ""), "mode = \"audit\"");
+    let cfg = lab.config(
+        &rule("web-out", "out", "tcp", 8080, ""),
+        "mode = \"audit\"\naudit_min_window = \"1s\"",
+    );
     let agent = lab.agent_in_a(&cfg, &[]);
 
     assert_eq!(
@@ -519,4 +522,76 @@ fn an_exchange_among_scans_and_a_health_check_are_not_safe() {
     let text = stdout(&agent.cli(&["report", "--config", &cfg.display().to_string()]));
     assert!(text.contains("Health checks?"), "{text}");
     assert!(text.contains("exchanged payload both ways"), "{text}");
+}
+
+#[test]
+fn flows_of_a_restart_downtime_are_counted_once() {
+    let mut lab = Lab::new("restart");
+    let net = net_py();
+    // On A: two servers no rule opens; B exchanges with 9000 before the restart and with
+    // 9100 while no agent runs (the pinned programs keep recording evidence).
+    lab.spawn_a(&format!("exec {net} serve 9000 200 --host 0.0.0.0"));
+    lab.spawn_a(&format!("exec {net} serve 9100 300 --host 0.0.0.0"));
+    lab.spawn_a(&format!("exec {net} listen 25 --host 0.0.0.0"));
+    let (ns_a, a4) = (lab.ns_a.clone(), lab.a4.clone());
+    lab.wait_tcp(&ns_a, &a4, 25);
+    lab.wait_tcp(&ns_a, &a4, 9000);
+    lab.wait_tcp(&ns_a, &a4, 9100);
+    let cfg = lab.config(
+        &rule("smtp-in", "in", "tcp", 25, ""),
+        "mode = \"audit\"\naudit_min_window = \"1s\"",
+    );
+    let keep = ["--on-exit", "keep"];
+    let agent = lab.agent_in_a(&cfg, &keep);
+    assert_eq!(
+        ok(&lab, true, &format!("{net} exchange {a4} 9000 700")).trim(),
+        "received=200"
+    );
+    report_when(&agent, &cfg, "9000 before the restart", |r| {
+        evidence(r, "in", "tcp", 9000, "payload_bytes_out") == 200
+    });
+    let out = agent.stop();
+    let saved = lab.dir.join("state/flows.json");
+    assert!(
+        saved.is_file(),
+        "a clean stop saves the folded flows:\n{out}"
+    );
+
+    // Downtime: a real exchange on 9100, recorded by the kernel only.
+    assert_eq!(
+        ok(&lab, true, &format!("{net} exchange {a4} 9100 700")).trim(),
+        "received=300",
+        "audit mode lets it through while the agent is down"
+    );
+    let agent = lab.agent_in_a(&cfg, &keep);
+    assert!(!saved.exists(), "read once by the next agent");
+    let r = report_when(&agent, &cfg, "9100 from the downtime", |r| {
+        evidence(r, "in", "tcp", 9100, "payload_bytes_out") == 300
+    });
+    // Denied: the downtime's exchange is breakage with exact evidence; the flow from
+    // before the restart is counted once, not again.
+    let p = port(&r, "in", "tcp", 9100).expect("9100 reported");
+    assert_eq!(p["class"], "breakage", "{p:#}");
+    assert_eq!(
+        (&p["evidence"]["flows"], &p["evidence"]["payload_bytes_in"]),
+        (&1.into(), &700.into()),
+        "{p:#}"
+    );
+    assert_eq!(evidence(&r, "in", "tcp", 9000, "flows"), 1, "{r:#}");
+    assert_eq!(
+        evidence(&r, "in", "tcp", 9000, "payload_bytes_in"),
+        700,
+        "{r:#}"
+    );
+    let mut breakage = labels(&r, "breakage");
+    breakage.sort();
+    assert_eq!(breakage, vec!["in tcp/9000", "in tcp/9100"], "{r:#}");
+    assert_eq!(r["safe"], false, "{r:#}");
+    // Allowed: SMTP through the adopted programs, counted by its rule, not reported.
+    assert_eq!(
+        ok(&lab, true, &format!("{net} connect {a4} 25")).trim(),
+        "ok"
+    );
+    assert!(rule_packets(&agent.status(), "smtp-in") > 0);
+    assert!(port(&report(&agent, &cfg, &[]), "in", "tcp", 25).is_none());
 }

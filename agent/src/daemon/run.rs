@@ -280,6 +280,8 @@ pub fn run(args: Overrides) -> anyhow::Result<ExitCode> {
 
     daemon.notify.send("STOPPING=1");
     daemon.flush();
+    // The successor counts the flows of the downtime from what this agent folded.
+    daemon.events.save_flows(&daemon.paths);
     let paths = daemon.paths.clone();
     drop(daemon);
     match crate::observe::status::collect(&paths) {

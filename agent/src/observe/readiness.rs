@@ -14,7 +14,8 @@
 //!   that got none back is **unclear**; a completed handshake without payload from the
 //!   peer is **unclear** (a connect check, or a client of a server-speaks-first protocol
 //!   that only read the banner) unless it is a scanner's probe: a peer that touched
-//!   `evidence::SCAN_PORTS` ports, with at most [`SCAN_REPEATS`] flows on this one; no
+//!   `evidence::SCAN_PORTS` ports, with at most [`SCAN_REPEATS`] flows on this one, or
+//!   at most that many handshakes each reset by the peer at once (a connect scan); no
 //!   handshake and no payload (SYNs, resets, spoofed sources) is **exposure closed**,
 //!   and so are scanners' probes;
 //! - no flow evidence at all (ICMP, other protocols, evidence evicted): **unclear**.
@@ -142,7 +143,8 @@ pub enum Reading {
     /// connect check, or a client of a server-speaks-first protocol (SMTP's banner).
     SilentHandshake,
     /// A scanner's probe: a peer that touched `SCAN_PORTS` ports, at most
-    /// `SCAN_REPEATS` flows here, no exchange.
+    /// `SCAN_REPEATS` flows here, no exchange; or at most `SCAN_REPEATS` flows, each
+    /// handshake reset by the peer without payload (a connect scan).
     ScanProbe,
     /// No handshake, no payload: SYNs, resets, spoofed sources.
     Attempt,
@@ -171,6 +173,13 @@ impl Reading {
             Reading::OneWay
         } else if e.silent_handshakes() >= HEALTH_CHECK_FLOWS {
             Reading::HealthCheck
+        } else if e.silent_handshakes() > 0
+            && e.flows <= SCAN_REPEATS
+            && e.connect_resets >= e.silent_handshakes()
+        {
+            // Connected, sent nothing, reset at once, and did not come back: the
+            // pattern of a connect scan. Repeated, it is a health check (above).
+            Reading::ScanProbe
         } else if e.silent_handshakes() > 0 {
             Reading::SilentHandshake
         } else {
@@ -306,8 +315,8 @@ pub fn classify(
             e.silent_handshakes()
         ),
         Reading::ScanProbe => format!(
-            "only scanners' probes: {} flow(s) from {peers} peer(s) that touched {SCAN_PORTS} or more ports, at most {SCAN_REPEATS} flows each here, no exchange",
-            e.flows
+            "only scanners' probes: {} flow(s) from {peers} peer(s), at most {SCAN_REPEATS} each, no payload from them ({} connect-and-reset, the rest from peers that touched {SCAN_PORTS} or more ports)",
+            e.flows, e.connect_resets
         ),
         Reading::Attempt => format!(
             "no handshake and no payload from peers: {} flow(s) from {peers} peer(s)",

@@ -62,6 +62,7 @@ fn classes() {
         flows_with_payload_both_ways: both,
         payload_bytes_in: from_peer * 10,
         payload_bytes_out: both * 10,
+        connect_resets: 0,
         first_flow: 100,
         last_flow: 100 + 5 * flows.saturating_sub(1),
     };
@@ -97,6 +98,23 @@ fn classes() {
     assert_eq!(c.class, Class::ExposureClosed, "{}", c.reason);
     let back = port(peer(SCAN_REPEATS + 1, SCAN_REPEATS + 1, 0, 0), "192.0.2.1");
     assert_eq!(class(Direction::In, Some(&back), &scanner), Class::Unclear);
+
+    // A connect scan seen on one port only (its other probes hit closed ports, which
+    // leave no flow evidence): connected, reset at once, nothing sent.
+    let mut nmap_st = peer(2, 1, 0, 0);
+    nmap_st.connect_resets = 1;
+    let c = classify(Direction::In, Some(&port(nmap_st, "192.0.2.9")), &scans);
+    assert_eq!(c.class, Class::ExposureClosed, "{}", c.reason);
+    // The same from a balancer every few seconds: a health check.
+    let mut hc_rst = peer(6, 6, 0, 0);
+    hc_rst.connect_resets = 6;
+    let c = classify(Direction::In, Some(&port(hc_rst, "10.0.0.7")), &scans);
+    assert_eq!(
+        (c.class, c.health_checks.len()),
+        (Class::Unclear, 1),
+        "{}",
+        c.reason
+    );
 
     // A health check: handshakes every 5 s, nothing sent.
     let check = port(peer(12, 12, 0, 0), "10.0.0.7");
