@@ -550,7 +550,21 @@ fn flows_of_a_restart_downtime_are_counted_once() {
     report_when(&agent, &cfg, "9000 before the restart", |r| {
         evidence(r, "in", "tcp", 9000, "payload_bytes_out") == 200
     });
-    let out = agent.stop();
+    // A clean stop (SIGTERM) that keeps the pinned programs, as `--on-exit keep` and
+    // the service do; `Agent::stop` would detach them.
+    let mut agent = agent;
+    // SAFETY: kill(2) on the agent this test started.
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while agent.running() {
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = agent.output();
+    agent.kill9(); // reaps it; leaves the pins
     let saved = lab.dir.join("state/flows.json");
     assert!(
         saved.is_file(),
@@ -594,4 +608,128 @@ fn flows_of_a_restart_downtime_are_counted_once() {
     );
     assert!(rule_packets(&agent.status(), "smtp-in") > 0);
     assert!(port(&report(&agent, &cfg, &[]), "in", "tcp", 25).is_none());
+}
+
+/// Sends COUNT TCP SYNs to DST:PORT from spoofed sources: every address of DST's /24
+/// from .10 to .250 (on the link, so reverse-path filtering lets them in) and source
+/// ports from 1024 up, each (address, port) once: COUNT distinct flows. A raw socket
+/// with IP_HDRINCL; prints `sent=N seconds=S`.
+const SYN_FLOOD: &str = "\
+import socket, struct, sys, time
+dst, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+net = dst.rsplit('.', 1)[0]
+def csum(b):
+    if len(b) % 2: b += b'\\0'
+    s = sum(struct.unpack('!%dH' % (len(b) // 2), b))
+    while s >> 16: s = (s & 0xffff) + (s >> 16)
+    return ~s & 0xffff
+d = socket.inet_aton(dst)
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+s.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)
+hosts = list(range(10, 251))
+t0 = time.time()
+sent = 0
+for i in range(count):
+    src = socket.inet_aton('%s.%d' % (net, hosts[i % len(hosts)]))
+    sport = 1024 + i // len(hosts)
+    tcp = struct.pack('!HHIIBBHHH', sport, port, i, 0, 5 << 4, 0x02, 64240, 0, 0)
+    tcp = tcp[:16] + struct.pack('!H', csum(src + d + struct.pack('!BBH', 0, 6, 20) + tcp)) + tcp[18:]
+    ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 40, i & 0xffff, 0, 64, 6, 0, src, d)
+    ip = ip[:10] + struct.pack('!H', csum(ip)) + ip[12:]
+    s.sendto(ip + tcp, (dst, 0))
+    sent += 1
+print('sent=%d seconds=%.1f' % (sent, time.time() - t0))
+";
+
+#[test]
+fn a_syn_flood_does_not_evict_a_real_flows_evidence() {
+    const SYNS: u64 = 100_000;
+    let mut lab = Lab::new("flood");
+    let net = net_py();
+    let flood = lab.write("flood.py", SYN_FLOOD);
+    // On A: 9000 listens (the flood's target), 9100 serves a real client, 25 is allowed.
+    lab.spawn_a(&format!("exec {net} listen 9000 --host 0.0.0.0"));
+    lab.spawn_a(&format!("exec {net} serve 9100 300 --host 0.0.0.0"));
+    lab.spawn_a(&format!("exec {net} listen 25 --host 0.0.0.0"));
+    let (ns_a, a4) = (lab.ns_a.clone(), lab.a4.clone());
+    for p in [25, 9000, 9100] {
+        lab.wait_tcp(&ns_a, &a4, p);
+    }
+    let cfg = lab.config(
+        &rule("smtp-in", "in", "tcp", 25, ""),
+        "mode = \"audit\"\naudit_min_window = \"1s\"",
+    );
+    let agent = lab.agent_in_a(&cfg, &[]);
+    // The flood from B in the background, a real exchange in its middle.
+    let out = flood.with_extension("out");
+    ok(
+        &lab,
+        true,
+        &format!(
+            "python3 {} {a4} 9000 {SYNS} > {} 2>&1 &",
+            flood.display(),
+            out.display()
+        ),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        ok(&lab, true, &format!("{net} exchange {a4} 9100 700")).trim(),
+        "received=300"
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let sent = loop {
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        if text.starts_with("sent=") {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the flood did not finish: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(sent.starts_with(&format!("sent={SYNS} ")), "{sent}");
+
+    // Denied: the real exchange is breakage with its exact evidence, whatever the flood
+    // pushed through the kernel's table; the flood is exposure closed, with a bounded
+    // count and bounded per-peer memory.
+    let r = report_when(&agent, &cfg, "9100 beside the flood", |r| {
+        evidence(r, "in", "tcp", 9100, "payload_bytes_out") == 300
+    });
+    let p = port(&r, "in", "tcp", 9100).expect("9100 reported");
+    assert_eq!(p["class"], "breakage", "{p:#}");
+    assert_eq!(
+        (
+            &p["evidence"]["flows"],
+            &p["evidence"]["payload_bytes_in"],
+            &p["evidence"]["payload_bytes_out"]
+        ),
+        (&1.into(), &700.into(), &300.into()),
+        "{p:#}"
+    );
+    let f = port(&r, "in", "tcp", 9000).expect("9000 reported");
+    let flows = f["evidence"]["flows"].as_u64().expect("flows");
+    assert_eq!(f["class"], "exposure-closed", "{}", f["class_reason"]);
+    assert!(flows > 0 && flows <= SYNS, "{f:#}");
+    assert_eq!(f["evidence"]["handshakes"], 0, "{f:#}");
+    assert!(
+        f["evidence"]["distinct_peers"].as_u64().unwrap() <= 64,
+        "per-peer memory is bounded: {f:#}"
+    );
+    assert_eq!(labels(&r, "breakage"), vec!["in tcp/9100"], "{r:#}");
+    // Allowed: SMTP still connects and counts.
+    assert_eq!(
+        ok(&lab, true, &format!("{net} connect {a4} 25")).trim(),
+        "ok"
+    );
+    assert!(rule_packets(&agent.status(), "smtp-in") > 0);
+    portcullis_tests::figures(
+        "readiness flood",
+        &[
+            ("syns", SYNS.to_string()),
+            ("flood", sent.trim().to_owned()),
+            ("flood_flows_counted", flows.to_string()),
+            ("real_flow_kept", "yes".into()),
+        ],
+    );
 }
