@@ -733,3 +733,101 @@ fn a_syn_flood_does_not_evict_a_real_flows_evidence() {
         ],
     );
 }
+
+#[test]
+fn mode_says_what_a_reload_does_and_persist_makes_it_stick() {
+    let mut lab = Lab::new("persist");
+    let net = net_py();
+    lab.spawn_a(&format!("exec {net} listen 25 --host 0.0.0.0"));
+    lab.spawn_a(&format!("exec {net} listen 9000 --host 0.0.0.0"));
+    let (ns_a, a4) = (lab.ns_a.clone(), lab.a4.clone());
+    lab.wait_tcp(&ns_a, &a4, 25);
+    lab.wait_tcp(&ns_a, &a4, 9000);
+    let cfg = lab.config(
+        &rule("smtp-in", "in", "tcp", 25, ""),
+        "mode = \"audit\"  # until the report says safe",
+    );
+    let text = std::fs::read_to_string(&cfg).expect("the config");
+    let agent = lab.agent_in_a(&cfg, &[]);
+    let json = |args: &[&str]| -> Value {
+        let out = agent.cli(args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        serde_json::from_slice(&out.stdout).expect("JSON")
+    };
+
+    // Without --persist: the switch is live, the file untouched, and the command says
+    // the next reload returns to audit; the reload does.
+    let m = json(&["mode", "enforce", "--json"]);
+    assert_eq!(
+        (
+            &m["mode"],
+            &m["was"],
+            &m["persisted"],
+            &m["reload_returns_to"]
+        ),
+        (
+            &"enforce".into(),
+            &"audit".into(),
+            &false.into(),
+            &"audit".into()
+        ),
+        "{m:#}"
+    );
+    let said = stdout(&agent.cli(&["mode", "enforce"]));
+    assert!(
+        said.contains("the next reload or restart returns to audit") && said.contains("--persist"),
+        "{said}"
+    );
+    assert_eq!(std::fs::read_to_string(&cfg).unwrap(), text);
+    let r = json(&["reload", "--json"]);
+    assert_eq!(
+        (&r["ok"], &r["mode"]),
+        (&true.into(), &"audit".into()),
+        "{r:#}"
+    );
+    assert_eq!(agent.status()["mode"], "audit");
+
+    // With --persist: the file says enforce (only that line changed, its comment kept),
+    // and a reload keeps enforcing.
+    let m = json(&["mode", "enforce", "--persist", "--json"]);
+    assert_eq!(
+        (&m["persisted"], &m["config_mode"], &m["reload_returns_to"]),
+        (&true.into(), &"enforce".into(), &Value::Null),
+        "{m:#}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&cfg).unwrap(),
+        text.replace("mode = \"audit\"  # until", "mode = \"enforce\"  # until")
+    );
+    let r = json(&["reload", "--json"]);
+    assert_eq!(
+        (&r["ok"], &r["mode"]),
+        (&true.into(), &"enforce".into()),
+        "{r:#}"
+    );
+    // Enforcing: the allowed port connects and counts, the unlisted one is dropped and
+    // counted.
+    assert_eq!(
+        ok(&lab, true, &format!("{net} connect {a4} 25")).trim(),
+        "ok"
+    );
+    assert_eq!(
+        ok(&lab, true, &format!("{net} connect {a4} 9000")).trim(),
+        "timeout"
+    );
+    let s = agent.status();
+    assert!(rule_packets(&s, "smtp-in") > 0, "{s:#}");
+    assert!(s["denied"]["packets"].as_u64().unwrap_or(0) > 0, "{s:#}");
+
+    // A config that does not compile is refused by --persist; file and mode stay.
+    let bad = text.replace(
+        "mode = \"audit\"",
+        "mode = \"enforce\"\nfeatures = [\"no-such\"]",
+    );
+    std::fs::write(&cfg, &bad).unwrap();
+    let out = agent.cli(&["mode", "audit", "--persist"]);
+    assert!(!out.status.success(), "a bad config was rewritten");
+    assert!(stderr(&out).contains("no-such"), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(&cfg).unwrap(), bad);
+    assert_eq!(agent.status()["mode"], "enforce");
+}

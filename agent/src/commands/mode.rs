@@ -159,7 +159,12 @@ fn with_mode(text: &str, mode: Mode) -> anyhow::Result<String> {
         *value.decor_mut() = decor;
     }
     doc["mode"] = toml_edit::Item::Value(value);
-    Ok(doc.to_string())
+    let mut out = doc.to_string();
+    // toml_edit ends the last line; a file that did not keeps its last byte.
+    if !text.ends_with('\n') && out.ends_with('\n') && text.lines().count() == out.lines().count() {
+        out.pop();
+    }
+    Ok(out)
 }
 
 /// Rewrites `path` with `mode`: validated as a site config and compiled before it
@@ -201,6 +206,12 @@ mod tests {
         let text = "# the gateway\nproduct = \"xeams\"\nmode = \"audit\"  # until the window is long enough\nfailsafe = true\n\n[metrics]\nlisten = \"127.0.0.1:9975\"\n";
         let new = with_mode(text, Mode::Enforce).unwrap();
         assert_eq!(new, text.replace("mode = \"audit\"", "mode = \"enforce\""));
+        // No newline at the end: none added.
+        let last = "product = \"xeams\"\nmode = \"audit\"";
+        assert_eq!(
+            with_mode(last, Mode::Enforce).unwrap(),
+            "product = \"xeams\"\nmode = \"enforce\""
+        );
         // No mode line yet: one is added, the rest stays.
         let bare = "product = \"xeams\" # ours\n";
         let new = with_mode(bare, Mode::Enforce).unwrap();
