@@ -10,7 +10,7 @@ use crate::{
         aggregate::{Seen, unix_now},
         ago,
         readiness::{Class, Cover, PortFinding},
-        report::{self, Query, Report, parse_duration},
+        report::{self, Query, Report, parse_duration, parse_min_window},
         rfc3339,
     },
 };
@@ -58,10 +58,10 @@ pub struct Args {
     /// any unclear port makes the report unsafe.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub max_unclear: u64,
-    /// The shortest window called safe to enforce (e.g. 7d, 30d, 1h): before it, the
+    /// The shortest window called safe to enforce (e.g. 7d, 30d, 1h; 0: none): before it, the
     /// verdict is "not yet" and "safe" is false. Default: the config's
     /// audit_min_window, else 7d.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_min_window)]
     pub min_window: Option<u64>,
     #[command(flatten)]
     pub paths: PathArgs,

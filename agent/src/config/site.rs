@@ -128,8 +128,8 @@ pub struct Site {
     #[serde(default = "default_pin_dir", deserialize_with = "absolute_path")]
     pub pin_dir: PathBuf,
     /// The shortest audit window `portcullis report` calls safe to enforce after, e.g.
-    /// `"7d"` (the default: weekly jobs run at least once), `"30d"` (monthly renewals).
-    /// `report --min-window` overrides it.
+    /// `"7d"` (the default: weekly jobs run at least once), `"30d"` (monthly renewals),
+    /// `"0"` (no minimum). `report --min-window` overrides it.
     #[serde(default = "default_audit_min_window", deserialize_with = "duration")]
     pub audit_min_window: Duration,
     /// The metrics endpoint.
@@ -207,11 +207,11 @@ fn default_audit_min_window() -> Duration {
     DEFAULT_AUDIT_MIN_WINDOW
 }
 
-/// A duration written like `30m`, `2h`, `7d`, `1w` or `1h30m` (one parser for the
-/// config and the command line: `observe::report::parse_duration`).
+/// A duration written like `30m`, `2h`, `7d`, `1w` or `1h30m`, or `0` (one parser for
+/// the config and the command line: `observe::report::parse_min_window`).
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
-    crate::observe::report::parse_duration(&text)
+    crate::observe::report::parse_min_window(&text)
         .map(Duration::from_secs)
         .map_err(|e| de_error(e, "write a duration such as \"7d\", \"30d\" or \"12h\""))
 }
@@ -450,6 +450,8 @@ mod tests {
     fn audit_min_window_is_a_duration() {
         let site = parse("product = \"xeams\"\naudit_min_window = \"30d\"").unwrap();
         assert_eq!(site.audit_min_window, Duration::from_secs(30 * 86_400));
+        let none = parse("product = \"xeams\"\naudit_min_window = \"0\"").unwrap();
+        assert_eq!(none.audit_min_window, Duration::ZERO);
         let err = parse("product = \"xeams\"\naudit_min_window = \"7 days\"")
             .unwrap_err()
             .to_string();

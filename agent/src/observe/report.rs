@@ -248,6 +248,15 @@ pub fn parse_duration(text: &str) -> Result<u64, String> {
     Ok(total)
 }
 
+/// A minimum window: a duration as [`parse_duration`] reads it, or `0` for none (a
+/// site that decides without one, a test).
+pub fn parse_min_window(text: &str) -> Result<u64, String> {
+    if text.trim() == "0" {
+        return Ok(0);
+    }
+    parse_duration(text).map_err(|e| format!("{e}, or 0 for no minimum"))
+}
+
 /// Builds the report at `now`.
 pub fn build(query: &Query, now: u64) -> anyhow::Result<Report> {
     let paths = &query.paths;
