@@ -96,7 +96,14 @@ fn scans_only_are_safe_to_enforce_and_listed_as_exposures_closed() {
     // listener on 3306 bound to all addresses, one on 11211 bound to loopback only, and
     // a UDP socket on 5140 that never answers.
     lab.spawn_a("exec python3 -W ignore -m smtpd -n -c DebuggingServer 0.0.0.0:25");
-    lab.spawn_a(&format!("exec {net} listen 3306 --host 0.0.0.0"));
+    // 3306 holds each connection open until the peer ends it, as a database does: a
+    // listener that closes at once leaves an orphan whose kernel state (FIN_WAIT2 as a
+    // time-wait socket) no cgroup program sees, so a connect scan's reset would race it.
+    let db_log = lab.dir.join("3306.log");
+    lab.spawn_a(&format!(
+        "exec {net} listen 3306 --host 0.0.0.0 --log {}",
+        db_log.display()
+    ));
     lab.spawn_a(&format!("exec {net} listen 11211 --host 127.0.0.1"));
     lab.spawn_a(&format!("exec {net} listen 5140 --udp --host 0.0.0.0"));
     let (ns_a, a4) = (lab.ns_a.clone(), lab.a4.clone());
@@ -187,6 +194,13 @@ fn scans_only_are_safe_to_enforce_and_listed_as_exposures_closed() {
         (&4.into(), &2.into()),
         "{p:#}"
     );
+    // nmap's connect scan resets each connection at once without sending anything: the
+    // connect-scan pattern, so each peer's flows here read as scan probes, although
+    // the cgroup programs saw only this one of the ports they scanned.
+    assert_eq!(p["evidence"]["connect_resets"], 2, "{p:#}");
+    for peer in p["evidence"]["peers"].as_array().expect("peers") {
+        assert_eq!(peer["reading"], "scan-probe", "{p:#}");
+    }
     assert_eq!(r["safe"], true, "{r:#}");
     assert_eq!(labels(&r, "breakage"), Vec::<String>::new(), "{r:#}");
     assert_eq!(labels(&r, "unclear"), Vec::<String>::new(), "{r:#}");
