@@ -15,7 +15,7 @@
 //! (`AUDIT_FLOWS_MAX`).
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     path::Path,
 };
 
@@ -216,7 +216,13 @@ impl FlowTracker {
         let mut deltas = Vec::new();
         let mut done = Vec::new();
         let mut seen = HashMap::with_capacity(flows.len());
+        // Walking a hash map the kernel changes meanwhile (an LRU evicting under a flood)
+        // can return a key twice: a key counts once per read.
+        let mut read = HashSet::with_capacity(flows.len());
         for (key, now) in flows {
+            if !read.insert(*key) {
+                continue;
+            }
             let old = self
                 .seen
                 .get(key)
@@ -465,6 +471,25 @@ mod tests {
         let (d, _) = t.fold(&[(key(40000), again)], 100);
         assert_eq!(d.len(), 1);
         assert_eq!(d[0].delta.flows, 1);
+    }
+
+    #[test]
+    fn a_key_read_twice_in_one_walk_counts_once() {
+        let mut t = FlowTracker::default();
+        let e = FlowEvidence {
+            first_ns: 1,
+            last_ns: 1,
+            payload_in: 700,
+            payload_out: 300,
+            direction: DIR_IN,
+            ..FlowEvidence::default()
+        };
+        let (d, _) = t.fold(&[(key(1), e), (key(2), e), (key(1), e)], 2);
+        assert_eq!(d.len(), 2);
+        assert_eq!(
+            d.iter().map(|d| d.delta.payload_bytes_in).sum::<u64>(),
+            1400
+        );
     }
 
     #[test]
