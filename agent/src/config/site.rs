@@ -12,7 +12,8 @@
 //! `icmp_echo = true`, no `[peers]`, `any_peer_groups = []`, `vendor_peers = "names"`,
 //! no `[[rule]]`,
 //! `scope = ["host"]`, `xdp = []`, `xdp_scope_only = false`, `events_per_sec = 100`,
-//! `dns_grace = 60`, `pin_dir = "/sys/fs/bpf/portcullis"`, and `[metrics] listen` unset
+//! `dns_grace = 60`, `pin_dir = "/sys/fs/bpf/portcullis"`, `audit_min_window = "7d"`,
+//! and `[metrics] listen` unset
 //! (no endpoint).
 //!
 //! The peer group `dns-servers` ([`DNS_SERVERS`]) is also the list of trusted resolvers
@@ -26,6 +27,7 @@ use std::{
     net::SocketAddr,
     ops::Range,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use serde::{Deserialize, Deserializer, Serialize};
@@ -128,6 +130,11 @@ pub struct Site {
     /// Where maps and links are pinned. Default `/sys/fs/bpf/portcullis`.
     #[serde(default = "default_pin_dir", deserialize_with = "absolute_path")]
     pub pin_dir: PathBuf,
+    /// The shortest audit window `portcullis report` calls safe to enforce after, e.g.
+    /// `"7d"` (the default: weekly jobs run at least once), `"30d"` (monthly renewals),
+    /// `"0"` (no minimum). `report --min-window` overrides it.
+    #[serde(default = "default_audit_min_window", deserialize_with = "duration")]
+    pub audit_min_window: Duration,
     /// The metrics endpoint.
     #[serde(default)]
     pub metrics: Metrics,
@@ -198,6 +205,22 @@ fn dns_grace<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
             format!("give seconds from 0 to {MAX_DNS_GRACE}; the default is 60"),
         )),
     }
+}
+
+/// The default `audit_min_window`: seven days.
+pub const DEFAULT_AUDIT_MIN_WINDOW: Duration = Duration::from_secs(7 * 86_400);
+
+fn default_audit_min_window() -> Duration {
+    DEFAULT_AUDIT_MIN_WINDOW
+}
+
+/// A duration written like `30m`, `2h`, `7d`, `1w` or `1h30m`, or `0` (one parser for
+/// the config and the command line: `observe::report::parse_min_window`).
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    crate::observe::report::parse_min_window(&text)
+        .map(Duration::from_secs)
+        .map_err(|e| de_error(e, "write a duration such as \"7d\", \"30d\" or \"12h\""))
 }
 
 fn default_pin_dir() -> PathBuf {
@@ -305,6 +328,7 @@ impl Site {
         "events_per_sec",
         "dns_grace",
         "pin_dir",
+        "audit_min_window",
         "rule",
         "metrics",
     ];
@@ -427,6 +451,19 @@ mod tests {
         assert_eq!(site.dns_grace, 60);
         assert_eq!(site.pin_dir, PathBuf::from("/sys/fs/bpf/portcullis"));
         assert_eq!(site.metrics.listen, None);
+        assert_eq!(site.audit_min_window, Duration::from_secs(7 * 86_400));
+    }
+
+    #[test]
+    fn audit_min_window_is_a_duration() {
+        let site = parse("product = \"xeams\"\naudit_min_window = \"30d\"").unwrap();
+        assert_eq!(site.audit_min_window, Duration::from_secs(30 * 86_400));
+        let none = parse("product = \"xeams\"\naudit_min_window = \"0\"").unwrap();
+        assert_eq!(none.audit_min_window, Duration::ZERO);
+        let err = parse("product = \"xeams\"\naudit_min_window = \"7 days\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"7 days\"") && err.contains(":2"), "{err}");
     }
 
     #[test]
