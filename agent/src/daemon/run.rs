@@ -28,6 +28,7 @@ use crate::{
         loader::Datapath,
         names,
         paths::PathArgs,
+        probe::{KernelFeatures, Needs},
         state::{self, InstallLock, ReloadOutcome, State, unix_now},
     },
     model::{Mode, ScopeTarget},
@@ -103,6 +104,12 @@ impl Daemon {
     /// Compiles, loads, installs and attaches; on success the scopes are enforced.
     fn start(mut args: Overrides) -> anyhow::Result<Self> {
         let (policy, settings, config) = resolve(&mut args)?;
+        // Before anything touches the kernel: a policy this kernel cannot carry as
+        // written is refused (exit 3), never enforced with less.
+        KernelFeatures::probe().require(
+            &Needs::of(&policy, &settings.xdp, &settings.scopes),
+            config.as_deref(),
+        )?;
         let scopes = resolve_scopes(&settings)?;
         let paths = args.paths.clone();
         let lock = lock(&paths)?;
