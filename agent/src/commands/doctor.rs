@@ -218,7 +218,7 @@ fn print_text(
             f.label,
             f.detail
         )?;
-        if matches!(f.status, Status::Missing | Status::Warn) && !f.breaks.is_empty() {
+        if f.status != Status::Ok && !f.breaks.is_empty() {
             let since = f
                 .since
                 .map(|v| format!(" (kernel {v}+)"))

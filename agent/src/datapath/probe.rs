@@ -434,14 +434,17 @@ impl KernelFeatures {
             breaks: "",
             fix: "",
         });
+        // Privileges are not the kernel's: without them nothing can be probed, which is
+        // unknown (doctor exits 1, `run` fails at its first load), not a refusal; `check`
+        // validates a config without root.
         let privileged = is_program_supported(ProgramType::CgroupSkb);
         let denied = matches!(&privileged, Err(ProgramError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EPERM));
         features.push(Feature {
             name: "bpf".into(),
             label: "privileged BPF (load programs, create maps)".into(),
-            status: if denied { Status::Missing } else { Status::Ok },
+            status: if denied { Status::Unknown } else { Status::Ok },
             detail: if denied {
-                "the kernel refused BPF_PROG_LOAD with EPERM".into()
+                "the kernel refused BPF_PROG_LOAD with EPERM: no privilege, so no probe below can tell".into()
             } else {
                 "allowed".into()
             },
@@ -586,6 +589,23 @@ impl KernelFeatures {
             .iter()
             .map(|(name, _)| (*name, Need::Always))
             .chain([(programs::XDP, Need::Xdp)]);
+        let privileged = self
+            .features
+            .iter()
+            .any(|f| f.name == "bpf" && f.status == Status::Ok);
+        if !privileged {
+            self.programs = wanted
+                .map(|(name, need)| ProgramCheck {
+                    name,
+                    status: Status::Unknown,
+                    need,
+                    verified_instructions: None,
+                    load_ms: None,
+                    detail: Some("not tried: no privilege to load programs".into()),
+                })
+                .collect();
+            return;
+        }
         let mut object = aya::EbpfLoader::new();
         // As the agent loads it: without CO-RE relocations against kernel BTF.
         object.btf(None);
@@ -720,7 +740,7 @@ fn unprivileged_bpf() -> Feature {
             "0: every user may load BPF programs".to_owned(),
         ),
         Ok(v @ ("1" | "2")) => (Status::Ok, format!("{v}: only privileged users load BPF")),
-        Ok(v) => (Status::Ok, format!("{v}")),
+        Ok(v) => (Status::Ok, v.to_owned()),
         Err(e) => (Status::Unknown, format!("reading it: {e}")),
     };
     Feature {
@@ -842,7 +862,7 @@ fn host_features() -> Vec<Feature> {
         (Some(v), true) => (Status::Ok, format!("systemd {v}, the service manager")),
         (Some(v), false) => (
             Status::Missing,
-            format!("systemd {v} is installed but is not the service manager here"),
+            format!("systemd {v} is installed but is not the service manager"),
         ),
         (None, _) => (Status::Missing, "no systemctl".to_owned()),
     };
