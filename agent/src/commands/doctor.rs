@@ -132,7 +132,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     };
     let needs = Needs::of(&policy, &settings.xdp, &settings.scopes);
-    let mut found = KernelFeatures::probe();
+    let mut found = KernelFeatures::probe_all();
     if !args.no_verify {
         found.verify_programs();
     }

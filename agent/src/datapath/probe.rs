@@ -419,9 +419,24 @@ fn parse_lockdown(text: &str) -> Option<&str> {
 }
 
 impl KernelFeatures {
-    /// Probes everything but the real programs (a few milliseconds: each probe is a
-    /// two-instruction program or a one-entry map).
+    /// Probes everything but the real programs and systemd's version (a few
+    /// milliseconds: each probe is a two-instruction program or a one-entry map): what
+    /// `check` and `run` ask before they accept a policy.
     pub fn probe() -> Self {
+        Self::probe_features(false)
+    }
+
+    /// [`KernelFeatures::probe`], and systemd's version (`systemctl --version`) for the
+    /// admin: what `doctor` shows.
+    pub fn probe_all() -> Self {
+        Self::probe_features(true)
+    }
+
+    fn probe_features(with_version: bool) -> Self {
+        // The socket-storage probe's failed create frees the map after an RCU grace
+        // period (about 25 ms here, more than all other probes together): it runs beside
+        // them.
+        let mut sk_storage = Some(std::thread::spawn(|| is_map_supported(MapType::SkStorage)));
         let mut features = Vec::new();
         let kernel = KernelRelease::running();
         features.push(Feature {
@@ -528,10 +543,14 @@ impl KernelFeatures {
                 "the per-socket verdict record (stateful enforcement)",
             ),
         ] {
-            let (status, detail) = status_of(
-                is_map_supported(ty),
-                "the kernel does not know this map type",
-            );
+            let supported = if ty == MapType::SkStorage {
+                sk_storage.take().map_or(Ok(false), |t| {
+                    t.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+                })
+            } else {
+                is_map_supported(ty)
+            };
+            let (status, detail) = status_of(supported, "the kernel does not know this map type");
             features.push(Feature {
                 name: format!("map_type:{name}"),
                 label: format!("map type {name}"),
@@ -573,7 +592,7 @@ impl KernelFeatures {
                 fix: h.fix,
             });
         }
-        features.extend(host_features());
+        features.extend(host_features(with_version));
         Self {
             kernel,
             features,
@@ -755,8 +774,9 @@ fn unprivileged_bpf() -> Feature {
     }
 }
 
-/// BTF, cgroup v2, bpffs, lockdown and systemd.
-fn host_features() -> Vec<Feature> {
+/// BTF, cgroup v2, bpffs, lockdown and systemd (`with_version`: ask systemctl its
+/// version too).
+fn host_features(with_version: bool) -> Vec<Feature> {
     let mut out = Vec::new();
     let btf = Path::new("/sys/kernel/btf/vmlinux");
     out.push(Feature {
@@ -856,15 +876,21 @@ fn host_features() -> Vec<Feature> {
         breaks: "nothing portcullis uses in integrity mode; in confidentiality mode programs that read kernel memory",
         fix: "",
     });
-    let version = systemd::version();
+    // Whether systemd manages this host decides; its version is for the admin, and
+    // costs an exec of systemctl (tens of ms), so only `doctor` asks.
     let running = systemd::is_running();
-    let (status, detail) = match (version, running) {
-        (Some(v), true) => (Status::Ok, format!("systemd {v}, the service manager")),
-        (Some(v), false) => (
+    let version = if with_version {
+        systemd::version().map_or_else(|| "no systemctl".to_owned(), |v| format!("systemd {v}"))
+    } else {
+        "systemd".to_owned()
+    };
+    let (status, detail) = if running {
+        (Status::Ok, format!("{version}, the service manager"))
+    } else {
+        (
             Status::Missing,
-            format!("systemd {v} is installed but is not the service manager"),
-        ),
-        (None, _) => (Status::Missing, "no systemctl".to_owned()),
+            format!("{version}: not the service manager here (no /run/systemd/system)"),
+        )
     };
     out.push(Feature {
         name: "systemd".into(),
