@@ -256,3 +256,22 @@ fn a_unit_scope_needs_systemd_as_the_service_manager() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn an_invalid_config_exits_3_and_a_usage_error_2() {
+    require_root();
+    let dir = std::env::temp_dir().join(format!("pc-doctor-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let site = dir.join("site.toml");
+    std::fs::write(&site, "product = \"xeams\"\nmode = \"sometimes\"\n").expect("site");
+    let (out, report) = doctor(&["--config", site.to_str().expect("utf-8")]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(out.status.code(), Some(3), "{report:#}");
+    assert_eq!(report["ok"], false, "{report:#}");
+    assert_eq!(report["error"]["line"], 2, "{report:#}");
+    let usage = Command::new(bin())
+        .args(["doctor", "--feature", "pop3"])
+        .output()
+        .expect("doctor");
+    assert_eq!(usage.status.code(), Some(2), "{}", stderr(&usage));
+}

@@ -151,7 +151,8 @@ pub struct ProgramCheck {
     pub status: Status,
     /// Which policies load it.
     pub need: Need,
-    /// Instructions the verifier processed (the kernel's limit is one million).
+    /// Instructions the verifier processed (the kernel's limit is one million), also
+    /// for a refused program (how far it got).
     pub verified_instructions: Option<u32>,
     /// Wall time of the load (verification is most of it).
     pub load_ms: Option<u64>,
@@ -650,19 +651,25 @@ impl KernelFeatures {
                 loader::program(&mut ebpf, name).and_then(|prog| loader::load_program(name, prog));
             let took = start.elapsed();
             let prog = ebpf.program(name);
+            let detail = result.err().map(|e| refusal_text(&e));
             self.programs.push(ProgramCheck {
                 name,
-                status: if result.is_ok() {
+                status: if detail.is_none() {
                     Status::Ok
                 } else {
                     Status::Missing
                 },
                 need,
-                verified_instructions: prog
-                    .and_then(|p| p.info().ok())
-                    .and_then(|i| i.verified_instruction_count()),
+                verified_instructions: match &detail {
+                    // A refused program has no info: its log's last words say how far
+                    // the verifier got.
+                    Some(log) => processed_instructions(log),
+                    None => prog
+                        .and_then(|p| p.info().ok())
+                        .and_then(|i| i.verified_instruction_count()),
+                },
                 load_ms: Some(u64::try_from(took.as_millis()).unwrap_or(u64::MAX)),
-                detail: result.err().map(|e| refusal_text(&e)),
+                detail,
             });
         }
     }
@@ -746,6 +753,12 @@ fn refusal_text(e: &anyhow::Error) -> String {
     let lines: Vec<&str> = text.lines().collect();
     let tail = lines.len().saturating_sub(6);
     lines[tail..].join("\n")
+}
+
+/// The "processed N insns" of a verifier log.
+fn processed_instructions(log: &str) -> Option<u32> {
+    let (_, after) = log.rsplit_once("processed ")?;
+    after.split(' ').next()?.parse().ok()
 }
 
 /// `kernel.unprivileged_bpf_disabled`: not needed by portcullis (it runs as root); a
@@ -925,6 +938,14 @@ mod tests {
             assert_eq!(k.version, want, "{release}");
             assert_eq!(k.release, release);
         }
+    }
+
+    #[test]
+    fn a_refusal_says_how_many_instructions_the_verifier_processed() {
+        let log = "R4 invalid mem access 'scalar'\nverification time 100971035 usec\n\
+                   processed 311398 insns (limit 1000000) max_states_per_insn 18";
+        assert_eq!(processed_instructions(log), Some(311398));
+        assert_eq!(processed_instructions("invalid argument"), None);
     }
 
     #[test]
