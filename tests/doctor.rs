@@ -28,7 +28,6 @@ const PROBES: &[&str] = &[
     "map_type:ringbuf",
     "map_type:sk_storage",
     "map_type:array_mmapable",
-    "helper:bpf_loop/cgroup_skb",
     "helper:bpf_ktime_get_coarse_ns/cgroup_skb",
     "helper:bpf_ktime_get_coarse_ns/cgroup_sock_addr",
     "helper:bpf_ktime_get_coarse_ns/xdp",
@@ -177,7 +176,7 @@ fn doctor_without_privileges_cannot_tell_and_check_still_validates() {
     assert_eq!(report["refusal"], Value::Null, "{report:#}");
     assert_eq!(feature(&report, "bpf")["status"], "unknown", "{report:#}");
     assert_eq!(
-        feature(&report, "helper:bpf_loop/cgroup_skb")["status"],
+        feature(&report, "helper:bpf_sk_storage_get/cgroup_skb")["status"],
         "unknown",
         "{report:#}"
     );

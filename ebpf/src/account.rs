@@ -3,8 +3,7 @@
 
 use aya_ebpf::bindings::__sk_buff;
 use aya_ebpf::helpers::{
-    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-    generated::bpf_skb_cgroup_id,
+    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_skb_cgroup_id,
 };
 use portcullis_common::{
     config::{Config, MODE_ENFORCE},

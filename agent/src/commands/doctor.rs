@@ -28,8 +28,8 @@ policies need it, and for what is missing, what stops working and the way out.
 
 The policy is the one `run` would enforce: --config, else --product, else
 /etc/portcullis/portcullis.toml if it exists, else the built-in default (product xeams).
-Host-name peers need more of the kernel than addresses do; an XDP interface and unit
-scopes need their own features.
+An XDP interface and unit scopes need their own features; `info` lines are needed by no
+policy (a speed-up the loader uses where the kernel has it, a hardening note).
 
 With --json, prints {ok, kernel: {release, version}, policy: {source, needs}, features:
 [{name, label, status, detail, need, since, breaks, fix}], programs: [{name, status, need,
@@ -169,7 +169,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 fn need_word(need: Need, needs: &Needs) -> String {
     let word = match need {
         Need::Always => "always",
-        Need::Names => "names",
         Need::Xdp => "xdp",
         Need::Units => "units",
         Need::Info => "info",

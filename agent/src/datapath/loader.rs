@@ -578,7 +578,7 @@ pub fn write_mode(paths: &PathArgs, mode: Mode) -> anyhow::Result<Mode> {
 
 /// The `portcullis_common::kernel` bits the running kernel offers, probed by loading a
 /// test program per helper (never guessed from the version: distributions backport).
-fn kernel_features() -> u32 {
+pub(super) fn kernel_features() -> u32 {
     use aya::{
         programs::ProgramType,
         sys::{BpfHelper, is_helper_supported},

@@ -63,20 +63,20 @@ impl KernelRelease {
 pub enum Need {
     /// Every policy: without it the programs do not load or do not enforce.
     Always,
-    /// Policies with host-name peers (addresses learned from DNS answers).
-    Names,
     /// An XDP interface is configured (`xdp = [...]`, `run --xdp`).
     Xdp,
     /// A systemd unit is in the scope.
     Units,
-    /// Nothing depends on it; reported for the admin.
+    /// Nothing depends on it: reported for the admin (a speed-up the loader uses where
+    /// it exists, a hardening note).
     Info,
 }
 
 /// What one policy asks of the host, beyond what every policy needs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Needs {
-    /// The policy has host-name peers.
+    /// The policy has host-name peers. Reported; no probe depends on it today (the DNS
+    /// answer parser runs in bounded loops, without `bpf_loop`, from 5.10 on).
     pub names: bool,
     /// An XDP interface is configured.
     pub xdp: bool,
@@ -98,7 +98,6 @@ impl Needs {
     pub fn wants(&self, need: Need) -> bool {
         match need {
             Need::Always => true,
-            Need::Names => self.names,
             Need::Xdp => self.xdp,
             Need::Units => self.units,
             Need::Info => false,
@@ -124,7 +123,7 @@ pub enum Status {
 #[derive(Clone, Debug, Serialize)]
 pub struct Feature {
     /// Stable identifier for scripts: "program_type:xdp", "map_type:lru_hash",
-    /// "helper:bpf_loop/cgroup_skb", "btf", "cgroup2", ...
+    /// "helper:example/cgroup_skb", "btf", "cgroup2", ...
     pub name: String,
     /// What it is, for people.
     pub label: String,
@@ -187,7 +186,6 @@ const SOCK_ADDR: (ProgramType, &str) = (ProgramType::CgroupSockAddr, "cgroup_soc
 const XDP: (ProgramType, &str) = (ProgramType::Xdp, "xdp");
 
 const UPGRADE: &str = "run a newer kernel (see README, Requirements)";
-const NO_NAMES: &str = "set vendor_peers = \"any\" and list peers by address, not by host name";
 const NO_XDP: &str =
     "remove the interfaces from `xdp` (or drop --xdp): the cgroup programs still enforce";
 
@@ -204,8 +202,8 @@ const HELPERS: &[HelperUse] = {
         breaks: &'static str,
     ) -> HelperUse {
         let fix = match need {
-            Need::Names => NO_NAMES,
             Need::Xdp => NO_XDP,
+            Need::Info => "",
             _ => UPGRADE,
         };
         HelperUse {
@@ -218,25 +216,16 @@ const HELPERS: &[HelperUse] = {
             fix,
         }
     }
-    const LEARN: &str = "host-name peers: the DNS answer parser walks the answer records with it";
-    const RATE: &str = "the per-CPU rate limit of deny events";
+    const RATE: &str = "nothing: the deny events' rate limit reads the precise clock instead (tens of ns more per event; the loader chooses)";
     const EXPIRY: &str = "the expiry of addresses learned from DNS answers (in every verdict)";
     const RECORD: &str = "the per-socket verdict record (stateful enforcement)";
     const EVENTS: &str = "deny events (the deny log, `report`)";
     &[
         h(
-            H::BPF_FUNC_loop,
-            "bpf_loop",
-            SKB,
-            Need::Names,
-            Some("5.17"),
-            LEARN,
-        ),
-        h(
             H::BPF_FUNC_ktime_get_coarse_ns,
             "bpf_ktime_get_coarse_ns",
             SKB,
-            Need::Always,
+            Need::Info,
             Some("5.11"),
             RATE,
         ),
@@ -244,7 +233,7 @@ const HELPERS: &[HelperUse] = {
             H::BPF_FUNC_ktime_get_coarse_ns,
             "bpf_ktime_get_coarse_ns",
             SOCK_ADDR,
-            Need::Always,
+            Need::Info,
             Some("5.11"),
             RATE,
         ),
@@ -252,7 +241,7 @@ const HELPERS: &[HelperUse] = {
             H::BPF_FUNC_ktime_get_coarse_ns,
             "bpf_ktime_get_coarse_ns",
             XDP,
-            Need::Xdp,
+            Need::Info,
             Some("5.11"),
             RATE,
         ),
@@ -627,8 +616,11 @@ impl KernelFeatures {
             return;
         }
         let mut object = aya::EbpfLoader::new();
-        // As the agent loads it: without CO-RE relocations against kernel BTF.
+        // As the agent loads it: without CO-RE relocations against kernel BTF, with the
+        // kernel's features in the global the verifier prunes by.
         object.btf(None);
+        let bits = loader::kernel_features();
+        object.override_global(portcullis_common::kernel::GLOBAL, &bits, true);
         let mut ebpf = match object.load(loader::OBJECT) {
             Ok(e) => e,
             Err(e) => {
@@ -685,7 +677,6 @@ impl KernelFeatures {
             .filter(|f| f.status == Status::Missing && needs.wants(f.need))
             .map(|f| {
                 let who = match f.need {
-                    Need::Names => "host names need",
                     Need::Xdp => "xdp needs",
                     Need::Units => "unit scopes need",
                     Need::Always | Need::Info => "portcullis needs",
@@ -983,15 +974,22 @@ mod tests {
 
     #[test]
     fn a_missing_feature_refuses_only_the_policies_that_need_it() {
-        let k = features(&[("helper:bpf_loop/cgroup_skb", Need::Names)]);
-        assert_eq!(k.refusal(&Needs::default()), None);
-        let names = Needs {
-            names: true,
+        let k = features(&[("helper:example/xdp", Need::Xdp)]);
+        assert_eq!(
+            k.refusal(&Needs {
+                names: true,
+                units: true,
+                ..Needs::default()
+            }),
+            None
+        );
+        let xdp = Needs {
+            xdp: true,
             ..Needs::default()
         };
-        let why = k.refusal(&names).expect("refused");
+        let why = k.refusal(&xdp).expect("refused");
         assert!(
-            why.starts_with("host names need helper:bpf_loop/cgroup_skb (kernel 5.17+); here: "),
+            why.starts_with("xdp needs helper:example/xdp (kernel 5.17+); here: "),
             "{why}"
         );
         assert!(why.contains("(kernel 5.10.0-46-amd64)"), "{why}");
@@ -1005,15 +1003,6 @@ mod tests {
         let why = k.refusal(&Needs::default()).expect("refused");
         assert!(why.starts_with("portcullis needs btf"), "{why}");
         assert!(!why.contains("lockdown"), "{why}");
-        let xdp = features(&[("program_type:xdp", Need::Xdp)]);
-        assert_eq!(xdp.refusal(&Needs::default()), None);
-        assert!(
-            xdp.refusal(&Needs {
-                xdp: true,
-                ..Needs::default()
-            })
-            .is_some()
-        );
     }
 
     #[test]
