@@ -199,7 +199,7 @@ fn doctor_without_privileges_cannot_tell_and_check_still_validates() {
 }
 
 #[test]
-fn a_unit_scope_needs_systemd_as_the_service_manager() {
+fn doctor_check_and_run_refuse_a_unit_scope_without_systemd_as_the_service_manager() {
     require_root();
     let dir = std::env::temp_dir().join(format!("pc-doctor-units-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -257,7 +257,7 @@ fn a_unit_scope_needs_systemd_as_the_service_manager() {
 }
 
 #[test]
-fn an_invalid_config_exits_3_and_a_usage_error_2() {
+fn doctor_exits_3_on_an_invalid_config_and_2_on_a_usage_error() {
     require_root();
     let dir = std::env::temp_dir().join(format!("pc-doctor-bad-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
