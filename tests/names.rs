@@ -1446,7 +1446,11 @@ fn forged_udp_teaches_nothing(lab: &str, forged: impl Fn(&Pending, &str) -> (u16
     let s0 = t.agent.status();
     let (port, id, msg) = forged(&p, &named(300));
     t.forge(port, id, &msg);
-    assert_eq!(t.connect(&named(300)), "EPERM", "the forged answer taught its address");
+    assert_eq!(
+        t.connect(&named(300)),
+        "EPERM",
+        "the forged answer taught its address"
+    );
     let s1 = t.agent.status();
     let [u0, l0] = forgery_counters(&s0);
     assert_eq!(
@@ -1460,13 +1464,21 @@ fn forged_udp_teaches_nothing(lab: &str, forged: impl Fn(&Pending, &str) -> (u16
 
     // The real answer: its question was not consumed by the forgery.
     t.forge(p.port, p.id, &Wire::answer(PENDING, 300, &[&named(301)]));
-    assert_eq!(t.connect(&named(301)), "ok", "the real answer teaches its address");
+    assert_eq!(
+        t.connect(&named(301)),
+        "ok",
+        "the real answer teaches its address"
+    );
     let s2 = t.agent.status();
     assert_eq!(forgery_counters(&s2), [u0 + 1, l0 + 1], "{:#}", names(&s2));
     assert_learned(&s2, &named(301), WILDCARD, 360_000);
     // Once: the same answer again (a replay) finds no question.
     t.forge(p.port, p.id, &Wire::answer(PENDING, 300, &[&named(302)]));
-    assert_eq!(t.connect(&named(302)), "EPERM", "a second answer to one question");
+    assert_eq!(
+        t.connect(&named(302)),
+        "EPERM",
+        "a second answer to one question"
+    );
     let s3 = t.agent.status();
     assert_eq!(forgery_counters(&s3), [u0 + 2, l0 + 1], "{:#}", names(&s3));
 }
@@ -1515,7 +1527,11 @@ fn tcp_message_in_the_middle_of_an_answer_teaches_nothing() {
     let split = outer.at() + 300;
     let outer = outer.bytes(&rdata);
     let replies = [
-        ("mid.lab.test".to_owned(), outer.clone(), Delivery::Split(split)),
+        (
+            "mid.lab.test".to_owned(),
+            outer.clone(),
+            Delivery::Split(split),
+        ),
         (
             "good.lab.test".to_owned(),
             Wire::answer("good.lab.test", 300, &[&named(311)]),
@@ -1534,13 +1550,21 @@ fn tcp_message_in_the_middle_of_an_answer_teaches_nothing() {
         serde_json::json!({"bytes": outer.0.len(), "id_ok": true}),
         "the client reads the whole TXT answer"
     );
-    assert_eq!(t.connect(&named(310)), "EPERM", "the hidden message taught its address");
+    assert_eq!(
+        t.connect(&named(310)),
+        "EPERM",
+        "the hidden message taught its address"
+    );
     let s1 = t.agent.status();
     let [u0, l0] = forgery_counters(&s0);
     assert_eq!(forgery_counters(&s1), [u0 + 1, l0], "{:#}", names(&s1));
     assert!(peer_denies(&s1) > peer_denies(&s0), "{s1:#}");
     let (addr, verdict) = t.resolve_one_at(&t.fake, "good.lab.test", Query::Tcp);
-    assert_eq!((addr, verdict.as_str()), (named(311), "ok"), "a good TCP answer");
+    assert_eq!(
+        (addr, verdict.as_str()),
+        (named(311), "ok"),
+        "a good TCP answer"
+    );
     let s2 = t.agent.status();
     assert_eq!(forgery_counters(&s2), [u0 + 1, l0 + 1], "{:#}", names(&s2));
 }
@@ -1574,8 +1598,15 @@ fn tcp_out_of_order_and_retransmitted_segments_teach_nothing() {
             net_py(),
             t.fake
         ));
-        assert_eq!(got["id_ok"], true, "{name}: the client reads the answer: {got}");
-        assert_eq!(t.connect(&named(real)), "ok", "{name}: the real answer teaches");
+        assert_eq!(
+            got["id_ok"], true,
+            "{name}: the client reads the answer: {got}"
+        );
+        assert_eq!(
+            t.connect(&named(real)),
+            "ok",
+            "{name}: the real answer teaches"
+        );
         assert_eq!(
             t.connect(&named(forged)),
             "EPERM",

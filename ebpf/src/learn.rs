@@ -22,11 +22,14 @@
 //! with those patterns, valid for min(TTL, `MAX_TTL`) + `dns_grace` seconds. A name no
 //! group lists teaches nothing.
 //!
-//! **Verifiable on 5.10.** No `bpf_loop` (5.17+) and no callbacks: each loop is a
-//! bounded `while` whose body calls a global function (`pc_dns_*`, BTF linkage global)
-//! that takes only scalars or the context and finds its state in the per-CPU scratch.
-//! The verifier checks a global function once, on its own, and each round of the loop
-//! costs it a few instructions.
+//! **Verifiable on 5.10.** Each step of the parse (and each pattern and address below,
+//! the recording of a question and the match of an answer) is a global BPF function
+//! (`pc_dns_*`), which the verifier checks once, on its own, whatever calls it: a
+//! bounded loop of them costs it a few instructions a round, not the step's paths
+//! times the rounds. Global functions, not `bpf_loop` callbacks: Linux 5.10 has no
+//! `bpf_loop` (5.17+), and 6.1's verifier went over its 1M-instruction limit on the
+//! callbacks. A global function may take only scalars (and the context) before 5.12,
+//! so each finds its state in a per-CPU scratch.
 //!
 //! Counters (`stats::dns`): answers that taught an address, addresses stored, untrusted
 //! packets, unlisted and malformed answers, patterns pushed out of an address's slots
@@ -270,13 +273,7 @@ fn parse(msg_len: u32) {
         return;
     };
     s.parser.reset(msg_len as usize);
-    let mut i = 0;
-    while i < MAX_STEPS {
-        if pc_dns_step() == 0 {
-            break;
-        }
-        i += 1;
-    }
+    rounds(MAX_STEPS, pc_dns_step);
     learn();
 }
 
@@ -322,7 +319,31 @@ fn message(
     Some((start, msg_len))
 }
 
-/// The per-CPU scratch. Every global function looks it up again: they take no pointers.
+/// Calls `f(0)`, `f(1)`, ... until it returns non-zero, at most `max` times. The bound is
+/// what the verifier needs (Linux 5.3+); each call is one global function's.
+#[inline(always)]
+fn rounds(max: u32, f: extern "C" fn(u32) -> i64) {
+    let mut i = 0;
+    while i < max {
+        if f(i) != 0 {
+            break;
+        }
+        i += 1;
+    }
+}
+
+/// Marks a global function's argument as used. An argument the function ignores is
+/// dropped by LLVM's dead-argument elimination, and its callers then pass whatever the
+/// register holds (a map value pointer, found here): the verifier refuses a global
+/// function's call with a pointer where the function's type says scalar ("R1 is not a
+/// scalar").
+#[inline(always)]
+fn used(arg: u32) {
+    core::hint::black_box(arg);
+}
+
+/// The per-CPU scratch. Every global function looks it up again: a global function
+/// gets no pointer to its caller's state (see the module docs).
 #[inline(always)]
 fn scratch() -> Option<&'static mut DnsScratch> {
     // SAFETY: the per-CPU scratch, used by one program run at a time on this CPU.
@@ -362,43 +383,46 @@ pub extern "C" fn pc_dns_match() -> i32 {
     (PC_DNS_QUESTION.remove(&s.question).is_ok()) as i32
 }
 
-/// One parser step: 1 goes on, 0 stops.
+/// One parser step: 0 goes on, 1 stops. A global BPF function (see the module docs).
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn pc_dns_step() -> i32 {
+pub extern "C" fn pc_dns_step(round: u32) -> i64 {
+    used(round);
     match scratch() {
-        Some(s) => s.parser.step(&s.buf) as i32,
-        None => 0,
+        Some(s) => !s.parser.step(&s.buf) as i64,
+        None => 1,
     }
 }
 
-/// One pattern of the question (`names::PatternWalk`): 1 goes on, 0 stops.
+/// One pattern of the question (`names::PatternWalk`): 0 goes on, 1 stops. A global BPF
+/// function.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn pc_dns_pattern() -> i32 {
-    let Some(s) = scratch() else { return 0 };
+pub extern "C" fn pc_dns_pattern(round: u32) -> i64 {
+    used(round);
+    let Some(s) = scratch() else { return 1 };
     match s.walk.next(&s.parser.question, s.generation) {
         Some(key) => {
             s.listed |= names::record_pattern(&KernelTables, &key, 0, &mut s.patterns);
-            1
+            0
         }
-        None => 0,
+        None => 1,
     }
 }
 
-/// Stores address `index` of the answer with the question's patterns: 1 goes on, 0
-/// stops.
+/// Stores address `index` of the answer with the question's patterns: 0 goes on, 1
+/// stops. A global BPF function.
 #[expect(
     clippy::needless_borrows_for_generic_args,
     reason = "key and value are passed as pointers into the scratch: no copy on the stack"
 )]
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn pc_dns_address(index: u32) -> i32 {
-    let Some(s) = scratch() else { return 0 };
+pub extern "C" fn pc_dns_address(index: u32) -> i64 {
+    let Some(s) = scratch() else { return 1 };
     let i = index as usize;
     if i >= MAX_ADDRS || i >= s.parser.addr_count as usize {
-        return 0;
+        return 1;
     }
     let a = s.parser.addrs[i & (MAX_ADDRS - 1)];
     let ttl = if a.ttl > MAX_TTL { MAX_TTL } else { a.ttl };
@@ -410,7 +434,7 @@ pub extern "C" fn pc_dns_address(index: u32) -> i32 {
         None => {
             if at_limit(s) {
                 s.over_limit += 1;
-                return 1;
+                return 0;
             }
             s.entry = Learned::default();
             s.inserted += 1;
@@ -420,7 +444,7 @@ pub extern "C" fn pc_dns_address(index: u32) -> i32 {
     if PC_LEARNED.insert(&s.key, &s.entry, 0).is_ok() {
         s.stored += 1;
     }
-    1
+    0
 }
 
 /// Whether a pattern of the answer holds `LEARNED_PER_NAME` addresses already; if none
@@ -485,13 +509,7 @@ fn learn() {
     s.listed = false;
     s.generation = cfg.generation;
     s.patterns = Learned::default();
-    let mut i = 0;
-    while i < MAX_LABELS as u32 {
-        if pc_dns_pattern() == 0 {
-            break;
-        }
-        i += 1;
-    }
+    rounds(MAX_LABELS as u32, pc_dns_pattern);
     if !s.listed {
         return count(dns::UNLISTED, 1);
     }
@@ -502,13 +520,7 @@ fn learn() {
     s.inserted = 0;
     s.evicted = 0;
     s.over_limit = 0;
-    let mut i = 0;
-    while i < MAX_ADDRS as u32 {
-        if pc_dns_address(i) == 0 {
-            break;
-        }
-        i += 1;
-    }
+    rounds(MAX_ADDRS as u32, pc_dns_address);
     if s.stored > 0 {
         count(dns::ANSWERS_LEARNED, 1);
         count(dns::ADDRESSES_LEARNED, s.stored);

@@ -131,16 +131,18 @@ impl Lab {
     /// its bytes, the ID set to the query's, over TCP delivered as its [`Delivery`]
     /// says; ready when this returns. Stopped with the lab.
     pub fn fake_resolver(&mut self, listen: &str, replies: &[(String, Wire, Delivery)]) {
-        let text = replies.iter().fold(String::new(), |mut text, (name, w, how)| {
-            let how = match how {
-                Delivery::Whole => String::new(),
-                Delivery::Split(at) => format!(" split:{at}"),
-                Delivery::Ahead(m) => format!(" ahead {}", m.hex()),
-                Delivery::Again(m) => format!(" again {}", m.hex()),
-            };
-            let _ = writeln!(text, "{name} {}{how}", w.hex());
-            text
-        });
+        let text = replies
+            .iter()
+            .fold(String::new(), |mut text, (name, w, how)| {
+                let how = match how {
+                    Delivery::Whole => String::new(),
+                    Delivery::Split(at) => format!(" split:{at}"),
+                    Delivery::Ahead(m) => format!(" ahead {}", m.hex()),
+                    Delivery::Again(m) => format!(" again {}", m.hex()),
+                };
+                let _ = writeln!(text, "{name} {}{how}", w.hex());
+                text
+            });
         let file = self.write(&format!("replies-{listen}"), &text);
         self.spawn_b(&format!(
             "exec {} fake-resolver {listen} {}",

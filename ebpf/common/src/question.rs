@@ -3,7 +3,7 @@
 //! userspace (unit tests, the `question` fuzz target).
 //!
 //! On egress, a standard query (QR = 0, opcode 0, one question, class IN, a name
-//! without compression pointers of at most [`MAX_LABELS`] labels) sent to a trusted
+//! without compression pointers, at most 255 bytes) sent to a trusted
 //! resolver is recorded in `QUESTIONS` under a [`QuestionKey`]: both ends (addresses
 //! and ports), the protocol and the transaction id. The value ([`Question`]) keeps the
 //! question (name in wire form, ASCII-lowercased, and type), when it was asked and, for
@@ -20,10 +20,7 @@
 //! So an off-path forger must guess the client's port and the 16-bit id of a question
 //! in flight, and answer exactly that question, before the real answer consumes it.
 
-use crate::{
-    dns::DNS_BUF,
-    names::{MAX_LABELS, lower},
-};
+use crate::{dns::DNS_BUF, names::lower};
 
 /// Bytes of a query the egress program reads: the header and the longest question fit.
 pub const QUERY_BUF: usize = 512;
@@ -69,7 +66,8 @@ pub struct Question {
     pub qtype: u16,
     /// Bytes of [`Question::name`] in use (the root label included).
     pub name_len: u16,
-    /// The question's name in wire form, ASCII-lowercased; unspecified past `name_len`.
+    /// The question's name in wire form, ASCII-lowercased (and what followed it in the
+    /// query, past `name_len`: never compared).
     pub name: [u8; NAME_BUF],
 }
 
@@ -100,25 +98,28 @@ fn be16_at<const N: usize>(buf: &[u8; N], len: usize, i: usize) -> Option<u16> {
 }
 
 /// The length in wire form (root label included) of the name at [`HEADER_LEN`] of a
-/// message of `len` bytes: None for a pointer, a bad label type, more than
-/// [`MAX_LABELS`] labels or more than 255 bytes, or a name cut by the end.
+/// message of `len` bytes: None for a compression pointer, more than 255 bytes, or a
+/// name cut by the end. Label lengths are taken as they are (up to 191): what a label
+/// may be is the parser's to judge (a 64-byte label or 33 labels make the answer
+/// malformed there), this only says which bytes the question is.
 #[inline(always)]
 fn name_len<const N: usize>(buf: &[u8; N], len: usize) -> Option<usize> {
     let mut pos = 0usize;
-    let mut labels = 0usize;
-    while labels <= MAX_LABELS {
+    // Each label takes 2 bytes at least: NAME_BUF / 2 rounds reach the limit.
+    let mut round = 0usize;
+    while round < NAME_BUF / 2 {
         let b = at(buf, len, HEADER_LEN + pos)? as usize;
         if b == 0 {
             return Some(pos + 1);
         }
-        if b > 63 {
+        if b >= 0xc0 {
             return None;
         }
         pos += 1 + b;
         if pos >= NAME_BUF {
             return None;
         }
-        labels += 1;
+        round += 1;
     }
     None
 }
@@ -134,21 +135,21 @@ pub fn read_query(buf: &[u8; QUERY_BUF], len: usize, q: &mut Question) -> Option
     if flags & 0x8000 != 0 || (flags >> 11) & 0xf != 0 || qd != 1 {
         return None;
     }
+    // The name's bytes first, all NAME_BUF of them whatever the name's length: one
+    // path for the verifier (a copy after the walk below would be checked once per
+    // state the walk ends in).
+    let mut i = 0usize;
+    while i < NAME_BUF {
+        q.name[i] = lower(buf[(HEADER_LEN + i) & (QUERY_BUF - 1)]);
+        i += 1;
+    }
     let n = name_len(buf, len)?;
     let qtype = be16_at(buf, len, HEADER_LEN + n)?;
     if be16_at(buf, len, HEADER_LEN + n + 2)? != CLASS_IN {
         return None;
     }
-    // The name and type first: after the copy below nothing depends on `n`, so the
-    // verifier's states of each loop exit are one (a loop over all NAME_BUF bytes that
-    // branches on `i < n` costs it quadratically many).
     q.name_len = n as u16;
     q.qtype = qtype;
-    let mut i = 0usize;
-    while i < n && i < NAME_BUF {
-        q.name[i] = lower(buf[(HEADER_LEN + i) & (QUERY_BUF - 1)]);
-        i += 1;
-    }
     Some(id)
 }
 
@@ -162,7 +163,7 @@ impl Question {
             return false;
         }
         let n = self.name_len as usize;
-        if n == 0 || n > NAME_BUF || name_len(buf, len) != Some(n) {
+        if n == 0 || n > NAME_BUF {
             return false;
         }
         if be16_at(buf, len, HEADER_LEN + n) != Some(self.qtype)
@@ -170,6 +171,10 @@ impl Question {
         {
             return false;
         }
+        // Byte for byte (letter case aside) the recorded name, which is labels without
+        // pointers ending in the root label: equal bytes are the same labels, ending at
+        // the same place. (No walk of the answer's name: its exits would each be checked
+        // through this loop by the verifier.)
         let mut i = 0usize;
         while i < n && i < NAME_BUF {
             if lower(buf[(HEADER_LEN + i) & (DNS_BUF - 1)]) != self.name[i] {
@@ -208,10 +213,13 @@ pub fn answers(id: u16, q: &Question, answer: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
+    use std::{vec, vec::Vec};
+
     use super::*;
 
-    fn msg(id: u16, flags: u16, qd: u16, name: &str, qtype: u16, class: u16) -> [u8; 64] {
-        let mut m = [0u8; 64];
+    fn msg(id: u16, flags: u16, qd: u16, name: &str, qtype: u16, class: u16) -> Vec<u8> {
+        let mut m = vec![0u8; 12 + name.len() + 2 + 4];
         m[..2].copy_from_slice(&id.to_be_bytes());
         m[2..4].copy_from_slice(&flags.to_be_bytes());
         m[4..6].copy_from_slice(&qd.to_be_bytes());
@@ -224,6 +232,7 @@ mod tests {
         at += 1;
         m[at..at + 2].copy_from_slice(&qtype.to_be_bytes());
         m[at + 2..at + 4].copy_from_slice(&class.to_be_bytes());
+        m.truncate(at + 4);
         m
     }
 
@@ -233,7 +242,7 @@ mod tests {
         assert_eq!((id, q.qtype, q.name_len), (7, 1, 15));
         assert!(answers(7, &q, &msg(7, 0x8180, 1, "repo.lab.TEST", 1, 1)));
         assert!(
-            !answers(8, &q, &msg(8, 0x8180, 1, "repo.lab.test", 1, 1)),
+            !answers(7, &q, &msg(8, 0x8180, 1, "repo.lab.test", 1, 1)),
             "another id"
         );
         assert!(
@@ -283,6 +292,8 @@ mod tests {
         let mut p = msg(1, 0x0100, 1, "a.test", 1, 1);
         p[12] = 0xc0;
         assert!(query(&p).is_none(), "a pointer");
+        let long = ["a"; 128].join(".");
+        assert!(query(&msg(1, 0x0100, 1, &long[..199], 1, 1)).is_some(), "100 labels");
         assert!(
             query(&msg(1, 0x0100, 1, "a.test", 1, 1)[..15]).is_none(),
             "cut"
