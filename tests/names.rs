@@ -415,8 +415,8 @@ fn first_connection() {
 
 /// One pattern holds at most `LEARNED_PER_NAME` addresses at a time: the wildcard's
 /// answers beyond it are not learned (EPERM, counted `over_limit`), while another
-/// pattern of the same group still learns, and the wildcard's first addresses keep
-/// working.
+/// pattern of the same group keeps the address it learned before the flood and still
+/// learns, and the wildcard's first addresses keep working.
 #[test]
 fn a_name_holds_at_most_its_limit_of_addresses() {
     let limit = portcullis_common::names::LEARNED_PER_NAME;
@@ -438,6 +438,13 @@ fn a_name_holds_at_most_its_limit_of_addresses() {
             members: &[WILDCARD, "solo.other.test"],
             ..Setup::default()
         },
+    );
+    // Another name learned before the flood: the flood must not push it out.
+    t.expect_verdict(
+        "solo.other.test",
+        &named(n),
+        "ok",
+        "an exact name learned before the wildcard's flood",
     );
     let list: Vec<&str> = hosts[..n as usize]
         .iter()
@@ -470,7 +477,10 @@ fn a_name_holds_at_most_its_limit_of_addresses() {
         "over the limit: not listed"
     );
     assert_learned(&s, &named(0), WILDCARD, (300 + 60) * 1000);
-    // Another pattern of the group is not held back by the full one.
+    // The name learned before the flood kept its address, and its own answers still
+    // teach next to the full wildcard.
+    assert_learned(&s, &named(n), "solo.other.test", (300 + 60) * 1000);
+    assert_eq!(t.connect(&named(n)), "ok", "solo.other.test after the flood");
     t.expect_verdict(
         "solo.other.test",
         &named(n),
