@@ -480,7 +480,11 @@ fn a_name_holds_at_most_its_limit_of_addresses() {
     // The name learned before the flood kept its address, and its own answers still
     // teach next to the full wildcard.
     assert_learned(&s, &named(n), "solo.other.test", (300 + 60) * 1000);
-    assert_eq!(t.connect(&named(n)), "ok", "solo.other.test after the flood");
+    assert_eq!(
+        t.connect(&named(n)),
+        "ok",
+        "solo.other.test after the flood"
+    );
     t.expect_verdict(
         "solo.other.test",
         &named(n),

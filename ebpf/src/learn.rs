@@ -28,8 +28,10 @@
 //! bounded loop of them costs it a few instructions a round, not the step's paths
 //! times the rounds. Global functions, not `bpf_loop` callbacks: Linux 5.10 has no
 //! `bpf_loop` (5.17+), and 6.1's verifier went over its 1M-instruction limit on the
-//! callbacks. A global function may take only scalars (and the context) before 5.12,
-//! so each finds its state in a per-CPU scratch.
+//! callbacks. Before 5.12 a global function may take only scalars (and the context),
+//! so each finds its state in a per-CPU scratch; and it declares no argument it does
+//! not read (LLVM leaves such a register unset, and the verifier refuses a non-scalar
+//! there).
 //!
 //! Counters (`stats::dns`): answers that taught an address, addresses stored, untrusted
 //! packets, unlisted and malformed answers, patterns pushed out of an address's slots
@@ -273,7 +275,7 @@ fn parse(msg_len: u32) {
         return;
     };
     s.parser.reset(msg_len as usize);
-    rounds(MAX_STEPS, pc_dns_step);
+    rounds(MAX_STEPS, |_| pc_dns_step());
     learn();
 }
 
@@ -322,7 +324,7 @@ fn message(
 /// Calls `f(0)`, `f(1)`, ... until it returns non-zero, at most `max` times. The bound is
 /// what the verifier needs (Linux 5.3+); each call is one global function's.
 #[inline(always)]
-fn rounds(max: u32, f: extern "C" fn(u32) -> i64) {
+fn rounds(max: u32, mut f: impl FnMut(u32) -> i64) {
     let mut i = 0;
     while i < max {
         if f(i) != 0 {
@@ -330,16 +332,6 @@ fn rounds(max: u32, f: extern "C" fn(u32) -> i64) {
         }
         i += 1;
     }
-}
-
-/// Marks a global function's argument as used. An argument the function ignores is
-/// dropped by LLVM's dead-argument elimination, and its callers then pass whatever the
-/// register holds (a map value pointer, found here): the verifier refuses a global
-/// function's call with a pointer where the function's type says scalar ("R1 is not a
-/// scalar").
-#[inline(always)]
-fn used(arg: u32) {
-    core::hint::black_box(arg);
 }
 
 /// The per-CPU scratch. Every global function looks it up again: a global function
@@ -386,8 +378,7 @@ pub extern "C" fn pc_dns_match() -> i32 {
 /// One parser step: 0 goes on, 1 stops. A global BPF function (see the module docs).
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn pc_dns_step(round: u32) -> i64 {
-    used(round);
+pub extern "C" fn pc_dns_step() -> i64 {
     match scratch() {
         Some(s) => !s.parser.step(&s.buf) as i64,
         None => 1,
@@ -398,8 +389,7 @@ pub extern "C" fn pc_dns_step(round: u32) -> i64 {
 /// function.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn pc_dns_pattern(round: u32) -> i64 {
-    used(round);
+pub extern "C" fn pc_dns_pattern() -> i64 {
     let Some(s) = scratch() else { return 1 };
     match s.walk.next(&s.parser.question, s.generation) {
         Some(key) => {
@@ -509,7 +499,7 @@ fn learn() {
     s.listed = false;
     s.generation = cfg.generation;
     s.patterns = Learned::default();
-    rounds(MAX_LABELS as u32, pc_dns_pattern);
+    rounds(MAX_LABELS as u32, |_| pc_dns_pattern());
     if !s.listed {
         return count(dns::UNLISTED, 1);
     }
@@ -520,7 +510,7 @@ fn learn() {
     s.inserted = 0;
     s.evicted = 0;
     s.over_limit = 0;
-    rounds(MAX_ADDRS as u32, pc_dns_address);
+    rounds(MAX_ADDRS as u32, |i| pc_dns_address(i));
     if s.stored > 0 {
         count(dns::ANSWERS_LEARNED, 1);
         count(dns::ADDRESSES_LEARNED, s.stored);

@@ -293,7 +293,10 @@ mod tests {
         p[12] = 0xc0;
         assert!(query(&p).is_none(), "a pointer");
         let long = ["a"; 128].join(".");
-        assert!(query(&msg(1, 0x0100, 1, &long[..199], 1, 1)).is_some(), "100 labels");
+        assert!(
+            query(&msg(1, 0x0100, 1, &long[..199], 1, 1)).is_some(),
+            "100 labels"
+        );
         assert!(
             query(&msg(1, 0x0100, 1, "a.test", 1, 1)[..15]).is_none(),
             "cut"
