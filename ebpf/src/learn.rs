@@ -46,7 +46,7 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use portcullis_common::{
-    dns::{DNS_BUF, MAX_ADDRS, MAX_STEPS, Status},
+    dns::{DNS_BUF, MAX_ADDRS, MAX_STEPS, Next, Status},
     names::{
         self, LEARNED_NAMES, LEARNED_PER_NAME, Learned, MAX_LABELS, MAX_TTL, NameKey, PatternWalk,
     },
@@ -375,12 +375,45 @@ pub extern "C" fn pc_dns_match() -> i32 {
     (PC_DNS_QUESTION.remove(&s.question).is_ok()) as i32
 }
 
-/// One parser step: 0 goes on, 1 stops. A global BPF function (see the module docs).
+/// One parser step: 0 goes on, 1 stops. A global BPF function (see the module docs),
+/// which hands the step to one of three more, by what it does (`dns::Next`).
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn pc_dns_step() -> i64 {
+    match scratch().map(|s| s.parser.next()) {
+        Some(Next::Name) => pc_dns_name(),
+        Some(Next::Hash) => pc_dns_hash(),
+        Some(Next::Other) => pc_dns_other(),
+        None => 1,
+    }
+}
+
+/// `Parser::step_hash` as a global BPF function: 0 goes on, 1 stops.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn pc_dns_hash() -> i64 {
     match scratch() {
-        Some(s) => !s.parser.step(&s.buf) as i64,
+        Some(s) => (!s.parser.step_hash()) as i64,
+        None => 1,
+    }
+}
+
+/// `Parser::step_name` as a global BPF function: 0 goes on, 1 stops.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn pc_dns_name() -> i64 {
+    match scratch() {
+        Some(s) => (!s.parser.step_name(&s.buf)) as i64,
+        None => 1,
+    }
+}
+
+/// `Parser::step_other` as a global BPF function: 0 goes on, 1 stops.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn pc_dns_other() -> i64 {
+    match scratch() {
+        Some(s) => (!s.parser.step_other(&s.buf)) as i64,
         None => 1,
     }
 }
