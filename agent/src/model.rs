@@ -257,6 +257,39 @@ impl<'de> Deserialize<'de> for ScopeTarget {
     }
 }
 
+/// What a protected unit's start does when the programs are not pinned (the agent has
+/// not run since boot, or could not load them): the site's `unpinned_start`, written
+/// into each unit's drop-in (`crate::systemd`).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum UnpinnedStart {
+    /// The start fails: mail waits for the firewall (the default).
+    #[default]
+    Refuse,
+    /// The unit starts unprotected, with an error in its journal and in `status`.
+    Unprotected,
+}
+
+impl UnpinnedStart {
+    /// The name the config and the drop-in use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnpinnedStart::Refuse => "refuse",
+            UnpinnedStart::Unprotected => "unprotected",
+        }
+    }
+}
+
 /// Any IP protocol number, named where the datapath knows it (tcp, udp, icmp, icmpv6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct IpProtocol(pub u8);

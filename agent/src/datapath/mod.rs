@@ -10,6 +10,7 @@
 //! points of a reload ([`fault`]).
 
 pub mod attach;
+pub mod cgroup_query;
 pub mod counters;
 pub mod events;
 pub mod evidence;

@@ -59,7 +59,9 @@ pub fn gather(paths: &PathArgs) -> anyhow::Result<String> {
     let state = State::read(&paths.state_file())?;
     let snap = counters::read(paths)?;
     let learning = status::learned(paths);
-    let status = status::build(state, &snap, &pinned_links(paths), learning.as_ref());
+    let units = crate::systemd::protection::units(paths, &state.scopes);
+    let mut status = status::build(state, &snap, &pinned_links(paths), learning.as_ref());
+    status.units = units;
     Ok(Scrape {
         status,
         denied_ports: snap.denied.len(),
@@ -176,6 +178,17 @@ impl Collector for Scrape {
             "portcullis_attached_links",
             "Pinned program links (4 per cgroup scope, plus XDP).",
             ConstGauge::new(s.attached_links),
+        )?;
+        family(
+            enc,
+            "portcullis_unit_protected",
+            "1 when a unit in scope is protected: our programs attached to its live cgroup (asked of the kernel) and its effective ExecCondition= runs our attach; 0 when not.",
+            s.units.iter().map(|u| {
+                (
+                    [("unit", u.unit.clone()), ("scope", u.scope.clone())],
+                    ConstGauge::new(u64::from(u.protected)),
+                )
+            }),
         )?;
 
         let rules: Vec<_> = s
