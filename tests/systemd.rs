@@ -9,6 +9,15 @@
 //! connect() to a denied and one to an allowed port, restarted 100 times with the agent
 //! running, 20 times with it stopped and 20 times with it killed; a simulated boot (no
 //! pins, the unit started first); a unit entering the scope while it runs and leaving it.
+//!
+//! What a unit scope names, with Debian's real Postfix (postfix.service is a oneshot
+//! wrapper, the daemon runs in postfix@-.service): the wrapper, a typo and a socket-
+//! activated unit refused by `check` and `run` with the fix; postfix@-.service held over
+//! restarts (a relay to a denied port refused, to an allowed one reached); a template with
+//! two instances; the unit's own ExecStartPre= running attached, an override that resets
+//! ExecCondition= reported (`status --json` units[].protected from the kernel) and
+//! repaired; the agent disabled across a simulated reboot under both `unpinned_start`
+//! settings, and `portcullis detach` as the way out.
 
 use std::time::Duration;
 
@@ -935,5 +944,41 @@ fn with_the_agent_disabled_a_unit_is_refused_by_default_or_starts_unprotected_an
                 "started, journal error; agent attached it".into(),
             ),
         ],
+    );
+}
+
+#[test]
+fn a_socket_activated_unit_is_refused_with_the_reason_and_the_alternative() {
+    let c = installed("socket");
+    c.write(
+        "/etc/systemd/system/sockdemo.socket",
+        "[Socket]\nListenStream=127.0.0.1:7777\n",
+    );
+    c.write(
+        "/etc/systemd/system/sockdemo.service",
+        "[Service]\nExecStart=/usr/bin/python3 -c 'import socket,time; s=socket.socket(fileno=3); time.sleep(3600)'\n",
+    );
+    c.must("systemctl daemon-reload && systemctl start sockdemo.socket");
+    enforce_config(&c, "sockdemo.service");
+    let check = c.run(CHECK);
+    let err = portcullis_tests::stderr(&check);
+    assert_eq!(check.status.code(), Some(3), "check accepted it: {err}");
+    assert!(
+        err.contains("started by socket activation (sockdemo.socket)")
+            && err.contains("PID 1's cgroup")
+            && err.contains("systemctl disable --now sockdemo.socket"),
+        "{err}"
+    );
+    assert!(
+        !c.run("systemctl reload portcullis.service")
+            .status
+            .success()
+    );
+    // Without its socket unit it is a plain service: accepted.
+    c.must("systemctl stop sockdemo.socket && rm /etc/systemd/system/sockdemo.socket && systemctl daemon-reload");
+    c.must(CHECK);
+    figures(
+        "systemd_socket_activation",
+        &[("socket_activated_scope", "refused, exit 3".into())],
     );
 }

@@ -37,9 +37,10 @@ pub struct Overrides {
     /// audit (count what would be dropped) or enforce (drop). Overrides the config.
     #[arg(long, value_enum)]
     pub mode: Option<Mode>,
-    /// Where to enforce: "host" (every process), a systemd service (xeams.service:
-    /// enforced on every start, before its first process runs), or a cgroup path under
-    /// the cgroup v2 mount (system.slice/xeams.service). Repeatable. Overrides the config.
+    /// Where to enforce: "host" (every process), a systemd service (postfix@-.service:
+    /// enforced on every start, before its first command runs; a template such as
+    /// postfix@.service covers every instance), or a cgroup path under the cgroup v2
+    /// mount (system.slice/xeams.service). Repeatable. Overrides the config.
     #[arg(long = "scope", value_name = "host|UNIT|CGROUP", value_parser = ScopeTarget::parse_arg)]
     pub scopes: Vec<ScopeTarget>,
     /// Attach the XDP filter to this interface too (native mode where the driver

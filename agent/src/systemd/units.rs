@@ -11,6 +11,11 @@
 //!   nearest loaded or installed service;
 //! - a template (`postfix@.service`) stands for every instance: its drop-in applies to
 //!   each start of each instance, and [`instances`] lists the running ones to attach now;
+//! - a unit started by socket activation is refused: PID 1 creates the listening socket,
+//!   so the connections it accepts belong to PID 1's cgroup and the unit's ingress
+//!   program never judges them (measured on the systemd host: an inbound connection to
+//!   a port no rule opens got through, where the same server without the .socket was
+//!   refused);
 //! - a cgroup path that does not exist is accepted (it is attached when it appears) with
 //!   a warning that names the nearest unit.
 
@@ -23,8 +28,7 @@ use crate::{config::PolicyError, model::ScopeTarget};
 const NO_OP: [&str; 2] = ["/bin/true", "/usr/bin/true"];
 
 /// The properties [`show`] reads.
-const PROPERTIES: &str =
-    "Id,LoadState,ActiveState,Type,ExecStart,ConsistsOf,Wants,Requires,BindsTo,ControlGroup";
+const PROPERTIES: &str = "Id,LoadState,ActiveState,Type,ExecStart,ConsistsOf,Wants,Requires,BindsTo,ControlGroup,TriggeredBy";
 
 /// Whether `name` is a template (`postfix@.service`), not an instance or a plain unit.
 pub fn is_template(name: &str) -> bool {
@@ -256,6 +260,22 @@ fn check_unit(name: &str) -> Result<(), PolicyError> {
             )));
         }
         _ => return Err(unknown(name)),
+    }
+    let sockets: Vec<&str> = props
+        .get("TriggeredBy")
+        .map(String::as_str)
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter(|u| u.ends_with(".socket"))
+        .collect();
+    if !sockets.is_empty() {
+        let list = sockets.join(", ");
+        return Err(PolicyError::new(format!(
+            "scope \"{name}\" is started by socket activation ({list}): systemd (PID 1) owns the listening socket, so the connections it accepts belong to PID 1's cgroup and the unit's programs never judge them"
+        ))
+        .hint(format!(
+            "run it without socket activation (systemctl disable --now {list}; systemctl enable --now {name}) so that its own process listens, or enforce inbound with scope = [\"host\"]"
+        )));
     }
     if runs_nothing(&props) {
         let workers = workers(&props);
