@@ -42,17 +42,17 @@ pub struct Args {
 
 /// Runs the subcommand.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    if args.unpinned == UnpinnedStart::Unprotected {
-        if let Some(pin) = missing_program(&args.paths) {
-            // To the unit's journal: the one place an admin looks when a unit misbehaves.
-            eprintln!(
-                "error: {} STARTS UNPROTECTED: program {} is not pinned (portcullis has not run since boot, or could not load its programs); unpinned_start = \"unprotected\" lets it start. Start portcullis.service, then restart {}",
-                args.unit,
-                pin.display(),
-                args.unit
-            );
-            return Ok(ExitCode::SUCCESS);
-        }
+    if args.unpinned == UnpinnedStart::Unprotected
+        && let Some(pin) = missing_program(&args.paths)
+    {
+        // To the unit's journal: the one place an admin looks when a unit misbehaves.
+        eprintln!(
+            "error: {} STARTS UNPROTECTED: program {} is not pinned (portcullis has not run since boot, or could not load its programs); unpinned_start = \"unprotected\" lets it start. Start portcullis.service, then restart {}",
+            args.unit,
+            pin.display(),
+            args.unit
+        );
+        return Ok(ExitCode::SUCCESS);
     }
     match attach_unit_start(&args.paths, &args.unit) {
         Ok((cgroup, links)) => {

@@ -242,4 +242,21 @@ mod tests {
             "{text}"
         );
     }
+
+    #[test]
+    fn the_unprotected_setting_is_carried_by_the_drop_in() {
+        let text = super::drop_in_text(
+            "fakemail.service",
+            Path::new("/usr/bin/portcullis"),
+            Path::new("/sys/fs/bpf/portcullis"),
+            super::UnpinnedStart::Unprotected,
+        );
+        assert!(
+            text.contains(
+                "ExecCondition=+/usr/bin/portcullis attach --unit %n --pin-dir /sys/fs/bpf/portcullis --unpinned unprotected\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("starts unprotected"), "{text}");
+    }
 }
