@@ -158,9 +158,10 @@ pub enum ScopeTarget {
     /// A cgroup, relative to the cgroup2 mount (e.g. `system.slice/xeams.service`).
     /// Relative, without `..`.
     Cgroup(PathBuf),
-    /// A systemd service by name (`postfix.service`): every start of it is enforced
-    /// before its first process runs (a drop-in attaches the pinned programs to its new
-    /// cgroup), whether the agent runs or not.
+    /// A systemd service by name (`postfix@-.service`), or a template for every instance
+    /// (`postfix@.service`): every start of it is enforced before its first command runs
+    /// (a drop-in attaches the pinned programs to its new cgroup), whether the agent runs
+    /// or not.
     Unit(String),
 }
 
