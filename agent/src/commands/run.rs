@@ -12,7 +12,7 @@ else the built-in default: product xeams, audit mode, host scope, inbound SSH ke
 
 Examples:
   portcullis run --product xeams --mode audit
-  portcullis run --product iredmail --feature pop3 --mode enforce --scope postfix@-.service  (Debian; RHEL: postfix.service)
+  portcullis run --product iredmail --feature pop3 --mode enforce --scope system.slice/postfix.service
   portcullis run --config /etc/portcullis/portcullis.toml
   portcullis run --product xeams --mode enforce --xdp eth0"
 )]
