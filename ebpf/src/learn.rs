@@ -8,8 +8,15 @@
 //! counted `untrusted` and never parsed. The message (UDP: the payload; TCP: a segment
 //! that starts with the 2-byte length prefix and carries the whole message) is copied
 //! into the per-CPU scratch and parsed by `portcullis_common::dns::Parser`, one bounded
-//! step per `bpf_loop` round, at most `MAX_STEPS` rounds: the verifier checks one step,
-//! not the whole parse. Then the question's name is matched against the live
+//! step per round of a bounded loop, at most `MAX_STEPS` rounds. Each step (and each
+//! pattern and address below) is a global BPF function, which the verifier checks once,
+//! on its own, whatever calls it: the loop costs it a few instructions a round, not the
+//! step's paths times the rounds. Global functions, not `bpf_loop` callbacks: Linux 5.10
+//! has no `bpf_loop` (5.17+), and 6.1's verifier went over its 1M-instruction limit on
+//! the callbacks. Before 5.12 a global function may take only scalars, so each finds its
+//! state in the per-CPU scratch; and it declares no argument it does not read (LLVM
+//! leaves such a register unset, and the verifier refuses a non-scalar there). Then the
+//! question's name is matched against the live
 //! generation's `PC_NAMES` (every pattern it matches: the exact name and the wildcards
 //! above it) and each address is stored in `PC_LEARNED` with those patterns, valid for
 //! min(TTL, `MAX_TTL`) + `dns_grace` seconds. A name no group lists teaches nothing.
@@ -20,16 +27,14 @@
 //! new addresses refused because a pattern holds `LEARNED_PER_NAME` of them already
 //! (`PC_NAME_ADDRS` counts them per pattern; the agent recounts it at each sweep).
 
-use core::ffi::c_void;
-
 use aya_ebpf::{
     bindings::__sk_buff,
     btf_maps::lpm_trie::Key,
-    helpers::generated::{bpf_ktime_get_boot_ns, bpf_loop, bpf_skb_load_bytes},
+    helpers::generated::{bpf_ktime_get_boot_ns, bpf_skb_load_bytes},
     programs::SkBuffContext,
 };
 use portcullis_common::{
-    dns::{DNS_BUF, MAX_ADDRS, MAX_STEPS, Status},
+    dns::{DNS_BUF, MAX_ADDRS, MAX_STEPS, Next, Status},
     names::{
         self, LEARNED_NAMES, LEARNED_PER_NAME, Learned, MAX_LABELS, MAX_TTL, NameKey, PatternWalk,
     },
@@ -139,8 +144,7 @@ fn load_and_parse(skb: *mut __sk_buff, s: &mut DnsScratch, start: u32, n: u32, m
         return;
     }
     s.parser.reset(msg_len as usize);
-    // SAFETY: a helper call with a static callback and no context.
-    unsafe { bpf_loop(MAX_STEPS, step as *mut c_void, core::ptr::null_mut(), 0) };
+    rounds(MAX_STEPS, |_| pc_dns_step());
     learn();
 }
 
@@ -184,30 +188,75 @@ fn message(
     Some((start, msg_len))
 }
 
-/// The per-CPU scratch. Every callback looks it up again: `bpf_loop` passes a context
-/// pointer only to the caller's stack.
+/// Calls `f(0)`, `f(1)`, ... until it returns non-zero, at most `max` times. The bound is
+/// what the verifier needs (Linux 5.3+); each call is one global function's.
+#[inline(always)]
+fn rounds(max: u32, mut f: impl FnMut(u32) -> i64) {
+    let mut i = 0;
+    while i < max {
+        if f(i) != 0 {
+            break;
+        }
+        i += 1;
+    }
+}
+
+/// The per-CPU scratch. Every step looks it up again: a global function gets no pointer
+/// to its caller's state (see the module docs).
 #[inline(always)]
 fn scratch() -> Option<&'static mut DnsScratch> {
     // SAFETY: the per-CPU scratch, used by one program run at a time on this CPU.
     PC_DNS_SCRATCH.get_ptr_mut(0).map(|s| unsafe { &mut *s })
 }
 
-/// One parser step, as `bpf_loop`'s callback: 0 goes on, 1 stops.
-extern "C" fn step(_index: u32, _ctx: *mut c_void) -> i64 {
-    match scratch() {
-        Some(s) => {
-            if s.parser.step(&s.buf) {
-                0
-            } else {
-                1
-            }
-        }
+/// One parser step: 0 goes on, 1 stops. A global BPF function (see the module docs),
+/// which hands the step to one of three more, by what it does (`dns::Next`).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn pc_dns_step() -> i64 {
+    match scratch().map(|s| s.parser.next()) {
+        Some(Next::Name) => pc_dns_name(),
+        Some(Next::Hash) => pc_dns_hash(),
+        Some(Next::Other) => pc_dns_other(),
         None => 1,
     }
 }
 
-/// One pattern of the question (`names::PatternWalk`), as `bpf_loop`'s callback.
-extern "C" fn pattern(_index: u32, _ctx: *mut c_void) -> i64 {
+/// `Parser::step_hash` as a global BPF function: 0 goes on, 1 stops.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn pc_dns_hash() -> i64 {
+    match scratch() {
+        Some(s) => (!s.parser.step_hash()) as i64,
+        None => 1,
+    }
+}
+
+/// `Parser::step_name` as a global BPF function: 0 goes on, 1 stops.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn pc_dns_name() -> i64 {
+    match scratch() {
+        Some(s) => (!s.parser.step_name(&s.buf)) as i64,
+        None => 1,
+    }
+}
+
+/// `Parser::step_other` as a global BPF function: 0 goes on, 1 stops.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn pc_dns_other() -> i64 {
+    match scratch() {
+        Some(s) => (!s.parser.step_other(&s.buf)) as i64,
+        None => 1,
+    }
+}
+
+/// One pattern of the question (`names::PatternWalk`): 0 goes on, 1 stops. A global BPF
+/// function.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn pc_dns_pattern() -> i64 {
     let Some(s) = scratch() else { return 1 };
     match s.walk.next(&s.parser.question, s.generation) {
         Some(key) => {
@@ -218,13 +267,15 @@ extern "C" fn pattern(_index: u32, _ctx: *mut c_void) -> i64 {
     }
 }
 
-/// Stores address `index` of the answer with the question's patterns, as `bpf_loop`'s
-/// callback.
+/// Stores address `index` of the answer with the question's patterns: 0 goes on, 1
+/// stops. A global BPF function.
 #[expect(
     clippy::needless_borrows_for_generic_args,
     reason = "key and value are passed as pointers into the scratch: no copy on the stack"
 )]
-extern "C" fn address(index: u32, _ctx: *mut c_void) -> i64 {
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn pc_dns_address(index: u32) -> i64 {
     let Some(s) = scratch() else { return 1 };
     let i = index as usize;
     if i >= MAX_ADDRS || i >= s.parser.addr_count as usize {
@@ -315,15 +366,7 @@ fn learn() {
     s.listed = false;
     s.generation = cfg.generation;
     s.patterns = Learned::default();
-    // SAFETY: helper calls with static callbacks and no context.
-    unsafe {
-        bpf_loop(
-            MAX_LABELS as u32,
-            pattern as *mut c_void,
-            core::ptr::null_mut(),
-            0,
-        )
-    };
+    rounds(MAX_LABELS as u32, |_| pc_dns_pattern());
     if !s.listed {
         return count(dns::UNLISTED, 1);
     }
@@ -334,15 +377,7 @@ fn learn() {
     s.inserted = 0;
     s.evicted = 0;
     s.over_limit = 0;
-    // SAFETY: as above.
-    unsafe {
-        bpf_loop(
-            MAX_ADDRS as u32,
-            address as *mut c_void,
-            core::ptr::null_mut(),
-            0,
-        )
-    };
+    rounds(MAX_ADDRS as u32, |i| pc_dns_address(i));
     if s.stored > 0 {
         count(dns::ANSWERS_LEARNED, 1);
         count(dns::ADDRESSES_LEARNED, s.stored);

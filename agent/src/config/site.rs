@@ -79,9 +79,12 @@ pub struct Site {
     /// audit (default) | enforce.
     #[serde(default)]
     pub mode: Mode,
-    /// Keep inbound 22/tcp open (rule `failsafe-ssh`). Default true.
+    /// Keep inbound `failsafe_port`/tcp open (rule `failsafe-ssh`). Default true.
     #[serde(default = "yes")]
     pub failsafe: bool,
+    /// The TCP port the failsafe rule keeps open: the host's SSH port. Default 22.
+    #[serde(default = "ssh_port")]
+    pub failsafe_port: std::num::NonZeroU16,
     /// exempt (default) | enforce.
     #[serde(default)]
     pub loopback: LoopbackMode,
@@ -167,13 +170,17 @@ impl VendorPeers {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Metrics {
-    /// Socket address to serve metrics on, e.g. `"127.0.0.1:9464"`. Default: off.
+    /// Socket address to serve metrics on, e.g. `"127.0.0.1:9975"`. Default: off.
     #[serde(default, deserialize_with = "socket_addr")]
     pub listen: Option<SocketAddr>,
 }
 
 fn yes() -> bool {
     true
+}
+
+fn ssh_port() -> std::num::NonZeroU16 {
+    std::num::NonZeroU16::new(22).expect("22 is not zero")
 }
 
 fn host_scope() -> Vec<ScopeTarget> {
@@ -280,7 +287,7 @@ fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D:
     text.parse().map(Some).map_err(|_| {
         de_error(
             format!("listen address \"{text}\" is not a socket address"),
-            "write an address and port, e.g. \"127.0.0.1:9464\" or \"[::1]:9464\"",
+            "write an address and port, e.g. \"127.0.0.1:9975\" or \"[::1]:9975\"",
         )
     })
 }
@@ -293,6 +300,7 @@ impl Site {
         "features",
         "mode",
         "failsafe",
+        "failsafe_port",
         "loopback",
         "icmp_echo",
         "any_peer_groups",
@@ -432,7 +440,7 @@ mod tests {
     fn daemon_settings() {
         let site = parse(
             "product = \"xeams\"\nscope = [\"system.slice/xeams.service\"]\nxdp = [\"eth0\"]\n\
-             xdp_scope_only = true\nevents_per_sec = 5\ndns_grace = 0\npin_dir = \"/sys/fs/bpf/x\"\n[metrics]\nlisten = \"127.0.0.1:9464\"\n",
+             xdp_scope_only = true\nevents_per_sec = 5\ndns_grace = 0\npin_dir = \"/sys/fs/bpf/x\"\n[metrics]\nlisten = \"127.0.0.1:9975\"\n",
         )
         .unwrap();
         assert_eq!(
@@ -443,7 +451,7 @@ mod tests {
         assert!(site.xdp_scope_only);
         assert_eq!(site.events_per_sec, 5);
         assert_eq!(site.dns_grace, 0);
-        assert_eq!(site.metrics.listen, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(site.metrics.listen, Some("127.0.0.1:9975".parse().unwrap()));
     }
 
     #[test]

@@ -139,6 +139,9 @@ impl Datapath {
         // load. aya has no constructor without it (see BENCHMARKS.md, "Issue 14").
         let mut loader = EbpfLoader::new();
         loader.btf(None);
+        // The kernel's features, as constants the verifier prunes by (`kernel`).
+        let features = kernel_features();
+        loader.override_global(portcullis_common::kernel::GLOBAL, &features, true);
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
         }
@@ -374,7 +377,17 @@ fn load_programs(ebpf: &mut Ebpf, names: &[&str]) -> anyhow::Result<()> {
                     .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
             })
             .collect();
-        results.into_iter().collect()
+        // Every refusal, not only the first: on an older kernel more than one program
+        // may fail, and the admin needs the whole list at once.
+        let failed: Vec<String> = results
+            .into_iter()
+            .filter_map(|r| r.err().map(|e| format!("{e:#}")))
+            .collect();
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            bail!("{}", failed.join("\n\n"))
+        }
     })
 }
 
@@ -555,4 +568,25 @@ pub fn write_mode(paths: &PathArgs, mode: Mode) -> anyhow::Result<Mode> {
     };
     config.set(0, c, 0).context("writing the configuration")?;
     Ok(was)
+}
+
+/// The `portcullis_common::kernel` bits the running kernel offers, probed by loading a
+/// test program per helper (never guessed from the version: distributions backport).
+fn kernel_features() -> u32 {
+    use aya::{
+        programs::ProgramType,
+        sys::{BpfHelper, is_helper_supported},
+    };
+    use portcullis_common::kernel::COARSE_CLOCK;
+    let mut bits = 0;
+    if is_helper_supported(
+        ProgramType::CgroupSkb,
+        BpfHelper::BPF_FUNC_ktime_get_coarse_ns,
+    )
+    .unwrap_or(false)
+    {
+        bits |= COARSE_CLOCK;
+    }
+    log::debug!("kernel features for the programs: {bits:#x}");
+    bits
 }
