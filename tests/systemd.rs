@@ -9,6 +9,15 @@
 //! connect() to a denied and one to an allowed port, restarted 100 times with the agent
 //! running, 20 times with it stopped and 20 times with it killed; a simulated boot (no
 //! pins, the unit started first); a unit entering the scope while it runs and leaving it.
+//!
+//! What a unit scope names, with Debian's real Postfix (postfix.service is a oneshot
+//! wrapper, the daemon runs in postfix@-.service): the wrapper, a typo and a socket-
+//! activated unit refused by `check` and `run` with the fix; postfix@-.service held over
+//! restarts (a relay to a denied port refused, to an allowed one reached); a template with
+//! two instances; the unit's own ExecStartPre= running attached, an override that resets
+//! ExecCondition= reported (`status --json` units[].protected from the kernel) and
+//! repaired; the agent disabled across a simulated reboot under both `unpinned_start`
+//! settings, and `portcullis detach` as the way out.
 
 use std::time::Duration;
 
@@ -366,26 +375,19 @@ fn drop_in(unit: &str) -> String {
     format!("/etc/systemd/system/{unit}.d/50-portcullis.conf")
 }
 
-/// Installs, starts the listeners, protects [`PROBE_UNIT`] by name in enforce mode
-/// before its unit file exists (an unknown unit is accepted; `check` names it), then
-/// writes the unit file. The unit does not run yet.
+/// Installs, starts the listeners, writes [`PROBE_UNIT`]'s unit file and protects it by
+/// name in enforce mode (`check` accepts it: systemd knows it). The unit does not run yet.
 fn protecting_probe(name: &str) -> Container {
     let c = installed(name);
     listeners(&c);
+    install_probe_unit(&c);
     enforce_config(&c, PROBE_UNIT);
-    let check = c.must("portcullis check --config /etc/portcullis/portcullis.toml");
-    assert!(
-        check.contains(&format!(
-            "note: scope {PROBE_UNIT}: systemd knows no unit of that name"
-        )),
-        "check does not name the unknown unit:\n{check}"
-    );
+    c.must("portcullis check --config /etc/portcullis/portcullis.toml");
     c.must("systemctl reload portcullis.service");
     assert!(
         c.path(&drop_in(PROBE_UNIT)).exists(),
         "no drop-in for {PROBE_UNIT}"
     );
-    install_probe_unit(&c);
     c
 }
 
@@ -548,5 +550,432 @@ fn a_running_unit_is_attached_at_once_and_leaving_the_scope_removes_everything()
             ("running_instance_attached", "4".into()),
             ("after_leaving", "nothing left".into()),
         ],
+    );
+}
+
+/// `portcullis check` of the site config inside the container (not checked).
+const CHECK: &str = "portcullis check --config /etc/portcullis/portcullis.toml";
+
+/// Per-unit protection from `status --json`: the entry of `unit`.
+fn unit_status(c: &Container, unit: &str) -> Value {
+    let s = status(c);
+    s["units"]
+        .as_array()
+        .and_then(|units| units.iter().find(|u| u["unit"] == unit))
+        .cloned()
+        .unwrap_or_else(|| panic!("status --json has no units entry for {unit}: {s:#}"))
+}
+
+/// Starts Debian's real Postfix: postfix.service (a oneshot running /bin/true) pulls in
+/// postfix@-.service, which runs the daemon. The root filesystem has it installed, not
+/// enabled.
+fn start_postfix(c: &Container) {
+    c.must("systemctl start postfix.service");
+    c.wait_for(
+        "postfix@-.service active",
+        "systemctl is-active --quiet postfix@-.service",
+        Duration::from_secs(30),
+    );
+}
+
+#[test]
+fn postfix_service_is_refused_with_the_unit_that_runs_the_daemon_and_typos_are_caught() {
+    let c = installed("postfixwrap");
+    listeners(&c);
+    start_postfix(&c);
+    let before = status(&c);
+
+    // The wrapper unit: a oneshot whose ExecStart is /bin/true.
+    enforce_config(&c, "postfix.service");
+    let check = c.run(CHECK);
+    let err = portcullis_tests::stderr(&check);
+    assert_eq!(
+        check.status.code(),
+        Some(3),
+        "check accepted postfix.service: {err}"
+    );
+    for want in [
+        "/etc/portcullis/portcullis.toml:3",
+        "\"postfix.service\" protects nothing",
+        "ExecStart=/bin/true",
+        "scope = [\"postfix@-.service\"]",
+        "scope = [\"postfix@.service\"]",
+    ] {
+        assert!(err.contains(want), "check's error lacks {want:?}:\n{err}");
+    }
+    // `run` (here: the agent's reload) refuses it the same way; the policy stays.
+    assert!(
+        !c.run("systemctl reload portcullis.service")
+            .status
+            .success(),
+        "the agent accepted postfix.service"
+    );
+    assert!(
+        c.journal("portcullis.service").contains("protects nothing"),
+        "the agent's journal does not say why"
+    );
+    assert_eq!(status(&c)["policy_version"], before["policy_version"]);
+    assert!(!c.path(&drop_in("postfix.service")).exists());
+
+    // A typo of a unit name: an error with the nearest unit.
+    enforce_config(&c, "postfx.service");
+    let typo = c.run(CHECK);
+    let err = portcullis_tests::stderr(&typo);
+    assert_eq!(typo.status.code(), Some(3), "check accepted a typo: {err}");
+    assert!(
+        err.contains("systemd knows no unit") && err.contains("did you mean \"postfix.service\""),
+        "{err}"
+    );
+
+    // A cgroup path that does not exist: accepted, with the unit that runs the daemon.
+    enforce_config(&c, "system.slice/postfix.service");
+    let out = c.must(CHECK);
+    assert!(
+        out.contains("warning: scope \"system.slice/postfix.service\": no such cgroup")
+            && out.contains(
+                "\"postfix@-.service\" (cgroup system.slice/system-postfix.slice/postfix@-.service)"
+            ),
+        "{out}"
+    );
+    figures(
+        "systemd_postfix_wrapper",
+        &[
+            ("postfix_service", "refused, exit 3".into()),
+            ("hint", "postfix@-.service".into()),
+            ("typo", "refused with did-you-mean".into()),
+        ],
+    );
+}
+
+/// Queues one mail to a remote domain; Postfix relays it to its relayhost.
+fn send_mail(c: &Container) {
+    c.must(
+        "printf 'Subject: t\\n\\nt\\n' | /usr/sbin/sendmail -f root@localhost someone@example.org",
+    );
+}
+
+/// Lines of Postfix's smtp client in the journal since boot.
+fn smtp_log(c: &Container) -> String {
+    c.must("journalctl -b --no-pager -o cat -t postfix/smtp")
+}
+
+/// Waits until the smtp client logged `n` lines containing `what`.
+fn wait_smtp(c: &Container, what: &str, n: usize) {
+    c.wait_for(
+        &format!("{n} smtp log lines with {what:?}"),
+        &format!(
+            "postqueue -f; test $(journalctl -b --no-pager -o cat -t postfix/smtp | grep -cF -- '{what}') -ge {n}"
+        ),
+        // A first delivery after a restart can wait for the queue manager's scan.
+        Duration::from_secs(60),
+    );
+}
+
+#[test]
+fn postfix_instance_scope_holds_over_restarts_and_refuses_a_relay_to_a_denied_port() {
+    let c = installed("postfixrelay");
+    listeners(&c);
+    start_postfix(&c);
+    // Relay everything to a port the lab profile does not open (8081 listens).
+    c.must("postconf -e 'relayhost = [127.0.0.1]:8081' && systemctl reload postfix.service");
+    enforce_config(&c, "postfix@-.service");
+    c.must(CHECK);
+    c.must("systemctl reload portcullis.service");
+    let cgroup = "/sys/fs/cgroup/system.slice/system-postfix.slice/postfix@-.service";
+    assert_eq!(
+        ours_attached_to(&c, cgroup),
+        4,
+        "the running postfix@-.service is not attached at once"
+    );
+    let denied_line = "127.0.0.1[127.0.0.1]:8081: Operation not permitted";
+    const RESTARTS: usize = 5;
+    for i in 1..=RESTARTS {
+        c.must("systemctl restart postfix@-.service");
+        let u = unit_status(&c, "postfix@-.service");
+        assert_eq!(u["protected"], true, "restart {i}: {u:#}");
+        assert_eq!(u["programs_attached"], 4, "restart {i}: {u:#}");
+        send_mail(&c);
+        wait_smtp(&c, denied_line, i);
+    }
+    let log = smtp_log(&c);
+    assert!(
+        !log.contains("8081: Connection refused") && !log.contains("8081 while receiving"),
+        "a relay to the denied port got through:\n{log}"
+    );
+    let s = status(&c);
+    let denied_out = s["denied_ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|p| p["port"] == 8081 && p["direction"] == "out");
+    assert!(denied_out, "no denied-port counter for 8081 out: {s:#}");
+
+    // The allowed outcome: the same relay to the port the profile opens reaches it (the
+    // listener closes the connection before any greeting).
+    c.must("postconf -e 'relayhost = [127.0.0.1]:8080' && systemctl reload postfix.service");
+    send_mail(&c);
+    wait_smtp(&c, "while receiving the initial server greeting", 1);
+    figures(
+        "systemd_postfix_instance",
+        &[
+            ("restarts", RESTARTS.to_string()),
+            ("denied_relays_refused", format!("{RESTARTS}/{RESTARTS}")),
+            ("allowed_relay", "reached".into()),
+        ],
+    );
+}
+
+/// A template unit whose instances each run the probe of [`PROBE_UNIT`].
+const TEMPLATE: &str = "fakeprobe@.service";
+
+fn install_template(c: &Container) {
+    c.write(
+        &format!("/etc/systemd/system/{TEMPLATE}"),
+        "[Unit]\nDescription=probe instance %i\nStartLimitIntervalSec=0\n\n[Service]\nType=notify\n\
+         ExecStart=/usr/bin/python3 /root/net.py probe 127.0.0.1 8080 8081 /var/log/fakemail-probe.log\n",
+    );
+    c.must("systemctl daemon-reload");
+}
+
+#[test]
+fn a_template_scope_protects_the_running_instance_at_once_and_every_new_one() {
+    let c = installed("template");
+    listeners(&c);
+    install_template(&c);
+    // Instance a runs before the scope names the template.
+    let before = start_probes(&c, "systemctl start fakeprobe@a.service", 1);
+    assert_eq!(before.denied_passed, 1, "{before:?}");
+    enforce_config(&c, TEMPLATE);
+    c.must(CHECK);
+    c.must("systemctl reload portcullis.service");
+    assert_eq!(
+        ours_attached_to(
+            &c,
+            "/sys/fs/cgroup/system.slice/system-fakeprobe.slice/fakeprobe@a.service"
+        ),
+        4,
+        "the running instance is not attached at once"
+    );
+    assert_eq!(unit_status(&c, "fakeprobe@a.service")["protected"], true);
+    // A new instance, and a restart of the first: both enforced from their first packet.
+    assert_eq!(
+        start_probes(&c, "systemctl start fakeprobe@b.service", 1),
+        ENFORCED_ONCE
+    );
+    let restarts = start_probes(
+        &c,
+        "systemctl restart fakeprobe@a.service fakeprobe@b.service",
+        5,
+    );
+    assert_eq!(
+        (
+            restarts.failed,
+            restarts.ran,
+            restarts.allowed_ok,
+            restarts.denied_passed
+        ),
+        (0, 10, 10, 0),
+        "{restarts:?}"
+    );
+    for unit in ["fakeprobe@a.service", "fakeprobe@b.service"] {
+        let u = unit_status(&c, unit);
+        assert_eq!(
+            (u["protected"].clone(), u["scope"].clone()),
+            (Value::from(true), Value::from(TEMPLATE)),
+            "{u:#}"
+        );
+    }
+    figures(
+        "systemd_template",
+        &[
+            ("running_instance_attached", "at once".into()),
+            ("instance_starts_enforced", "11/11".into()),
+        ],
+    );
+}
+
+#[test]
+fn the_units_own_pre_commands_run_attached_and_a_reset_exec_condition_is_reported_and_repaired() {
+    let c = protecting_probe("override");
+    // The unit's own ExecStartPre= tries the denied port: it runs after our attach.
+    c.write(
+        &format!("/etc/systemd/system/{PROBE_UNIT}.d/10-pre.conf"),
+        "[Service]\nExecStartPre=/bin/sh -c 'python3 /root/net.py connect 127.0.0.1 8081 > /run/pre.txt'\n",
+    );
+    c.must("systemctl daemon-reload");
+    assert_eq!(
+        start_probes(&c, &format!("systemctl start {PROBE_UNIT}"), 1),
+        ENFORCED_ONCE
+    );
+    let pre = c.must("cat /run/pre.txt");
+    assert_eq!(
+        pre.trim(),
+        "EPERM",
+        "the unit's own ExecStartPre ran unprotected"
+    );
+
+    // `systemctl edit` with an empty ExecStartPre= drops the unit's pre-commands, not ours.
+    c.write(
+        &format!("/etc/systemd/system/{PROBE_UNIT}.d/override.conf"),
+        "[Service]\nExecStartPre=\n",
+    );
+    c.must("systemctl daemon-reload");
+    assert_eq!(
+        start_probes(&c, &format!("systemctl restart {PROBE_UNIT}"), 1),
+        ENFORCED_ONCE
+    );
+    assert_eq!(unit_status(&c, PROBE_UNIT)["protected"], true);
+
+    // One that resets ExecCondition= removes our attach: detected, and the running unit
+    // is attached again by the agent.
+    c.write(
+        &format!("/etc/systemd/system/{PROBE_UNIT}.d/override.conf"),
+        "[Service]\nExecCondition=\n",
+    );
+    c.must("systemctl daemon-reload");
+    let u = unit_status(&c, PROBE_UNIT);
+    assert_eq!(u["protected"], false, "{u:#}");
+    assert_eq!(u["attach_on_start"], false, "{u:#}");
+    assert!(
+        u["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("ExecCondition="),
+        "{u:#}"
+    );
+    let text = c.must("portcullis status");
+    assert!(
+        text.contains(&format!("error: unit {PROBE_UNIT}: NOT PROTECTED")),
+        "{text}"
+    );
+    // Its next start runs without our attach (what the admin's override did) ...
+    let unprotected = start_probes(&c, &format!("systemctl restart {PROBE_UNIT}"), 1);
+    assert_eq!(unprotected.denied_passed, 1, "{unprotected:?}");
+    // ... and the agent finds the bare cgroup, logs it and attaches it again.
+    c.wait_for(
+        "the agent re-attached the unit",
+        &format!(
+            "portcullis status --json | python3 -c 'import json,sys; u=[u for u in json.load(sys.stdin)[\"units\"] if u[\"unit\"]==\"{PROBE_UNIT}\"][0]; sys.exit(u[\"programs_attached\"]!=4)'"
+        ),
+        Duration::from_secs(20),
+    );
+    let journal = c.journal("portcullis.service");
+    assert!(
+        journal.contains(&format!("{PROBE_UNIT} is not protected")) && journal.contains("again"),
+        "{journal}"
+    );
+    // Removing the override makes it protected again.
+    c.must(&format!(
+        "rm /etc/systemd/system/{PROBE_UNIT}.d/override.conf && systemctl daemon-reload"
+    ));
+    assert_eq!(unit_status(&c, PROBE_UNIT)["protected"], true);
+    figures(
+        "systemd_unit_override",
+        &[
+            ("own_exec_start_pre", "ran attached (EPERM)".into()),
+            ("empty_exec_start_pre", "still protected".into()),
+            ("empty_exec_condition", "reported, re-attached".into()),
+        ],
+    );
+}
+
+/// Stops the probe unit and the agent, disables the agent and takes away what a reboot
+/// takes (pins, /run); the drop-ins in /etc stay.
+fn reboot_without_agent(c: &Container) {
+    c.must(&format!(
+        "systemctl stop {PROBE_UNIT} portcullis.service && systemctl disable portcullis.service"
+    ));
+    c.must("rm -rf /sys/fs/bpf/portcullis /run/portcullis");
+    assert!(c.path(&drop_in(PROBE_UNIT)).exists());
+}
+
+#[test]
+fn with_the_agent_disabled_a_unit_is_refused_by_default_or_starts_unprotected_and_detach_is_the_way_out()
+ {
+    // Default (refuse): the unit does not start; `portcullis detach` lets it.
+    let c = protecting_probe("noagent");
+    reboot_without_agent(&c);
+    let refused = start_probes(&c, &format!("systemctl start {PROBE_UNIT}"), 1);
+    assert_eq!((refused.failed, refused.ran), (1, 0), "{refused:?}");
+    assert!(c.journal(PROBE_UNIT).contains("is not pinned"));
+    let detach = c.must("portcullis detach");
+    assert!(
+        !c.path(&drop_in(PROBE_UNIT)).exists(),
+        "detach left the drop-in: {detach}"
+    );
+    let freed = start_probes(&c, &format!("systemctl start {PROBE_UNIT}"), 1);
+    assert_eq!((freed.failed, freed.denied_passed), (0, 1), "{freed:?}");
+
+    // unpinned_start = "unprotected": the unit starts, loudly, and status tells once the
+    // agent runs again (which attaches it).
+    let c = protecting_probe("noagentopen");
+    let config = c.must("cat /etc/portcullis/portcullis.toml");
+    c.write(
+        "/etc/portcullis/portcullis.toml",
+        &format!("{config}unpinned_start = \"unprotected\"\n"),
+    );
+    c.must("systemctl reload portcullis.service");
+    assert!(
+        c.must(&format!("cat {}", drop_in(PROBE_UNIT)))
+            .contains("--unpinned unprotected"),
+        "the drop-in does not carry the setting"
+    );
+    reboot_without_agent(&c);
+    let open = start_probes(&c, &format!("systemctl start {PROBE_UNIT}"), 1);
+    assert_eq!((open.failed, open.denied_passed), (0, 1), "{open:?}");
+    let journal = c.journal(PROBE_UNIT);
+    assert!(journal.contains("STARTS UNPROTECTED"), "{journal}");
+    c.must("systemctl start portcullis.service");
+    wait_active(&c);
+    let u = unit_status(&c, PROBE_UNIT);
+    assert_eq!(
+        u["protected"], true,
+        "the agent did not attach the running unit: {u:#}"
+    );
+    figures(
+        "systemd_unit_without_agent",
+        &[
+            ("refuse", "unit failed; detach let it start".into()),
+            (
+                "unprotected",
+                "started, journal error; agent attached it".into(),
+            ),
+        ],
+    );
+}
+
+#[test]
+fn a_socket_activated_unit_is_refused_with_the_reason_and_the_alternative() {
+    let c = installed("socket");
+    c.write(
+        "/etc/systemd/system/sockdemo.socket",
+        "[Socket]\nListenStream=127.0.0.1:7777\n",
+    );
+    c.write(
+        "/etc/systemd/system/sockdemo.service",
+        "[Service]\nExecStart=/usr/bin/python3 -c 'import socket,time; s=socket.socket(fileno=3); time.sleep(3600)'\n",
+    );
+    c.must("systemctl daemon-reload && systemctl start sockdemo.socket");
+    enforce_config(&c, "sockdemo.service");
+    let check = c.run(CHECK);
+    let err = portcullis_tests::stderr(&check);
+    assert_eq!(check.status.code(), Some(3), "check accepted it: {err}");
+    assert!(
+        err.contains("started by socket activation (sockdemo.socket)")
+            && err.contains("PID 1's cgroup")
+            && err.contains("systemctl disable --now sockdemo.socket"),
+        "{err}"
+    );
+    assert!(
+        !c.run("systemctl reload portcullis.service")
+            .status
+            .success()
+    );
+    // Without its socket unit it is a plain service: accepted.
+    c.must("systemctl stop sockdemo.socket && rm /etc/systemd/system/sockdemo.socket && systemctl daemon-reload");
+    c.must(CHECK);
+    figures(
+        "systemd_socket_activation",
+        &[("socket_activated_scope", "refused, exit 3".into())],
     );
 }

@@ -158,9 +158,10 @@ pub enum ScopeTarget {
     /// A cgroup, relative to the cgroup2 mount (e.g. `system.slice/xeams.service`).
     /// Relative, without `..`.
     Cgroup(PathBuf),
-    /// A systemd service by name (`postfix.service`): every start of it is enforced
-    /// before its first process runs (a drop-in attaches the pinned programs to its new
-    /// cgroup), whether the agent runs or not.
+    /// A systemd service by name (`postfix@-.service`), or a template for every instance
+    /// (`postfix@.service`): every start of it is enforced before its first command runs
+    /// (a drop-in attaches the pinned programs to its new cgroup), whether the agent runs
+    /// or not.
     Unit(String),
 }
 
@@ -254,6 +255,39 @@ fn unit_name(text: &str) -> Result<&str, String> {
 impl<'de> Deserialize<'de> for ScopeTarget {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         Self::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+/// What a protected unit's start does when the programs are not pinned (the agent has
+/// not run since boot, or could not load them): the site's `unpinned_start`, written
+/// into each unit's drop-in (`crate::systemd`).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum UnpinnedStart {
+    /// The start fails: mail waits for the firewall (the default).
+    #[default]
+    Refuse,
+    /// The unit starts unprotected, with an error in its journal and in `status`.
+    Unprotected,
+}
+
+impl UnpinnedStart {
+    /// The name the config and the drop-in use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnpinnedStart::Refuse => "refuse",
+            UnpinnedStart::Unprotected => "unprotected",
+        }
     }
 }
 

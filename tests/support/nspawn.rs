@@ -208,13 +208,14 @@ impl Container {
                     self.console_log()
                 );
             }
-            if self.leader == 0 {
-                self.leader =
-                    fs::read_to_string(format!("/proc/{nspawn_pid}/task/{nspawn_pid}/children"))
-                        .ok()
-                        .and_then(|c| c.split_whitespace().next()?.parse().ok())
-                        .unwrap_or(0);
-            }
+            // Read again on every try: nspawn's first child is a helper that starts PID 1
+            // and exits (PID 1 is then re-parented to nspawn); a pid read that early
+            // would be a process that is gone, and every nsenter into it would fail.
+            self.leader =
+                fs::read_to_string(format!("/proc/{nspawn_pid}/task/{nspawn_pid}/children"))
+                    .ok()
+                    .and_then(|c| c.split_whitespace().next()?.parse().ok())
+                    .unwrap_or(0);
             if self.leader != 0 {
                 let out = self.run("systemctl is-system-running");
                 last = stdout(&out).trim().to_owned();

@@ -77,7 +77,15 @@ const ROOTFS_PACKAGES: &[&str] = &[
     "python3",
     "bpftool",
     "python3-apt", // the apt module of the Ansible role (tests/fleet.rs)
+    // Debian's real Postfix for the unit-scope tests (tests/systemd.rs): postfix.service
+    // is a oneshot wrapper, the daemon runs in postfix@-.service. Installed, not enabled
+    // (see ROOTFS_DISABLED), so other tests' hosts run no mail server.
+    "postfix",
 ];
+
+/// Services of [`ROOTFS_PACKAGES`] that are installed but not started at boot: the tests
+/// that want them start them.
+const ROOTFS_DISABLED: &[&str] = &["postfix.service"];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -260,6 +268,11 @@ fn rootfs(root: &std::path::Path) -> anyhow::Result<()> {
             std::fs::remove_file(entry.path())?;
         }
     }
+    // Offline: systemctl edits the unit links of the root it is given.
+    sh(Command::new("systemctl")
+        .arg(format!("--root={}", tmp.display()))
+        .arg("disable")
+        .args(ROOTFS_DISABLED))?;
     std::fs::write(tmp.join(".portcullis-rootfs"), format!("{want}\n"))?;
     std::fs::rename(&tmp, &dir)
         .with_context(|| format!("renaming {} to {}", tmp.display(), dir.display()))?;

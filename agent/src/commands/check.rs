@@ -17,14 +17,16 @@ use crate::{
         LoopbackMode, Mode, PeerSet, Policy, Rule, compiler,
         image::{Image, RuleIndex},
     },
-    systemd,
+    systemd::units,
 };
 
 const EXAMPLES: &str = "\
-Prints the settings and one line per rule, protocol and port range, and a note for each
-unit scope systemd does not know (accepted: it is enforced from its first start). With
+Prints the settings and one line per rule, protocol and port range. Unit scopes are
+checked with systemd: an unknown unit (with a did-you-mean) or a oneshot that runs no
+process (naming the units that do the work) is an error; a cgroup path that does not
+exist is a warning naming the nearest unit. With
 --json, prints an object: {ok, product, mode, loopback, icmp_echo, failsafe, features,
-scope, unknown_units, xdp, events_per_sec, pin_dir, metrics, peer_sets, rules, entries},
+scope, scope_warnings, xdp, events_per_sec, pin_dir, metrics, peer_sets, rules, entries},
 where entries are the same objects `portcullis profile show --json` prints. On error with --json, prints
 {ok: false, error: {file, line, column, message, hint}}.
 
@@ -60,8 +62,8 @@ struct Report<'a> {
     failsafe: bool,
     features: Vec<&'a str>,
     scope: &'a [ScopeTarget],
-    /// Unit scopes systemd does not know (yet): accepted, enforced from their first start.
-    unknown_units: Vec<&'a str>,
+    /// Scopes accepted with a warning (a cgroup path that does not exist yet).
+    scope_warnings: Vec<String>,
     xdp: &'a [String],
     events_per_sec: u32,
     pin_dir: &'a std::path::Path,
@@ -96,9 +98,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             &Needs::of(&policy, &site.xdp, &site.scope),
             Some(&args.config),
         )?;
-        Ok((site, policy))
+        // What the unit scopes name, asked of systemd (the check `run` makes too).
+        let root = crate::datapath::paths::cgroup2_mount().ok();
+        let scopes = units::check_scopes(&site.scope, root.as_deref(), Some(&args.config))?;
+        Ok((site, policy, scopes.warnings))
     });
-    let (site, policy) = match compiled {
+    let (site, policy, scope_warnings) = match compiled {
         Ok(v) => v,
         Err(error) => {
             if args.json {
@@ -120,7 +125,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             failsafe: site.failsafe,
             features: site.features.iter().map(|f| f.get_ref().as_str()).collect(),
             scope: &site.scope,
-            unknown_units: unknown_units(&site.scope),
+            scope_warnings,
             xdp: &site.xdp,
             events_per_sec: site.events_per_sec,
             pin_dir: &site.pin_dir,
@@ -130,24 +135,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             entries: entry_views(&policy),
         })?;
     } else {
-        print_summary(&args, &site, &policy)?;
+        print_summary(&args, &site, &policy, &scope_warnings)?;
         print_entries(&policy)?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Unit scopes systemd does not know; none where systemd is not there to ask.
-fn unknown_units(scopes: &[ScopeTarget]) -> Vec<&str> {
-    scopes
-        .iter()
-        .filter_map(|s| match s {
-            ScopeTarget::Unit(name) if systemd::knows(name) == Some(false) => Some(name.as_str()),
-            _ => None,
-        })
-        .collect()
-}
-
-fn print_summary(args: &Args, site: &Site, policy: &Policy) -> anyhow::Result<()> {
+fn print_summary(
+    args: &Args,
+    site: &Site,
+    policy: &Policy,
+    scope_warnings: &[String],
+) -> anyhow::Result<()> {
     let on_off = |b: bool| if b { "on" } else { "off" };
     let list = |items: Vec<String>| {
         if items.is_empty() {
@@ -192,11 +191,8 @@ fn print_summary(args: &Args, site: &Site, policy: &Policy) -> anyhow::Result<()
             .listen
             .map_or("off".to_string(), |a| a.to_string())
     )?;
-    for unit in unknown_units(&site.scope) {
-        writeln!(
-            out,
-            "note: scope {unit}: systemd knows no unit of that name (yet); it is enforced from its first start"
-        )?;
+    for warning in scope_warnings {
+        writeln!(out, "{warning}")?;
     }
     for set in &policy.peer_sets {
         writeln!(

@@ -57,6 +57,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(config) = &state.config {
         let site = crate::config::load_site(config)?;
         compiler::compile_site(&site, Some(config))?;
+        // The scopes as the agent will check them (a unit that runs nothing, or that
+        // systemd does not know, is exit code 3 here too).
+        let root = crate::datapath::paths::cgroup2_mount().ok();
+        crate::systemd::units::check_scopes(&site.scope, root.as_deref(), Some(config))?;
     }
     let pid = i32::try_from(state.pid).context("pid in the state file")?;
     // SAFETY: kill(2) with signal 0 only checks that the process exists.

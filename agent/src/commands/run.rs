@@ -20,7 +20,7 @@ Start in audit mode, read `portcullis report`, then switch with `portcullis mode
 Examples:
   portcullis run --config /etc/portcullis/portcullis.toml
   portcullis run --product xeams --mode audit
-  portcullis run --product iredmail --feature pop3s --scope postfix.service
+  portcullis run --product iredmail --feature pop3s --scope postfix@-.service
   portcullis run --product xeams --mode audit --xdp eth0
   portcullis run --product iredmail --feature imaps --dry-run"
 )]

@@ -12,8 +12,8 @@
 //! `icmp_echo = true`, no `[peers]`, `any_peer_groups = []`, `vendor_peers = "names"`,
 //! no `[[rule]]`,
 //! `scope = ["host"]`, `xdp = []`, `xdp_scope_only = false`, `events_per_sec = 100`,
-//! `dns_grace = 60`, `pin_dir = "/sys/fs/bpf/portcullis"`, `audit_min_window = "7d"`,
-//! and `[metrics] listen` unset
+//! `dns_grace = 60`, `unpinned_start = "refuse"`, `pin_dir = "/sys/fs/bpf/portcullis"`,
+//! `audit_min_window = "7d"`, and `[metrics] listen` unset
 //! (no endpoint).
 //!
 //! The peer group `dns-servers` ([`DNS_SERVERS`]) is also the list of trusted resolvers
@@ -39,8 +39,8 @@ use crate::{
         peers::{self, PeerList},
         profile::{self, LOOPBACK_SET, Profile, RuleSpec},
     },
-    model::ScopeTarget,
     model::{LoopbackMode, Mode},
+    model::{ScopeTarget, UnpinnedStart},
 };
 
 /// The peer group of the site's DNS resolvers: the trusted resolvers, when defined.
@@ -127,6 +127,12 @@ pub struct Site {
     /// from a cache). Default 60, at most [`MAX_DNS_GRACE`].
     #[serde(default = "default_dns_grace", deserialize_with = "dns_grace")]
     pub dns_grace: u32,
+    /// What a unit scope's start does when the programs are not pinned (after a
+    /// reboot with the agent disabled, or programs a new kernel refuses): `refuse` (the
+    /// default: the unit fails to start, it never runs unprotected) or `unprotected`
+    /// (it starts, with an error in its journal and `protected: false` in status).
+    #[serde(default)]
+    pub unpinned_start: UnpinnedStart,
     /// Where maps and links are pinned. Default `/sys/fs/bpf/portcullis`.
     #[serde(default = "default_pin_dir", deserialize_with = "absolute_path")]
     pub pin_dir: PathBuf,
@@ -311,7 +317,7 @@ fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D:
 
 impl Site {
     /// The top-level keys of a site config (to spot one misplaced under a table).
-    pub const TOP_LEVEL_KEYS: [&str; 19] = [
+    pub const TOP_LEVEL_KEYS: [&str; 20] = [
         "product",
         "profile",
         "features",
@@ -327,6 +333,7 @@ impl Site {
         "xdp_scope_only",
         "events_per_sec",
         "dns_grace",
+        "unpinned_start",
         "pin_dir",
         "audit_min_window",
         "rule",

@@ -7,7 +7,7 @@
 //! made live before any program is attached; new links are attached before the links of
 //! an earlier run are removed. At no instant is a scope unprotected or half-configured.
 
-use std::{fs, net::SocketAddr, process::ExitCode, time::Duration};
+use std::{collections::BTreeMap, fs, net::SocketAddr, process::ExitCode, time::Duration};
 
 use anyhow::bail;
 use portcullis_common::config::MODE_ENFORCE;
@@ -34,12 +34,17 @@ use crate::{
     model::{Mode, ScopeTarget},
     observe::events::EventLog,
     policy::Policy,
-    systemd,
+    systemd::{self, protection, units},
 };
 
 /// How often expired learned addresses are swept (`datapath::names::sweep`): an expired
 /// entry opens nothing, so this only bounds how long it takes room in the LRU map.
 const NAMES_SWEEP: Duration = Duration::from_secs(10);
+
+/// How often each unit in scope is checked for protection (its live cgroup asked of the
+/// kernel, its effective ExecCondition= of systemd): a unit found unprotected is logged
+/// as an error and, while it runs, attached again at once.
+const UNIT_CHECK: Duration = Duration::from_secs(5);
 
 /// Deny log lines per second before the log summarises ("suppressed N lines"); the
 /// kernel's own per-CPU limit (`events_per_sec`) comes first.
@@ -61,6 +66,9 @@ struct Daemon {
     /// Where metrics are served (fixed at start: a reload does not move the listener).
     metrics: Option<SocketAddr>,
     reloads: u64,
+    /// The last reason logged per unprotected unit, so that a unit that stays
+    /// unprotected is logged once, not every check.
+    unprotected: BTreeMap<String, String>,
     _lock: fs::File,
 }
 
@@ -76,14 +84,28 @@ fn lock(paths: &PathArgs) -> anyhow::Result<fs::File> {
     }
 }
 
-/// Resolves every scope of the settings, before anything is attached.
+/// Resolves every scope of the settings, before anything is attached. A template
+/// (`postfix@.service`) stands for each of its loaded instances: the running ones are
+/// attached now, every later start by the template's drop-in.
 fn resolve_scopes(settings: &Settings) -> anyhow::Result<Vec<Scope>> {
-    settings.scopes.iter().map(attach::resolve_scope).collect()
+    let mut scopes = Vec::new();
+    for target in &settings.scopes {
+        match target {
+            ScopeTarget::Unit(name) if units::is_template(name) => {
+                for instance in units::instances(name) {
+                    scopes.push(attach::resolve_scope(&ScopeTarget::Unit(instance))?);
+                }
+            }
+            _ => scopes.push(attach::resolve_scope(target)?),
+        }
+    }
+    Ok(scopes)
 }
 
 /// Writes the drop-ins of the unit scopes and removes those of units that left (their
-/// links go in [`Attachments::reconcile`]).
-fn sync_drop_ins(settings: &Settings, paths: &PathArgs) -> anyhow::Result<()> {
+/// links go in [`Attachments::reconcile`], and in [`remove_template_links`] for the
+/// instances of a template that left). Returns the units that left.
+fn sync_drop_ins(settings: &Settings, paths: &PathArgs) -> anyhow::Result<Vec<String>> {
     let units: Vec<String> = settings
         .scopes
         .iter()
@@ -92,7 +114,17 @@ fn sync_drop_ins(settings: &Settings, paths: &PathArgs) -> anyhow::Result<()> {
             _ => None,
         })
         .collect();
-    systemd::sync_drop_ins(&units, &paths.pin_dir())?;
+    systemd::sync_drop_ins(&units, &paths.pin_dir(), settings.unpinned_start)
+}
+
+/// Removes the links of every instance of the templates that left the scope: instances
+/// started since the agent attached were attached by the drop-in, not by the agent.
+fn remove_template_links(gone: &[String], paths: &PathArgs) -> anyhow::Result<()> {
+    for template in gone.iter().filter(|u| units::is_template(u)) {
+        for instance in units::instances(template) {
+            attach::remove_links(&attach::unit_links(paths, &instance))?;
+        }
+    }
     Ok(())
 }
 
@@ -133,8 +165,9 @@ impl Daemon {
             let state = install(&mut dp, &policy, &settings, previous.as_ref())?;
             // Drop-ins before the running instances: a unit restarting in between is
             // attached by its drop-in (the programs are pinned by now).
-            sync_drop_ins(&settings, &paths)?;
+            let gone = sync_drop_ins(&settings, &paths)?;
             attached.reconcile(&mut dp, &scopes, &settings.xdp, &tag(&state))?;
+            remove_template_links(&gone, &paths)?;
             // Only now that the new links enforce may those of an earlier run go.
             let stale: Vec<_> = old_links
                 .iter()
@@ -178,6 +211,7 @@ impl Daemon {
             evidence,
             metrics: settings.metrics,
             reloads: 0,
+            unprotected: BTreeMap::new(),
             _lock: lock,
         })
     }
@@ -259,13 +293,62 @@ impl Daemon {
         let scopes = resolve_scopes(&settings)?;
         let mut state = install(&mut self.dp, &policy, &settings, Some(&self.state))?;
         state.config = config;
-        sync_drop_ins(&settings, &self.paths)?;
+        let gone = sync_drop_ins(&settings, &self.paths)?;
         self.attached
             .reconcile(&mut self.dp, &scopes, &settings.xdp, &tag(&state))?;
+        remove_template_links(&gone, &self.paths)?;
         fault::point(Step::Attached);
         state.last_reload = self.state.last_reload.clone();
         self.state = state;
         Ok(())
+    }
+}
+
+impl Daemon {
+    /// Measures every unit in scope ([`protection::units`]); logs each one found
+    /// unprotected (once per reason) and attaches the programs again to a running one
+    /// that lacks them. A unit whose ExecCondition= was reset stays an error until the
+    /// admin removes the override: its next start would run unprotected.
+    fn check_units(&mut self) {
+        let tag = tag(&self.state);
+        let mut now = BTreeMap::new();
+        for unit in protection::units(&self.paths, &self.state.scopes) {
+            let Some(reason) = unit.reason.clone() else {
+                if self.unprotected.contains_key(&unit.unit) {
+                    log::info!("scope {}: {} is protected again", unit.scope, unit.unit);
+                }
+                continue;
+            };
+            if self.unprotected.get(&unit.unit) != Some(&reason) {
+                log::error!(
+                    "scope {}: {} is not protected: {reason}",
+                    unit.scope,
+                    unit.unit
+                );
+            }
+            now.insert(unit.unit.clone(), reason);
+            let (true, Some(cgroup)) = (unit.running && unit.programs_attached < 4, &unit.cgroup)
+            else {
+                continue;
+            };
+            let Ok(root) = crate::datapath::paths::cgroup2_mount() else {
+                continue;
+            };
+            let scope = Scope {
+                target: ScopeTarget::Unit(unit.unit.clone()),
+                path: root.join(cgroup),
+            };
+            match self.dp.attach(&scope, &tag) {
+                Ok(_) => log::warn!(
+                    "scope {}: attached the programs to {} ({}) again",
+                    unit.scope,
+                    unit.unit,
+                    scope.path.display()
+                ),
+                Err(e) => log::error!("scope {}: re-attaching {}: {e:#}", unit.scope, unit.unit),
+            }
+        }
+        self.unprotected = now;
     }
 }
 
@@ -347,6 +430,7 @@ async fn serve(daemon: &mut Daemon) -> anyhow::Result<()> {
     // on its parent says when (see `watch`), with a slow check as the safety net.
     let mut scope_watch = ScopeWatch::new(daemon.attached.scopes.iter().map(|(s, _)| s));
     let mut scope_check = tokio::time::interval(watch::SAFETY_NET);
+    let mut unit_check = tokio::time::interval(UNIT_CHECK);
     loop {
         tokio::select! {
             batch = ring.next_batch(|e| daemon.events.record(e)) => batch?,
@@ -369,6 +453,7 @@ async fn serve(daemon: &mut Daemon) -> anyhow::Result<()> {
                 let tag = tag(&daemon.state);
                 daemon.attached.reattach_recreated(&mut daemon.dp, &tag);
             }
+            _ = unit_check.tick() => daemon.check_units(),
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }

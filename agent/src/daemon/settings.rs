@@ -10,8 +10,9 @@ use crate::{
         site::DEFAULT_CONFIG,
     },
     datapath::paths::PathArgs,
-    model::{Mode, ScopeTarget},
+    model::{Mode, ScopeTarget, UnpinnedStart},
     policy::{Policy, compiler},
+    systemd::units,
 };
 
 /// The product of the built-in default policy.
@@ -36,9 +37,10 @@ pub struct Overrides {
     /// audit (count what would be dropped) or enforce (drop). Overrides the config.
     #[arg(long, value_enum)]
     pub mode: Option<Mode>,
-    /// Where to enforce: "host" (every process), a systemd service (xeams.service:
-    /// enforced on every start, before its first process runs), or a cgroup path under
-    /// the cgroup v2 mount (system.slice/xeams.service). Repeatable. Overrides the config.
+    /// Where to enforce: "host" (every process), a systemd service (postfix@-.service:
+    /// enforced on every start, before its first command runs; a template such as
+    /// postfix@.service covers every instance), or a cgroup path under the cgroup v2
+    /// mount (system.slice/xeams.service). Repeatable. Overrides the config.
     #[arg(long = "scope", value_name = "host|UNIT|CGROUP", value_parser = ScopeTarget::parse_arg)]
     pub scopes: Vec<ScopeTarget>,
     /// Attach the XDP filter to this interface too (native mode where the driver
@@ -84,6 +86,9 @@ pub struct Settings {
     pub dns_grace: u32,
     /// The resolvers whose answers the datapath learns from.
     pub resolvers: Vec<Resolver>,
+    /// What a unit scope's start does without pinned programs (the site's
+    /// `unpinned_start`, written into the drop-ins).
+    pub unpinned_start: UnpinnedStart,
 }
 
 /// Compiles the policy and settles the settings, before anything touches the kernel.
@@ -109,6 +114,7 @@ pub fn resolve(args: &mut Overrides) -> anyhow::Result<(Policy, Settings, Option
             metrics: site.metrics.listen,
             dns_grace: site.dns_grace,
             resolvers: resolvers::trusted(Some(&site)),
+            unpinned_start: site.unpinned_start,
         };
         (policy, settings)
     } else {
@@ -123,6 +129,7 @@ pub fn resolve(args: &mut Overrides) -> anyhow::Result<(Policy, Settings, Option
                 metrics: None,
                 dns_grace: crate::config::Site::default_for(product).dns_grace,
                 resolvers: resolvers::trusted(None),
+                unpinned_start: UnpinnedStart::default(),
             },
         )
     };
@@ -150,6 +157,13 @@ pub fn resolve(args: &mut Overrides) -> anyhow::Result<(Policy, Settings, Option
         return Err(crate::config::site::scope_xdp_error()
             .hint("drop --xdp or --scope, or set xdp_scope_only = true in the site config to accept that only the scope's flows get replies through xdp")
             .into());
+    }
+    // What the unit scopes name, asked of systemd: a unit that runs nothing, or that
+    // does not exist, is refused here (exit code 3), before anything is attached.
+    let root = crate::datapath::paths::cgroup2_mount().ok();
+    let checked = units::check_scopes(&settings.scopes, root.as_deref(), config.as_deref())?;
+    for warning in checked.warnings {
+        log::warn!("{}", warning.trim_start_matches("warning: "));
     }
     Ok((policy, settings, config))
 }

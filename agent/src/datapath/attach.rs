@@ -56,29 +56,27 @@ fn unit_tag(unit: &str) -> String {
 /// Resolves `host` (the cgroup v2 root: every process), a cgroup path relative to the
 /// cgroup v2 mount (an absolute path already under the mount is accepted too), or a
 /// systemd unit: the cgroup it runs in now, or, when it is not running, the one it will
-/// get (`system.slice/<unit>`; its drop-in attaches whatever cgroup it does get).
+/// get (`system.slice/<unit>`; its drop-in attaches whatever cgroup it does get). A
+/// cgroup path that does not exist yet is accepted (`check` and `run` warn, naming the
+/// nearest unit): [`Attachments`] attaches it when it appears.
 pub fn resolve_scope(target: &ScopeTarget) -> anyhow::Result<Scope> {
     let root = cgroup2_mount()?;
     let path = match target {
         ScopeTarget::Host => root.clone(),
         ScopeTarget::Cgroup(p) if p.is_absolute() && p.starts_with(&root) => p.clone(),
-        ScopeTarget::Cgroup(p) => root.join(p.strip_prefix("/").unwrap_or(p)),
+        ScopeTarget::Cgroup(p) if p.is_absolute() => bail!(
+            "scope \"{target}\": {} is not under the cgroup v2 mount {} (hint: use \"host\", a path under {}, or a unit such as \"xeams.service\")",
+            p.display(),
+            root.display(),
+            root.display()
+        ),
+        ScopeTarget::Cgroup(p) => root.join(p),
         ScopeTarget::Unit(name) => {
             let cgroup = systemd::control_group(name)
                 .unwrap_or_else(|| Path::new("system.slice").join(name));
-            return Ok(Scope {
-                target: target.clone(),
-                path: root.join(cgroup),
-            });
+            root.join(cgroup)
         }
     };
-    if !path.join("cgroup.procs").is_file() {
-        bail!(
-            "scope \"{target}\": {} is not a cgroup v2 directory (hint: use \"host\", a path under {}, or a unit such as \"system.slice/xeams.service\" that is running)",
-            path.display(),
-            root.display()
-        );
-    }
     Ok(Scope {
         target: target.clone(),
         path,
@@ -173,14 +171,11 @@ pub fn attach_unit_start(paths: &PathArgs, unit: &str) -> anyhow::Result<(PathBu
             cgroup.display()
         );
     }
-    for (name, _) in CGROUP_PROGRAMS {
-        let pin = paths.prog(name);
-        if !pin.exists() {
-            bail!(
-                "attach --unit {unit}: program {} is not pinned, so {unit} would run unprotected and must not start (hint: start portcullis.service first; pins do not survive a reboot)",
-                pin.display()
-            );
-        }
+    if let Some(pin) = missing_program(paths) {
+        bail!(
+            "attach --unit {unit}: program {} is not pinned, so {unit} would run unprotected and must not start (hint: start portcullis.service first; pins do not survive a reboot)",
+            pin.display()
+        );
     }
     let tag = unit_tag(unit);
     let pinned = attach_cgroup(&paths.links(), &cgroup, &tag, |name, hook, cgroup| {
@@ -204,6 +199,14 @@ pub fn attach_unit_start(paths: &PathArgs, unit: &str) -> anyhow::Result<(PathBu
         .collect::<Vec<_>>();
     remove_links(&stale)?;
     Ok((cgroup, pinned.len()))
+}
+
+/// The first of the four cgroup programs that is not pinned, if any.
+pub fn missing_program(paths: &PathArgs) -> Option<PathBuf> {
+    CGROUP_PROGRAMS
+        .iter()
+        .map(|(name, _)| paths.prog(name))
+        .find(|pin| !pin.exists())
 }
 
 /// Every link pin of a unit scope (see [`Scope::tag`]).
@@ -317,11 +320,13 @@ impl Attachments {
         for scope in scopes {
             if !self.scopes.iter().any(|(s, _)| s.path == scope.path) {
                 // A unit that is not running has no cgroup yet: its drop-in attaches
-                // the one it gets when it starts.
-                if matches!(scope.target, ScopeTarget::Unit(_)) && !scope.path.is_dir() {
+                // the one it gets when it starts. A cgroup path that does not exist yet
+                // is attached when it appears (`reattach_recreated`).
+                if !scope.path.join("cgroup.procs").is_file() {
                     log::info!(
-                        "scope {}: not running; enforced from its next start",
-                        scope.target
+                        "scope {}: {} does not exist (yet); enforced from when it does",
+                        scope.target,
+                        scope.path.display()
                     );
                     self.scopes.push((scope.clone(), Vec::new()));
                     continue;

@@ -11,6 +11,7 @@
 //! ([`fault`]).
 
 pub mod attach;
+pub mod cgroup_query;
 pub mod counters;
 pub mod events;
 pub mod evidence;

@@ -62,7 +62,9 @@ pub fn gather(paths: &PathArgs) -> anyhow::Result<String> {
     let reload_failures = state.last_reload.as_ref().map_or(0, |r| r.failures);
     let snap = counters::read(paths)?;
     let learning = status::learned(paths);
-    let status = status::build(state, &snap, &pinned_links(paths), learning.as_ref());
+    let units = crate::systemd::protection::units(paths, &state.scopes);
+    let mut status = status::build(state, &snap, &pinned_links(paths), learning.as_ref());
+    status.units = units;
     Ok(Scrape {
         status,
         denied_ports: snap.denied.len(),
@@ -186,6 +188,17 @@ impl Collector for Scrape {
             "portcullis_attached_links",
             "Pinned program links (4 per cgroup scope, plus XDP).",
             ConstGauge::new(s.attached_links),
+        )?;
+        family(
+            enc,
+            "portcullis_unit_protected",
+            "1 when a unit in scope is protected: our programs attached to its live cgroup (asked of the kernel) and its effective ExecCondition= runs our attach; 0 when not.",
+            s.units.iter().map(|u| {
+                (
+                    [("unit", u.unit.clone()), ("scope", u.scope.clone())],
+                    ConstGauge::new(u64::from(u.protected)),
+                )
+            }),
         )?;
 
         let rules: Vec<_> = s
@@ -431,6 +444,16 @@ mod tests {
                 bytes: 180,
             }],
             names: Default::default(),
+            units: vec![crate::systemd::protection::UnitProtection {
+                unit: "postfix@-.service".into(),
+                scope: "postfix@.service".into(),
+                running: true,
+                cgroup: Some("system.slice/system-postfix.slice/postfix@-.service".into()),
+                attach_on_start: false,
+                programs_attached: 4,
+                protected: false,
+                reason: Some("its effective ExecCondition= does not run ...".into()),
+            }],
             events: EventStatus {
                 sent: 3,
                 rate_limited: 1,
@@ -462,6 +485,8 @@ mod tests {
             "portcullis_policy_loaded_timestamp_seconds 1795000000",
             "portcullis_attached_links 4",
             "portcullis_reload_failures_total 2",
+            "# TYPE portcullis_unit_protected gauge",
+            "portcullis_unit_protected{unit=\"postfix@-.service\",scope=\"postfix@.service\"} 0",
             "portcullis_rule_packets_total{product=\"xeams\",rule=\"smtp/in\",direction=\"in\",protocol=\"tcp\",mode=\"audit\"} 12",
             "portcullis_rule_bytes_total{product=\"xeams\",rule=\"smtp/in\",direction=\"in\",protocol=\"tcp\",mode=\"audit\"} 1530",
             "portcullis_denied_packets_total{product=\"xeams\",direction=\"out\",reason=\"no-rule\",verdict=\"would-deny\"} 3",

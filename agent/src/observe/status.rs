@@ -19,6 +19,7 @@ use crate::{
     },
     model::{Direction, IpProtocol, LoopbackMode, Mode, ScopeTarget},
     observe::names::{self, NamesStatus},
+    systemd::protection::{self, UnitProtection},
 };
 
 /// Packets and bytes.
@@ -191,6 +192,10 @@ pub struct Status {
     pub xdp: XdpStatus,
     /// Host names: the addresses learned from DNS answers, and the counters.
     pub names: NamesStatus,
+    /// Per unit of a unit scope (each instance of a template): whether it is protected,
+    /// measured on its live cgroup and its effective ExecCondition= (empty without unit
+    /// scopes).
+    pub units: Vec<UnitProtection>,
 }
 
 /// Reads state and counters into a [`Status`].
@@ -198,7 +203,10 @@ pub fn collect(paths: &PathArgs) -> anyhow::Result<Status> {
     let state = State::read(&paths.state_file())?;
     let snap = counters::read(paths)?;
     let learning = learned(paths);
-    Ok(build(state, &snap, &pinned_links(paths), learning.as_ref()))
+    let units = protection::units(paths, &state.scopes);
+    let mut status = build(state, &snap, &pinned_links(paths), learning.as_ref());
+    status.units = units;
+    Ok(status)
 }
 
 /// What the kernel learned from DNS answers; None (logged) when its maps cannot be
@@ -269,6 +277,7 @@ pub fn build(
         },
         xdp,
         names,
+        units: Vec::new(),
     }
 }
 

@@ -73,6 +73,25 @@ pub fn table(s: &Status, watch: Option<&Watch>) -> String {
         crate::observe::rfc3339(s.loaded_at),
         s.pid,
     );
+    for u in &s.units {
+        let running = if u.running { "running" } else { "not running" };
+        match &u.reason {
+            None => {
+                let _ = writeln!(
+                    o,
+                    "unit {}: protected ({running}, {} of 4 programs on its cgroup, attach on every start)",
+                    u.unit, u.programs_attached
+                );
+            }
+            Some(reason) => {
+                let _ = writeln!(
+                    o,
+                    "error: unit {}: NOT PROTECTED ({running}): {reason}",
+                    u.unit
+                );
+            }
+        }
+    }
     let _ = writeln!(o);
     let _ = write!(
         o,
@@ -171,6 +190,7 @@ pub(crate) mod tests {
             attached_links: 4,
             xdp: XdpStatus::default(),
             names: Default::default(),
+            units: Vec::new(),
             generation: 1,
             policy_version: 1,
             policy_digest: String::new(),

@@ -1,18 +1,29 @@
-//! The systemd side of unit scopes (`scope = ["postfix.service"]`).
+//! The systemd side of unit scopes (`scope = ["postfix@-.service"]`).
 //!
 //! systemd gives a service a new cgroup on every start, and the kernel drops a cgroup's
 //! programs with the cgroup. So each protected unit gets a drop-in,
-//! `/etc/systemd/system/<unit>.d/50-portcullis.conf`, whose `ExecStartPre=+portcullis
-//! attach --unit %n` attaches the pinned programs to the unit's new cgroup before its
-//! own processes run, on every start, whether the agent runs or not. Without the pins
-//! (after a reboot, before the agent has run) that command fails and so does the start:
-//! the unit never runs unprotected. `After=portcullis.service` makes a unit started in
-//! the same transaction as the agent (at boot) wait for it instead.
+//! `/etc/systemd/system/<unit>.d/50-portcullis.conf`, whose `ExecCondition=+portcullis
+//! attach --unit %n` attaches the pinned programs to the unit's new cgroup before any of
+//! its own commands run, on every start, whether the agent runs or not. ExecCondition=
+//! runs before every ExecStartPre=, so the unit's own pre-commands (Postfix's
+//! configure-instance.sh) run attached too; `attach --unit` exits 255 when it fails,
+//! the one ExecCondition= status that fails the start instead of skipping it quietly.
+//! Without the pins (after a reboot, before the agent has run) the start fails: the unit
+//! never runs unprotected, unless the site chose `unpinned_start = "unprotected"`.
+//! `After=portcullis.service` makes a unit started in the same transaction as the agent
+//! (at boot) wait for it instead.
+//!
+//! A template scope (`postfix@.service`) gets the drop-in in `postfix@.service.d/`, which
+//! systemd applies to every instance; the agent attaches the running ones itself.
 //!
 //! The drop-ins live in /etc because they must outlive a reboot; the agent writes them
 //! on start and reload, removes those of units that left the scope, and `portcullis
 //! detach` removes them all. systemd is asked through `systemctl` (daemon-reload, a
-//! unit's cgroup and load state): the same interface an admin uses.
+//! unit's cgroup and load state): the same interface an admin uses. [`units`] checks
+//! what a unit scope names; [`protection`] measures, per unit, whether it is protected.
+
+pub mod protection;
+pub mod units;
 
 use std::{
     fs,
@@ -21,6 +32,8 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+
+use crate::model::UnpinnedStart;
 
 /// Where the drop-ins go: the admin's unit directory, which survives a reboot.
 const UNIT_DIR: &str = "/etc/systemd/system";
@@ -54,27 +67,41 @@ fn parse_version(text: &str) -> Option<u32> {
         .ok()
 }
 
-fn drop_in_path(unit: &str) -> PathBuf {
+pub(crate) fn drop_in_path(unit: &str) -> PathBuf {
     Path::new(UNIT_DIR).join(format!("{unit}.d")).join(DROP_IN)
 }
 
 /// The drop-in of one protected unit. `exe` is this binary, `pin_dir` the agent's.
-fn drop_in_text(unit: &str, exe: &Path, pin_dir: &Path) -> String {
+fn drop_in_text(unit: &str, exe: &Path, pin_dir: &Path, unpinned: UnpinnedStart) -> String {
+    let (what, flag) = match unpinned {
+        UnpinnedStart::Refuse => (
+            "Without\n# them (the agent has not run since boot) the start fails: it never runs unprotected.",
+            "",
+        ),
+        UnpinnedStart::Unprotected => (
+            "Without\n# them (the agent has not run since boot) it starts unprotected, logged as an error.",
+            " --unpinned unprotected",
+        ),
+    };
     format!(
         "{MARKER}: \"{unit}\" is in its scope. Removed by `portcullis detach` or when the\n\
          # unit leaves the scope; do not edit.\n\
          #\n\
-         # Every start of the unit first attaches the pinned programs to its new cgroup. Without\n\
-         # them (the agent has not run since boot) the start fails: it never runs unprotected.\n\
+         # Every start of the unit first attaches the pinned programs to its new cgroup, before\n\
+         # its own ExecStartPre= commands. {what}\n\
          [Unit]\n\
          After=portcullis.service\n\
          \n\
          [Service]\n\
-         ExecStartPre=+{} attach --unit %n --pin-dir {}\n",
+         ExecCondition=+{} {ATTACH_ARGS} %n --pin-dir {}{flag}\n",
         exe.display(),
         pin_dir.display()
     )
 }
+
+/// The arguments of the drop-in's command before the unit name: how a unit's effective
+/// ExecCondition= is recognised as ours ([`protection`]).
+const ATTACH_ARGS: &str = "attach --unit";
 
 /// This binary's path for the drop-ins. During a package upgrade the running file may
 /// be replaced; the kernel then reports it as "... (deleted)", which is the same path.
@@ -107,7 +134,11 @@ fn units_with_drop_in(pin_dir: &Path) -> Vec<String> {
 /// Makes the drop-ins match `units`: writes (or rewrites) those of `units`, removes
 /// portcullis's drop-in from every other unit, and reloads systemd if anything changed.
 /// Returns the units whose drop-in was removed (their links are the caller's to remove).
-pub fn sync_drop_ins(units: &[String], pin_dir: &Path) -> anyhow::Result<Vec<String>> {
+pub fn sync_drop_ins(
+    units: &[String],
+    pin_dir: &Path,
+    unpinned: UnpinnedStart,
+) -> anyhow::Result<Vec<String>> {
     if units.is_empty() && units_with_drop_in(pin_dir).is_empty() {
         return Ok(Vec::new());
     }
@@ -121,7 +152,7 @@ pub fn sync_drop_ins(units: &[String], pin_dir: &Path) -> anyhow::Result<Vec<Str
     let mut changed = false;
     for unit in units {
         let path = drop_in_path(unit);
-        let text = drop_in_text(unit, &exe, pin_dir);
+        let text = drop_in_text(unit, &exe, pin_dir, unpinned);
         if fs::read_to_string(&path).is_ok_and(|t| t == text) {
             continue;
         }
@@ -187,7 +218,7 @@ fn daemon_reload() -> anyhow::Result<()> {
 }
 
 /// One property of a unit (`systemctl show -P`), or None when systemctl cannot say.
-fn property(unit: &str, name: &str) -> Option<String> {
+pub fn property(unit: &str, name: &str) -> Option<String> {
     let out = Command::new("systemctl")
         .args(["show", "-P", name, "--", unit])
         .output()
@@ -203,14 +234,6 @@ pub fn control_group(unit: &str) -> Option<PathBuf> {
     property(unit, "ControlGroup")
         .filter(|cg| !cg.is_empty())
         .map(|cg| PathBuf::from(cg.trim_start_matches('/')))
-}
-
-/// Whether systemd knows a unit of this name (None: systemd is not there to ask).
-pub fn knows(unit: &str) -> Option<bool> {
-    if !is_running() {
-        return None;
-    }
-    property(unit, "LoadState").map(|state| state != "not-found")
 }
 
 #[cfg(test)]
@@ -229,11 +252,12 @@ mod tests {
     }
 
     #[test]
-    fn drop_in_attaches_before_the_unit_runs_and_orders_after_the_agent() {
+    fn drop_in_attaches_before_the_units_own_commands_and_orders_after_the_agent() {
         let text = super::drop_in_text(
-            "postfix.service",
+            "postfix@-.service",
             Path::new("/usr/bin/portcullis"),
             Path::new("/sys/fs/bpf/portcullis"),
+            super::UnpinnedStart::Refuse,
         );
         assert!(text.starts_with(super::MARKER), "{text}");
         assert!(
@@ -242,9 +266,26 @@ mod tests {
         );
         assert!(
             text.contains(
-                "\n[Service]\nExecStartPre=+/usr/bin/portcullis attach --unit %n --pin-dir /sys/fs/bpf/portcullis\n"
+                "\n[Service]\nExecCondition=+/usr/bin/portcullis attach --unit %n --pin-dir /sys/fs/bpf/portcullis\n"
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_unprotected_setting_is_carried_by_the_drop_in() {
+        let text = super::drop_in_text(
+            "fakemail.service",
+            Path::new("/usr/bin/portcullis"),
+            Path::new("/sys/fs/bpf/portcullis"),
+            super::UnpinnedStart::Unprotected,
+        );
+        assert!(
+            text.contains(
+                "ExecCondition=+/usr/bin/portcullis attach --unit %n --pin-dir /sys/fs/bpf/portcullis --unpinned unprotected\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("starts unprotected"), "{text}");
     }
 }
