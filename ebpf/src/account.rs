@@ -3,8 +3,7 @@
 
 use aya_ebpf::bindings::__sk_buff;
 use aya_ebpf::helpers::{
-    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-    generated::{bpf_ktime_get_coarse_ns, bpf_skb_cgroup_id},
+    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_skb_cgroup_id,
 };
 use portcullis_common::{
     config::{Config, MODE_ENFORCE},
@@ -198,11 +197,9 @@ fn table_add(key: DeniedKey, packets: u64, bytes: u64) {
 #[inline(always)]
 fn emit(cfg: &Config, d: &Denied, dropped: bool, pid: u32, comm: [u8; 16]) {
     let layer = layer_of(d.hook);
-    // The bucket runs on the coarse clock (the last tick: a few ns, where the precise
-    // clock costs tens): a rate a second needs no better. Only a sent event reads the
-    // precise time it carries.
-    // SAFETY: a helper without arguments.
-    if !take_token(cfg.events_per_sec, unsafe { bpf_ktime_get_coarse_ns() }) {
+    // The bucket runs on the coarse clock where the kernel has one: a rate a second
+    // needs no better. Only a sent event reads the precise time it carries.
+    if !take_token(cfg.events_per_sec, crate::kernel::coarse_ns()) {
         count_stat(layer, stats::EVENTS_RATE_LIMITED, 1, 0);
         return;
     }

@@ -8,8 +8,13 @@
 //! counted `untrusted` and never parsed. The message (UDP: the payload; TCP: a segment
 //! that starts with the 2-byte length prefix and carries the whole message) is copied
 //! into the per-CPU scratch and parsed by `portcullis_common::dns::Parser`, one bounded
-//! step per `bpf_loop` round, at most `MAX_STEPS` rounds: the verifier checks one step,
-//! not the whole parse. Then the question's name is matched against the live
+//! step per round of a bounded loop, at most `MAX_STEPS` rounds. Each step (and each
+//! pattern and address below) is a global BPF function, which the verifier checks once,
+//! on its own, whatever calls it: the loop costs it a few instructions a round, not the
+//! step's paths times the rounds. Global functions, not `bpf_loop` callbacks: Linux 5.10
+//! has no `bpf_loop` (5.17+), and 6.1's verifier went over its 1M-instruction limit on
+//! the callbacks. A global function may take only
+//! scalars before 5.12, so each finds its state in the per-CPU scratch. Then the question's name is matched against the live
 //! generation's `PC_NAMES` (every pattern it matches: the exact name and the wildcards
 //! above it) and each address is stored in `PC_LEARNED` with those patterns, valid for
 //! min(TTL, `MAX_TTL`) + `dns_grace` seconds. A name no group lists teaches nothing.
@@ -20,12 +25,10 @@
 //! new addresses refused because a pattern holds `LEARNED_PER_NAME` of them already
 //! (`PC_NAME_ADDRS` counts them per pattern; the agent recounts it at each sweep).
 
-use core::ffi::c_void;
-
 use aya_ebpf::{
     bindings::__sk_buff,
     btf_maps::lpm_trie::Key,
-    helpers::generated::{bpf_ktime_get_boot_ns, bpf_loop, bpf_skb_load_bytes},
+    helpers::generated::{bpf_ktime_get_boot_ns, bpf_skb_load_bytes},
     programs::SkBuffContext,
 };
 use portcullis_common::{
@@ -139,8 +142,7 @@ fn load_and_parse(skb: *mut __sk_buff, s: &mut DnsScratch, start: u32, n: u32, m
         return;
     }
     s.parser.reset(msg_len as usize);
-    // SAFETY: a helper call with a static callback and no context.
-    unsafe { bpf_loop(MAX_STEPS, step as *mut c_void, core::ptr::null_mut(), 0) };
+    rounds(MAX_STEPS, pc_dns_step);
     learn();
 }
 
@@ -184,16 +186,31 @@ fn message(
     Some((start, msg_len))
 }
 
-/// The per-CPU scratch. Every callback looks it up again: `bpf_loop` passes a context
-/// pointer only to the caller's stack.
+/// Calls `f(0)`, `f(1)`, ... until it returns non-zero, at most `max` times. The bound is
+/// what the verifier needs (Linux 5.3+); each call is one global function's.
+#[inline(always)]
+fn rounds(max: u32, f: extern "C" fn(u32) -> i64) {
+    let mut i = 0;
+    while i < max {
+        if f(i) != 0 {
+            break;
+        }
+        i += 1;
+    }
+}
+
+/// The per-CPU scratch. Every step looks it up again: a global function gets no pointer
+/// to its caller's state (see the module docs).
 #[inline(always)]
 fn scratch() -> Option<&'static mut DnsScratch> {
     // SAFETY: the per-CPU scratch, used by one program run at a time on this CPU.
     PC_DNS_SCRATCH.get_ptr_mut(0).map(|s| unsafe { &mut *s })
 }
 
-/// One parser step, as `bpf_loop`'s callback: 0 goes on, 1 stops.
-extern "C" fn step(_index: u32, _ctx: *mut c_void) -> i64 {
+/// One parser step: 0 goes on, 1 stops. A global BPF function (see the module docs).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn pc_dns_step(_round: u32) -> i64 {
     match scratch() {
         Some(s) => {
             if s.parser.step(&s.buf) {
@@ -206,8 +223,11 @@ extern "C" fn step(_index: u32, _ctx: *mut c_void) -> i64 {
     }
 }
 
-/// One pattern of the question (`names::PatternWalk`), as `bpf_loop`'s callback.
-extern "C" fn pattern(_index: u32, _ctx: *mut c_void) -> i64 {
+/// One pattern of the question (`names::PatternWalk`): 0 goes on, 1 stops. A global BPF
+/// function.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn pc_dns_pattern(_round: u32) -> i64 {
     let Some(s) = scratch() else { return 1 };
     match s.walk.next(&s.parser.question, s.generation) {
         Some(key) => {
@@ -218,13 +238,15 @@ extern "C" fn pattern(_index: u32, _ctx: *mut c_void) -> i64 {
     }
 }
 
-/// Stores address `index` of the answer with the question's patterns, as `bpf_loop`'s
-/// callback.
+/// Stores address `index` of the answer with the question's patterns: 0 goes on, 1
+/// stops. A global BPF function.
 #[expect(
     clippy::needless_borrows_for_generic_args,
     reason = "key and value are passed as pointers into the scratch: no copy on the stack"
 )]
-extern "C" fn address(index: u32, _ctx: *mut c_void) -> i64 {
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn pc_dns_address(index: u32) -> i64 {
     let Some(s) = scratch() else { return 1 };
     let i = index as usize;
     if i >= MAX_ADDRS || i >= s.parser.addr_count as usize {
@@ -315,15 +337,7 @@ fn learn() {
     s.listed = false;
     s.generation = cfg.generation;
     s.patterns = Learned::default();
-    // SAFETY: helper calls with static callbacks and no context.
-    unsafe {
-        bpf_loop(
-            MAX_LABELS as u32,
-            pattern as *mut c_void,
-            core::ptr::null_mut(),
-            0,
-        )
-    };
+    rounds(MAX_LABELS as u32, pc_dns_pattern);
     if !s.listed {
         return count(dns::UNLISTED, 1);
     }
@@ -334,15 +348,7 @@ fn learn() {
     s.inserted = 0;
     s.evicted = 0;
     s.over_limit = 0;
-    // SAFETY: as above.
-    unsafe {
-        bpf_loop(
-            MAX_ADDRS as u32,
-            address as *mut c_void,
-            core::ptr::null_mut(),
-            0,
-        )
-    };
+    rounds(MAX_ADDRS as u32, pc_dns_address);
     if s.stored > 0 {
         count(dns::ANSWERS_LEARNED, 1);
         count(dns::ADDRESSES_LEARNED, s.stored);

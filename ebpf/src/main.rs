@@ -11,6 +11,7 @@
 //! - [`evidence`]: per-flow evidence of would-denied flows, for the report's classes.
 //! - [`learn`]: addresses of listed host names, learned from trusted resolvers' DNS
 //!   answers in ingress.
+//! - [`kernel`]: what the running kernel offers, as the loader found it.
 //! - [`maps`]: the maps, with names and sizes from `portcullis-common`.
 //! - [`noop`]: empty baseline programs for the benchmark only; never attached.
 //!
@@ -21,6 +22,7 @@
 mod account;
 mod connect;
 mod evidence;
+mod kernel;
 mod learn;
 mod maps;
 mod noop;

@@ -93,7 +93,7 @@ pub static PC_RESOLVERS: LpmTrie<[u8; 16], u32, { RESOLVERS_MAX as usize }> = Lp
 pub static PC_DNS_STATS: PerCpuArray<u64, { stats::dns::LEN as usize }> = PerCpuArray::new();
 
 /// The DNS learner's working memory: far larger than the 512-byte stack, and shared by
-/// the `bpf_loop` callbacks (which get no pointer to the caller's frame).
+/// the global step functions of `learn` (which get no pointer to the caller's frame).
 pub struct DnsScratch {
     /// The message, copied out of the packet.
     pub buf: [u8; DNS_BUF],

@@ -134,11 +134,8 @@ impl Datapath {
         // Asked of the counters' own pin: a half-removed pin directory may hold one map
         // and not the other.
         let counters_adopted = paths.map(names::RULE_COUNTERS).exists();
-        // aya 0.14's `EbpfLoader::new()` parses the kernel BTF (/sys/kernel/btf/vmlinux)
-        // whatever follows, tens of ms of startup; `btf(None)` only keeps it out of the
-        // load. aya has no constructor without it (see BENCHMARKS.md, "Issue 14").
-        let mut loader = EbpfLoader::new();
-        loader.btf(None);
+        let features = kernel_features();
+        let mut loader = object_loader(&features);
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
         }
@@ -374,7 +371,17 @@ fn load_programs(ebpf: &mut Ebpf, names: &[&str]) -> anyhow::Result<()> {
                     .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
             })
             .collect();
-        results.into_iter().collect()
+        // Every refusal, not only the first: on an older kernel more than one program
+        // may fail, and the admin needs the whole list at once.
+        let failed: Vec<String> = results
+            .into_iter()
+            .filter_map(|r| r.err().map(|e| format!("{e:#}")))
+            .collect();
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            bail!("{}", failed.join("\n\n"))
+        }
     })
 }
 
@@ -577,9 +584,8 @@ pub struct Verified {
 /// A refusal is recorded and the next program still loaded, so one run gives the whole
 /// picture of a kernel. For `portcullis debug verifier` (the kernel matrix's figures).
 pub fn verify_each() -> anyhow::Result<Vec<Verified>> {
-    let mut loader = EbpfLoader::new();
-    loader.btf(None);
-    let mut ebpf = loader
+    let features = kernel_features();
+    let mut ebpf = object_loader(&features)
         .load(OBJECT)
         .context("loading the eBPF object (maps only, nothing pinned)")?;
     let mut out = Vec::new();
@@ -626,4 +632,38 @@ mod verify_tests {
         assert_eq!(super::processed_insns(log), Some(312_045));
         assert_eq!(super::processed_insns("no count here"), None);
     }
+}
+
+/// The `portcullis_common::kernel` bits the running kernel offers, probed by loading a
+/// test program per helper (never guessed from the version: distributions backport).
+fn kernel_features() -> u32 {
+    use aya::{
+        programs::ProgramType,
+        sys::{BpfHelper, is_helper_supported},
+    };
+    use portcullis_common::kernel::COARSE_CLOCK;
+    let mut bits = 0;
+    if is_helper_supported(
+        ProgramType::CgroupSkb,
+        BpfHelper::BPF_FUNC_ktime_get_coarse_ns,
+    )
+    .unwrap_or(false)
+    {
+        bits |= COARSE_CLOCK;
+    }
+    log::debug!("kernel features for the programs: {bits:#x}");
+    bits
+}
+
+/// The loader of the embedded object, as every load of it is configured: `features`
+/// (from [`kernel_features`]) set as the constants the verifier prunes by.
+fn object_loader(features: &u32) -> EbpfLoader<'_> {
+    // aya 0.14's `EbpfLoader::new()` parses the kernel BTF (/sys/kernel/btf/vmlinux)
+    // whatever follows, tens of ms of startup; `btf(None)` only keeps it out of the
+    // load. aya has no constructor without it (see BENCHMARKS.md, "Issue 14").
+    let mut loader = EbpfLoader::new();
+    loader.btf(None);
+    // The kernel's features, as constants the verifier prunes by (`kernel`).
+    loader.override_global(portcullis_common::kernel::GLOBAL, features, true);
+    loader
 }

@@ -8,7 +8,7 @@
 //!
 //! **Bounded by construction.** [`Parser::step`] does a bounded amount of work (one
 //! label, or one record's fixed fields) and the parser never needs more than
-//! [`MAX_STEPS`] steps: the kernel calls `step` from `bpf_loop`, userspace from a `for`
+//! [`MAX_STEPS`] steps: the kernel calls `step` from a bounded loop, userspace from a `for`
 //! loop ([`parse`]). Every byte is read through one bounds check against the message
 //! length, and the index is masked to the buffer size so the verifier sees the bound
 //! too. Limits: [`MAX_RECORDS`] answer records, [`MAX_HOPS`] compression pointers per

@@ -19,6 +19,7 @@ pub mod dns;
 pub mod event;
 pub mod evidence;
 pub mod flow;
+pub mod kernel;
 pub mod maps;
 pub mod names;
 pub mod policy;

@@ -318,7 +318,7 @@ pub fn learned_rule<T: NameTables>(
 /// [`PatternWalk::next`]: `*.` of each proper suffix with at least one label, from the
 /// shortest suffix to the longest, then the name itself exactly. The suffix hashes fold
 /// from the root down, one label per step, so no array of them is needed, and the
-/// kernel can take one step per `bpf_loop` round.
+/// kernel can take one step per round of a bounded loop.
 #[derive(Clone, Copy, Debug)]
 pub struct PatternWalk {
     suffix: u64,
@@ -393,7 +393,7 @@ pub fn record_pattern<T: NameTables>(
 /// Records in `learned` every pattern of the policy's `generation` that the name
 /// (label hashes as [`PatternWalk`] takes them) matches, valid until `expires_ns`;
 /// returns whether the name is listed at all. This is what learning an address from an
-/// answer to that name stores (the kernel takes the same steps, one per `bpf_loop`
+/// answer to that name stores (the kernel takes the same steps, one per loop
 /// round).
 pub fn record_listed<T: NameTables>(
     tables: &T,
