@@ -624,16 +624,6 @@ fn processed_insns(log: &str) -> Option<u64> {
     rest.split_once(" insns")?.0.trim().parse().ok()
 }
 
-#[cfg(test)]
-mod verify_tests {
-    #[test]
-    fn reads_the_processed_count_of_a_verifier_log() {
-        let log = "R4 invalid mem access 'scalar'\nprocessed 312045 insns (limit 1000000) max_states_per_insn 4";
-        assert_eq!(super::processed_insns(log), Some(312_045));
-        assert_eq!(super::processed_insns("no count here"), None);
-    }
-}
-
 /// The `portcullis_common::kernel` bits the running kernel offers, probed by loading a
 /// test program per helper (never guessed from the version: distributions backport).
 fn kernel_features() -> u32 {
@@ -666,4 +656,14 @@ fn object_loader(features: &u32) -> EbpfLoader<'_> {
     // The kernel's features, as constants the verifier prunes by (`kernel`).
     loader.override_global(portcullis_common::kernel::GLOBAL, features, true);
     loader
+}
+
+#[cfg(test)]
+mod verify_tests {
+    #[test]
+    fn reads_the_processed_count_of_a_verifier_log() {
+        let log = "R4 invalid mem access 'scalar'\nprocessed 312045 insns (limit 1000000) max_states_per_insn 4";
+        assert_eq!(super::processed_insns(log), Some(312_045));
+        assert_eq!(super::processed_insns("no count here"), None);
+    }
 }
