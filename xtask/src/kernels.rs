@@ -713,24 +713,21 @@ fn read_verifier(out: &Path) -> Vec<(String, Option<u64>, f64, Option<String>)> 
         .collect()
 }
 
-/// The gist of a refusal for the summary table: the verifier's last complaint before its
-/// statistics, or the error's first line.
+/// The gist of a refusal for the summary table: the verifier's last line before its
+/// statistics (`verification time`, `stack depth`, `processed N insns`), or the error's
+/// first line.
 fn refusal_summary(error: &str) -> String {
+    const STATS: [&str; 4] = ["verification time", "stack depth", "processed ", ": "];
     let lines: Vec<&str> = error
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
+        .map(|l| l.rsplit_once("Verifier output: ").map_or(l, |(_, log)| log))
         .collect();
-    let stats = lines
+    let gist = lines
         .iter()
-        .rposition(|l| l.starts_with("processed ") || l.starts_with("verification time"));
-    let gist = stats
-        .and_then(|i| {
-            lines[..i]
-                .iter()
-                .rev()
-                .find(|l| !l.starts_with("verification time"))
-        })
+        .rev()
+        .find(|l| !STATS.iter().any(|s| l.starts_with(s)))
         .or(lines.first())
         .copied()
         .unwrap_or("");
@@ -801,6 +798,16 @@ mod tests {
                  R4 invalid mem access 'scalar'\n\
                  processed 301234 insns (limit 1000000) max_states_per_insn 4\n";
         assert_eq!(super::refusal_summary(e), "R4 invalid mem access 'scalar'");
+        // As 6.1 refused pc_egress: the complaint is on the error's first line.
+        let e = "loading program pc_egress (verifier): the BPF_PROG_LOAD syscall returned \
+                 Permission denied (os error 13). Verifier output: combined stack size of 4 \
+                 calls is 544. Too large\nverification time 38371850 usec\nstack depth 208+0\n\
+                 processed 313300 insns (limit 1000000) max_states_per_insn 24\n\
+                 : Permission denied (os error 13)";
+        assert_eq!(
+            super::refusal_summary(e),
+            "combined stack size of 4 calls is 544. Too large"
+        );
     }
 
     #[test]
