@@ -21,6 +21,13 @@ echo "MATRIX: start verifier"
 echo $? >"$OUT/verifier.rc"
 cat "$OUT/verifier.json" "$OUT/verifier.err"
 echo "MATRIX: end verifier"
+# A refused program fails every test that starts the agent, each after verifying it
+# again for minutes under TCG: the refusal is the result, the suites are not run.
+if [ "$(cat "$OUT/verifier.rc")" != 0 ]; then
+    echo "MATRIX: refused"
+    echo "MATRIX: done"
+    exit 0
+fi
 
 tab=$(printf '\t')
 while IFS="$tab" read -r suite binary tests; do

@@ -578,6 +578,7 @@ pub fn run_guest(
     };
     let mut step_started: Option<(String, Instant)> = None;
     let mut done = false;
+    let mut refused = false;
     loop {
         match rx.recv_timeout(Duration::from_secs(5)) {
             Ok((at, line)) => {
@@ -592,6 +593,8 @@ pub fn run_guest(
                             let passed = rc_ok(&out, &n);
                             run.steps.push((n, at - t, passed));
                         }
+                    } else if what == "refused" {
+                        refused = true;
                     } else if what == "done" {
                         done = true;
                     }
@@ -628,6 +631,17 @@ pub fn run_guest(
             ))
         } else if run.verifier.is_empty() {
             Some("`portcullis debug verifier` printed nothing".to_owned())
+        } else if refused {
+            let names: Vec<&str> = run
+                .verifier
+                .iter()
+                .filter(|(_, _, _, error)| error.is_some())
+                .map(|(name, _, _, _)| name.as_str())
+                .collect();
+            Some(format!(
+                "the kernel refused {} (see the table); the suites were not run",
+                names.join(", ")
+            ))
         } else if let Some((name, _, _)) = run.steps.iter().find(|(_, _, ok)| !ok) {
             Some(format!("{name} failed"))
         } else {
