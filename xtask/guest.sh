@@ -19,7 +19,8 @@ uname -r >"$OUT/uname"
 echo "MATRIX: start verifier"
 "$PORTCULLIS_BIN" debug verifier --json >"$OUT/verifier.json" 2>"$OUT/verifier.err"
 echo $? >"$OUT/verifier.rc"
-cat "$OUT/verifier.json" "$OUT/verifier.err"
+# verifier.json holds whole verifier logs of refusals (megabytes): the host reads the file.
+cat "$OUT/verifier.err"
 echo "MATRIX: end verifier"
 # A refused program fails every test that starts the agent, each after verifying it
 # again for minutes under TCG: the refusal is the result, the suites are not run.
