@@ -1,4 +1,4 @@
-//! The enforcement datapath against real traffic (issue 4): cgroup programs loaded into
+//! The enforcement datapath against real traffic: cgroup programs loaded into
 //! the running kernel by the real agent, real sockets and clients (curl, nc, dig against
 //! dnsmasq, Python for exact errno and byte counts) across a veth pair between two
 //! network namespaces. Every test checks the allowed outcome, the denied outcome and
@@ -323,7 +323,7 @@ fn loopback_is_exempt_by_default_and_enforced_on_request() {
     );
 }
 
-/// Issue 13, bypass 1: UDP state is per flow, not per socket. A socket connect()ed to an
+/// UDP state is per flow, not per socket. A socket connect()ed to an
 /// allowed server cannot sendto() anywhere else, not after connect(AF_UNSPEC), not after
 /// a refused re-connect, and a loopback-exempt socket carries no other destination.
 #[test]
@@ -378,7 +378,7 @@ fn connected_udp_socket_cannot_send_to_other_destinations() {
     assert_eq!(denies(&s, "out", "no-rule", false).0, 5, "{s:#}");
 }
 
-/// Issue 13, bypass 2: an IPv6 datagram from an IPv4-mapped source (here
+/// Spoofed IPv4-mapped sources: an IPv6 datagram from an IPv4-mapped source (here
 /// `::ffff:127.0.0.1`, which passed as loopback) is denied as spoofed, never delivered.
 #[test]
 fn ipv4_mapped_sources_are_spoofed_not_loopback() {
@@ -436,7 +436,7 @@ fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
     }
 }
 
-/// Issue 13, gap 7 (revocation), cgroup layer: a reload that removes a TCP rule and
+/// Revocation, cgroup layer: a reload that removes a TCP rule and
 /// narrows a UDP rule stops the flows they allowed at their next packet. A client holds
 /// one connection of each; after the reload its next TCP segment and datagram are
 /// denied under reason `revoked` (counted, in the deny log, in the metrics), the server
@@ -541,7 +541,7 @@ fn reload_revokes_established_tcp_and_udp_flows_at_the_cgroup_layer() {
     );
 }
 
-/// Issue 13, gap 3 (ICMP related-only), cgroup layer, real traffic: a raw ICMP listener
+/// ICMP related-only, cgroup layer, real traffic: a raw ICMP listener
 /// in the enforced cgroup on A receives the port-unreachable B's kernel sends for a
 /// datagram A really sent, and the echo reply to A's own ping; it never receives an
 /// echo reply A did not ask for, nor an error quoting a flow A never had. Both are
@@ -622,7 +622,7 @@ fn icmp_errors_and_echo_replies_pass_only_for_flows_this_host_has() {
     assert!(rule_packets(&s, "probe-out") >= 1, "{s:#}");
 }
 
-/// Issue 13, gap 6 (audit accounting): in audit mode, a blocked outbound UDP flow and a
+/// Audit accounting per flow: in audit mode, a blocked outbound UDP flow and a
 /// blocked TCP connection, both with replies, are one would-deny flow each, their
 /// replies are counted against them (direction out), and `report --json` lists exactly
 /// the two outbound ports and no inbound one (before, the replies showed up as inbound

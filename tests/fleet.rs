@@ -175,6 +175,37 @@ impl Gateway {
     fn config(&self) -> String {
         self.c.must("cat /etc/portcullis/portcullis.toml")
     }
+
+    /// Waits until the report's window spans the minimum (the config's
+    /// `audit_min_window`), checking that it did not before; returns the report.
+    fn wait_for_window(&self) -> Value {
+        let short = self.report();
+        assert_eq!(short["window_complete"], false, "{short:#}");
+        assert_eq!(
+            short["safe"], false,
+            "never safe before the window: {short:#}"
+        );
+        assert!(
+            short["verdict"]
+                .as_str()
+                .is_some_and(|v| v.starts_with("not yet: ")),
+            "{short:#}"
+        );
+        assert_eq!(short["min_window_seconds"], MIN_WINDOW_SECS, "{short:#}");
+        let deadline =
+            std::time::Instant::now() + std::time::Duration::from_secs(MIN_WINDOW_SECS + 30);
+        loop {
+            let r = self.report();
+            if r["window_complete"] == true {
+                return r;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the window never reached {MIN_WINDOW_SECS} s: {r:#}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+    }
 }
 
 /// The role's variables for the protected workload: xeams plus site rules, enforcing on
@@ -200,9 +231,15 @@ fn site_vars(deb: &str, mode: &str) -> Value {
             { "id": "relay-in", "direction": "in", "protocol": "tcp", "ports": ["2525-2526", 2600],
               "peers": "mail-relays", "why": "mail from the \"relays\"" }
         ],
-        "portcullis_metrics_listen": "127.0.0.1:9975"
+        "portcullis_metrics_listen": "127.0.0.1:9975",
+        "portcullis_audit_min_window": format!("{MIN_WINDOW_SECS}s")
     })
 }
+
+/// The audit window the tests ask for before enforce (the role's default is 7 days):
+/// longer than a play takes from the agent's start or a reset to the gate, so "not yet"
+/// is seen for sure.
+const MIN_WINDOW_SECS: u64 = 45;
 
 /// One connect() to 127.0.0.1:`port` from a transient unit in the protected [`SLICE`]:
 /// net.py's verdict (`ok`, `EPERM`, ...). [`listeners`] put net.py in /root.
@@ -231,19 +268,38 @@ fn role_installs_and_enforces_is_idempotent_and_a_bad_config_keeps_the_policy() 
         "the host has portcullis before the role ran"
     );
 
-    // First run: installs the .deb, writes the config, reloads; the fresh agent's report
-    // is safe (nothing was denied in its audit window), so the gate lets enforce through.
+    // First run: installs the .deb and writes the config, but the fresh agent's window
+    // is shorter than the minimum: nothing denied yet is not "safe", so the gate keeps
+    // the host in audit and the play fails saying "not yet".
     let vars = site_vars(&g.deb, "enforce");
-    let first = g.play_ok(&vars);
+    let first = g.play(&vars);
     assert!(
         first.changed > 0,
         "the first run changed nothing:\n{}",
         first.output
     );
     assert!(
-        !first.output.contains("forced by portcullis_force_enforce"),
-        "the first run was forced:\n{}",
+        !first.ok
+            && first.output.contains("not switching to enforce")
+            && first.output.contains("not yet: "),
+        "a fresh install was switched to enforce:\n{}",
         first.output
+    );
+    assert_eq!(g.status()["mode"], "audit");
+    assert!(
+        g.config()
+            .contains(&format!("audit_min_window = \"{MIN_WINDOW_SECS}s\""))
+    );
+    // Once the window spans the minimum (and nothing was denied), the same variables
+    // switch the host, without force.
+    assert_eq!(g.wait_for_window()["safe"], true);
+    let switched = g.play_ok(&vars);
+    assert!(
+        !switched
+            .output
+            .contains("forced by portcullis_force_enforce"),
+        "the switch was forced:\n{}",
+        switched.output
     );
     assert_eq!(
         g.c.must("systemctl is-enabled portcullis.service").trim(),
@@ -367,6 +423,7 @@ fn role_installs_and_enforces_is_idempotent_and_a_bad_config_keeps_the_policy() 
         "fleet_role",
         &[
             ("first_run_changed", first.changed.to_string()),
+            ("fresh_install_refused", "yes".into()),
             ("second_run_changed", second.changed.to_string()),
             ("bad_runs_rejected", "3".into()),
             ("policy_kept", "yes".into()),
@@ -423,10 +480,18 @@ fn enforce_gate_refuses_while_not_safe_switches_once_safe_and_says_when_forced()
     );
     assert_eq!(g.status()["mode"], "audit");
 
-    // The operator fixed the cause and started a new window: now it is safe, and the
-    // same variables switch the host, without force.
+    // The operator fixed the cause and started a new window. Before the window spans
+    // the minimum the gate refuses ("not yet"); after it, the same variables switch the
+    // host, without force.
     g.c.must("portcullis report --reset");
-    assert_eq!(g.report()["safe"], true);
+    let early = g.play(&enforce);
+    assert!(
+        !early.ok && early.output.contains("not yet: "),
+        "switched before the minimum window:\n{}",
+        early.output
+    );
+    assert_eq!(g.status()["mode"], "audit");
+    assert_eq!(g.wait_for_window()["safe"], true);
     let switched = g.play_ok(&enforce);
     assert!(switched.changed > 0, "{}", switched.output);
     assert!(
@@ -473,6 +538,7 @@ fn enforce_gate_refuses_while_not_safe_switches_once_safe_and_says_when_forced()
         "fleet_gate",
         &[
             ("refused_while_unsafe", "yes".into()),
+            ("refused_before_min_window", "yes".into()),
             ("switched_once_safe", "yes".into()),
             ("forced_said", "yes".into()),
         ],

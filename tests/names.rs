@@ -1,4 +1,4 @@
-//! Peer groups of host names, learned in the kernel from DNS answers (issue 15), against
+//! Peer groups of host names, learned in the kernel from DNS answers, against
 //! a real resolver: dnsmasq on the peer namespace B answers from a zone each test
 //! writes, the protected namespace A resolves with a stub in the same process that then
 //! connects (tests/support/net.py), and the real agent learns the answers' addresses on

@@ -1,4 +1,4 @@
-//! Reliability and adversarial tests (issue 9): how the agent fails, and that it never
+//! Reliability and adversarial tests: how the agent fails, and that it never
 //! fails open.
 //!
 //! What `tests/service.rs` (kill -9 and 1000 reloads under load, a bad reload, detach)
@@ -1244,7 +1244,7 @@ fn assert_live_is_status_policy(agent: &Agent, when: &str) {
     );
 }
 
-/// Issue 13: a reload killed at any of its steps (the agent's test-only fault points,
+/// A reload killed at any of its steps (the agent's test-only fault points,
 /// `PORTCULLIS_FAULT_AT`) leaves nothing behind that the restarted agent does not
 /// repair. 200 kills, cycling through every step, alternating two policies whose peer
 /// entries differ; after each restart the live maps are exactly the image of the policy
@@ -1301,7 +1301,7 @@ fn reload_killed_at_every_step_leaves_the_live_maps_equal_to_the_status_policy()
     );
 }
 
-/// Issue 13: `portcullis mode` and reloads are serialised (the install lock). 100
+/// `portcullis mode` and reloads are serialised (the install lock). 100
 /// reloads, each raced by a `mode` switch; after each, the live generation and mode are
 /// those `status` reports. Before, `mode` could write back the configuration it read
 /// before a reload's flip: the old generation live again under a state file that says

@@ -307,7 +307,8 @@ fn audit_traffic(lab: &Lab) {
 fn report_names_exactly_the_denied_ports_then_says_safe_after_a_site_rule_and_reset() {
     let mut lab = Lab::new("report");
     http_servers(&mut lab, &[8080, 8081, 8082]);
-    let cfg = lab.config(WEB_OUT, "mode = \"audit\"");
+    // No minimum window here (the readiness suite tests it): the verdict is the ports'.
+    let cfg = lab.config(WEB_OUT, "mode = \"audit\"\naudit_min_window = \"0\"");
     let agent = lab.agent(&cfg, &[]);
     audit_traffic(&lab);
 
@@ -381,7 +382,7 @@ fn report_names_exactly_the_denied_ports_then_says_safe_after_a_site_rule_and_re
     // The site allows what it needs: a site rule for 8081 and 5353, the feature for 8082.
     let cfg = lab.config(
         WEB_OUT,
-        "mode = \"audit\"\nfeatures = [\"extra\"]\n\n[[rule]]\nid = \"site-web\"\ndirection = \"out\"\nprotocol = \"tcp\"\nports = 8081\nwhy = \"site\"\n\n\
+        "mode = \"audit\"\naudit_min_window = \"0\"\nfeatures = [\"extra\"]\n\n[[rule]]\nid = \"site-web\"\ndirection = \"out\"\nprotocol = \"tcp\"\nports = 8081\nwhy = \"site\"\n\n\
          [[rule]]\nid = \"site-udp\"\ndirection = \"out\"\nprotocol = \"udp\"\nports = 5353\nwhy = \"site\"\n",
     );
     let agent = lab.agent(&cfg, &[]);

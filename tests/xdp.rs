@@ -1,4 +1,4 @@
-//! The XDP ingress filter (issue 6), in the kernel.
+//! The XDP ingress filter, in the kernel.
 //!
 //! - `corpus_*`: BPF_PROG_TEST_RUN over crafted frames, each with its expected action
 //!   and the counter it must land in; after the run every counter must equal the sum the
@@ -232,7 +232,7 @@ fn corpus() -> Vec<Case> {
         v4(PEER4, IPPROTO_ICMP, &icmp(0, 0)),
         Deny(reason::ICMP),
     );
-    // ICMP is related-only (issue 13): an error passes when the packet it quotes is of a
+    // ICMP is related-only: an error passes when the packet it quotes is of a
     // flow this host has (here: LOCAL4:40000 -> PEER4:25 in the flow table), never bare.
     for (ty, code, name) in [
         (3, 4, "dest unreachable"),
@@ -803,7 +803,7 @@ fn corpus() -> Vec<Case> {
         Icmp,
     );
 
-    // --- Spoofed sources (issue 13): never loopback, never a peer, denied for their own
+    // --- Spoofed sources: never loopback, never a peer, denied for their own
     // reason. Port 25 is open to everyone and 389 to 198.18.0.0/24, whose IPv4-mapped
     // prefix a mapped IPv6 source would otherwise match.
     for (name, src) in [
@@ -1671,7 +1671,7 @@ fn veth_generic_mode_filters_the_same() {
     );
 }
 
-/// Issue 13, gap 7 (revocation), XDP layer: the real agent in namespace A with XDP on its
+/// Revocation, XDP layer: the real agent in namespace A with XDP on its
 /// veth and a scope for A's servers. B holds a TCP connection and a UDP flow into A,
 /// opened under inbound rules; a reload removes the TCP rule and narrows the UDP one.
 /// B's next segment and datagram are dropped by XDP under reason `revoked` (counted in
@@ -1768,7 +1768,7 @@ fn reload_revokes_inbound_tcp_and_udp_flows_at_xdp() {
     );
 }
 
-/// Issue 13, bypass 1 at the XDP layer: with the real agent and XDP on A's veth, a
+/// UDP state per flow, not per socket, at the XDP layer: with the real agent and XDP on A's veth, a
 /// connected UDP socket (allowed to B:5300) that sendto()s B:9999 is refused, and opens
 /// no reply path: B's echo from 5300 passes XDP (counted against the rule), a datagram
 /// from B:9999 to the same socket port is dropped by XDP and counted.

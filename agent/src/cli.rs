@@ -12,6 +12,7 @@ pub const EXIT_INVALID_POLICY: u8 = 3;
 
 const EXAMPLES: &str = "\
 Examples:
+  portcullis detect
   portcullis profile list
   portcullis profile show xeams --feature pop3
   portcullis explain --product iredmail --direction in --protocol tcp --port 25
@@ -38,6 +39,8 @@ enum Command {
     /// List the built-in product profiles, or show one compiled.
     #[command(subcommand)]
     Profile(commands::profile::ProfileCommand),
+    /// Name the mail-security product installed on this host, with the evidence.
+    Detect(commands::detect::Args),
     /// Validate a site config and print the policy it compiles to.
     Check(commands::check::Args),
     /// Show the verdict the datapath gives a new flow, and the rule that decides it.
@@ -79,6 +82,7 @@ pub fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Profile(c) => commands::profile::run(c),
+        Command::Detect(a) => commands::detect::run(a),
         Command::Check(a) => commands::check::run(a),
         Command::Explain(a) => commands::explain::run(a),
         Command::Run(a) => commands::run::run(a),

@@ -408,7 +408,7 @@ fn vendor_names_are_shown_checked_and_explained() {
 
 #[test]
 fn check_and_run_refuse_a_cgroup_scope_with_xdp_unless_the_site_accepts_it() {
-    // Issue 13, gap 5: only the scope's egress fills XDP's reply table, so a cgroup
+    // Cgroup scope with XDP: only the scope's egress fills XDP's reply table, so a cgroup
     // scope with XDP would silently drop every other process's replies on that
     // interface. Refused (exit 3, the xdp line, the fix) unless `xdp_scope_only = true`.
     let text = "product = \"xeams\"\nscope = [\"system.slice/xeams.service\"]\nxdp = [\"eth0\"]\n";

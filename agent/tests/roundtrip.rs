@@ -1,4 +1,4 @@
-//! Round trip of the configuration format (issue 9): parse -> print -> parse gives the
+//! Round trip of the configuration format: parse -> print -> parse gives the
 //! same policy.
 //!
 //! A generated profile and site config (TOML written in the varied ways people write

@@ -13,8 +13,10 @@
 //! on its own, whatever calls it: the loop costs it a few instructions a round, not the
 //! step's paths times the rounds. Global functions, not `bpf_loop` callbacks: Linux 5.10
 //! has no `bpf_loop` (5.17+), and 6.1's verifier went over its 1M-instruction limit on
-//! the callbacks. A global function may take only
-//! scalars before 5.12, so each finds its state in the per-CPU scratch. Then the question's name is matched against the live
+//! the callbacks. Before 5.12 a global function may take only scalars, so each finds its
+//! state in the per-CPU scratch; and it declares no argument it does not read (LLVM
+//! leaves such a register unset, and the verifier refuses a non-scalar there). Then the
+//! question's name is matched against the live
 //! generation's `PC_NAMES` (every pattern it matches: the exact name and the wildcards
 //! above it) and each address is stored in `PC_LEARNED` with those patterns, valid for
 //! min(TTL, `MAX_TTL`) + `dns_grace` seconds. A name no group lists teaches nothing.
@@ -32,7 +34,7 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use portcullis_common::{
-    dns::{DNS_BUF, MAX_ADDRS, MAX_STEPS, Status},
+    dns::{DNS_BUF, MAX_ADDRS, MAX_STEPS, Next, Status},
     names::{
         self, LEARNED_NAMES, LEARNED_PER_NAME, Learned, MAX_LABELS, MAX_TTL, NameKey, PatternWalk,
     },
@@ -142,7 +144,7 @@ fn load_and_parse(skb: *mut __sk_buff, s: &mut DnsScratch, start: u32, n: u32, m
         return;
     }
     s.parser.reset(msg_len as usize);
-    rounds(MAX_STEPS, pc_dns_step);
+    rounds(MAX_STEPS, |_| pc_dns_step());
     learn();
 }
 
@@ -189,7 +191,7 @@ fn message(
 /// Calls `f(0)`, `f(1)`, ... until it returns non-zero, at most `max` times. The bound is
 /// what the verifier needs (Linux 5.3+); each call is one global function's.
 #[inline(always)]
-fn rounds(max: u32, f: extern "C" fn(u32) -> i64) {
+fn rounds(max: u32, mut f: impl FnMut(u32) -> i64) {
     let mut i = 0;
     while i < max {
         if f(i) != 0 {
@@ -207,18 +209,45 @@ fn scratch() -> Option<&'static mut DnsScratch> {
     PC_DNS_SCRATCH.get_ptr_mut(0).map(|s| unsafe { &mut *s })
 }
 
-/// One parser step: 0 goes on, 1 stops. A global BPF function (see the module docs).
+/// One parser step: 0 goes on, 1 stops. A global BPF function (see the module docs),
+/// which hands the step to one of three more, by what it does (`dns::Next`).
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn pc_dns_step(_round: u32) -> i64 {
+pub extern "C" fn pc_dns_step() -> i64 {
+    match scratch().map(|s| s.parser.next()) {
+        Some(Next::Name) => pc_dns_name(),
+        Some(Next::Hash) => pc_dns_hash(),
+        Some(Next::Other) => pc_dns_other(),
+        None => 1,
+    }
+}
+
+/// `Parser::step_hash` as a global BPF function: 0 goes on, 1 stops.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn pc_dns_hash() -> i64 {
     match scratch() {
-        Some(s) => {
-            if s.parser.step(&s.buf) {
-                0
-            } else {
-                1
-            }
-        }
+        Some(s) => (!s.parser.step_hash()) as i64,
+        None => 1,
+    }
+}
+
+/// `Parser::step_name` as a global BPF function: 0 goes on, 1 stops.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn pc_dns_name() -> i64 {
+    match scratch() {
+        Some(s) => (!s.parser.step_name(&s.buf)) as i64,
+        None => 1,
+    }
+}
+
+/// `Parser::step_other` as a global BPF function: 0 goes on, 1 stops.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn pc_dns_other() -> i64 {
+    match scratch() {
+        Some(s) => (!s.parser.step_other(&s.buf)) as i64,
         None => 1,
     }
 }
@@ -227,7 +256,7 @@ pub extern "C" fn pc_dns_step(_round: u32) -> i64 {
 /// function.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn pc_dns_pattern(_round: u32) -> i64 {
+pub extern "C" fn pc_dns_pattern() -> i64 {
     let Some(s) = scratch() else { return 1 };
     match s.walk.next(&s.parser.question, s.generation) {
         Some(key) => {
@@ -337,7 +366,7 @@ fn learn() {
     s.listed = false;
     s.generation = cfg.generation;
     s.patterns = Learned::default();
-    rounds(MAX_LABELS as u32, pc_dns_pattern);
+    rounds(MAX_LABELS as u32, |_| pc_dns_pattern());
     if !s.listed {
         return count(dns::UNLISTED, 1);
     }
@@ -348,7 +377,7 @@ fn learn() {
     s.inserted = 0;
     s.evicted = 0;
     s.over_limit = 0;
-    rounds(MAX_ADDRS as u32, pc_dns_address);
+    rounds(MAX_ADDRS as u32, |i| pc_dns_address(i));
     if s.stored > 0 {
         count(dns::ANSWERS_LEARNED, 1);
         count(dns::ADDRESSES_LEARNED, s.stored);

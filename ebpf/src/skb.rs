@@ -252,17 +252,66 @@ fn judge(ctx: &SkBuffContext, egress: bool, dns: Option<&mut u8>) -> i32 {
 
     let sk = full_socket(ctx);
     let record = storage(sk, None);
-    if !record.is_null() {
-        // SAFETY: non-NULL socket storage of this map's type, owned by the socket.
-        let record = unsafe { &mut *record };
-        if record.applies_to(&f.remote, f.remote_port) {
-            return by_record(cfg, &f, record);
-        }
-    }
-    if f.egress {
+    // SAFETY: non-NULL socket storage of this map's type, owned by the socket.
+    let j = if !record.is_null() && unsafe { (*record).applies_to(&f.remote, f.remote_port) } {
+        // SAFETY: as above.
+        Judged::unpack(by_record(cfg, &f, unsafe { &mut *record }))
+    } else if f.egress {
         egress_unrecorded(cfg, &f, sk)
     } else {
         ingress_unrecorded(cfg, &f, sk)
+    };
+    verdict(cfg, &f, j.direction, j.decision, j.event)
+}
+
+/// What a path of the verdict decided, applied by [`judge`] on the program's own frame.
+/// The paths return it instead of applying it themselves so that the deny path's
+/// frames ([`deny_flow`], [`note_evidence`]) never stack on a path's frame: kernels
+/// before 6.8 round each frame up to 32 bytes, and a path's frame with the deny path's
+/// on top went over the 512-byte stack there.
+#[derive(Clone, Copy)]
+struct Judged {
+    /// The direction the flow was judged in (who opened it).
+    direction: u8,
+    decision: Decision,
+    /// Whether a deny sends an event (not for every packet of a known denied flow).
+    event: bool,
+}
+
+impl Judged {
+    #[inline(always)]
+    fn new(direction: u8, decision: Decision, event: bool) -> Self {
+        Judged {
+            direction,
+            decision,
+            event,
+        }
+    }
+
+    /// As one register, for what a non-inlined path returns: LLVM builds a returned
+    /// struct in the caller's frame in ways the verifier cannot always follow (a
+    /// register that holds a pointer on one path and a number on another).
+    #[inline(always)]
+    fn pack(self) -> u64 {
+        let (deny, value) = match self.decision {
+            Decision::Allow(rule) => (0u64, rule as u64),
+            Decision::Deny(why) => (1, why as u64),
+        };
+        self.direction as u64 | (self.event as u64) << 8 | deny << 16 | value << 32
+    }
+
+    #[inline(always)]
+    fn unpack(v: u64) -> Self {
+        let value = (v >> 32) as u32;
+        Judged {
+            direction: v as u8,
+            event: (v >> 8) & 1 == 1,
+            decision: if (v >> 16) & 1 == 1 {
+                Decision::Deny(value)
+            } else {
+                Decision::Allow(value as u16)
+            },
+        }
     }
 }
 
@@ -386,7 +435,7 @@ fn storage(sk: *mut bpf_sock, init: Option<&SockState>) -> *mut SockState {
 /// A packet of the flow a socket's record is for. Not inlined (nor is the UDP path):
 /// each path keeps its own stack frame.
 #[inline(never)]
-fn by_record(cfg: &Config, f: &Flow, record: &mut SockState) -> i32 {
+fn by_record(cfg: &Config, f: &Flow, record: &mut SockState) -> u64 {
     let direction = record.direction;
     let j = record.value.judge(cfg.epoch, || f.decide(cfg, direction));
     if j.changed {
@@ -399,15 +448,15 @@ fn by_record(cfg: &Config, f: &Flow, record: &mut SockState) -> i32 {
     if cfg.xdp_flows == 1 && f.egress && direction == DIR_OUT {
         note(&PC_FLOWS_OUT, &f.key(), &record.value);
     }
-    verdict(cfg, f, direction, j.decision, j.event)
+    Judged::new(direction, j.decision, j.event).pack()
 }
 
 /// Inbound packet no record applies to.
 #[inline(always)]
-fn ingress_unrecorded(cfg: &Config, f: &Flow, sk: *mut bpf_sock) -> i32 {
+fn ingress_unrecorded(cfg: &Config, f: &Flow, sk: *mut bpf_sock) -> Judged {
     if f.protocol == IPPROTO_UDP {
         // A reply to a datagram this host sent, else a new inbound flow.
-        return udp_unrecorded(cfg, f);
+        return Judged::unpack(udp_unrecorded(cfg, f));
     }
     // TCP: the kernel only hands this socket segments of a flow it accepted through a
     // listener, or new connection attempts; both are judged by the local port.
@@ -415,7 +464,7 @@ fn ingress_unrecorded(cfg: &Config, f: &Flow, sk: *mut bpf_sock) -> i32 {
     if let Decision::Allow(rule) = d {
         record_inbound(cfg, f, sk, rule);
     }
-    verdict(cfg, f, DIR_IN, d, true)
+    Judged::new(DIR_IN, d, true)
 }
 
 /// Gives an accepted TCP socket (not a listener) the record of the inbound flow it
@@ -464,7 +513,7 @@ type FlowMap = aya_ebpf::btf_maps::LruHashMap<
     reason = "the key is looked up by reference: no 40-byte copy per lookup on a tight stack"
 )]
 #[inline(never)]
-fn udp_unrecorded(cfg: &Config, f: &Flow) -> i32 {
+fn udp_unrecorded(cfg: &Config, f: &Flow) -> u64 {
     let (replies, reply_direction, opened, direction) = if f.egress {
         (&PC_FLOWS_IN, DIR_IN, &PC_FLOWS_OUT, DIR_OUT)
     } else {
@@ -472,10 +521,10 @@ fn udp_unrecorded(cfg: &Config, f: &Flow) -> i32 {
     };
     let key = f.key();
     if let Some(v) = replies.get_ptr_mut(&key) {
-        return by_entry(cfg, f, v, reply_direction);
+        return by_entry(cfg, f, v, reply_direction).pack();
     }
     if let Some(v) = opened.get_ptr_mut(&key) {
-        return by_entry(cfg, f, v, direction);
+        return by_entry(cfg, f, v, direction).pack();
     }
     let d = f.decide(cfg, direction);
     match d {
@@ -488,13 +537,13 @@ fn udp_unrecorded(cfg: &Config, f: &Flow) -> i32 {
         }
         Decision::Deny(_) => {}
     }
-    verdict(cfg, f, direction, d, true)
+    Judged::new(direction, d, true).pack()
 }
 
 /// A datagram of a flow with a table entry: the entry's verdict, decided again when the
 /// policy changed since (revocation).
 #[inline(always)]
-fn by_entry(cfg: &Config, f: &Flow, v: *mut FlowValue, direction: u8) -> i32 {
+fn by_entry(cfg: &Config, f: &Flow, v: *mut FlowValue, direction: u8) -> Judged {
     // SAFETY: LRU values stay valid for the program's run (RCU); a concurrent writer
     // writes the same verdict.
     let j = unsafe { (*v).judge(cfg.epoch, || f.decide(cfg, direction)) };
@@ -502,23 +551,22 @@ fn by_entry(cfg: &Config, f: &Flow, v: *mut FlowValue, direction: u8) -> i32 {
         // SAFETY: as above.
         unsafe { *v = j.store };
     }
-    verdict(cfg, f, direction, j.decision, j.event)
+    Judged::new(direction, j.decision, j.event)
 }
 
 /// Outbound packet no record applies to.
 #[inline(always)]
-fn egress_unrecorded(cfg: &Config, f: &Flow, sk: *mut bpf_sock) -> i32 {
+fn egress_unrecorded(cfg: &Config, f: &Flow, sk: *mut bpf_sock) -> Judged {
     if f.protocol == IPPROTO_UDP {
         // A reply to a datagram a peer sent us through an inbound rule, else a new
         // outbound flow.
-        return udp_unrecorded(cfg, f);
+        return Judged::unpack(udp_unrecorded(cfg, f));
     }
     // TCP. A SYN without ACK opens a flow: connect() should have recorded it, so this
     // is a path around the connect hooks (or a socket older than the agent); judge it
     // as the outbound flow it is.
     if f.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
-        let d = f.decide(cfg, DIR_OUT);
-        return verdict(cfg, f, DIR_OUT, d, true);
+        return Judged::new(DIR_OUT, f.decide(cfg, DIR_OUT), true);
     }
     // Anything else is the local service answering an inbound flow (SYN-ACK from the
     // request socket, data from the accepted socket): allowed only from a local port
@@ -527,9 +575,9 @@ fn egress_unrecorded(cfg: &Config, f: &Flow, sk: *mut bpf_sock) -> i32 {
     match d {
         Decision::Allow(rule) => {
             record_inbound(cfg, f, sk, rule);
-            verdict(cfg, f, DIR_IN, d, false)
+            Judged::new(DIR_IN, d, false)
         }
-        Decision::Deny(_) => verdict(cfg, f, DIR_IN, Decision::Deny(reason::STATE), true),
+        Decision::Deny(_) => Judged::new(DIR_IN, Decision::Deny(reason::STATE), true),
     }
 }
 

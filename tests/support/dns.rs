@@ -1,4 +1,4 @@
-//! A real resolver for the names tests (issue 15): dnsmasq in the lab's peer namespace
+//! A real resolver for the names tests: dnsmasq in the lab's peer namespace
 //! B, answering only from a zone the test writes (no upstream, no /etc/hosts), and the
 //! addresses its answers point at, made B's own so that a listener there accepts
 //! connections to every one of them. For hostile answers, a fake resolver on B that

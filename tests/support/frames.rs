@@ -172,7 +172,7 @@ pub fn ip_len(frame: &[u8]) -> u64 {
 }
 
 // ---------------------------------------------------------------------------------------
-// Frames for the hardening tests (issue 13): ICMP errors that quote a packet, IPv6 with a
+// Frames for the hardening tests (related-only ICMP, spoofed sources): ICMP errors that quote a packet, IPv6 with a
 // chosen hop limit, special addresses.
 
 /// An ICMPv4 error (`ty`, `code`) quoting the IPv4 header (no options) and first 8 bytes

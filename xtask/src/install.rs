@@ -1,12 +1,16 @@
 //! `cargo xtask install` and `cargo xtask dist`: the binary, the systemd unit, a safe
-//! default config (audit mode, host scope, failsafe SSH), the profiles as documentation,
-//! man pages and shell completions.
+//! default config (audit mode, host scope, failsafe SSH), the docs and profiles, man
+//! pages and shell completions.
 //!
-//! `install` copies them under a prefix (and a staging `--destdir`). `dist` builds the
-//! Debian package with cargo-deb from `[package.metadata.deb]` in agent/Cargo.toml
-//! (assets, conffiles, maintainer scripts in agent/packaging/debian, the unit with
-//! dh_installsystemd's enable/start/restart logic, a stripped binary, gzipped man pages,
-//! copyright and changelog), then checks it with lintian: any error or warning fails.
+//! `install` copies them under a prefix (and a staging `--destdir`). `dist` builds both
+//! packages into `target/dist` with the same files and the same install, upgrade and
+//! remove behaviour, checks each with its distribution's linter, and writes SHA256SUMS:
+//! - the .deb with cargo-deb from `[package.metadata.deb]` in agent/Cargo.toml (assets,
+//!   conffiles, maintainer scripts in agent/packaging/debian, the unit with
+//!   dh_installsystemd's enable/start/restart logic, a stripped binary, gzipped man
+//!   pages, copyright and changelog), then lintian: any error or warning fails;
+//! - the .rpm with cargo-generate-rpm from `[package.metadata.generate-rpm]`
+//!   (scriptlets in agent/packaging/rpm), then rpmlint: any error fails.
 
 use std::{
     fs,
@@ -91,6 +95,15 @@ pub fn install(root: &Path, layout: &Layout) -> anyhow::Result<()> {
         )?;
     }
     copy(&root.join("README.md"), &doc.join("README.md"), 0o644)?;
+    for entry in fs::read_dir(root.join("docs"))? {
+        let path = entry?.path();
+        copy(
+            &path,
+            &doc.join("docs")
+                .join(path.file_name().context("file name")?),
+            0o644,
+        )?;
+    }
     let dashboard = root.join("agent/dashboards/portcullis.json");
     if dashboard.exists() {
         copy(&dashboard, &doc.join("grafana-dashboard.json"), 0o644)?;
@@ -141,24 +154,35 @@ fn generate(root: &Path) -> anyhow::Result<PathBuf> {
     Ok(gen_dir)
 }
 
-/// Builds `target/dist/portcullis_<version>-<revision>_<arch>.deb` from the binary
-/// `cargo xtask build` made, and runs lintian on it.
-pub fn dist(root: &Path) -> anyhow::Result<PathBuf> {
-    generate(root)?;
+/// What `cargo xtask dist` built.
+pub struct Packages {
+    pub deb: PathBuf,
+    pub rpm: PathBuf,
+}
+
+/// Builds `target/dist/portcullis_<version>-<revision>_<arch>.deb` and
+/// `portcullis-<version>-<release>.<arch>.rpm` from the binary `cargo xtask build` made,
+/// lints both and writes `target/dist/SHA256SUMS`.
+pub fn dist(root: &Path) -> anyhow::Result<Packages> {
+    let gen_dir = generate(root)?;
     let out_dir = root.join("target/dist");
     let _ = fs::remove_dir_all(&out_dir);
     fs::create_dir_all(&out_dir)?;
+    let deb = deb(root, &out_dir)?;
+    let rpm = rpm(root, &gen_dir, &out_dir)?;
+    checksums(&out_dir, &[&deb, &rpm])?;
+    Ok(Packages { deb, rpm })
+}
+
+fn deb(root: &Path, out_dir: &Path) -> anyhow::Result<PathBuf> {
     step("cargo deb (agent/Cargo.toml [package.metadata.deb])");
     // --no-build: the binary embeds the eBPF object, which only `cargo xtask build`
     // knows how to make; cargo-deb packages (and strips) target/release/portcullis.
     sh(Command::new("cargo")
+        .current_dir(root)
         .args(["deb", "-p", "portcullis", "--no-build", "--output"])
-        .arg(&out_dir))?;
-    let deb = fs::read_dir(&out_dir)?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|e| e == "deb"))
-        .with_context(|| format!("cargo deb left no .deb in {}", out_dir.display()))?;
+        .arg(out_dir))?;
+    let deb = find_ext(out_dir, "deb")?;
     step(&format!("lintian {}", deb.display()));
     // --fail-on error,warning: the package must be free of both (overrides, if any, are
     // in agent/packaging/debian/lintian-overrides with their reasons).
@@ -166,4 +190,68 @@ pub fn dist(root: &Path) -> anyhow::Result<PathBuf> {
         .args(["--fail-on", "error,warning", "--info"])
         .arg(&deb))?;
     Ok(deb)
+}
+
+/// cargo-generate-rpm neither strips nor compresses (rpmbuild's brp scripts would): the
+/// binary is stripped and the man pages gzipped into `target/generated/rpm` first, as
+/// cargo-deb does for the .deb.
+fn rpm(root: &Path, gen_dir: &Path, out_dir: &Path) -> anyhow::Result<PathBuf> {
+    let stage = gen_dir.join("rpm");
+    fs::create_dir_all(stage.join("man"))?;
+    let bin = stage.join("portcullis");
+    sh(Command::new("strip")
+        .args(["--strip-unneeded", "-o"])
+        .arg(&bin)
+        .arg(root.join("target/release/portcullis")))?;
+    for entry in fs::read_dir(gen_dir.join("man"))? {
+        let page = entry?.path();
+        let name = page.file_name().context("file name")?.to_string_lossy();
+        let gz = fs::File::create(stage.join("man").join(format!("{name}.gz")))?;
+        sh(Command::new("gzip")
+            .args(["-9", "-n", "-c"])
+            .arg(&page)
+            .stdout(gz))?;
+    }
+    step("cargo generate-rpm (agent/Cargo.toml [package.metadata.generate-rpm])");
+    sh(Command::new("cargo")
+        .current_dir(root)
+        .args(["generate-rpm", "-p", "agent", "--output"])
+        .arg(out_dir))?;
+    let rpm = find_ext(out_dir, "rpm")?;
+    step(&format!("rpmlint {}", rpm.display()));
+    // rpmlint exits non-zero on errors; warnings are printed for the reader. The
+    // configuration says what is filtered and why.
+    sh(Command::new("rpmlint")
+        .arg("--config")
+        .arg(root.join("agent/packaging/rpm/rpmlint.toml"))
+        .arg(&rpm))?;
+    Ok(rpm)
+}
+
+fn find_ext(dir: &Path, ext: &str) -> anyhow::Result<PathBuf> {
+    fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == ext))
+        .with_context(|| format!("no .{ext} in {}", dir.display()))
+}
+
+/// `SHA256SUMS` next to the packages, written by coreutils' sha256sum itself, so that
+/// `sha256sum -c SHA256SUMS` reads it back.
+fn checksums(out_dir: &Path, files: &[&Path]) -> anyhow::Result<()> {
+    let mut cmd = Command::new("sha256sum");
+    cmd.current_dir(out_dir);
+    for file in files {
+        cmd.arg(file.file_name().context("file name")?);
+    }
+    let out = cmd.output().context("running sha256sum")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "sha256sum failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = out_dir.join("SHA256SUMS");
+    fs::write(&path, out.stdout)?;
+    step(&format!("wrote {}", path.display()));
+    Ok(())
 }

@@ -3,7 +3,7 @@
 //! prints one line per step.
 //!
 //! - `setup`: system packages, the nightly toolchain's rust-src, bpf-linker, cargo-deb,
-//!   and the Debian 12 root filesystem the systemd tests boot (debootstrap, cached).
+//!   cargo-generate-rpm, and the Debian 12 root filesystem the systemd tests boot (debootstrap, cached).
 //! - `build`: the eBPF object (nightly, bpfel-unknown-none), then the agent (release),
 //!   which embeds it.
 //! - `setup` also caches Debian's kernels 5.10, 6.1 and 6.12 and virtme-ng (kernels.rs).
@@ -17,7 +17,8 @@
 //!   of `test`.
 //! - `fuzz`: the cargo-fuzz targets in `tests/fuzz` for a while each (nightly).
 //! - `install`, `dist`: install the binary, unit, config, docs, man pages and
-//!   completions; or package the same as a .deb (cargo-deb), checked with lintian.
+//!   completions; or package the same as a .deb (cargo-deb, checked with lintian) and an
+//!   .rpm (cargo-generate-rpm, checked with rpmlint), with SHA256SUMS.
 
 mod ansible;
 mod bench;
@@ -87,7 +88,8 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
-    /// Build, then package everything `install` installs as a .deb in target/dist.
+    /// Build, then package everything `install` installs as a .deb and an .rpm in
+    /// target/dist, lint both, and write SHA256SUMS.
     Dist,
     /// Build, then run the fuzz targets (parsers and compiler; map image and decide).
     Fuzz {
@@ -156,8 +158,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Task::Dist => {
             setup::all()?;
             build(&root)?;
-            let deb = install::dist(&root)?;
-            println!("{}", deb.display());
+            let packages = install::dist(&root)?;
+            println!("{}", packages.deb.display());
+            println!("{}", packages.rpm.display());
             Ok(())
         }
         Task::Run { args } => {
@@ -384,7 +387,7 @@ fn host_root_tests(
 ) -> anyhow::Result<()> {
     let object = root.join("target/bpfel-unknown-none/release/portcullis-ebpf");
     // The systemd tests install the package on a real systemd host: build and lint it.
-    let deb = install::dist(root)?;
+    let packages = install::dist(root)?;
     step("root integration tests (real programs, cgroups, namespaces, clients, systemd)");
     let mut it = Command::new("cargo");
     it.args([
@@ -397,7 +400,8 @@ fn host_root_tests(
     ])
     .env("PORTCULLIS_BIN", root.join("target/release/portcullis"))
     .env("PORTCULLIS_EBPF_OBJECT", &object)
-    .env("PORTCULLIS_DEB", &deb);
+    .env("PORTCULLIS_DEB", &packages.deb)
+    .env("PORTCULLIS_RPM", &packages.rpm);
     if let Some(f) = filter {
         it.arg(f);
     }

@@ -58,11 +58,21 @@ const PACKAGES: &[(&str, &str)] = &[
         "dpkg-dev",
         "dist: cargo-deb reads the architecture from dpkg",
     ),
+    ("rpmlint", "dist: the .rpm is checked with rpmlint"),
+    (
+        "rpm",
+        "tests: the .rpm installed, upgraded and erased in a scratch root",
+    ),
+    ("jq", "tests: the help examples that pipe --json into jq"),
 ];
 
 /// cargo-deb builds the .deb (`cargo xtask dist`); 3.8.0 declares rust-version 1.85 and
 /// builds with the toolchain of TOOLCHAIN.md.
 const CARGO_DEB_VERSION: &str = "3.8.0";
+
+/// cargo-generate-rpm builds the .rpm (`cargo xtask dist`); 0.16.1 builds with the
+/// toolchain of TOOLCHAIN.md (`cargo install --locked`, about 10 minutes on 2 cores).
+const CARGO_GENERATE_RPM_VERSION: &str = "0.16.1";
 
 /// The Debian 12 root filesystem the systemd tests boot with systemd-nspawn
 /// (`tests/support/nspawn.rs` copies it per test), relative to the workspace root.
@@ -94,7 +104,12 @@ pub(crate) fn installed(pkg: &str) -> bool {
 pub fn all() -> anyhow::Result<()> {
     packages()?;
     toolchains()?;
-    cargo_deb()?;
+    cargo_tool("cargo-deb", "deb", CARGO_DEB_VERSION)?;
+    cargo_tool(
+        "cargo-generate-rpm",
+        "generate-rpm",
+        CARGO_GENERATE_RPM_VERSION,
+    )?;
     crate::ansible::venv(&crate::workspace_root())?;
     rootfs(&crate::workspace_root())?;
     crate::kernels::setup(&crate::workspace_root())
@@ -186,24 +201,21 @@ fn toolchains() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn cargo_deb() -> anyhow::Result<()> {
+/// A cargo subcommand at its pinned version, installed with `cargo install --locked`.
+fn cargo_tool(krate: &str, subcommand: &str, version: &str) -> anyhow::Result<()> {
     let ok = Command::new("cargo")
-        .args(["deb", "--version"])
+        .args([subcommand, "--version"])
         .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(CARGO_DEB_VERSION));
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(version));
     if ok {
-        step(&format!("setup: cargo-deb {CARGO_DEB_VERSION} present"));
+        step(&format!("setup: {krate} {version} present"));
         return Ok(());
     }
     step(&format!(
-        "setup: installing cargo-deb {CARGO_DEB_VERSION} (a few minutes)"
+        "setup: installing {krate} {version} (a few minutes)"
     ));
     sh(Command::new("cargo")
-        .args([
-            "install",
-            "--locked",
-            &format!("cargo-deb@{CARGO_DEB_VERSION}"),
-        ])
+        .args(["install", "--locked", &format!("{krate}@{version}")])
         .env_remove("RUSTUP_TOOLCHAIN"))
 }
 

@@ -63,7 +63,9 @@ pub struct Args {
     /// Evaluate this site config (its product, features, peer groups and loopback setting).
     #[arg(long, value_name = "FILE", conflicts_with_all = ["features", "all_features"])]
     config: Option<PathBuf>,
-    /// Evaluate a built-in product with the default site settings (every peer group means any peer).
+    /// Evaluate a built-in product with the default site settings: the groups a site fills
+    /// in (dns-servers, ...) mean any peer; the vendor's named servers stay limited to
+    /// their names.
     #[arg(long, value_name = "NAME")]
     product: Option<String>,
     /// Evaluate a profile file with the default site settings.

@@ -4,6 +4,7 @@ pub mod attach;
 pub mod check;
 pub mod debug;
 pub mod detach;
+pub mod detect;
 pub mod explain;
 pub mod generate;
 pub mod mode;

@@ -25,8 +25,9 @@ Examples:
 
 const SHOW_EXAMPLES: &str = "\
 NAME is a built-in slug (see `portcullis profile list`) or the path of a profile file.
-The profile is compiled with the default site settings: every peer group means any
-peer, and the failsafe rule (inbound 22/tcp) is added last.
+The profile is compiled with the default site settings: the peer groups a site fills in
+(dns-servers, ldap-servers, ...) mean any peer, the vendor's own groups of named servers
+stay limited to those names, and the failsafe rule (inbound 22/tcp) is added last.
 
 Examples:
   portcullis profile show xeams

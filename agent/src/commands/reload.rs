@@ -11,23 +11,43 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use serde::Serialize;
 
 use crate::{
     datapath::{paths::PathArgs, state::State},
+    model::Mode,
     policy::compiler,
 };
 
 /// Arguments of `portcullis reload`.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  portcullis reload\n  systemctl reload portcullis   # the unit runs this"
+    after_help = "With --json, prints {ok, policy_version, rules, mode, error}; the exit code is 1 when the\nagent rejected the reload (its running policy stays) or did not answer.\n\nExamples:\n  portcullis reload\n  portcullis reload --json | jq .policy_version\n  systemctl reload portcullis   # the unit runs this"
 )]
 pub struct Args {
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
     /// How long to wait for the agent's answer, in seconds.
     #[arg(long, default_value_t = 30)]
     pub timeout: u64,
     #[command(flatten)]
     pub paths: PathArgs,
+}
+
+/// What `reload --json` prints.
+#[derive(Debug, Serialize)]
+pub struct Outcome {
+    /// The new policy is live.
+    pub ok: bool,
+    /// The policy version running now (the new one, or the one that stayed).
+    pub policy_version: u64,
+    /// Its rules.
+    pub rules: usize,
+    /// Its mode: the config's, after a reload that took.
+    pub mode: Mode,
+    /// Why the agent rejected the reload.
+    pub error: Option<String>,
 }
 
 /// Runs the subcommand.
@@ -56,6 +76,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         if let Ok(s) = State::read(&state_file)
             && let Some(outcome) = s.last_reload.filter(|r| r.attempt > before)
         {
+            if args.json {
+                let out = Outcome {
+                    ok: outcome.ok,
+                    policy_version: s.policy_version,
+                    rules: s.rules.len(),
+                    mode: s.mode,
+                    error: outcome.error,
+                };
+                println!("{}", serde_json::to_string_pretty(&out)?);
+                return Ok(if out.ok {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                });
+            }
             if outcome.ok {
                 println!(
                     "reloaded: policy v{} ({} rules, mode {})",

@@ -10,7 +10,7 @@ use crate::{
         aggregate::{Seen, unix_now},
         ago,
         readiness::{Class, Cover, PortFinding},
-        report::{self, Query, Report},
+        report::{self, Query, Report, parse_duration, parse_min_window},
         rfc3339,
     },
 };
@@ -18,16 +18,20 @@ use crate::{
 const EXAMPLES: &str = "\
 Reads the running agent's counters (the pinned maps) and its deny aggregate
 (<state-dir>/denies.json), and classes each would-denied port from its flows:
-breakage (outbound flows, or inbound flows with payload both ways), exposure closed
-(inbound contact without payload, or only from scanners) or unclear. The verdict is the
-last line; --json prints an object with \"safe\" (true when enforcing breaks nothing
-seen: no breakage and at most --max-unclear unclear ports) and \"verdict\".
+breakage (outbound flows, or inbound flows with payload both ways from any peer),
+exposure closed (SYNs and resets, or scanners' probes) or unclear (payload one way, a
+completed handshake without payload that is not a scanner's probe, a health check).
+Each peer's flows are read on their own. The verdict is the last line; --json prints
+an object with \"safe\" (true when enforcing breaks nothing seen: no breakage, no
+health check, at most --max-unclear unclear ports, and a window at least
+--min-window long: \"not yet\" before) and \"verdict\".
 
 Examples:
   portcullis report
   portcullis report --since 2h
   portcullis report --config /etc/portcullis/portcullis.toml --json | jq .safe
   portcullis report --max-unclear 2  # tolerate two unclear ports
+  portcullis report --min-window 30d # a month of audit before \"safe\"
   portcullis report --reset        # after a policy change: start a new window";
 
 /// Arguments of `portcullis report`.
@@ -48,46 +52,19 @@ pub struct Args {
     pub config: Option<PathBuf>,
     /// Zero the counters and the deny aggregate, starting a new observation window, and
     /// print nothing else.
-    #[arg(long, conflicts_with_all = ["since", "json", "max_unclear"])]
+    #[arg(long, conflicts_with_all = ["since", "json", "max_unclear", "min_window"])]
     pub reset: bool,
     /// Unclear ports (neither breakage nor exposure) still "safe to enforce". Default 0:
     /// any unclear port makes the report unsafe.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub max_unclear: u64,
+    /// The shortest window called safe to enforce (e.g. 7d, 30d, 1h; 0: none): before it, the
+    /// verdict is "not yet" and "safe" is false. Default: the config's
+    /// audit_min_window, else 7d.
+    #[arg(long, value_name = "DURATION", value_parser = parse_min_window)]
+    pub min_window: Option<u64>,
     #[command(flatten)]
     pub paths: PathArgs,
-}
-
-/// Parses `30s`, `30m`, `2h`, `1d`, `1w` and sums like `1h30m` into seconds.
-pub fn parse_duration(text: &str) -> Result<u64, String> {
-    let bad =
-        || format!("duration \"{text}\" is not like 30m, 2h, 1d or 1h30m (units: s, m, h, d, w)");
-    let mut total: u64 = 0;
-    let mut digits = String::new();
-    for c in text.trim().chars() {
-        if c.is_ascii_digit() {
-            digits.push(c);
-            continue;
-        }
-        let unit = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86_400,
-            'w' => 604_800,
-            _ => return Err(bad()),
-        };
-        let n: u64 = digits.parse().map_err(|_| bad())?;
-        total = n
-            .checked_mul(unit)
-            .and_then(|v| total.checked_add(v))
-            .ok_or_else(bad)?;
-        digits.clear();
-    }
-    if !digits.is_empty() || total == 0 {
-        return Err(bad());
-    }
-    Ok(total)
 }
 
 /// Runs the subcommand.
@@ -102,6 +79,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         config: args.config.clone(),
         paths: args.paths.clone(),
         max_unclear: args.max_unclear,
+        min_window: args.min_window,
     };
     let report = report::build(&query, unix_now())?;
     if args.json {
@@ -163,6 +141,13 @@ fn print_text(r: &Report) {
         println!("Findings:");
         for f in &r.findings {
             println!("  {f}");
+        }
+    }
+    if !r.health_checks.is_empty() {
+        println!();
+        println!("Health checks? (never tolerated by --max-unclear):");
+        for h in &r.health_checks {
+            println!("  {h}");
         }
     }
     println!();
@@ -239,6 +224,21 @@ fn print_port(f: &PortFinding, now: u64) {
         top(&f.processes),
     );
     println!("     {}", f.class_reason);
+    // Each listed peer with what its flows read as: the evidence behind the class.
+    for p in e.map_or(&[][..], |e| &e.peers[..]) {
+        let reading = p.reading.map_or("", |r| r.name());
+        println!(
+            "       {}{}: {} flows, {} handshakes, {} B in, {} B out{}{}",
+            p.address,
+            if p.scanner { " (scanner)" } else { "" },
+            p.flows.flows,
+            p.flows.handshakes,
+            p.flows.payload_bytes_in,
+            p.flows.payload_bytes_out,
+            if reading.is_empty() { "" } else { ": " },
+            reading
+        );
+    }
 }
 
 #[cfg(test)]

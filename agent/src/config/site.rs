@@ -12,7 +12,8 @@
 //! `icmp_echo = true`, no `[peers]`, `any_peer_groups = []`, `vendor_peers = "names"`,
 //! no `[[rule]]`,
 //! `scope = ["host"]`, `xdp = []`, `xdp_scope_only = false`, `events_per_sec = 100`,
-//! `dns_grace = 60`, `pin_dir = "/sys/fs/bpf/portcullis"`, and `[metrics] listen` unset
+//! `dns_grace = 60`, `pin_dir = "/sys/fs/bpf/portcullis"`, `audit_min_window = "7d"`,
+//! and `[metrics] listen` unset
 //! (no endpoint).
 //!
 //! The peer group `dns-servers` ([`DNS_SERVERS`]) is also the list of trusted resolvers
@@ -26,6 +27,7 @@ use std::{
     net::SocketAddr,
     ops::Range,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use serde::{Deserialize, Deserializer, Serialize};
@@ -79,9 +81,12 @@ pub struct Site {
     /// audit (default) | enforce.
     #[serde(default)]
     pub mode: Mode,
-    /// Keep inbound 22/tcp open (rule `failsafe-ssh`). Default true.
+    /// Keep inbound `failsafe_port`/tcp open (rule `failsafe-ssh`). Default true.
     #[serde(default = "yes")]
     pub failsafe: bool,
+    /// The TCP port the failsafe rule keeps open: the host's SSH port. Default 22.
+    #[serde(default = "ssh_port")]
+    pub failsafe_port: std::num::NonZeroU16,
     /// exempt (default) | enforce.
     #[serde(default)]
     pub loopback: LoopbackMode,
@@ -125,6 +130,11 @@ pub struct Site {
     /// Where maps and links are pinned. Default `/sys/fs/bpf/portcullis`.
     #[serde(default = "default_pin_dir", deserialize_with = "absolute_path")]
     pub pin_dir: PathBuf,
+    /// The shortest audit window `portcullis report` calls safe to enforce after, e.g.
+    /// `"7d"` (the default: weekly jobs run at least once), `"30d"` (monthly renewals),
+    /// `"0"` (no minimum). `report --min-window` overrides it.
+    #[serde(default = "default_audit_min_window", deserialize_with = "duration")]
+    pub audit_min_window: Duration,
     /// The metrics endpoint.
     #[serde(default)]
     pub metrics: Metrics,
@@ -161,13 +171,17 @@ impl VendorPeers {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Metrics {
-    /// Socket address to serve metrics on, e.g. `"127.0.0.1:9464"`. Default: off.
+    /// Socket address to serve metrics on, e.g. `"127.0.0.1:9975"`. Default: off.
     #[serde(default, deserialize_with = "socket_addr")]
     pub listen: Option<SocketAddr>,
 }
 
 fn yes() -> bool {
     true
+}
+
+fn ssh_port() -> std::num::NonZeroU16 {
+    std::num::NonZeroU16::new(22).expect("22 is not zero")
 }
 
 fn host_scope() -> Vec<ScopeTarget> {
@@ -191,6 +205,22 @@ fn dns_grace<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
             format!("give seconds from 0 to {MAX_DNS_GRACE}; the default is 60"),
         )),
     }
+}
+
+/// The default `audit_min_window`: seven days.
+pub const DEFAULT_AUDIT_MIN_WINDOW: Duration = Duration::from_secs(7 * 86_400);
+
+fn default_audit_min_window() -> Duration {
+    DEFAULT_AUDIT_MIN_WINDOW
+}
+
+/// A duration written like `30m`, `2h`, `7d`, `1w` or `1h30m`, or `0` (one parser for
+/// the config and the command line: `observe::report::parse_min_window`).
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    crate::observe::report::parse_min_window(&text)
+        .map(Duration::from_secs)
+        .map_err(|e| de_error(e, "write a duration such as \"7d\", \"30d\" or \"12h\""))
 }
 
 fn default_pin_dir() -> PathBuf {
@@ -274,19 +304,20 @@ fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D:
     text.parse().map(Some).map_err(|_| {
         de_error(
             format!("listen address \"{text}\" is not a socket address"),
-            "write an address and port, e.g. \"127.0.0.1:9464\" or \"[::1]:9464\"",
+            "write an address and port, e.g. \"127.0.0.1:9975\" or \"[::1]:9975\"",
         )
     })
 }
 
 impl Site {
     /// The top-level keys of a site config (to spot one misplaced under a table).
-    pub const TOP_LEVEL_KEYS: [&str; 17] = [
+    pub const TOP_LEVEL_KEYS: [&str; 18] = [
         "product",
         "profile",
         "features",
         "mode",
         "failsafe",
+        "failsafe_port",
         "loopback",
         "icmp_echo",
         "any_peer_groups",
@@ -297,6 +328,7 @@ impl Site {
         "events_per_sec",
         "dns_grace",
         "pin_dir",
+        "audit_min_window",
         "rule",
         "metrics",
     ];
@@ -419,13 +451,26 @@ mod tests {
         assert_eq!(site.dns_grace, 60);
         assert_eq!(site.pin_dir, PathBuf::from("/sys/fs/bpf/portcullis"));
         assert_eq!(site.metrics.listen, None);
+        assert_eq!(site.audit_min_window, Duration::from_secs(7 * 86_400));
+    }
+
+    #[test]
+    fn audit_min_window_is_a_duration() {
+        let site = parse("product = \"xeams\"\naudit_min_window = \"30d\"").unwrap();
+        assert_eq!(site.audit_min_window, Duration::from_secs(30 * 86_400));
+        let none = parse("product = \"xeams\"\naudit_min_window = \"0\"").unwrap();
+        assert_eq!(none.audit_min_window, Duration::ZERO);
+        let err = parse("product = \"xeams\"\naudit_min_window = \"7 days\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"7 days\"") && err.contains(":2"), "{err}");
     }
 
     #[test]
     fn daemon_settings() {
         let site = parse(
             "product = \"xeams\"\nscope = [\"system.slice/xeams.service\"]\nxdp = [\"eth0\"]\n\
-             xdp_scope_only = true\nevents_per_sec = 5\ndns_grace = 0\npin_dir = \"/sys/fs/bpf/x\"\n[metrics]\nlisten = \"127.0.0.1:9464\"\n",
+             xdp_scope_only = true\nevents_per_sec = 5\ndns_grace = 0\npin_dir = \"/sys/fs/bpf/x\"\n[metrics]\nlisten = \"127.0.0.1:9975\"\n",
         )
         .unwrap();
         assert_eq!(
@@ -436,7 +481,7 @@ mod tests {
         assert!(site.xdp_scope_only);
         assert_eq!(site.events_per_sec, 5);
         assert_eq!(site.dns_grace, 0);
-        assert_eq!(site.metrics.listen, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(site.metrics.listen, Some("127.0.0.1:9975".parse().unwrap()));
     }
 
     #[test]

@@ -214,11 +214,13 @@ impl Daemon {
             };
         }
         let error = result.err().map(|e| format!("{e:#}"));
+        let failed_before = self.state.last_reload.as_ref().map_or(0, |r| r.failures);
         self.state.last_reload = Some(ReloadOutcome {
             attempt: self.reloads,
             ok: error.is_none(),
             error: error.clone(),
             at: unix_now(),
+            failures: failed_before + u64::from(error.is_some()),
         });
         if let Err(e) = self.state.write(&self.paths.state_file()) {
             log::error!("writing the state file: {e:#}");
@@ -278,6 +280,8 @@ pub fn run(args: Overrides) -> anyhow::Result<ExitCode> {
 
     daemon.notify.send("STOPPING=1");
     daemon.flush();
+    // The successor counts the flows of the downtime from what this agent folded.
+    daemon.events.save_flows(&daemon.paths);
     let paths = daemon.paths.clone();
     drop(daemon);
     match crate::observe::status::collect(&paths) {

@@ -147,6 +147,10 @@ pub struct ReloadOutcome {
     pub error: Option<String>,
     /// Unix time of the attempt.
     pub at: u64,
+    /// Reloads this agent rejected since it started, this one included
+    /// (`portcullis_reload_failures_total`).
+    #[serde(default)]
+    pub failures: u64,
 }
 
 impl State {

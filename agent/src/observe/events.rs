@@ -76,7 +76,7 @@ impl EventLog {
             limiter: RateLimiter::new(lines_per_sec),
             cgroups: CgroupNames::new(),
             agg,
-            flows: FlowTracker::after_restart(),
+            flows: FlowTracker::resume(&flows_file(paths)),
             journal: std::env::var_os("JOURNAL_STREAM").is_some(),
             boot_offset_ns: wall - monotonic_ns(),
             dirty: replace,
@@ -135,6 +135,15 @@ impl EventLog {
         Ok(())
     }
 
+    /// At a clean stop, after the last [`EventLog::flush`]: saves what was folded of
+    /// each flow still in the kernel map, so the next agent counts the flows of the
+    /// downtime (`FlowTracker::resume`).
+    pub fn save_flows(&self, paths: &PathArgs) {
+        if let Err(e) = self.flows.save(&flows_file(paths)) {
+            log::warn!("saving the folded flow evidence: {e:#}");
+        }
+    }
+
     fn write(&self, priority: u8, line: &str) {
         let mut err = std::io::stderr().lock();
         let _ = if self.journal {
@@ -143,6 +152,11 @@ impl EventLog {
             writeln!(err, "{line}")
         };
     }
+}
+
+/// `<state_dir>/flows.json`: the folded flows a cleanly stopped agent leaves its successor.
+fn flows_file(paths: &PathArgs) -> PathBuf {
+    paths.state_dir.join("flows.json")
 }
 
 #[cfg(test)]

@@ -14,12 +14,20 @@
 //! [`SCAN_PORTS`] ports each, and the per-flow snapshots are those of the kernel map
 //! (`AUDIT_FLOWS_MAX`).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    path::Path,
+};
 
-use portcullis_common::{evidence::FlowEvidence, flow::FlowKey, policy::DIR_IN};
+use portcullis_common::{
+    evidence::{FlowEvidence, tcp},
+    flow::FlowKey,
+    policy::DIR_IN,
+};
 use serde::{Deserialize, Serialize};
 
 use super::denylog::event_addr;
+use crate::datapath::state::write_json_atomically;
 
 /// Distinct peers whose flows are tracked one by one per port.
 pub const MAX_PEERS: usize = 64;
@@ -52,11 +60,34 @@ pub struct PeerEvidence {
     pub payload_bytes_in: u64,
     /// Payload bytes this host sent.
     pub payload_bytes_out: u64,
+    /// TCP flows whose handshake completed and that the peer then reset without
+    /// sending payload: what a connect scan (nmap -sT) leaves.
+    #[serde(default)]
+    pub connect_resets: u64,
+    /// Unix time the first of these flows started (0: unknown), to tell a peer that
+    /// comes back at a steady pace (a health check) from a one-off.
+    #[serde(default)]
+    pub first_flow: u64,
+    /// Unix time the last of these flows started.
+    #[serde(default)]
+    pub last_flow: u64,
 }
 
 impl PeerEvidence {
+    /// Flows whose handshake completed but that carried no payload from the peer (a TCP
+    /// flow with peer payload has completed its handshake): a scanner's connect, a
+    /// health check, or a client of a server-speaks-first protocol that only listened.
+    pub fn silent_handshakes(&self) -> u64 {
+        self.handshakes.saturating_sub(self.flows_with_peer_payload)
+    }
+
     /// Adds another's counts.
     pub fn add(&mut self, d: &PeerEvidence) {
+        if d.first_flow != 0 && (self.first_flow == 0 || d.first_flow < self.first_flow) {
+            self.first_flow = d.first_flow;
+        }
+        self.last_flow = self.last_flow.max(d.last_flow);
+        self.connect_resets += d.connect_resets;
         self.flows += d.flows;
         self.handshakes += d.handshakes;
         self.flows_with_peer_payload += d.flows_with_peer_payload;
@@ -185,7 +216,13 @@ impl FlowTracker {
         let mut deltas = Vec::new();
         let mut done = Vec::new();
         let mut seen = HashMap::with_capacity(flows.len());
+        // Walking a hash map the kernel changes meanwhile (an LRU evicting under a flood)
+        // can return a key twice: a key counts once per read.
+        let mut read = HashSet::with_capacity(flows.len());
         for (key, now) in flows {
+            if !read.insert(*key) {
+                continue;
+            }
             let old = self
                 .seen
                 .get(key)
@@ -209,6 +246,108 @@ impl FlowTracker {
     /// Forgets every flow (`report --reset` cleared the kernel map too).
     pub fn clear(&mut self) {
         self.seen.clear();
+    }
+
+    /// Writes what was folded of each flow still in the kernel map to `path`, for the
+    /// next agent ([`FlowTracker::resume`]): an agent that stops cleanly (an upgrade, a
+    /// restart) lets its successor count the flows of the downtime instead of taking
+    /// them as a baseline.
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        let flows: Vec<SavedFlow> = self.seen.iter().map(SavedFlow::new).collect();
+        write_json_atomically(path, &SavedFlows { flows })
+    }
+
+    /// The tracker for an agent starting now: what its predecessor saved at a clean
+    /// stop (then every flow in the kernel map that it did not know is new, and known
+    /// ones count only their growth), else a baseline (after a crash or a first start:
+    /// counting again what a predecessor folded would be worse than missing a little).
+    /// The file is deleted once read: after a later crash it would be stale.
+    pub fn resume(path: &Path) -> Self {
+        let saved = std::fs::read(path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<SavedFlows>(&b).ok());
+        let _ = std::fs::remove_file(path);
+        match saved {
+            Some(s) => Self {
+                seen: s.flows.iter().map(SavedFlow::get).collect(),
+                baseline: false,
+            },
+            None => Self::after_restart(),
+        }
+    }
+}
+
+/// `<state_dir>/flows.json`: [`FlowTracker::save`]'s file.
+#[derive(Serialize, Deserialize)]
+struct SavedFlows {
+    flows: Vec<SavedFlow>,
+}
+
+/// One flow as folded: its key and the totals the next fold takes differences from.
+#[derive(Serialize, Deserialize)]
+struct SavedFlow {
+    local: [u8; 16],
+    remote: [u8; 16],
+    local_port: u16,
+    remote_port: u16,
+    protocol: u8,
+    first_ns: u64,
+    last_ns: u64,
+    packets_in: u64,
+    packets_out: u64,
+    payload_in: u64,
+    payload_out: u64,
+    direction: u8,
+    reason: u8,
+    flags_in: u8,
+    flags_out: u8,
+}
+
+impl SavedFlow {
+    fn new((k, e): (&FlowKey, &FlowEvidence)) -> Self {
+        Self {
+            local: k.local,
+            remote: k.remote,
+            local_port: k.local_port,
+            remote_port: k.remote_port,
+            protocol: k.protocol,
+            first_ns: e.first_ns,
+            last_ns: e.last_ns,
+            packets_in: e.packets_in,
+            packets_out: e.packets_out,
+            payload_in: e.payload_in,
+            payload_out: e.payload_out,
+            direction: e.direction,
+            reason: e.reason,
+            flags_in: e.flags_in,
+            flags_out: e.flags_out,
+        }
+    }
+
+    fn get(&self) -> (FlowKey, FlowEvidence) {
+        (
+            FlowKey {
+                local: self.local,
+                remote: self.remote,
+                local_port: self.local_port,
+                remote_port: self.remote_port,
+                protocol: self.protocol,
+                _pad: [0; 3],
+            },
+            FlowEvidence {
+                first_ns: self.first_ns,
+                last_ns: self.last_ns,
+                packets_in: self.packets_in,
+                packets_out: self.packets_out,
+                payload_in: self.payload_in,
+                payload_out: self.payload_out,
+                direction: self.direction,
+                reason: self.reason,
+                flags_in: self.flags_in,
+                flags_out: self.flags_out,
+                _pad: [0; 4],
+            },
+        )
     }
 }
 
@@ -238,6 +377,11 @@ fn delta(key: &FlowKey, old: Option<&FlowEvidence>, now: &FlowEvidence) -> FlowD
             flows_with_payload_both_ways: became(|e| e.payload_in > 0 && e.payload_out > 0),
             payload_bytes_in: now.payload_in - base.payload_in,
             payload_bytes_out: now.payload_out - base.payload_out,
+            connect_resets: became(|e| {
+                e.handshake() && e.flags_in & tcp::RST != 0 && e.payload_in == 0
+            }),
+            first_flow: 0,
+            last_flow: 0,
         },
         first_ns: now.first_ns,
         last_ns: now.last_ns,
@@ -252,13 +396,18 @@ impl PortEvidence {
         } else {
             0
         };
-        self.add(&d.peer, &d.delta, first, to_unix(d.last_ns));
+        let delta = PeerEvidence {
+            first_flow: first,
+            last_flow: first,
+            ..d.delta
+        };
+        self.add(&d.peer, &delta, first, to_unix(d.last_ns));
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use portcullis_common::{evidence::tcp, policy::v4_mapped};
+    use portcullis_common::policy::v4_mapped;
 
     use super::*;
 
@@ -306,6 +455,7 @@ mod tests {
                 flows_with_payload_both_ways: 1,
                 payload_bytes_in: 100,
                 payload_bytes_out: 7,
+                ..PeerEvidence::default()
             }
         );
         // Nothing new: nothing added. Closed and idle: deleted.
@@ -321,6 +471,25 @@ mod tests {
         let (d, _) = t.fold(&[(key(40000), again)], 100);
         assert_eq!(d.len(), 1);
         assert_eq!(d[0].delta.flows, 1);
+    }
+
+    #[test]
+    fn a_key_read_twice_in_one_walk_counts_once() {
+        let mut t = FlowTracker::default();
+        let e = FlowEvidence {
+            first_ns: 1,
+            last_ns: 1,
+            payload_in: 700,
+            payload_out: 300,
+            direction: DIR_IN,
+            ..FlowEvidence::default()
+        };
+        let (d, _) = t.fold(&[(key(1), e), (key(2), e), (key(1), e)], 2);
+        assert_eq!(d.len(), 2);
+        assert_eq!(
+            d.iter().map(|d| d.delta.payload_bytes_in).sum::<u64>(),
+            1400
+        );
     }
 
     #[test]
@@ -340,6 +509,54 @@ mod tests {
         };
         let (d, _) = t.fold(&[(key(1), more)], 3);
         assert_eq!((d[0].delta.flows, d[0].delta.payload_bytes_in), (0, 3));
+    }
+
+    #[test]
+    fn a_clean_restart_counts_the_flows_of_the_downtime_once() {
+        let dir = std::env::temp_dir().join(format!("portcullis-flows-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("flows.json");
+        let old = FlowEvidence {
+            first_ns: 1,
+            last_ns: 1,
+            packets_in: 3,
+            payload_in: 9,
+            direction: DIR_IN,
+            ..FlowEvidence::default()
+        };
+        let mut t = FlowTracker::default();
+        assert_eq!(t.fold(&[(key(1), old)], 2).0.len(), 1);
+        t.save(&file).unwrap();
+        // While no agent ran: the known flow grew, a new one came.
+        let grown = FlowEvidence {
+            payload_in: 12,
+            ..old
+        };
+        let new = FlowEvidence {
+            first_ns: 5,
+            last_ns: 6,
+            payload_in: 4,
+            payload_out: 2,
+            direction: DIR_IN,
+            ..FlowEvidence::default()
+        };
+        let mut next = FlowTracker::resume(&file);
+        assert!(!file.exists(), "read once: a later crash must not reuse it");
+        let (d, _) = next.fold(&[(key(1), grown), (key(2), new)], 7);
+        let by_port: HashMap<u16, PeerEvidence> = d
+            .iter()
+            .map(|d| (if d.delta.flows == 1 { 2 } else { 1 }, d.delta))
+            .collect();
+        assert_eq!(d.len(), 2);
+        assert_eq!((by_port[&1].flows, by_port[&1].payload_bytes_in), (0, 3));
+        assert_eq!(
+            (by_port[&2].flows, by_port[&2].flows_with_payload_both_ways),
+            (1, 1)
+        );
+        // No file (a crash, a first start): a baseline, as before.
+        let mut after_crash = FlowTracker::resume(&file);
+        assert!(after_crash.fold(&[(key(2), new)], 8).0.is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

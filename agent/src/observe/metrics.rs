@@ -52,11 +52,14 @@ pub struct Scrape {
     pub programs: Vec<ProgramRuns>,
     /// `kernel.bpf_stats_enabled`, if readable (no series when not).
     pub bpf_stats: Option<bool>,
+    /// Reloads the agent rejected since it started (the state file's last outcome).
+    pub reload_failures: u64,
 }
 
 /// Reads everything a scrape shows and renders it.
 pub fn gather(paths: &PathArgs) -> anyhow::Result<String> {
     let state = State::read(&paths.state_file())?;
+    let reload_failures = state.last_reload.as_ref().map_or(0, |r| r.failures);
     let snap = counters::read(paths)?;
     let learning = status::learned(paths);
     let status = status::build(state, &snap, &pinned_links(paths), learning.as_ref());
@@ -65,6 +68,7 @@ pub fn gather(paths: &PathArgs) -> anyhow::Result<String> {
         denied_ports: snap.denied.len(),
         programs: programs::program_runs(paths),
         bpf_stats: programs::bpf_stats_enabled(),
+        reload_failures,
     }
     .render())
 }
@@ -164,6 +168,12 @@ impl Collector for Scrape {
             "portcullis_policy_version",
             "Policy installs since the pins were created (start and reload).",
             ConstGauge::new(s.policy_version),
+        )?;
+        single(
+            enc,
+            "portcullis_reload_failures_total",
+            "Reloads the agent rejected since it started (the running policy stayed).",
+            ConstCounter::new(self.reload_failures),
         )?;
         single(
             enc,
@@ -435,6 +445,7 @@ mod tests {
                 run_ns: 2_500_000_000,
             }],
             bpf_stats: Some(false),
+            reload_failures: 2,
         }
     }
 
@@ -449,6 +460,7 @@ mod tests {
             "portcullis_policy_version 3",
             "portcullis_policy_loaded_timestamp_seconds 1795000000",
             "portcullis_attached_links 4",
+            "portcullis_reload_failures_total 2",
             "portcullis_rule_packets_total{product=\"xeams\",rule=\"smtp/in\",direction=\"in\",protocol=\"tcp\",mode=\"audit\"} 12",
             "portcullis_rule_bytes_total{product=\"xeams\",rule=\"smtp/in\",direction=\"in\",protocol=\"tcp\",mode=\"audit\"} 1530",
             "portcullis_denied_packets_total{product=\"xeams\",direction=\"out\",reason=\"no-rule\",verdict=\"would-deny\"} 3",

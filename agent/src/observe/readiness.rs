@@ -4,13 +4,20 @@
 //! the flow evidence of the deny aggregate (`observe::evidence`); and which exposed
 //! ports have a listener reachable from outside.
 //!
-//! The rules, in order:
+//! The rules err towards "not safe": enforcing on a wrong "safe" cuts mail, on a wrong
+//! "not safe" only waits. In order:
 //! - outbound: a local process opened the flow, so it is **breakage**;
-//! - inbound, with the flows of scanners (peers that touched at least
-//!   `evidence::SCAN_PORTS` ports) set aside: payload in both directions in some flow
-//!   is **breakage**; payload from a peer that got none back is **unclear**; no payload
-//!   from any peer (a SYN, a handshake, a reset) is **exposure closed**, and so is a
-//!   port only scanners touched;
+//! - inbound, each peer's flows on the port read on their own ([`Reading`]), the most
+//!   telling reading deciding: payload in both directions in some flow is **breakage**,
+//!   from any peer, scanner or not; a peer that keeps completing handshakes without
+//!   sending anything is a **health check?** finding and **unclear**; payload from a peer
+//!   that got none back is **unclear**; a completed handshake without payload from the
+//!   peer is **unclear** (a connect check, or a client of a server-speaks-first protocol
+//!   that only read the banner) unless it is a scanner's probe: a peer that touched
+//!   `evidence::SCAN_PORTS` ports, with at most [`SCAN_REPEATS`] flows on this one, or
+//!   at most that many handshakes each reset by the peer at once (a connect scan); no
+//!   handshake and no payload (SYNs, resets, spoofed sources) is **exposure closed**,
+//!   and so are scanners' probes;
 //! - no flow evidence at all (ICMP, other protocols, evidence evicted): **unclear**.
 //!
 //! It also writes the verdict line from the classes ([`verdict`]).
@@ -87,6 +94,8 @@ pub struct PortFinding {
     pub evidence: Option<Evidence>,
     /// A listener reachable from outside on this port (inbound), e.g. `0.0.0.0:3306`.
     pub listener: Option<String>,
+    /// Peers that keep connecting without payload: health checks enforcing would fail.
+    pub health_checks: Vec<HealthCheck>,
 }
 
 /// What enforcing would do to a would-denied port.
@@ -112,62 +121,212 @@ impl Class {
     }
 }
 
-/// Classifies a port; returns the class and why, in words.
+/// A scanner's probes of one port are at most this many flows: a scan tries each port
+/// once or twice (a retry, or a SYN scan then a connect scan). A peer that comes back
+/// more often is a client of that port, whatever else it scanned.
+pub const SCAN_REPEATS: u64 = 2;
+/// A peer with at least this many handshakes on a port and never any payload from it
+/// reads as a health check (a load balancer's or a monitor's connect check).
+pub const HEALTH_CHECK_FLOWS: u64 = 3;
+
+/// What one peer's flows on one inbound port read as, the most telling first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reading {
+    /// Payload both ways in some flow: a real exchange (breakage, scanner or not).
+    Exchange,
+    /// Handshakes again and again, no payload from the peer: a health check?
+    HealthCheck,
+    /// Payload from the peer that got no answer.
+    OneWay,
+    /// Completed handshakes without payload from the peer, not a scanner's probe: a
+    /// connect check, or a client of a server-speaks-first protocol (SMTP's banner).
+    SilentHandshake,
+    /// A scanner's probe: a peer that touched `SCAN_PORTS` ports, at most
+    /// `SCAN_REPEATS` flows here, no exchange; or at most `SCAN_REPEATS` flows, each
+    /// handshake reset by the peer without payload (a connect scan).
+    ScanProbe,
+    /// No handshake, no payload: SYNs, resets, spoofed sources.
+    Attempt,
+}
+
+impl Reading {
+    /// The name used in the text report (the JSON's, in words).
+    pub fn name(self) -> &'static str {
+        match self {
+            Reading::Exchange => "exchange",
+            Reading::HealthCheck => "health check?",
+            Reading::OneWay => "one way",
+            Reading::SilentHandshake => "silent handshake",
+            Reading::ScanProbe => "scan probe",
+            Reading::Attempt => "attempt",
+        }
+    }
+
+    /// Reads one peer's flows on an inbound port.
+    pub fn of(e: &PeerEvidence, scanner: bool) -> Reading {
+        if e.flows_with_payload_both_ways > 0 {
+            Reading::Exchange
+        } else if scanner && e.flows <= SCAN_REPEATS {
+            Reading::ScanProbe
+        } else if e.flows_with_peer_payload > 0 {
+            Reading::OneWay
+        } else if e.silent_handshakes() >= HEALTH_CHECK_FLOWS {
+            Reading::HealthCheck
+        } else if e.silent_handshakes() > 0
+            && e.flows <= SCAN_REPEATS
+            && e.connect_resets >= e.silent_handshakes()
+        {
+            // Connected, sent nothing, reset at once, and did not come back: the
+            // pattern of a connect scan. Repeated, it is a health check (above).
+            Reading::ScanProbe
+        } else if e.silent_handshakes() > 0 {
+            Reading::SilentHandshake
+        } else {
+            Reading::Attempt
+        }
+    }
+
+    /// The class a port gets from a peer read so.
+    pub fn class(self) -> Class {
+        match self {
+            Reading::Exchange => Class::Breakage,
+            Reading::HealthCheck | Reading::OneWay | Reading::SilentHandshake => Class::Unclear,
+            Reading::ScanProbe | Reading::Attempt => Class::ExposureClosed,
+        }
+    }
+}
+
+/// A peer that keeps connecting to a would-denied port without sending anything: what a
+/// load balancer's or monitor's health check looks like. Enforcing fails the check.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HealthCheck {
+    /// The peer's address.
+    pub peer: String,
+    /// Its flows to the port.
+    pub flows: u64,
+    /// Of which completed handshakes.
+    pub handshakes: u64,
+    /// Mean seconds between its flows' starts (0: all within a second).
+    pub interval_seconds: u64,
+    /// Unix time its first flow started.
+    pub first_flow: u64,
+    /// Unix time its last flow started.
+    pub last_flow: u64,
+}
+
+impl HealthCheck {
+    /// `10.0.0.7 connects to in tcp/8080 about every 5 s (12 handshakes, no payload
+    /// from it): a health check? enforcing breaks it`.
+    pub fn text(&self, port: &str) -> String {
+        let pace = if self.interval_seconds == 0 {
+            format!("{} times within a second", self.flows)
+        } else {
+            format!("about every {} s", self.interval_seconds)
+        };
+        format!(
+            "{} connects to {port} {pace} ({} handshakes, no payload from it): a health check? enforcing breaks it",
+            self.peer, self.handshakes
+        )
+    }
+}
+
+/// A port's class, why, and the health-check-like peers among its flows.
+#[derive(Clone, Debug)]
+pub struct Classified {
+    /// The class.
+    pub class: Class,
+    /// Why, in words, with the evidence's counts.
+    pub reason: String,
+    /// Health-check-like peers (inbound only).
+    pub health_checks: Vec<HealthCheck>,
+}
+
+/// Classifies a port. Each peer's flows are read on their own ([`Reading::of`]): one
+/// peer with a real exchange makes the port breakage, whatever it or others did
+/// elsewhere; a scanner's flows are set aside only while they look like probes.
 pub fn classify(
     direction: Direction,
     evidence: Option<&PortEvidence>,
     scans: &ScanTracker,
-) -> (Class, String) {
+) -> Classified {
+    let plain = |class, reason: &str| Classified {
+        class,
+        reason: reason.to_owned(),
+        health_checks: Vec::new(),
+    };
     if direction == Direction::Out {
-        return (
+        return plain(
             Class::Breakage,
-            "outbound: a local process opened these flows".to_owned(),
+            "outbound: a local process opened these flows",
         );
     }
     let Some(ev) = evidence.filter(|e| e.total.flows > 0) else {
-        return (
+        return plain(
             Class::Unclear,
-            "no flow evidence (not TCP/UDP, or older than the evidence)".to_owned(),
+            "no flow evidence (not TCP/UDP, or older than the evidence)",
         );
     };
-    // Peers beyond the tracked ones count as non-scanners: the safe side.
-    let mut others = ev.untracked;
-    let mut other_peers = usize::from(ev.untracked.flows > 0);
-    for (peer, p) in &ev.peers {
-        if !scans.is_scanner(peer) {
-            others.add(p);
-            other_peers += 1;
+    // Peers beyond the tracked ones are read together, never as scanners: the safe side.
+    let mut by: BTreeMap<Reading, (PeerEvidence, u64)> = BTreeMap::new();
+    let mut health_checks = Vec::new();
+    let untracked = (ev.untracked.flows > 0).then_some(("other peers", &ev.untracked, false));
+    let tracked = ev
+        .peers
+        .iter()
+        .map(|(peer, p)| (peer.as_str(), p, scans.is_scanner(peer)));
+    for (peer, p, scanner) in tracked.chain(untracked) {
+        let reading = Reading::of(p, scanner);
+        let slot = by.entry(reading).or_default();
+        slot.0.add(p);
+        slot.1 += 1;
+        if reading == Reading::HealthCheck && peer != "other peers" {
+            health_checks.push(HealthCheck {
+                peer: peer.to_owned(),
+                flows: p.flows,
+                handshakes: p.handshakes,
+                interval_seconds: p.last_flow.saturating_sub(p.first_flow)
+                    / p.flows.saturating_sub(1).max(1),
+                first_flow: p.first_flow,
+                last_flow: p.last_flow,
+            });
         }
     }
-    if others.flows_with_payload_both_ways > 0 {
-        (
-            Class::Breakage,
-            format!(
-                "{} flow(s) from {other_peers} peer(s) exchanged payload both ways",
-                others.flows_with_payload_both_ways
-            ),
-        )
-    } else if others.flows_with_peer_payload > 0 {
-        (
-            Class::Unclear,
-            format!(
-                "peers sent {} payload bytes in {} flow(s) that got no answer",
-                others.payload_bytes_in, others.flows_with_peer_payload
-            ),
-        )
-    } else if others.flows == 0 {
-        (
-            Class::ExposureClosed,
-            format!("only scanners (peers that touched {SCAN_PORTS} or more ports)"),
-        )
-    } else {
-        (
-            Class::ExposureClosed,
-            format!(
-                "no payload from peers: {} flow(s), {} handshake(s)",
-                others.flows, others.handshakes
-            ),
-        )
+    let (reading, (e, peers)) = by
+        .iter()
+        .next()
+        .map(|(r, v)| (*r, *v))
+        .expect("a port with flows has a peer");
+    let reason = match reading {
+        Reading::Exchange => format!(
+            "{} flow(s) from {peers} peer(s) exchanged payload both ways",
+            e.flows_with_payload_both_ways
+        ),
+        Reading::HealthCheck => format!(
+            "{peers} peer(s) connected again and again without payload ({} handshakes): health checks? enforcing breaks them",
+            e.handshakes
+        ),
+        Reading::OneWay => format!(
+            "peers sent {} payload bytes in {} flow(s) that got no answer",
+            e.payload_bytes_in, e.flows_with_peer_payload
+        ),
+        Reading::SilentHandshake => format!(
+            "{} completed handshake(s) from {peers} peer(s) that sent nothing: a connect check or a client waiting for a banner? not a scanner's pattern",
+            e.silent_handshakes()
+        ),
+        Reading::ScanProbe => format!(
+            "only scanners' probes: {} flow(s) from {peers} peer(s), at most {SCAN_REPEATS} each, no payload from them ({} connect-and-reset, the rest from peers that touched {SCAN_PORTS} or more ports)",
+            e.flows, e.connect_resets
+        ),
+        Reading::Attempt => format!(
+            "no handshake and no payload from peers: {} flow(s) from {peers} peer(s)",
+            e.flows
+        ),
+    };
+    Classified {
+        class: reading.class(),
+        reason,
+        health_checks,
     }
 }
 
@@ -318,19 +477,23 @@ pub struct PeerFinding {
     pub address: String,
     /// It touched `evidence::SCAN_PORTS` ports or more.
     pub scanner: bool,
+    /// What its flows here read as (inbound; null outbound).
+    pub reading: Option<Reading>,
     /// Its flows.
     #[serde(flatten)]
     pub flows: PeerEvidence,
 }
 
 impl Evidence {
-    pub(super) fn new(e: &PortEvidence, scans: &ScanTracker) -> Self {
+    pub(super) fn new(direction: Direction, e: &PortEvidence, scans: &ScanTracker) -> Self {
         let mut peers: Vec<PeerFinding> = e
             .peers
             .iter()
             .map(|(address, flows)| PeerFinding {
                 address: address.clone(),
                 scanner: scans.is_scanner(address),
+                reading: (direction == Direction::In)
+                    .then(|| Reading::of(flows, scans.is_scanner(address))),
                 flows: *flows,
             })
             .collect();
@@ -429,6 +592,20 @@ pub(super) fn verdict(
     }
     if n_unclear as u64 > max_unclear {
         parts.push(unclear_part);
+    }
+    let checks: Vec<String> = ports
+        .iter()
+        .flat_map(|f| {
+            f.health_checks
+                .iter()
+                .map(move |h| format!("{} -> {}", h.peer, port_name(f)))
+        })
+        .collect();
+    if !checks.is_empty() {
+        parts.push(format!(
+            "health checks? enforcing fails {}",
+            checks.join(", ")
+        ));
     }
     if parts.is_empty() {
         // Counted, but the denied-port table lost the entries (LRU).

@@ -37,7 +37,7 @@ use super::{
 use crate::{
     config::{
         profile,
-        site::{DEFAULT_CONFIG, Site},
+        site::{DEFAULT_AUDIT_MIN_WINDOW, DEFAULT_CONFIG, Site},
     },
     datapath::{paths::PathArgs, state::State},
     model::{Direction, IpProtocol, Mode, Protocol},
@@ -59,6 +59,9 @@ pub struct Query {
     pub paths: PathArgs,
     /// Unclear ports tolerated by "safe to enforce".
     pub max_unclear: u64,
+    /// The shortest window called safe, in seconds (default: the config's
+    /// `audit_min_window`, else [`DEFAULT_AUDIT_MIN_WINDOW`]).
+    pub min_window: Option<u64>,
 }
 
 /// A rule with no traffic in the window.
@@ -105,8 +108,20 @@ pub struct Report {
     pub unclear: Vec<String>,
     /// The `--max-unclear` the verdict used.
     pub max_unclear: u64,
+    /// Seconds the window spans (now - since).
+    pub window_seconds: u64,
+    /// The minimum window the verdict used (`--min-window`, else the config's
+    /// `audit_min_window`, else 7 days).
+    pub min_window_seconds: u64,
+    /// The window spans the minimum: before that, audit mode is never "safe" (an empty
+    /// window on a fresh install has seen nothing, not nothing breaking).
+    pub window_complete: bool,
     /// Exposures closed on ports with a listener reachable from outside.
     pub findings: Vec<String>,
+    /// Peers that look like health checks, in words (their ports are unclear, and any
+    /// makes the report unsafe whatever `max_unclear` says: a failed health check takes
+    /// the host out of its pool).
+    pub health_checks: Vec<String>,
     /// True when enforcing breaks nothing seen in the window: no breakage, at most
     /// `max_unclear` unclear ports (exposures closed do not count).
     pub safe: bool,
@@ -128,6 +143,8 @@ fn counting_since(paths: &PathArgs, file: Option<&DenyFile>) -> u64 {
 struct Hints {
     config: Option<(PathBuf, Policy, Tables)>,
     all_features: Option<FeatureHints>,
+    /// The config's `audit_min_window`, when a config was read.
+    min_window: Option<u64>,
 }
 
 impl Hints {
@@ -141,6 +158,7 @@ impl Hints {
         let mut hints = Hints {
             config: None,
             all_features: None,
+            min_window: None,
         };
         let mut profile = None;
         if let Some(path) = path {
@@ -155,6 +173,7 @@ impl Hints {
                     if let Ok(tables) = Tables::build(&policy) {
                         hints.config = Some((path.to_path_buf(), policy, tables));
                     }
+                    hints.min_window = Some(site.audit_min_window.as_secs());
                     profile = Some((p, site));
                 }
                 Ok(_) => {}
@@ -197,6 +216,47 @@ impl Hints {
     }
 }
 
+/// Parses `30s`, `30m`, `2h`, `1d`, `1w` and sums like `1h30m` into seconds.
+pub fn parse_duration(text: &str) -> Result<u64, String> {
+    let bad =
+        || format!("duration \"{text}\" is not like 30m, 2h, 1d or 1h30m (units: s, m, h, d, w)");
+    let mut total: u64 = 0;
+    let mut digits = String::new();
+    for c in text.trim().chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            'w' => 604_800,
+            _ => return Err(bad()),
+        };
+        let n: u64 = digits.parse().map_err(|_| bad())?;
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
+        digits.clear();
+    }
+    if !digits.is_empty() || total == 0 {
+        return Err(bad());
+    }
+    Ok(total)
+}
+
+/// A minimum window: a duration as [`parse_duration`] reads it, or `0` for none (a
+/// site that decides without one, a test).
+pub fn parse_min_window(text: &str) -> Result<u64, String> {
+    if text.trim() == "0" {
+        return Ok(0);
+    }
+    parse_duration(text).map_err(|e| format!("{e}, or 0 for no minimum"))
+}
+
 /// Builds the report at `now`.
 pub fn build(query: &Query, now: u64) -> anyhow::Result<Report> {
     let paths = &query.paths;
@@ -235,6 +295,7 @@ pub fn build(query: &Query, now: u64) -> anyhow::Result<Report> {
         class_reason: String::new(),
         evidence: None,
         listener: None,
+        health_checks: Vec::new(),
     };
     if kernel_in_window {
         for d in &status.denied_ports {
@@ -262,17 +323,18 @@ pub fn build(query: &Query, now: u64) -> anyhow::Result<Report> {
         f.peers = p.peers.clone();
         f.processes = p.processes.clone();
         if p.evidence.total.flows > 0 {
-            f.evidence = Some(Evidence::new(&p.evidence, &scans));
+            f.evidence = Some(Evidence::new(p.direction, &p.evidence, &scans));
         }
-        let (class, why) = readiness::classify(p.direction, Some(&p.evidence), &scans);
-        (f.class, f.class_reason) = (class, why);
+        let c = readiness::classify(p.direction, Some(&p.evidence), &scans);
+        (f.class, f.class_reason, f.health_checks) = (c.class, c.reason, c.health_checks);
     }
     let listeners = readiness::listeners(status.pid);
     let mut findings = Vec::new();
     for f in ports.values_mut() {
         if f.class_reason.is_empty() {
             // Only in the kernel's table: no events, no evidence.
-            (f.class, f.class_reason) = readiness::classify(f.direction, None, &scans);
+            let c = readiness::classify(f.direction, None, &scans);
+            (f.class, f.class_reason) = (c.class, c.reason);
         }
         if f.class == Class::ExposureClosed
             && f.direction == Direction::In
@@ -352,9 +414,38 @@ pub fn build(query: &Query, now: u64) -> anyhow::Result<Report> {
     );
     // Counted, but the denied-port table lost every entry (LRU): nothing to class.
     let unknown = ports.is_empty() && any_counted;
-    let safe = breakage.is_empty() && unclear.len() as u64 <= query.max_unclear && !unknown;
+    let health_checks: Vec<String> = ports
+        .iter()
+        .flat_map(|f| f.health_checks.iter().map(|h| h.text(&port_name(f))))
+        .collect();
+    let min_window = query
+        .min_window
+        .or(hints.min_window)
+        .unwrap_or(DEFAULT_AUDIT_MIN_WINDOW.as_secs());
+    let window_seconds = now.saturating_sub(since);
+    let window_complete = window_seconds >= min_window;
+    let evidence_safe = breakage.is_empty()
+        && unclear.len() as u64 <= query.max_unclear
+        && health_checks.is_empty()
+        && !unknown;
     let mode = state.mode;
-    let verdict = verdict(mode, safe, since, now, &ports, &status, query.max_unclear);
+    let mut verdict = verdict(
+        mode,
+        evidence_safe,
+        since,
+        now,
+        &ports,
+        &status,
+        query.max_unclear,
+    );
+    if mode == Mode::Audit && !window_complete {
+        verdict = format!(
+            "not yet: the window is {} long, the minimum is {} (--min-window, audit_min_window); so far: {verdict}",
+            span(window_seconds),
+            span(min_window)
+        );
+    }
+    let safe = evidence_safe && window_complete;
     Ok(Report {
         product: status.product.clone(),
         mode,
@@ -369,11 +460,36 @@ pub fn build(query: &Query, now: u64) -> anyhow::Result<Report> {
         exposure_closed,
         unclear,
         max_unclear: query.max_unclear,
+        window_seconds,
+        min_window_seconds: min_window,
+        window_complete,
         findings,
+        health_checks,
         safe,
         verdict,
         notes,
     })
+}
+
+/// `7d`, `2h 30m`, `45s`: a span in the largest units, at most two.
+fn span(seconds: u64) -> String {
+    let units = [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)];
+    let parts: Vec<String> = units
+        .iter()
+        .scan(seconds, |left, (name, size)| {
+            let n = *left / size;
+            *left %= size;
+            Some((n, name))
+        })
+        .filter(|(n, _)| *n > 0)
+        .take(2)
+        .map(|(n, name)| format!("{n}{name}"))
+        .collect();
+    if parts.is_empty() {
+        "0s".to_owned()
+    } else {
+        parts.join(" ")
+    }
 }
 
 /// Zeroes the pinned counters and empties the deny aggregate (recording the reset time,
@@ -391,6 +507,15 @@ pub fn reset(paths: &PathArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spans() {
+        assert_eq!(span(0), "0s");
+        assert_eq!(span(45), "45s");
+        assert_eq!(span(9000), "2h 30m");
+        assert_eq!(span(7 * 86_400), "7d");
+        assert_eq!(span(7 * 86_400 + 61), "7d 1m");
+    }
 
     #[test]
     fn features_and_config_rules_cover_denied_ports() {

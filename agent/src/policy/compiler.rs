@@ -85,7 +85,8 @@ pub fn site_profile(site: &Site, site_path: Option<&Path>) -> Result<Profile, Po
 }
 
 /// Compiles a built-in product with the default site settings (audit, failsafe on,
-/// loopback exempt, every peer group meaning any peer) and the given features.
+/// loopback exempt, the groups a site fills in meaning any peer, the vendor's named
+/// servers kept to their names) and the given features.
 pub fn compile_product(
     slug: &str,
     features: &[String],
@@ -206,7 +207,7 @@ pub fn compile(
         }
     }
     if site.failsafe {
-        rules.push(failsafe_rule());
+        rules.push(failsafe_rule(site.failsafe_port.get()));
         peers_of.push(None);
     }
     let peer_sets = peer_sets(profile, site, &peers_of);
@@ -368,14 +369,14 @@ fn entries(rules: &[Rule], peers_of: &[Option<String>], peer_sets: &[PeerSet]) -
     entries
 }
 
-/// The rule that keeps inbound SSH open so that a wrong policy in enforce mode cannot
-/// lock the operator out.
-pub fn failsafe_rule() -> Rule {
+/// The rule that keeps inbound SSH (on `port`, the site's `failsafe_port`) open so that
+/// a wrong policy in enforce mode cannot lock the operator out.
+pub fn failsafe_rule(port: u16) -> Rule {
     Rule {
         id: FAILSAFE_RULE.into(),
         direction: Direction::In,
         protocols: vec![Protocol::Tcp],
-        ports: vec![(22, 22)],
+        ports: vec![(port, port)],
         feature: None,
         scope: RuleScope::Any,
         peers: None,

@@ -1,5 +1,6 @@
-//! `cargo xtask bench`: the performance figures of issue 8, measured side by side in one
-//! run on this machine, written to `xtask/bench/` (BENCHMARKS.md, results.json,
+//! `cargo xtask bench`: the performance figures (cost per packet, drop rates against
+//! nftables and xdp-filter, the agent's memory, startup and reload), measured side by
+//! side in one run on this machine, written to `xtask/bench/` (BENCHMARKS.md, results.json,
 //! ns_per_packet.svg).
 //!
 //! What runs, in order (one progress line per figure):

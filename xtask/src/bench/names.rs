@@ -1,4 +1,4 @@
-//! Names (issue 15): what learning addresses from a DNS answer costs `pc_ingress`, and
+//! Names: what learning addresses from a DNS answer costs `pc_ingress`, and
 //! the memory one learned address takes.
 //!
 //! One agent (slot 0's cgroup and pin directory, once the size agents are gone) enforces

@@ -52,43 +52,90 @@ fn proc_net_listeners() {
 #[test]
 fn classes() {
     let scans = ScanTracker::default();
-    assert_eq!(classify(Direction::Out, None, &scans).0, Class::Breakage);
-    assert_eq!(classify(Direction::In, None, &scans).0, Class::Unclear);
-    let peer = |flows, both, from_peer| PeerEvidence {
+    let class = |d, e: Option<&PortEvidence>, s: &ScanTracker| classify(d, e, s).class;
+    assert_eq!(class(Direction::Out, None, &scans), Class::Breakage);
+    assert_eq!(class(Direction::In, None, &scans), Class::Unclear);
+    let peer = |flows, handshakes, both, from_peer| PeerEvidence {
         flows,
-        handshakes: flows,
+        handshakes,
         flows_with_peer_payload: from_peer,
         flows_with_payload_both_ways: both,
         payload_bytes_in: from_peer * 10,
         payload_bytes_out: both * 10,
+        connect_resets: 0,
+        first_flow: 100,
+        last_flow: 100 + 5 * flows.saturating_sub(1),
     };
     let port = |p: PeerEvidence, addr: &str| PortEvidence {
         total: p,
         peers: [(addr.to_owned(), p)].into(),
         ..PortEvidence::default()
     };
-    let probe = port(peer(3, 0, 0), "192.0.2.1");
+    let syns = port(peer(3, 0, 0, 0), "192.0.2.1");
     assert_eq!(
-        classify(Direction::In, Some(&probe), &scans).0,
+        class(Direction::In, Some(&syns), &scans),
         Class::ExposureClosed
     );
-    let talk = port(peer(1, 1, 1), "192.0.2.1");
-    assert_eq!(
-        classify(Direction::In, Some(&talk), &scans).0,
-        Class::Breakage
-    );
-    let one_way = port(peer(1, 0, 1), "192.0.2.1");
-    assert_eq!(
-        classify(Direction::In, Some(&one_way), &scans).0,
-        Class::Unclear
-    );
-    // The same exchange from a scanner is exposure.
+    let talk = port(peer(1, 1, 1, 1), "192.0.2.1");
+    assert_eq!(class(Direction::In, Some(&talk), &scans), Class::Breakage);
+    let one_way = port(peer(1, 1, 0, 1), "192.0.2.1");
+    assert_eq!(class(Direction::In, Some(&one_way), &scans), Class::Unclear);
+    // A completed handshake and nothing from the peer: not a scan unless a scanner's.
+    let connect = port(peer(1, 1, 0, 0), "192.0.2.1");
+    let c = classify(Direction::In, Some(&connect), &scans);
+    assert_eq!(c.class, Class::Unclear, "{}", c.reason);
+    assert!(c.health_checks.is_empty());
+
     let mut scanner = ScanTracker::default();
     for p in 0..SCAN_PORTS as u16 {
         scanner.touch("192.0.2.1", p);
     }
-    let (class, why) = classify(Direction::In, Some(&talk), &scanner);
-    assert_eq!(class, Class::ExposureClosed, "{why}");
+    // A scanner's exchange is still breakage: the verdict is per flow.
+    let c = classify(Direction::In, Some(&talk), &scanner);
+    assert_eq!(c.class, Class::Breakage, "{}", c.reason);
+    // A scanner's connect probe is exposure; the same peer back again and again is not.
+    let c = classify(Direction::In, Some(&connect), &scanner);
+    assert_eq!(c.class, Class::ExposureClosed, "{}", c.reason);
+    let back = port(peer(SCAN_REPEATS + 1, SCAN_REPEATS + 1, 0, 0), "192.0.2.1");
+    assert_eq!(class(Direction::In, Some(&back), &scanner), Class::Unclear);
+
+    // A connect scan seen on one port only (its other probes hit closed ports, which
+    // leave no flow evidence): connected, reset at once, nothing sent.
+    let mut nmap_st = peer(2, 1, 0, 0);
+    nmap_st.connect_resets = 1;
+    let c = classify(Direction::In, Some(&port(nmap_st, "192.0.2.9")), &scans);
+    assert_eq!(c.class, Class::ExposureClosed, "{}", c.reason);
+    // The same from a balancer every few seconds: a health check.
+    let mut hc_rst = peer(6, 6, 0, 0);
+    hc_rst.connect_resets = 6;
+    let c = classify(Direction::In, Some(&port(hc_rst, "10.0.0.7")), &scans);
+    assert_eq!(
+        (c.class, c.health_checks.len()),
+        (Class::Unclear, 1),
+        "{}",
+        c.reason
+    );
+
+    // A health check: handshakes every 5 s, nothing sent.
+    let check = port(peer(12, 12, 0, 0), "10.0.0.7");
+    let c = classify(Direction::In, Some(&check), &scans);
+    assert_eq!(c.class, Class::Unclear, "{}", c.reason);
+    assert_eq!(c.health_checks.len(), 1);
+    assert_eq!(c.health_checks[0].interval_seconds, 5);
+    assert_eq!(
+        c.health_checks[0].text("in tcp/8080"),
+        "10.0.0.7 connects to in tcp/8080 about every 5 s (12 handshakes, no payload from it): a health check? enforcing breaks it"
+    );
+
+    // Two peers: one real exchange among scanners' probes makes the port breakage.
+    let mut mixed = port(peer(1, 1, 0, 0), "192.0.2.1");
+    mixed
+        .peers
+        .insert("198.51.100.9".to_owned(), peer(1, 1, 1, 1));
+    assert_eq!(
+        class(Direction::In, Some(&mixed), &scanner),
+        Class::Breakage
+    );
 }
 
 fn finding(port: u16, packets: Option<u64>, events: u64) -> PortFinding {
@@ -111,6 +158,7 @@ fn finding(port: u16, packets: Option<u64>, events: u64) -> PortFinding {
         class_reason: String::new(),
         evidence: None,
         listener: None,
+        health_checks: vec![],
     }
 }
 

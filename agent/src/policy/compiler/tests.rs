@@ -442,6 +442,32 @@ fn feature_rules_are_off_without_their_feature() {
 }
 
 #[test]
+fn failsafe_port_moves_the_failsafe_rule_and_zero_is_an_error_at_its_line() {
+    let site = Site::parse(
+        "product = \"iredmail\"\nfailsafe_port = 2222\n",
+        Path::new("s.toml"),
+    )
+    .unwrap();
+    let policy = compile_site(&site, None).unwrap();
+    let last = policy.rules.last().unwrap();
+    assert_eq!(
+        (last.id.as_str(), last.ports.as_slice()),
+        (FAILSAFE_RULE, &[(2222, 2222)][..]),
+        "the failsafe keeps the configured port"
+    );
+    assert!(
+        policy.rules.iter().all(|r| !r.ports.contains(&(22, 22))),
+        "22 is no longer kept open by the failsafe"
+    );
+    let err = Site::parse(
+        "product = \"iredmail\"\nfailsafe_port = 0\n",
+        Path::new("s.toml"),
+    )
+    .unwrap_err();
+    assert_error(&err, "s.toml", 2, "nonzero");
+}
+
+#[test]
 fn failsafe_is_last_and_can_be_turned_off() {
     let on = compile_product("iredmail", &[], false).unwrap();
     let last = on.rules.last().unwrap();
