@@ -25,7 +25,10 @@ use std::{
 };
 
 use portcullis_common::dns::{self, Status};
-use portcullis_tests::{Agent, Lab, Wire, Zone, denies, must, net_py, rule, rule_packets, stdout};
+use portcullis_tests::dns::ANSWER as ANSWER_FLAGS;
+use portcullis_tests::{
+    Agent, Delivery, Lab, Wire, Zone, denies, must, net_py, rule, rule_packets, stdout,
+};
 use serde_json::Value;
 
 /// The prefix B owns for the zones' addresses, routed from A.
@@ -64,7 +67,7 @@ struct Setup<'a> {
     stub: bool,
     /// A second trusted resolver on B (in `dns-servers` too) that answers these names
     /// with these bytes (`Lab::fake_resolver`); none when empty.
-    fake: &'a [(String, Wire)],
+    fake: &'a [(String, Wire, Delivery)],
 }
 
 /// The address of the local stub resolver on A.
@@ -412,8 +415,8 @@ fn first_connection() {
 
 /// One pattern holds at most `LEARNED_PER_NAME` addresses at a time: the wildcard's
 /// answers beyond it are not learned (EPERM, counted `over_limit`), while another
-/// pattern of the same group still learns, and the wildcard's first addresses keep
-/// working.
+/// pattern of the same group keeps the address it learned before the flood and still
+/// learns, and the wildcard's first addresses keep working.
 #[test]
 fn a_name_holds_at_most_its_limit_of_addresses() {
     let limit = portcullis_common::names::LEARNED_PER_NAME;
@@ -435,6 +438,13 @@ fn a_name_holds_at_most_its_limit_of_addresses() {
             members: &[WILDCARD, "solo.other.test"],
             ..Setup::default()
         },
+    );
+    // Another name learned before the flood: the flood must not push it out.
+    t.expect_verdict(
+        "solo.other.test",
+        &named(n),
+        "ok",
+        "an exact name learned before the wildcard's flood",
     );
     let list: Vec<&str> = hosts[..n as usize]
         .iter()
@@ -467,7 +477,14 @@ fn a_name_holds_at_most_its_limit_of_addresses() {
         "over the limit: not listed"
     );
     assert_learned(&s, &named(0), WILDCARD, (300 + 60) * 1000);
-    // Another pattern of the group is not held back by the full one.
+    // The name learned before the flood kept its address, and its own answers still
+    // teach next to the full wildcard.
+    assert_learned(&s, &named(n), "solo.other.test", (300 + 60) * 1000);
+    assert_eq!(
+        t.connect(&named(n)),
+        "ok",
+        "solo.other.test after the flood"
+    );
     t.expect_verdict(
         "solo.other.test",
         &named(n),
@@ -1221,9 +1238,9 @@ fn hostile_corpus() -> Vec<Hostile> {
 #[test]
 fn hostile_answers_on_the_wire_teach_nothing_and_break_nothing() {
     let corpus = hostile_corpus();
-    let replies: Vec<(String, Wire)> = corpus
+    let replies: Vec<(String, Wire, Delivery)> = corpus
         .iter()
-        .map(|c| (c.name.clone(), c.wire.clone()))
+        .map(|c| (c.name.clone(), c.wire.clone(), Delivery::Whole))
         .collect();
     let mut t = Names::new(
         "hostile",
@@ -1347,6 +1364,279 @@ fn hostile_answers_on_the_wire_teach_nothing_and_break_nothing() {
             .any(|e| l.contains(e))),
         "the agent logged an error or a warning:\n{log}"
     );
+}
+
+/// The name the forgery tests' client asks the fake resolver, which never answers it:
+/// its question stays in flight while the test aims answers at it.
+const PENDING: &str = "pending.lab.test";
+
+/// A question in flight (`net.py dns-pending`): the port it was asked from, a second
+/// socket's port (connected to the same resolver, no question), and its id.
+struct Pending {
+    port: u16,
+    other_port: u16,
+    id: u16,
+}
+
+impl Names {
+    /// A lab whose only trusted resolver that is asked is the fake one, answering
+    /// `replies`.
+    fn forgeries(name: &str, replies: &[(String, Wire, Delivery)]) -> Names {
+        Names::new(
+            name,
+            &Zone::new(300, &[]),
+            Setup {
+                members: &[WILDCARD],
+                fake: replies,
+                ..Setup::default()
+            },
+        )
+    }
+
+    /// Asks the fake resolver for [`PENDING`] from A and leaves the question in flight.
+    fn pending(&mut self) -> Pending {
+        let out = self.lab.dir.join("pending.json");
+        let cmd = format!(
+            "exec {} dns-pending {} {PENDING} {} 60",
+            net_py(),
+            self.fake,
+            out.display()
+        );
+        self.lab.spawn_a(&cmd);
+        let v = wait_json(&out);
+        let field = |k: &str| -> u16 {
+            v[k].as_u64()
+                .and_then(|n| u16::try_from(n).ok())
+                .unwrap_or_else(|| panic!("dns-pending wrote no {k}: {v}"))
+        };
+        Pending {
+            port: field("port"),
+            other_port: field("other_port"),
+            id: field("id"),
+        }
+    }
+
+    /// Sends `msg` with id `id` from the fake resolver's address and port 53 to A's
+    /// port `port` (a raw socket on B: the fake resolver holds the port).
+    fn forge(&self, port: u16, id: u16, msg: &Wire) {
+        let mut bytes = msg.clone();
+        bytes.0[..2].copy_from_slice(&id.to_be_bytes());
+        let out = self.lab.on_b(&format!(
+            "{} udp-forge {} 53 {} {port} {}",
+            net_py(),
+            self.fake,
+            self.lab.a4,
+            bytes.hex()
+        ));
+        assert!(
+            out.status.success(),
+            "udp-forge: {}{}",
+            stdout(&out),
+            portcullis_tests::stderr(&out)
+        );
+        // The datagram crosses the veth pair and the ingress program at once; a margin
+        // for a loaded machine.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The counters a forgery test watches: [unsolicited, answers_learned].
+fn forgery_counters(s: &Value) -> [u64; 2] {
+    [counter(s, "unsolicited"), counter(s, "answers_learned")]
+}
+
+/// A UDP answer the `forged` case makes for a question in flight (the port to send it
+/// to, its id, the message with an A record of `addr`) teaches nothing: EPERM, counted
+/// `unsolicited`. Then the real answer (the question's port, id and question) teaches
+/// its address, once: the same answer again is `unsolicited` too.
+fn forged_udp_teaches_nothing(lab: &str, forged: impl Fn(&Pending, &str) -> (u16, u16, Wire)) {
+    let replies = [(
+        "other.lab.test".to_owned(),
+        Wire::answer("other.lab.test", 300, &[&named(309)]),
+        Delivery::Whole,
+    )];
+    let mut t = Names::forgeries(lab, &replies);
+    let p = t.pending();
+    let s0 = t.agent.status();
+    let (port, id, msg) = forged(&p, &named(300));
+    t.forge(port, id, &msg);
+    assert_eq!(
+        t.connect(&named(300)),
+        "EPERM",
+        "the forged answer taught its address"
+    );
+    let s1 = t.agent.status();
+    let [u0, l0] = forgery_counters(&s0);
+    assert_eq!(
+        forgery_counters(&s1),
+        [u0 + 1, l0],
+        "[unsolicited, answers_learned]: {:#}",
+        names(&s1)
+    );
+    assert!(peer_denies(&s1) > peer_denies(&s0), "{s1:#}");
+    assert!(learned(&s1, &named(300)).is_none(), "{:#}", names(&s1));
+
+    // The real answer: its question was not consumed by the forgery.
+    t.forge(p.port, p.id, &Wire::answer(PENDING, 300, &[&named(301)]));
+    assert_eq!(
+        t.connect(&named(301)),
+        "ok",
+        "the real answer teaches its address"
+    );
+    let s2 = t.agent.status();
+    assert_eq!(forgery_counters(&s2), [u0 + 1, l0 + 1], "{:#}", names(&s2));
+    assert_learned(&s2, &named(301), WILDCARD, 360_000);
+    // Once: the same answer again (a replay) finds no question.
+    t.forge(p.port, p.id, &Wire::answer(PENDING, 300, &[&named(302)]));
+    assert_eq!(
+        t.connect(&named(302)),
+        "EPERM",
+        "a second answer to one question"
+    );
+    let s3 = t.agent.status();
+    assert_eq!(forgery_counters(&s3), [u0 + 2, l0 + 1], "{:#}", names(&s3));
+}
+
+/// From the trusted resolver's address and port 53 to the port of a question in
+/// flight, the right question, but another transaction id.
+#[test]
+fn udp_answer_with_a_wrong_id_teaches_nothing() {
+    forged_udp_teaches_nothing("fid", |p, addr| {
+        (p.port, p.id ^ 0x8001, Wire::answer(PENDING, 300, &[addr]))
+    });
+}
+
+/// The right id and port, but an answer to another question (a listed name).
+#[test]
+fn udp_answer_to_another_question_teaches_nothing() {
+    forged_udp_teaches_nothing("fquestion", |p, addr| {
+        (p.port, p.id, Wire::answer("udp.lab.test", 300, &[addr]))
+    });
+}
+
+/// The right id and question, sent to another port of this host than the one the
+/// question left from (another socket connected to the same resolver).
+#[test]
+fn udp_answer_to_another_port_teaches_nothing() {
+    forged_udp_teaches_nothing("fport", |p, addr| {
+        (p.other_port, p.id, Wire::answer(PENDING, 300, &[addr]))
+    });
+}
+
+/// A message with its length prefix hidden in a big TCP answer (a TXT record), where
+/// the answer's second segment starts: the segment starts no message of the stream.
+/// The client reads the whole TXT answer; the hidden address gets EPERM, counted
+/// `unsolicited`; a good TCP answer of the same resolver still teaches.
+#[test]
+fn tcp_message_in_the_middle_of_an_answer_teaches_nothing() {
+    let hidden = Wire::answer("mid.lab.test", 300, &[&named(310)]);
+    let mut rdata = vec![b'x'; 300];
+    rdata.extend_from_slice(&(hidden.0.len() as u16).to_be_bytes());
+    rdata.extend_from_slice(&hidden.0);
+    rdata.extend(vec![b'y'; 1200]);
+    let outer = Wire::header(ANSWER_FLAGS, 1, 1)
+        .question("mid.lab.test")
+        .ptr(12)
+        .fixed(portcullis_tests::dns::TYPE_TXT, 300, rdata.len() as u16);
+    let split = outer.at() + 300;
+    let outer = outer.bytes(&rdata);
+    let replies = [
+        (
+            "mid.lab.test".to_owned(),
+            outer.clone(),
+            Delivery::Split(split),
+        ),
+        (
+            "good.lab.test".to_owned(),
+            Wire::answer("good.lab.test", 300, &[&named(311)]),
+            Delivery::Whole,
+        ),
+    ];
+    let t = Names::forgeries("fmid", &replies);
+    let s0 = t.agent.status();
+    let got = t.run_resolve(&format!(
+        "{} dns-ask {} mid.lab.test --tcp --hold",
+        net_py(),
+        t.fake
+    ));
+    assert_eq!(
+        got,
+        serde_json::json!({"bytes": outer.0.len(), "id_ok": true}),
+        "the client reads the whole TXT answer"
+    );
+    assert_eq!(
+        t.connect(&named(310)),
+        "EPERM",
+        "the hidden message taught its address"
+    );
+    let s1 = t.agent.status();
+    let [u0, l0] = forgery_counters(&s0);
+    assert_eq!(forgery_counters(&s1), [u0 + 1, l0], "{:#}", names(&s1));
+    assert!(peer_denies(&s1) > peer_denies(&s0), "{s1:#}");
+    let (addr, verdict) = t.resolve_one_at(&t.fake, "good.lab.test", Query::Tcp);
+    assert_eq!(
+        (addr, verdict.as_str()),
+        (named(311), "ok"),
+        "a good TCP answer"
+    );
+    let s2 = t.agent.status();
+    assert_eq!(forgery_counters(&s2), [u0 + 1, l0 + 1], "{:#}", names(&s2));
+}
+
+/// TCP segments that do not start the answer at its sequence number: one 4 KiB ahead
+/// of it (out of order, before the answer) and one at the answer's own sequence number
+/// after it (a retransmission that says something else). Each carries a whole message
+/// with the right id and question and teaches nothing (EPERM, `unsolicited`); the real
+/// answers between them teach theirs.
+#[test]
+fn tcp_out_of_order_and_retransmitted_segments_teach_nothing() {
+    let ahead = Wire::answer("ahead.lab.test", 300, &[&named(320)]);
+    let again = Wire::answer("again.lab.test", 300, &[&named(322)]);
+    let replies = [
+        (
+            "ahead.lab.test".to_owned(),
+            Wire::answer("ahead.lab.test", 300, &[&named(321)]),
+            Delivery::Ahead(ahead),
+        ),
+        (
+            "again.lab.test".to_owned(),
+            Wire::answer("again.lab.test", 300, &[&named(323)]),
+            Delivery::Again(again),
+        ),
+    ];
+    let t = Names::forgeries("fooo", &replies);
+    let mut s0 = t.agent.status();
+    for (name, forged, real) in [("ahead.lab.test", 320, 321), ("again.lab.test", 322, 323)] {
+        let got = t.run_resolve(&format!(
+            "{} dns-ask {} {name} --tcp --hold",
+            net_py(),
+            t.fake
+        ));
+        assert_eq!(
+            got["id_ok"], true,
+            "{name}: the client reads the answer: {got}"
+        );
+        assert_eq!(
+            t.connect(&named(real)),
+            "ok",
+            "{name}: the real answer teaches"
+        );
+        assert_eq!(
+            t.connect(&named(forged)),
+            "EPERM",
+            "{name}: the segment off the answer's sequence number taught its address"
+        );
+        let s = t.agent.status();
+        let [u0, l0] = forgery_counters(&s0);
+        assert_eq!(
+            forgery_counters(&s),
+            [u0 + 1, l0 + 1],
+            "{name}: [unsolicited, answers_learned]: {:#}",
+            names(&s)
+        );
+        assert!(peer_denies(&s) > peer_denies(&s0), "{s:#}");
+        s0 = s;
+    }
 }
 
 /// Learned addresses survive a reload, and the names a reload changes apply at once to

@@ -17,6 +17,7 @@ Examples:
   portcullis profile show xeams --feature pop3
   portcullis explain --product iredmail --direction in --protocol tcp --port 25
   portcullis check --config /etc/portcullis/portcullis.toml
+  portcullis doctor --config /etc/portcullis/portcullis.toml
   portcullis run --product xeams --mode audit
   portcullis status --json
   portcullis status --watch
@@ -45,6 +46,9 @@ enum Command {
     Check(commands::check::Args),
     /// Show the verdict the datapath gives a new flow, and the rule that decides it.
     Explain(commands::explain::Args),
+    /// Check this host before running: kernel, BPF features (probed), cgroup v2, bpffs,
+    /// BTF, lockdown, systemd, and whether the programs verify for the policy.
+    Doctor(commands::doctor::Args),
     /// Load the policy into the kernel and enforce (or audit) until stopped.
     Run(commands::run::Args),
     /// Show mode, scope, per-rule counters and denies of the running policy.
@@ -85,6 +89,7 @@ pub fn main() -> ExitCode {
         Command::Detect(a) => commands::detect::run(a),
         Command::Check(a) => commands::check::run(a),
         Command::Explain(a) => commands::explain::run(a),
+        Command::Doctor(a) => commands::doctor::run(a),
         Command::Run(a) => commands::run::run(a),
         Command::Status(a) => commands::status::run(a),
         Command::Report(a) => commands::report::run(a),

@@ -36,6 +36,24 @@ pub fn is_running() -> bool {
     Path::new("/run/systemd/system").is_dir()
 }
 
+/// The version of systemd on this host (`systemctl --version`), or None when systemctl
+/// is not there or says something else.
+pub fn version() -> Option<u32> {
+    let out = Command::new("systemctl").arg("--version").output().ok()?;
+    parse_version(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// The number of `systemctl --version`'s first line: "systemd 252 (252.36-1~deb12u1)".
+fn parse_version(text: &str) -> Option<u32> {
+    text.lines()
+        .next()?
+        .strip_prefix("systemd ")?
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
 fn drop_in_path(unit: &str) -> PathBuf {
     Path::new(UNIT_DIR).join(format!("{unit}.d")).join(DROP_IN)
 }
@@ -198,6 +216,17 @@ pub fn knows(unit: &str) -> Option<bool> {
 #[cfg(test)]
 mod tests {
     use std::path::Path;
+
+    #[test]
+    fn version_is_the_number_of_the_first_line() {
+        assert_eq!(
+            super::parse_version("systemd 252 (252.36-1~deb12u1)\n+PAM +AUDIT\n"),
+            Some(252)
+        );
+        assert_eq!(super::parse_version("systemd 257.9-1\n"), Some(257));
+        assert_eq!(super::parse_version("not systemd\n"), None);
+        assert_eq!(super::parse_version(""), None);
+    }
 
     #[test]
     fn drop_in_attaches_before_the_unit_runs_and_orders_after_the_agent() {

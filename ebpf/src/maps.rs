@@ -18,12 +18,13 @@ use portcullis_common::{
     flow::{FlowKey, FlowValue, SockState},
     maps::{
         AUDIT_FLOWS_MAX, DENIED_HOT_SLOTS, DENIED_MAX, EVENTS_BYTES, FLOWS_MAX, LEARNED_MAX,
-        MAX_RULES, NAMES_MAX, PEERS_MAX, RESOLVERS_MAX, SLOT_NAMES_MAX,
+        MAX_RULES, NAMES_MAX, PEERS_MAX, QUESTIONS_MAX, RESOLVERS_MAX, SLOT_NAMES_MAX,
     },
     names::{
         self, Learned, LearnedKey, NameKey, NameTables, NameValue, PatternWalk, SlotKey, SlotNames,
     },
     policy::{PORT_TABLE_LEN, PeerAddr, PolicyTables},
+    question::{QUERY_BUF, Question, QuestionKey},
     stats::{self, Counter, DeniedKey, DeniedSlot, LAYERS, STATS_LEN},
 };
 
@@ -93,7 +94,7 @@ pub static PC_RESOLVERS: LpmTrie<[u8; 16], u32, { RESOLVERS_MAX as usize }> = Lp
 pub static PC_DNS_STATS: PerCpuArray<u64, { stats::dns::LEN as usize }> = PerCpuArray::new();
 
 /// The DNS learner's working memory: far larger than the 512-byte stack, and shared by
-/// the global step functions of `learn` (which get no pointer to the caller's frame).
+/// the global functions of `learn` (which take no pointers: 5.10 allows only scalars).
 pub struct DnsScratch {
     /// The message, copied out of the packet.
     pub buf: [u8; DNS_BUF],
@@ -115,6 +116,12 @@ pub struct DnsScratch {
     pub key: LearnedKey,
     /// The key of the sender's lookup in `PC_RESOLVERS`.
     pub resolver: Key<[u8; 16]>,
+    /// The question the message must answer (`PC_DNS_QUESTION`'s key).
+    pub question: QuestionKey,
+    /// TCP: the segment's sequence number.
+    pub seq: u32,
+    /// Bytes of the message copied into `buf`.
+    pub loaded: u32,
     /// `bpf_ktime_get_boot_ns` of the answer.
     pub now: u64,
     /// `dns_grace` in ns.
@@ -129,6 +136,25 @@ pub struct DnsScratch {
 
 #[btf_map]
 pub static PC_DNS_SCRATCH: PerCpuArray<DnsScratch, 1> = PerCpuArray::new();
+
+#[btf_map]
+pub static PC_DNS_QUESTION: LruHashMap<QuestionKey, Question, { QUESTIONS_MAX as usize }> =
+    LruHashMap::new();
+
+/// The egress program's working memory for recording a question: its own, since an
+/// ingress run (softirq) can interrupt an egress run on the same CPU.
+pub struct QueryScratch {
+    /// The query, copied out of the packet.
+    pub buf: [u8; QUERY_BUF],
+    /// The record's key and value, built here and inserted from here.
+    pub key: QuestionKey,
+    pub question: Question,
+    /// The key of the resolver's lookup in `PC_RESOLVERS`.
+    pub resolver: Key<[u8; 16]>,
+}
+
+#[btf_map]
+pub static PC_DNS_QSCRATCH: PerCpuArray<QueryScratch, 1> = PerCpuArray::new();
 
 /// The live configuration, in the map (no copy on the program's stack). The entry of a
 /// one-entry array always exists; `None` is for the verifier only.

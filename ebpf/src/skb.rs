@@ -85,7 +85,31 @@ fn judge_ingress(ctx: &SkBuffContext, dns: &mut u8) -> i32 {
 
 #[cgroup_skb(egress)]
 pub fn pc_egress(ctx: SkBuffContext) -> i32 {
-    judge(&ctx, true, None)
+    let j = judge_egress(&ctx);
+    let v = j & VERDICT;
+    // A query to port 53 the verdict let out: record its question, so that only its
+    // answer can teach addresses (`learn`).
+    if v == PASS && j & TO_DNS != 0 {
+        learn::question(&ctx);
+    }
+    v
+}
+
+/// The verdict's bits of [`judge_egress`]'s result.
+const VERDICT: i32 = 0xff;
+/// Set in [`judge_egress`]'s result for a packet to port 53.
+const TO_DNS: i32 = 0x100;
+
+/// [`judge`] for egress, not inlined for the same reasons as [`judge_ingress`] (and
+/// so that the verdict's frame is gone before the question's is pushed: together they
+/// pass the 512-byte stack limit). The verdict, with [`TO_DNS`] set for a TCP or UDP
+/// packet to port 53 (in the result, not through a pointer: `pc_egress` then needs no
+/// stack, and the deepest call chain of the verdict stays within the limit).
+#[inline(never)]
+fn judge_egress(ctx: &SkBuffContext) -> i32 {
+    let mut dns = 0u8;
+    let v = judge(ctx, true, Some(&mut dns));
+    if dns != 0 { v | TO_DNS } else { v }
 }
 
 /// One packet as this host sees it.
@@ -215,9 +239,9 @@ fn judge(ctx: &SkBuffContext, egress: bool, dns: Option<&mut u8>) -> i32 {
             true,
         );
     }
-    // A possible DNS answer (after the spoof check: a forged source is never learned
-    // from; before the loopback exemption: a local stub such as 127.0.0.53 is a
-    // trusted resolver).
+    // A possible DNS answer, or (egress) question (after the spoof check: a forged
+    // source is never learned from; before the loopback exemption: a local stub such as
+    // 127.0.0.53 is a trusted resolver).
     if let Some(dns) = dns
         && f.remote_port == learn::DNS_PORT
         && (f.protocol == IPPROTO_UDP || f.protocol == IPPROTO_TCP)

@@ -128,13 +128,21 @@ impl Lab {
 
     /// Starts a hostile resolver on B (`net.py fake-resolver`), listening on `listen`
     /// port 53 (UDP and TCP): a query for one of the names of `replies` is answered with
-    /// its bytes, the ID set to the query's; ready when this returns. Stopped with the
-    /// lab.
-    pub fn fake_resolver(&mut self, listen: &str, replies: &[(String, Wire)]) {
-        let text = replies.iter().fold(String::new(), |mut text, (name, w)| {
-            let _ = writeln!(text, "{name} {}", w.hex());
-            text
-        });
+    /// its bytes, the ID set to the query's, over TCP delivered as its [`Delivery`]
+    /// says; ready when this returns. Stopped with the lab.
+    pub fn fake_resolver(&mut self, listen: &str, replies: &[(String, Wire, Delivery)]) {
+        let text = replies
+            .iter()
+            .fold(String::new(), |mut text, (name, w, how)| {
+                let how = match how {
+                    Delivery::Whole => String::new(),
+                    Delivery::Split(at) => format!(" split:{at}"),
+                    Delivery::Ahead(m) => format!(" ahead {}", m.hex()),
+                    Delivery::Again(m) => format!(" again {}", m.hex()),
+                };
+                let _ = writeln!(text, "{name} {}{how}", w.hex());
+                text
+            });
         let file = self.write(&format!("replies-{listen}"), &text);
         self.spawn_b(&format!(
             "exec {} fake-resolver {listen} {}",
@@ -144,6 +152,24 @@ impl Lab {
         let ns = self.ns_b.clone();
         self.wait_tcp(&ns, listen, 53);
     }
+}
+
+/// How the fake resolver delivers an answer over TCP (UDP: always whole).
+#[derive(Clone, Debug, Default)]
+pub enum Delivery {
+    /// The length prefix and the message in one segment.
+    #[default]
+    Whole,
+    /// In two segments, the second from this byte of the message on; the 2 bytes after
+    /// the next 2 (the ID of a message with its length prefix hidden there) are set to
+    /// the query's ID.
+    Split(u16),
+    /// First this message (length prefix, the query's ID) in a raw segment 4,096 bytes
+    /// ahead of the answer's sequence number (out of order), then the answer.
+    Ahead(Wire),
+    /// The answer, then this message (length prefix, the query's ID) in a raw segment
+    /// at the answer's own sequence number (a retransmission that says something else).
+    Again(Wire),
 }
 
 /// A DNS message written byte by byte, for a resolver that answers with crafted (often

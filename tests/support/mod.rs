@@ -33,7 +33,7 @@ use std::{
 };
 
 pub use agent::{Agent, AgentSpec};
-pub use dns::{Wire, Zone};
+pub use dns::{Delivery, Wire, Zone};
 pub use lab::{
     Cgroup, End, Lab, Netns, Proc, Signal, cgroup2_mount, in_cgroup_netns, in_netns, output, rule,
     veth, web_out,

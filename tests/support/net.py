@@ -49,15 +49,29 @@ resolve-hold SERVER PORT NAME GOFILE OUTFILE
     resolves NAME as resolve-connect does, connects, exchanges "1" with the echo server,
     writes OUTFILE.open; waits for GOFILE, exchanges "2" on the same connection, then
     tries a new connect() to the same address; writes the results as JSON to OUTFILE
-dns-ask SERVER NAME [--tcp]
+dns-ask SERVER NAME [--tcp] [--hold]
     one A query for NAME to SERVER port 53 (UDP, or TCP with --tcp) from a fresh
     socket; the answer is read whole but not interpreted (it may be hostile); prints
-    {"bytes": its length, "id_ok": whether it carries the query's ID} or the errno name
+    {"bytes": its length, "id_ok": whether it carries the query's ID} or the errno name;
+    with --hold the socket stays open 1 s after the answer (for segments that follow it)
+dns-pending SERVER NAME OUTFILE SECONDS
+    two UDP sockets connected to SERVER port 53; the first sends one A query for NAME
+    (which SERVER is not meant to answer); writes {"port", "other_port", "id"} to
+    OUTFILE, then keeps both sockets open SECONDS: forged answers are aimed at them
+udp-forge SRC SPORT DST DPORT HEX
+    sends the bytes HEX as one UDP datagram SRC:SPORT -> DST:DPORT (IPv4) from a raw
+    socket: a source port that a listener on SRC already holds (a forged answer)
 fake-resolver ADDR FILE
-    a hostile resolver on ADDR port 53, UDP and TCP: FILE has one "NAME HEX" line per
-    query name, and a query for NAME is answered with the bytes HEX as written (the
-    first two, the ID, replaced by the query's; over TCP in one segment with the length
-    prefix); a name not in FILE gets no answer
+    a hostile resolver on ADDR port 53, UDP and TCP: FILE has one "NAME HEX [HOW [HEX2]]"
+    line per query name, and a query for NAME is answered with the bytes HEX as written
+    (the first two, the ID, replaced by the query's; over TCP in one segment with the
+    length prefix); a name not in FILE gets no answer. HOW (TCP only):
+      split:N   the answer leaves in two segments, the second from byte N of the
+                message on; bytes N+2..N+4 (a message hidden there) get the query's ID
+      ahead     first a raw segment carrying HEX2 (length prefix, the query's ID) 4096
+                bytes ahead of the answer's sequence number (out of order), then HEX
+      again     HEX, then a raw segment carrying HEX2 (length prefix, the query's ID)
+                at the answer's own sequence number (a retransmission that lies)
 """
 import errno
 import socket
@@ -481,17 +495,20 @@ def recv_exact(s, n):
     return data
 
 
-def ask(server, name, qtype, tcp):
+def ask(server, name, qtype, tcp, hold=False):
     """One query to server:53 from a fresh socket, like a stub resolver: its ID and the
     answer's bytes."""
-    import random
+    import random, time
     qid = random.randrange(1 << 16)
     query = dns_query_bytes(qid, name, qtype)
     if tcp:
         s = socket.create_connection((server, 53), timeout=3)
         with s:
             s.sendall(len(query).to_bytes(2, "big") + query)
-            return qid, recv_exact(s, int.from_bytes(recv_exact(s, 2), "big"))
+            msg = recv_exact(s, int.from_bytes(recv_exact(s, 2), "big"))
+            if hold:
+                time.sleep(1)
+            return qid, msg
     s = socket.socket(family(server), socket.SOCK_DGRAM)
     with s:
         s.settimeout(3)
@@ -510,11 +527,77 @@ def dns_ask(args):
     import json
     server, name = args[0], args[1]
     try:
-        qid, msg = ask(server, name, QTYPE_A, "--tcp" in args)
+        qid, msg = ask(server, name, QTYPE_A, "--tcp" in args, "--hold" in args)
     except OSError as e:
         print(errname(e))
         return
     print(json.dumps({"bytes": len(msg), "id_ok": msg[:2] == qid.to_bytes(2, "big")}))
+
+
+def dns_pending(args):
+    import json, os, random, time
+    server, name, outfile, seconds = args[0], args[1], args[2], float(args[3])
+    s1 = socket.socket(family(server), socket.SOCK_DGRAM)
+    s2 = socket.socket(family(server), socket.SOCK_DGRAM)
+    s1.connect((server, 53))
+    s2.connect((server, 53))
+    qid = random.randrange(1 << 16)
+    s1.send(dns_query_bytes(qid, name, QTYPE_A))
+    with open(outfile + ".tmp", "w") as f:
+        json.dump({"port": s1.getsockname()[1], "other_port": s2.getsockname()[1],
+                   "id": qid}, f)
+    os.rename(outfile + ".tmp", outfile)
+    time.sleep(seconds)
+
+
+def inet_checksum(data):
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def raw_send(src, dst, proto, header, payload):
+    """One IPv4 packet src -> dst of protocol `proto`: `header` (its checksum field
+    zero, at offset 6 for UDP, 16 for TCP) and `payload`, checksummed with the pseudo
+    header, from a raw socket bound to src."""
+    import struct
+    seg = bytearray(header + payload)
+    pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, proto, len(seg))
+    at = 6 if proto == socket.IPPROTO_UDP else 16
+    seg[at:at + 2] = inet_checksum(pseudo + bytes(seg)).to_bytes(2, "big")
+    r = socket.socket(socket.AF_INET, socket.SOCK_RAW, proto)
+    with r:
+        r.bind((src, 0))
+        r.sendto(bytes(seg), (dst, 0))
+
+
+def udp_forge(args):
+    import struct
+    src, sport, dst, dport, payload = args[0], int(args[1]), args[2], int(args[3]), bytes.fromhex(args[4])
+    raw_send(src, dst, socket.IPPROTO_UDP,
+             struct.pack("!HHHH", sport, dport, 8 + len(payload), 0), payload)
+
+
+def tcp_inject(conn, seq_delta, msg):
+    """A raw segment on `conn`'s connection, from its local end: `msg` with its length
+    prefix, at the sequence number the connection sends next plus `seq_delta`."""
+    import struct
+    TCP_REPAIR, TCP_REPAIR_QUEUE, TCP_QUEUE_SEQ = 19, 20, 21
+    RECV_QUEUE, SEND_QUEUE = 1, 2
+    # The sequence numbers, read in repair mode (root: the lab's namespaces).
+    conn.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, 1)
+    conn.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR_QUEUE, SEND_QUEUE)
+    snd = struct.unpack("I", conn.getsockopt(socket.IPPROTO_TCP, TCP_QUEUE_SEQ, 4))[0]
+    conn.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR_QUEUE, RECV_QUEUE)
+    rcv = struct.unpack("I", conn.getsockopt(socket.IPPROTO_TCP, TCP_QUEUE_SEQ, 4))[0]
+    conn.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, 0)
+    (src, sport), (dst, dport) = conn.getsockname()[:2], conn.getpeername()[:2]
+    header = struct.pack("!HHIIBBHHH", sport, dport, (snd + seq_delta) & 0xFFFFFFFF, rcv,
+                         5 << 4, 0x18, 65535, 0, 0)
+    raw_send(src, dst, socket.IPPROTO_TCP, header, len(msg).to_bytes(2, "big") + msg)
 
 
 def query_name(query):
@@ -529,16 +612,41 @@ def query_name(query):
 def fake_resolver(args):
     import threading
     addr, path = args[0], args[1]
-    replies = {}
+    import time
+    replies, hows = {}, {}
     with open(path) as f:
         for line in f:
             if line.strip():
-                name, hexed = line.split()
+                name, hexed, *how = line.split()
                 replies[name.lower()] = bytes.fromhex(hexed)
+                hows[name.lower()] = how
 
     def reply(query):
         msg = replies.get(query_name(query))
         return None if msg is None or len(query) < 2 else query[:2] + msg[2:]
+
+    def with_id(query, msg):
+        return query[:2] + msg[2:]
+
+    def answer_tcp(c, query, msg):
+        how = hows.get(query_name(query)) or ["whole"]
+        if how[0].startswith("split:"):
+            n = int(how[0].split(":")[1])
+            msg = msg[:n + 2] + query[:2] + msg[n + 4:]
+            c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            c.sendall(len(msg).to_bytes(2, "big") + msg[:n])
+            time.sleep(0.2)
+            c.sendall(msg[n:])
+        elif how[0] == "ahead":
+            tcp_inject(c, 4096, with_id(query, bytes.fromhex(how[1])))
+            c.sendall(len(msg).to_bytes(2, "big") + msg)
+        elif how[0] == "again":
+            c.sendall(len(msg).to_bytes(2, "big") + msg)
+            time.sleep(0.2)
+            tcp_inject(c, -(len(msg) + 2), with_id(query, bytes.fromhex(how[1])))
+        else:
+            # One send: the prefix and the message leave in one segment.
+            c.sendall(len(msg).to_bytes(2, "big") + msg)
 
     # Both bound before either serves: ready for UDP too once the TCP port accepts.
     u = socket.socket(family(addr), socket.SOCK_DGRAM)
@@ -554,10 +662,12 @@ def fake_resolver(args):
             with c:
                 try:
                     c.settimeout(3)
-                    msg = reply(recv_exact(c, int.from_bytes(recv_exact(c, 2), "big")))
+                    query = recv_exact(c, int.from_bytes(recv_exact(c, 2), "big"))
+                    msg = reply(query)
                     if msg is not None:
-                        # One send: the prefix and the message leave in one segment.
-                        c.sendall(len(msg).to_bytes(2, "big") + msg)
+                        answer_tcp(c, query, msg)
+                    # The client closes first: no TIME_WAIT on the resolver's port.
+                    c.recv(1)
                 except (OSError, ConnectionError):
                     pass
 
@@ -657,4 +767,4 @@ if __name__ == "__main__":
      "icmp-error": icmp_error, "udp6-frame": udp6_frame, "probe": probe,
      "exchange": exchange, "serve": serve, "echo": echo,
      "resolve-connect": resolve_connect, "resolve-hold": resolve_hold, "dns-ask": dns_ask,
-     "fake-resolver": fake_resolver}[sys.argv[1]](sys.argv[2:])
+     "dns-pending": dns_pending, "udp-forge": udp_forge, "fake-resolver": fake_resolver}[sys.argv[1]](sys.argv[2:])

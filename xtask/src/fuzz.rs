@@ -17,7 +17,7 @@ use anyhow::{Context as _, bail};
 use crate::{nightly_cargo, step};
 
 /// The fuzz targets (`tests/fuzz/fuzz_targets/<name>.rs`).
-pub const TARGETS: [&str; 3] = ["config", "decide", "dns"];
+pub const TARGETS: [&str; 4] = ["config", "decide", "dns", "question"];
 
 /// Installs cargo-fuzz when it is missing.
 fn ensure_cargo_fuzz() -> anyhow::Result<()> {

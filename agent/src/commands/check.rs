@@ -11,6 +11,7 @@ use crate::{
         PolicyError,
         site::{Metrics, Site},
     },
+    datapath::probe::{KernelFeatures, Needs},
     model::ScopeTarget,
     policy::{
         LoopbackMode, Mode, PeerSet, Policy, Rule, compiler,
@@ -27,7 +28,10 @@ scope, unknown_units, xdp, events_per_sec, pin_dir, metrics, peer_sets, rules, e
 where entries are the same objects `portcullis profile show --json` prints. On error with --json, prints
 {ok: false, error: {file, line, column, message, hint}}.
 
-Exit codes: 0 valid, 3 invalid config or profile, 1 other failure.
+Also refuses (exit 3) a config the running kernel cannot carry as written, naming the
+feature, the kernel and the way out (`portcullis doctor` shows every probe).
+
+Exit codes: 0 valid, 3 invalid config or profile (or beyond this kernel), 1 other failure.
 
 Examples:
   portcullis check --config /etc/portcullis/portcullis.toml
@@ -87,6 +91,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             error.file = Some(args.config.clone());
             return Err(error);
         }
+        // What `run` would refuse on this kernel (exit 3 too): probed, a few ms.
+        KernelFeatures::probe().require(
+            &Needs::of(&policy, &site.xdp, &site.scope),
+            Some(&args.config),
+        )?;
         Ok((site, policy))
     });
     let (site, policy) = match compiled {

@@ -5,6 +5,7 @@ pub mod check;
 pub mod debug;
 pub mod detach;
 pub mod detect;
+pub mod doctor;
 pub mod explain;
 pub mod generate;
 pub mod mode;

@@ -311,7 +311,7 @@ fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D:
 
 impl Site {
     /// The top-level keys of a site config (to spot one misplaced under a table).
-    pub const TOP_LEVEL_KEYS: [&str; 18] = [
+    pub const TOP_LEVEL_KEYS: [&str; 19] = [
         "product",
         "profile",
         "features",

@@ -28,10 +28,12 @@ use crate::{
         loader::Datapath,
         names,
         paths::PathArgs,
+        probe::{KernelFeatures, Needs},
         state::{self, InstallLock, ReloadOutcome, State, unix_now},
     },
     model::{Mode, ScopeTarget},
     observe::events::EventLog,
+    policy::Policy,
     systemd,
 };
 
@@ -94,6 +96,18 @@ fn sync_drop_ins(settings: &Settings, paths: &PathArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Refuses (exit 3 at start, a rejected reload later) a policy the running kernel
+/// cannot carry as written, before anything touches the kernel: never enforced with
+/// less than it says.
+fn within_kernel(
+    policy: &Policy,
+    settings: &Settings,
+    config: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    KernelFeatures::probe().require(&Needs::of(policy, &settings.xdp, &settings.scopes), config)?;
+    Ok(())
+}
+
 /// The tag of the link pins a policy version attaches.
 fn tag(state: &State) -> String {
     format!("v{}", state.policy_version)
@@ -103,6 +117,7 @@ impl Daemon {
     /// Compiles, loads, installs and attaches; on success the scopes are enforced.
     fn start(mut args: Overrides) -> anyhow::Result<Self> {
         let (policy, settings, config) = resolve(&mut args)?;
+        within_kernel(&policy, &settings, config.as_deref())?;
         let scopes = resolve_scopes(&settings)?;
         let paths = args.paths.clone();
         let lock = lock(&paths)?;
@@ -240,6 +255,7 @@ impl Daemon {
 
     fn try_reload(&mut self) -> anyhow::Result<()> {
         let (policy, settings, config) = resolve(&mut self.args)?;
+        within_kernel(&policy, &settings, config.as_deref())?;
         let scopes = resolve_scopes(&settings)?;
         let mut state = install(&mut self.dp, &policy, &settings, Some(&self.state))?;
         state.config = config;

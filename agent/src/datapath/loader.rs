@@ -52,7 +52,7 @@ pub(super) const CGROUP_PROGRAMS: [(&str, Hook); 4] = [
 ];
 
 /// The kernel programs, built by `cargo xtask build` and embedded at compile time.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("PORTCULLIS_EBPF_OBJECT"));
+pub(super) static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("PORTCULLIS_EBPF_OBJECT"));
 
 /// The loaded programs and maps.
 pub struct Datapath {
@@ -385,15 +385,21 @@ fn load_programs(ebpf: &mut Ebpf, names: &[&str]) -> anyhow::Result<()> {
     })
 }
 
-/// Loads one program of the object: a verifier rejection names the program.
-fn load_program(name: &str, prog: &mut Program) -> anyhow::Result<()> {
+/// Loads one program of the object: a verifier rejection names the program, the running
+/// kernel and `doctor`, which says what this kernel lacks.
+pub(super) fn load_program(name: &str, prog: &mut Program) -> anyhow::Result<()> {
     match prog {
         Program::Xdp(p) => p.load(),
         Program::CgroupSkb(p) => p.load(),
         Program::CgroupSockAddr(p) => p.load(),
         _ => bail!("program {name} has a type this agent does not load"),
     }
-    .with_context(|| format!("loading program {name} (verifier)"))?;
+    .with_context(|| {
+        format!(
+            "loading program {name}: the verifier of kernel {} refused it; `portcullis doctor` probes what this kernel lacks",
+            super::probe::KernelRelease::running().release
+        )
+    })?;
     log_verified(name, prog.info());
     Ok(())
 }
@@ -626,7 +632,7 @@ fn processed_insns(log: &str) -> Option<u64> {
 
 /// The `portcullis_common::kernel` bits the running kernel offers, probed by loading a
 /// test program per helper (never guessed from the version: distributions backport).
-fn kernel_features() -> u32 {
+pub(super) fn kernel_features() -> u32 {
     use aya::{
         programs::ProgramType,
         sys::{BpfHelper, is_helper_supported},

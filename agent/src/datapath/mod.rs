@@ -6,8 +6,9 @@
 //! evidence of would-denied flows ([`evidence`]), reads the deny-event ring
 //! ([`events`]) and the programs' run statistics ([`programs`]), keeps the agent's
 //! state file ([`state`]), writes the host name maps and the trusted resolvers and reads
-//! back what the kernel learned from DNS answers ([`names`]), and has the test-only fault
-//! points of a reload ([`fault`]).
+//! back what the kernel learned from DNS answers ([`names`]), probes what the running
+//! kernel and host can carry ([`probe`]), and has the test-only fault points of a reload
+//! ([`fault`]).
 
 pub mod attach;
 pub mod counters;
@@ -17,6 +18,7 @@ pub mod fault;
 pub mod loader;
 pub mod names;
 pub mod paths;
+pub mod probe;
 pub mod programs;
 pub mod state;
 pub mod xdp;

@@ -3,8 +3,7 @@
 //! /proc/self/mountinfo and never assumed.
 
 use std::{
-    fs,
-    io::{self, BufRead as _},
+    fs, io,
     path::{Path, PathBuf},
 };
 
@@ -65,12 +64,18 @@ impl PathArgs {
     }
 }
 
-/// One line of /proc/self/mountinfo: (mount point, filesystem type).
-fn mounts() -> anyhow::Result<Vec<(PathBuf, String)>> {
-    let file = fs::File::open("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+/// The mounts of /proc/self/mountinfo: (mount point, filesystem type).
+pub(super) fn mounts() -> anyhow::Result<Vec<(PathBuf, String)>> {
+    let text =
+        fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    Ok(parse_mountinfo(&text))
+}
+
+/// (mount point, filesystem type) of each line of a mountinfo text; malformed lines are
+/// skipped.
+pub(super) fn parse_mountinfo(text: &str) -> Vec<(PathBuf, String)> {
     let mut out = Vec::new();
-    for line in io::BufReader::new(file).lines() {
-        let line = line.context("reading /proc/self/mountinfo")?;
+    for line in text.lines() {
         // "<id> <parent> <maj:min> <root> <mount point> <options> [optional...] - <fstype> ..."
         let mut fields = line.split(' ');
         let Some(mount_point) = fields.nth(4) else {
@@ -81,7 +86,7 @@ fn mounts() -> anyhow::Result<Vec<(PathBuf, String)>> {
         };
         out.push((PathBuf::from(unescape(mount_point)), fstype.to_owned()));
     }
-    Ok(out)
+    out
 }
 
 /// mountinfo escapes space, tab, newline and backslash as octal.
@@ -139,4 +144,43 @@ pub fn ensure_bpffs(pin_dir: &Path) -> anyhow::Result<()> {
     }
     log::info!("mounted bpffs at {}", parent.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_gives_mount_points_and_types_unescaped() {
+        let text = "\
+25 1 0:23 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw
+33 25 0:28 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:9 - cgroup2 cgroup2 rw,nsdelegate
+40 25 0:33 / /sys/fs/bpf rw,nosuid,nodev,noexec,relatime shared:15 - bpf bpf rw,mode=700
+41 1 0:34 / /mnt/with\\040space rw - tmpfs tmpfs rw
+short line
+";
+        assert_eq!(
+            parse_mountinfo(text),
+            vec![
+                (PathBuf::from("/sys"), "sysfs".to_owned()),
+                (PathBuf::from("/sys/fs/cgroup"), "cgroup2".to_owned()),
+                (PathBuf::from("/sys/fs/bpf"), "bpf".to_owned()),
+                (PathBuf::from("/mnt/with space"), "tmpfs".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn mountinfo_with_several_optional_fields_still_finds_the_type() {
+        // Optional fields ("shared:N master:M") vary in number; the type follows " - ".
+        let text =
+            "30 25 0:26 / /sys/fs/cgroup/unified rw shared:8 master:2 - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            parse_mountinfo(text),
+            vec![(
+                PathBuf::from("/sys/fs/cgroup/unified"),
+                "cgroup2".to_owned()
+            )]
+        );
+    }
 }

@@ -315,10 +315,11 @@ impl Collector for Scrape {
         family(
             enc,
             "portcullis_dns_answers_total",
-            "DNS answers from port 53 by what the kernel made of them: learned (a trusted resolver's answer taught at least one address of a listed name), untrusted (not from a trusted resolver: never learned from; counts packets), unlisted (for a name no peer group lists), malformed (broken).",
+            "DNS answers from port 53 by what the kernel made of them: learned (a trusted resolver's answer taught at least one address of a listed name), untrusted (not from a trusted resolver: never learned from; counts packets), unsolicited (from a trusted resolver but answering no question this host has in flight: never learned from), unlisted (for a name no peer group lists), malformed (broken).",
             [
                 ("learned", dns.answers_learned),
                 ("untrusted", dns.untrusted),
+                ("unsolicited", dns.unsolicited),
                 ("unlisted", dns.unlisted),
                 ("malformed", dns.malformed),
             ]

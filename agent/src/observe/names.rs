@@ -55,6 +55,9 @@ pub struct NameCounters {
     pub addresses_learned: u64,
     /// Packets from port 53 of an untrusted address (never learned from).
     pub untrusted: u64,
+    /// Trusted resolvers' messages that answer no question this host has in flight
+    /// (never learned from).
+    pub unsolicited: u64,
     /// Trusted answers for a name no group lists.
     pub unlisted: u64,
     /// Trusted messages the parser found broken.
@@ -84,6 +87,7 @@ pub fn build(state: &NamesState, learning: Option<&Learning>, now_ns: u64) -> Na
         answers_learned: learning.counter(dns::ANSWERS_LEARNED),
         addresses_learned: learning.counter(dns::ADDRESSES_LEARNED),
         untrusted: learning.counter(dns::UNTRUSTED),
+        unsolicited: learning.counter(dns::UNSOLICITED),
         unlisted: learning.counter(dns::UNLISTED),
         malformed: learning.counter(dns::MALFORMED),
         expired: learning.counter(dns::EXPIRED),
@@ -164,10 +168,11 @@ pub fn table(n: &NamesStatus) -> String {
     );
     let _ = writeln!(
         o,
-        "  answers learned {}  addresses learned {}  untrusted {}  unlisted {}  malformed {}  expired {}  evicted {}  over limit {}",
+        "  answers learned {}  addresses learned {}  untrusted {}  unsolicited {}  unlisted {}  malformed {}  expired {}  evicted {}  over limit {}",
         c.answers_learned,
         c.addresses_learned,
         c.untrusted,
+        c.unsolicited,
         c.unlisted,
         c.malformed,
         c.expired,

@@ -3,7 +3,7 @@
 //! Everything both sides must agree on lives here and only here: map names and sizes
 //! ([`maps`]), the byte layout of every key and value ([`policy`], [`names`], [`flow`],
 //! [`stats`], [`event`], [`evidence`], [`config`]), the DNS answer parser the datapath
-//! learns names with ([`dns`]) and the verdict a new flow gets ([`policy::decide`]). The kernel
+//! learns names with ([`dns`]), the questions an answer must match ([`question`]) and the verdict a new flow gets ([`policy::decide`]). The kernel
 //! programs call `decide` with lookups in the real maps; the agent's `explain` calls the
 //! same function with lookups in its userspace image of those maps, so the two cannot
 //! drift apart.
@@ -23,6 +23,7 @@ pub mod kernel;
 pub mod maps;
 pub mod names;
 pub mod policy;
+pub mod question;
 pub mod stats;
 
 /// Implements `aya::Pod` for the listed plain-old-data types on the userspace side.
@@ -53,6 +54,8 @@ pod!(
     names::SlotKey,
     names::SlotNames,
     policy::PeerAddr,
+    question::Question,
+    question::QuestionKey,
     stats::Counter,
     stats::DeniedKey,
     stats::DeniedSlot,

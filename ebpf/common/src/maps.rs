@@ -85,6 +85,13 @@ pub const NAME_ADDRS: &str = "PC_NAME_ADDRS";
 pub const RESOLVERS: &str = "PC_RESOLVERS";
 /// Capacity of [`RESOLVERS`].
 pub const RESOLVERS_MAX: u32 = 256;
+/// Questions this host has in flight to trusted resolvers: `question::QuestionKey` ->
+/// `question::Question`. `LruHashMap` (not pinned: a restart forgets the questions of
+/// the last few seconds, whose answers then teach nothing). Written by the egress
+/// program, consumed by the ingress program when their answer arrives.
+pub const QUESTIONS: &str = "PC_DNS_QUESTION";
+/// Capacity of [`QUESTIONS`] (questions in flight; the least recently asked fall out).
+pub const QUESTIONS_MAX: u32 = 8 * 1024;
 /// DNS learning counters, indexed by `stats::dns::*`. `PerCpuArray<u64>`.
 pub const DNS_STATS: &str = "PC_DNS_STATS";
 /// The ingress program's per-CPU DNS parser state and message buffer (not pinned: each

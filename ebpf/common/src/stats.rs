@@ -175,8 +175,12 @@ pub mod dns {
     /// New addresses not learned because a name pattern of the answer already holds
     /// `names::LEARNED_PER_NAME` addresses.
     pub const OVER_LIMIT: u32 = 8;
+    /// Messages from a trusted resolver that answer no question this host has in flight
+    /// (another id, other ends or question, a late or second answer, a TCP segment not at
+    /// the answer's expected sequence number): never parsed (`question`).
+    pub const UNSOLICITED: u32 = 9;
     /// Number of counters.
-    pub const LEN: u32 = 9;
+    pub const LEN: u32 = 10;
 }
 
 #[cfg(test)]
