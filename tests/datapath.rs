@@ -59,7 +59,7 @@ fn outbound_allowed_and_denied_with_eperm_over_ipv4_ipv6_and_mapped() {
         "curl to a denied port should fail to connect"
     );
     assert!(
-        t.elapsed() < Duration::from_secs(2),
+        t.elapsed() < Duration::from_secs(2) * portcullis_tests::patience(),
         "a denied connect must fail at once, took {:?}",
         t.elapsed()
     );
@@ -429,7 +429,7 @@ fn lab_file(lab: &Lab, name: &str) -> String {
 
 /// Polls (up to 10 s) until `ready`; panics with `what` otherwise.
 fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(10) * portcullis_tests::patience();
     while !ready() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));

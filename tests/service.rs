@@ -8,7 +8,7 @@ use std::{
 };
 
 use portcullis_tests::{
-    Agent, Lab, bin,
+    Agent, Lab, bin, denies,
     load::{assert_nothing_lost, load_figures},
     must, net_py, rule_packets, sh, stderr, stdout, web_out,
 };
@@ -330,5 +330,48 @@ fn detach_leaves_nothing_attached_or_pinned() {
         stdout(&lab.on_a(&format!("{} connect {} 8081", net_py(), lab.b4))).trim(),
         "ok",
         "enforcement gone"
+    );
+}
+
+/// kill -9 once, without load: while no agent runs, the pinned programs keep allowing
+/// and refusing; the restarted agent adopts the pins (exactly its own 4 links, the next
+/// policy version) and the counters, which also counted what happened in between. The
+/// small form of the 50-kill test above, for the kernel matrix's guests
+/// (xtask/src/kernels.rs), where every agent start verifies the programs under TCG.
+#[test]
+fn kill_9_then_restart_adopts_the_pins_and_the_counters() {
+    let mut lab = Lab::new("kill9once");
+    lab.web_listeners_on_b();
+    let cfg = lab.config(&web_out(), "mode = \"enforce\"");
+    let connect = |lab: &Lab, port: u16| {
+        stdout(&lab.on_a(&format!("{} connect {} {port}", net_py(), lab.b4)))
+            .trim()
+            .to_owned()
+    };
+    let agent = lab.agent(&cfg, &["--on-exit", "keep"]);
+    assert_eq!(connect(&lab, 8080), "ok", "allowed before the kill");
+    assert_eq!(connect(&lab, 8081), "EPERM", "refused before the kill");
+    let before = agent.status();
+    agent.kill9();
+    assert_eq!(connect(&lab, 8080), "ok", "allowed while no agent runs");
+    assert_eq!(connect(&lab, 8081), "EPERM", "refused while no agent runs");
+    let agent = lab.agent(&cfg, &["--on-exit", "keep"]);
+    assert_eq!(
+        links(&agent),
+        4,
+        "the restarted agent leaves exactly its own 4 links"
+    );
+    let after = agent.status();
+    assert!(
+        after["policy_version"].as_u64() > before["policy_version"].as_u64(),
+        "the restart adopted the pinned policy and moved it on: {before:#} -> {after:#}"
+    );
+    assert!(
+        rule_packets(&after, "web-out") > rule_packets(&before, "web-out"),
+        "the adopted counters kept the allowed packets and counted those sent meanwhile: {after:#}"
+    );
+    assert!(
+        denies(&after, "out", "no-rule", false).0 > denies(&before, "out", "no-rule", false).0,
+        "the refusal while no agent ran is counted: {after:#}"
     );
 }

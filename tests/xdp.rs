@@ -1697,7 +1697,7 @@ fn reload_revokes_inbound_tcp_and_udp_flows_at_xdp() {
     let lab_dir = lab.dir.clone();
     let file = |name: &str| std::fs::read_to_string(lab_dir.join(name)).unwrap_or_default();
     let wait = |what: &str, ready: &dyn Fn() -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(10) * portcullis_tests::patience();
         while !ready() {
             assert!(Instant::now() < deadline, "timed out waiting for {what}");
             std::thread::sleep(Duration::from_millis(20));

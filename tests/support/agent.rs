@@ -163,7 +163,8 @@ impl Agent {
             startup: Duration::ZERO,
             ready: String::new(),
         };
-        let deadline = t0 + Duration::from_secs(60);
+        // Verification is most of a start: minutes for a large program under TCG.
+        let deadline = t0 + Duration::from_secs(60) * crate::patience();
         loop {
             if let Ok(Event::Ready(at, line)) =
                 agent.output.events.recv_timeout(Duration::from_millis(100))

@@ -239,16 +239,18 @@ impl Drop for Cgroup {
     }
 }
 
-/// Polls `ready` every 50 ms for up to 10 s; panics naming `what` if it never holds.
+/// Polls `ready` every 50 ms for up to 10 s (times the [`crate::patience`] factor);
+/// panics naming `what` if it never holds.
 fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let limit = Duration::from_secs(10) * crate::patience();
+    let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
         if ready() {
             return;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    panic!("{what} after 10 s");
+    panic!("{what} after {limit:?}");
 }
 
 static SEQ: AtomicU32 = AtomicU32::new(0);

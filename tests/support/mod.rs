@@ -48,6 +48,19 @@ pub fn bin() -> PathBuf {
     )
 }
 
+/// How many times longer than on a real machine the tests wait for something to
+/// happen: `PORTCULLIS_TEST_PATIENCE` (a whole factor, default 1). The kernel matrix sets
+/// it in its qemu guests, where TCG makes every process start tens of times slower; the
+/// outcomes asserted stay the same, only the waiting is longer.
+pub fn patience() -> u32 {
+    match std::env::var("PORTCULLIS_TEST_PATIENCE") {
+        Err(_) => 1,
+        Ok(v) => v.parse().ok().filter(|f| *f >= 1).unwrap_or_else(|| {
+            panic!("PORTCULLIS_TEST_PATIENCE={v:?}: expected a whole factor >= 1")
+        }),
+    }
+}
+
 /// Whether this process runs as root.
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.

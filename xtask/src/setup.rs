@@ -41,6 +41,18 @@ const PACKAGES: &[(&str, &str)] = &[
         "tests: the Debian 12 root filesystem of that host",
     ),
     ("lintian", "dist: the package is checked with lintian"),
+    (
+        "qemu-system-x86",
+        "kernel matrix: the guests of the other kernels",
+    ),
+    (
+        "kmod",
+        "kernel matrix: depmod for the guest kernels' modules",
+    ),
+    (
+        "busybox-static",
+        "kernel matrix: virtme-ng's initramfs for the guests",
+    ),
     ("binutils", "dist: cargo-deb strips the binary with strip"),
     (
         "dpkg-dev",
@@ -107,7 +119,8 @@ pub fn all() -> anyhow::Result<()> {
         CARGO_GENERATE_RPM_VERSION,
     )?;
     crate::ansible::venv(&crate::workspace_root())?;
-    rootfs(&crate::workspace_root())
+    rootfs(&crate::workspace_root())?;
+    crate::kernels::setup(&crate::workspace_root())
 }
 
 fn packages() -> anyhow::Result<()> {
@@ -214,22 +227,23 @@ fn cargo_tool(krate: &str, subcommand: &str, version: &str) -> anyhow::Result<()
         .env_remove("RUSTUP_TOOLCHAIN"))
 }
 
-/// debootstrap's mirror: the first `URIs:` of the sources that carry `bookworm`, in
-/// the deb822 file this machine's apt uses.
-fn debian_mirror() -> anyhow::Result<String> {
+/// The mirror of `suite` (`bookworm`, `bookworm-security`): the first `URIs:` of the
+/// sources that carry it, in the deb822 file this machine's apt uses. debootstrap and the
+/// kernel matrix's private apt take their mirrors from here.
+pub(crate) fn debian_mirror(suite: &str) -> anyhow::Result<String> {
     let path = "/etc/apt/sources.list.d/debian.sources";
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
     text.split("\n\n")
         .filter(|stanza| {
             stanza
                 .lines()
-                .any(|l| l.starts_with("Suites:") && l.split_whitespace().any(|s| s == "bookworm"))
+                .any(|l| l.starts_with("Suites:") && l.split_whitespace().any(|s| s == suite))
         })
         .flat_map(str::lines)
         .find_map(|l| l.strip_prefix("URIs:"))
         .and_then(|uris| uris.split_whitespace().next())
         .map(str::to_owned)
-        .with_context(|| format!("no bookworm URIs: line in {path}"))
+        .with_context(|| format!("no URIs: line for {suite} in {path}"))
 }
 
 /// The cached root filesystem of the systemd tests. Built into a temporary directory and
@@ -243,7 +257,7 @@ fn rootfs(root: &std::path::Path) -> anyhow::Result<()> {
         step(&format!("setup: Debian 12 rootfs present ({ROOTFS_DIR})"));
         return Ok(());
     }
-    let mirror = debian_mirror()?;
+    let mirror = debian_mirror("bookworm")?;
     step(&format!(
         "setup: debootstrap Debian 12 into {ROOTFS_DIR} from {mirror} (about a minute)"
     ));

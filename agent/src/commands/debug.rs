@@ -3,6 +3,12 @@
 //! state file records, built from its config with the rule indices and generation the
 //! state file names. The root suite compares it with the live pinned maps (a reload
 //! killed at any step must leave the maps equal to this image once the agent restarts).
+//!
+//! `portcullis debug verifier` (hidden): loads each program of the embedded object into
+//! this kernel (nothing pinned or attached) and prints, per program, the instructions the
+//! verifier processed and the load time, or the refusal. The kernel matrix
+//! (`cargo xtask test --kernel`) runs it in each guest for its figures.
+//!
 //! For tests and diagnosis, not a stable interface.
 
 use std::{path::PathBuf, process::ExitCode};
@@ -20,6 +26,28 @@ use crate::{
 pub enum DebugCommand {
     /// Print the map image of the running policy (JSON).
     Image(ImageArgs),
+    /// Load every program into this kernel, unattached: verifier instruction counts and
+    /// load times (exit 1 if the kernel refuses one).
+    Verifier(VerifierArgs),
+}
+
+/// Arguments of `portcullis debug verifier`.
+#[derive(Debug, clap::Args)]
+pub struct VerifierArgs {
+    /// One JSON array of {program, insns_processed, load_ms, error}.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One program, as `debug verifier --json` prints it.
+#[derive(Serialize)]
+struct VerifiedJson {
+    program: &'static str,
+    /// `null` when the kernel reports no count (a success on Linux < 5.16).
+    insns_processed: Option<u64>,
+    load_ms: f64,
+    /// The refusal, with the verifier log; `null` when the program loaded.
+    error: Option<String>,
 }
 
 /// Arguments of `portcullis debug image`.
@@ -76,7 +104,58 @@ struct ImageJson {
 
 /// Runs the subcommand.
 pub fn run(command: DebugCommand) -> anyhow::Result<ExitCode> {
-    let DebugCommand::Image(args) = command;
+    match command {
+        DebugCommand::Image(args) => image(args),
+        DebugCommand::Verifier(args) => verifier(&args),
+    }
+}
+
+/// `debug verifier`: each program loaded on its own, the verifier's figures printed.
+fn verifier(args: &VerifierArgs) -> anyhow::Result<ExitCode> {
+    let verified = crate::datapath::loader::verify_each()?;
+    let refused = verified.iter().filter(|v| v.error.is_some()).count();
+    if args.json {
+        let out: Vec<VerifiedJson> = verified
+            .into_iter()
+            .map(|v| VerifiedJson {
+                program: v.name,
+                insns_processed: v.insns_processed,
+                load_ms: (v.load.as_secs_f64() * 1e4).round() / 10.0,
+                error: v.error,
+            })
+            .collect();
+        println!("{}", serde_json::to_string(&out)?);
+    } else {
+        println!(
+            "{:<12} {:>10} {:>10}  result",
+            "program", "insns", "load ms"
+        );
+        for v in &verified {
+            let insns = v
+                .insns_processed
+                .map_or_else(|| "-".to_owned(), |n| n.to_string());
+            // The verifier's log runs to megabytes: `--json` carries it whole.
+            let result = if v.error.is_some() {
+                "REFUSED (the verifier log: --json)"
+            } else {
+                "loaded"
+            };
+            println!(
+                "{:<12} {insns:>10} {:>10.1}  {result}",
+                v.name,
+                v.load.as_secs_f64() * 1e3
+            );
+        }
+    }
+    Ok(if refused == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `debug image`.
+fn image(args: ImageArgs) -> anyhow::Result<ExitCode> {
     let state = State::read(&args.paths.state_file())?;
     let config = args
         .config
