@@ -87,7 +87,10 @@ fn read<const N: usize>(ctx: &XdpContext, offset: usize) -> Result<[u8; N], ()> 
 /// Reads `N` bytes at `offset`, for the verdict code (ICMP quotes, echo identifiers).
 #[inline(always)]
 pub fn read_at<const N: usize>(ctx: &XdpContext, offset: usize) -> Result<[u8; N], ()> {
-    read(ctx, offset)
+    // Through `black_box`: these offsets are sums (the ICMP header's offset + 4), and
+    // LLVM checks the bound on the addend instead of the sum; verifiers before 6.x's
+    // linked-scalar tracking (5.10, 6.1) then see an unbounded packet offset.
+    read(ctx, core::hint::black_box(offset))
 }
 
 /// Where a packet stands in its datagram's fragmentation.

@@ -39,10 +39,10 @@ Exit codes: 0 the policy can be enforced here as written; 1 it cannot (or a prob
 needs could not run: run as root); 2 usage error; 3 invalid config or profile.
 
 Examples:
-  sudo portcullis doctor
-  sudo portcullis doctor --config /etc/portcullis/portcullis.toml
-  sudo portcullis doctor --product iredmail --xdp eth0
-  sudo portcullis doctor --json | jq '.features[] | select(.status != \"ok\")'";
+  portcullis doctor
+  portcullis doctor --config /etc/portcullis/portcullis.toml
+  portcullis doctor --product iredmail --xdp eth0
+  portcullis doctor --json | jq '.features[] | select(.status != \"ok\")'";
 
 /// Arguments of `portcullis doctor`.
 #[derive(Debug, clap::Args)]
