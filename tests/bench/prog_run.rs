@@ -2,19 +2,28 @@
 //! is not a test).
 //!
 //! ```text
-//! prog_run --object OBJ --repeat N --runs R LABEL=KIND:SOURCE:HEXFRAME...
+//! prog_run --object OBJ --repeat N --runs R [--chain C] LABEL=STEP[,STEP...]...
+//!   STEP    KIND:SOURCE:HEXFRAME
 //!   KIND    xdp | skb-ingress | skb-ingress-lo (from the loopback device) | skb-egress
 //!   SOURCE  noop (the object's empty baseline of that type), or the bpffs path of a
 //!           pinned program (the agent's own programs, pinned by id with bpftool, or a
 //!           peer's such as xdp-filter's)
 //! ```
 //!
-//! Every job runs once to warm up, then `R` rounds in which each job runs once with
-//! `repeat = N`: the jobs of one round are adjacent in time, so the ratios the
+//! A job of several steps is a chain: a run whose outcome depends on state an earlier
+//! packet leaves (a DNS answer is learned from once, consuming the question its query
+//! recorded), which `repeat = N` of one program cannot measure. Each of its `C` rounds
+//! (default 10,000) runs every step once, in order, with `repeat = 1`; its NS is the
+//! mean over those rounds of the last step's duration, its RETURN the last step's (the
+//! same every time, else an error). A `repeat = 1` duration includes the kernel's two
+//! clock reads: compare chains with chains, not with single-step jobs.
+//!
+//! Every job runs once to warm up (a chain: one round of it), then `R` rounds in which
+//! each job runs once with `repeat = N` (a chain: its `C` rounds): the jobs of one round are adjacent in time, so the ratios the
 //! benchmark takes between them (ours / no-op, ours / xdp-filter) see the same machine
 //! noise. One line per job and round on stdout: `LABEL<TAB>ROUND<TAB>NS<TAB>RETURN`,
 //! where NS is the kernel's average time per run (`BPF_PROG_TEST_RUN`'s `duration`,
-//! whole nanoseconds).
+//! whole nanoseconds; for a chain the mean above, one decimal).
 
 use std::{collections::HashMap, fs, process::ExitCode};
 
@@ -71,12 +80,52 @@ impl Prog {
 const NOOP_XDP: &str = "pc_noop_xdp";
 const NOOP_SKB: &str = "pc_noop_skb";
 
-struct Job {
-    label: String,
+/// One program run on one frame.
+struct Step {
     prog: usize,
     frame: Vec<u8>,
     /// `struct __sk_buff` input, for `skb-ingress-lo`.
     ctx: Option<Vec<u8>>,
+}
+
+struct Job {
+    label: String,
+    /// One step: run with `repeat`; more: a chain (see the module docs).
+    steps: Vec<Step>,
+}
+
+impl Job {
+    /// (ns per run, return value) of one round.
+    fn run(
+        &self,
+        progs: &[Prog],
+        ebpf: &Ebpf,
+        repeat: u32,
+        chain: u32,
+    ) -> anyhow::Result<(f64, u32)> {
+        let run = |s: &Step, repeat| progs[s.prog].run(ebpf, &s.frame, s.ctx.as_deref(), repeat);
+        let [step] = self.steps.as_slice() else {
+            let (mut total, mut ret) = (0u128, None);
+            for _ in 0..chain.max(1) {
+                let mut last = (0, 0);
+                for s in &self.steps {
+                    last = run(s, 1)?;
+                }
+                total += last.0;
+                if ret.is_some_and(|r| r != last.1) {
+                    bail!(
+                        "the chain's last step returned {} after {}",
+                        last.1,
+                        ret.unwrap_or(0)
+                    );
+                }
+                ret = Some(last.1);
+            }
+            return Ok((total as f64 / f64::from(chain.max(1)), ret.unwrap_or(0)));
+        };
+        let (ns, ret) = run(step, repeat)?;
+        Ok((ns as f64, ret))
+    }
 }
 
 /// The head of a `struct __sk_buff` (uapi/linux/bpf.h) up to `ingress_ifindex` (offset
@@ -113,7 +162,8 @@ fn main() -> ExitCode {
 
 fn run() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let (mut object, mut repeat, mut runs, mut specs) = (None, 1_000_000u32, 7u32, Vec::new());
+    let (mut object, mut repeat, mut runs, mut chain, mut specs) =
+        (None, 1_000_000u32, 7u32, 10_000u32, Vec::new());
     while let Some(a) = args.next() {
         match a.as_str() {
             "--object" => object = args.next(),
@@ -131,6 +181,13 @@ fn run() -> anyhow::Result<()> {
                     .parse()
                     .context("--runs R")?
             }
+            "--chain" => {
+                chain = args
+                    .next()
+                    .context("--chain C")?
+                    .parse()
+                    .context("--chain C")?
+            }
             _ => specs.push(a),
         }
     }
@@ -146,97 +203,103 @@ fn run() -> anyhow::Result<()> {
     for spec in &specs {
         let (label, rest) = spec
             .split_once('=')
-            .with_context(|| format!("job {spec:?}: expected LABEL=KIND:SOURCE:HEX"))?;
-        let mut parts = rest.splitn(3, ':');
-        let (Some(kind), Some(source), Some(frame)) = (parts.next(), parts.next(), parts.next())
-        else {
-            bail!("job {spec:?}: expected LABEL=KIND:SOURCE:HEX");
-        };
-        // `skb-ingress-lo`: the ingress program, on a packet from the loopback device.
-        let (kind, ctx) = match kind {
-            "skb-ingress-lo" => ("skb-ingress", Some(loopback_ctx())),
-            k => (k, None),
-        };
-        // Ingress and egress baselines are the same program.
-        let key = (
-            if source == "noop" {
-                kind.trim_end_matches("-egress")
-                    .trim_end_matches("-ingress")
-            } else {
-                kind
-            }
-            .to_owned(),
-            source.to_owned(),
-        );
-        let index = match by_source.get(&key) {
-            Some(i) => *i,
-            None => {
-                let prog = match (kind, source) {
-                    ("xdp", "noop") => {
-                        let p: &mut Xdp = ebpf
-                            .program_mut(NOOP_XDP)
-                            .context("pc_noop_xdp in the object")?
-                            .try_into()?;
-                        p.load().context("loading pc_noop_xdp")?;
-                        Prog::Noop {
-                            name: NOOP_XDP,
-                            xdp: true,
+            .with_context(|| format!("job {spec:?}: expected LABEL=STEP[,STEP...]"))?;
+        let mut steps = Vec::new();
+        for step in rest.split(',') {
+            let mut parts = step.splitn(3, ':');
+            let (Some(kind), Some(source), Some(frame)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                bail!("job {spec:?}: step {step:?}: expected KIND:SOURCE:HEX");
+            };
+            // `skb-ingress-lo`: the ingress program, on a packet from the loopback device.
+            let (kind, ctx) = match kind {
+                "skb-ingress-lo" => ("skb-ingress", Some(loopback_ctx())),
+                k => (k, None),
+            };
+            // Ingress and egress baselines are the same program.
+            let key = (
+                if source == "noop" {
+                    kind.trim_end_matches("-egress")
+                        .trim_end_matches("-ingress")
+                } else {
+                    kind
+                }
+                .to_owned(),
+                source.to_owned(),
+            );
+            let index = match by_source.get(&key) {
+                Some(i) => *i,
+                None => {
+                    let prog = match (kind, source) {
+                        ("xdp", "noop") => {
+                            let p: &mut Xdp = ebpf
+                                .program_mut(NOOP_XDP)
+                                .context("pc_noop_xdp in the object")?
+                                .try_into()?;
+                            p.load().context("loading pc_noop_xdp")?;
+                            Prog::Noop {
+                                name: NOOP_XDP,
+                                xdp: true,
+                            }
                         }
-                    }
-                    ("skb-ingress" | "skb-egress", "noop") => {
-                        let p: &mut CgroupSkb = ebpf
-                            .program_mut(NOOP_SKB)
-                            .context("pc_noop_skb in the object")?
-                            .try_into()?;
-                        if p.fd().is_err() {
-                            p.load().context("loading pc_noop_skb")?;
+                        ("skb-ingress" | "skb-egress", "noop") => {
+                            let p: &mut CgroupSkb = ebpf
+                                .program_mut(NOOP_SKB)
+                                .context("pc_noop_skb in the object")?
+                                .try_into()?;
+                            if p.fd().is_err() {
+                                p.load().context("loading pc_noop_skb")?;
+                            }
+                            Prog::Noop {
+                                name: NOOP_SKB,
+                                xdp: false,
+                            }
                         }
-                        Prog::Noop {
-                            name: NOOP_SKB,
-                            xdp: false,
+                        ("xdp", path) => Prog::Xdp(
+                            Xdp::from_pin(path, XdpAttachType::Interface)
+                                .with_context(|| format!("opening pinned program {path}"))?,
+                        ),
+                        ("skb-ingress", path) => Prog::Skb(
+                            CgroupSkb::from_pin(path, CgroupSkbAttachType::Ingress)
+                                .with_context(|| format!("opening pinned program {path}"))?,
+                        ),
+                        ("skb-egress", path) => Prog::Skb(
+                            CgroupSkb::from_pin(path, CgroupSkbAttachType::Egress)
+                                .with_context(|| format!("opening pinned program {path}"))?,
+                        ),
+                        (k, _) => {
+                            bail!(
+                                "job {spec:?}: unknown kind {k:?} (xdp, skb-ingress, skb-ingress-lo, skb-egress)"
+                            )
                         }
-                    }
-                    ("xdp", path) => Prog::Xdp(
-                        Xdp::from_pin(path, XdpAttachType::Interface)
-                            .with_context(|| format!("opening pinned program {path}"))?,
-                    ),
-                    ("skb-ingress", path) => Prog::Skb(
-                        CgroupSkb::from_pin(path, CgroupSkbAttachType::Ingress)
-                            .with_context(|| format!("opening pinned program {path}"))?,
-                    ),
-                    ("skb-egress", path) => Prog::Skb(
-                        CgroupSkb::from_pin(path, CgroupSkbAttachType::Egress)
-                            .with_context(|| format!("opening pinned program {path}"))?,
-                    ),
-                    (k, _) => {
-                        bail!(
-                            "job {spec:?}: unknown kind {k:?} (xdp, skb-ingress, skb-ingress-lo, skb-egress)"
-                        )
-                    }
-                };
-                progs.push(prog);
-                by_source.insert(key, progs.len() - 1);
-                progs.len() - 1
-            }
-        };
+                    };
+                    progs.push(prog);
+                    by_source.insert(key, progs.len() - 1);
+                    progs.len() - 1
+                }
+            };
+            steps.push(Step {
+                prog: index,
+                frame: hex(frame)?,
+                ctx,
+            });
+        }
         jobs.push(Job {
             label: label.to_owned(),
-            prog: index,
-            frame: hex(frame)?,
-            ctx,
+            steps,
         });
     }
     for job in &jobs {
-        progs[job.prog]
-            .run(&ebpf, &job.frame, job.ctx.as_deref(), repeat.min(10_000))
+        job.run(&progs, &ebpf, repeat.min(10_000), 1)
             .with_context(|| format!("warming up {}", job.label))?;
     }
     for round in 0..runs {
         for job in &jobs {
-            let (ns, ret) = progs[job.prog]
-                .run(&ebpf, &job.frame, job.ctx.as_deref(), repeat)
+            let (ns, ret) = job
+                .run(&progs, &ebpf, repeat, chain)
                 .with_context(|| format!("running {}", job.label))?;
-            println!("{}\t{round}\t{ns}\t{ret}", job.label);
+            println!("{}\t{round}\t{ns:.1}\t{ret}", job.label);
         }
     }
     Ok(())
