@@ -87,6 +87,10 @@ enum Task {
         /// A short smoke run (3 rounds, smaller repeat counts): not publishable figures.
         #[arg(long)]
         quick: bool,
+        /// Only the Names section (DNS learning), printed and not written to
+        /// xtask/bench/: for checking that section after a change to it.
+        #[arg(long, hide = true)]
+        names_only: bool,
     },
     /// Build, then package everything `install` installs as a .deb and an .rpm in
     /// target/dist, lint both, and write SHA256SUMS.
@@ -145,10 +149,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             build(&root)?;
             install::install(&root, &install::Layout { destdir, prefix })
         }
-        Task::Bench { json, quick } => {
+        Task::Bench {
+            json,
+            quick,
+            names_only,
+        } => {
             setup::all()?;
             build(&root)?;
-            bench::run(&root, &bench::Options { json, quick })
+            bench::run(
+                &root,
+                &bench::Options {
+                    json,
+                    quick,
+                    names_only,
+                },
+            )
         }
         Task::Fuzz { seconds } => {
             setup::all()?;

@@ -22,8 +22,10 @@
 //!    the agent.
 //! 4. Startup (spawn to the "ready:" line), memory (VmRSS, PSS) idle with the full-range
 //!    policy, reload latency (SIGHUP to the "reloaded:" log line).
-//! 5. Names: what learning from a DNS answer costs `pc_ingress` (test_run, trusted
-//!    resolver against an untrusted sender) and the memory per learned address.
+//! 5. Names: what learning from a DNS answer costs `pc_ingress` (test_run of the query
+//!    on `pc_egress`, then of its answer: trusted resolver against an untrusted sender),
+//!    what the answer's match and the query's recording cost, and the memory per learned
+//!    address. `--names-only` (hidden) runs just this section and writes no xtask/bench/.
 //!
 //! Layout: `lab` (namespaces, veths, cgroups, sites: the root tests' guards), `prog_run`
 //! (M1-M3), `floods` (S1, S2), `agent` (startup, memory, reload), `names` (DNS learning), `stats` (figures,
@@ -70,6 +72,8 @@ pub struct Options {
     pub json: Option<PathBuf>,
     /// Fewer rounds, shorter floods, for a smoke run (not the published figures).
     pub quick: bool,
+    /// Only the Names section, printed (and written to `json`), not to xtask/bench/.
+    pub names_only: bool,
 }
 
 /// Packages only the benchmark needs: the peers it compares against and the traffic
@@ -132,7 +136,9 @@ pub fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
     if !portcullis_tests::is_root() {
         bail!("the benchmark loads eBPF programs, creates namespaces and cgroups: run it as root");
     }
-    ensure_packages()?;
+    if !opts.names_only {
+        ensure_packages()?;
+    }
     step("bench: building the test_run driver (tests/bench/prog_run.rs)");
     let object = root.join("target/bpfel-unknown-none/release/portcullis-ebpf");
     sh(Command::new("cargo")
@@ -152,6 +158,16 @@ pub fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
     let plan = Plan::new(opts.quick);
     let lab = Lab::new()?;
     let mut results = Results::default();
+    if opts.names_only {
+        measure_names(&tools, &lab, &plan, &mut results)?;
+        if let Some(path) = &opts.json {
+            let machine = Machine::probe(&plan, opts.quick, started.elapsed());
+            let text = serde_json::to_string_pretty(&results.json(&machine))? + "\n";
+            fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        }
+        print_summary(&results);
+        return Ok(());
+    }
 
     step("bench: starting one agent per policy size (10, 100, 1000 rules, full range)");
     let mut agents = Vec::new();
