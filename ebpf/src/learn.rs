@@ -116,6 +116,10 @@ fn copy16(to: &mut [u8; 16], from: &[u8], at: usize) {
 }
 
 /// The egress side: the query's ends, id and question into `PC_DNS_QUESTION`.
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "keys and values are passed as pointers into the scratch: no copy on the stack"
+)]
 #[inline(always)]
 fn record(skb: *mut __sk_buff, s: &mut QueryScratch) -> Option<()> {
     // SAFETY: reads a field of the program's own context.
@@ -354,6 +358,10 @@ fn scratch() -> Option<&'static mut DnsScratch> {
 /// (`portcullis_common::question`): 1, and the record is consumed; 0 otherwise. A
 /// record past its lifetime is removed; a record a message fails to match stays (a
 /// forgery must not cancel the real answer).
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "keys and values are passed as pointers into the scratch: no copy on the stack"
+)]
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn pc_dns_match() -> i32 {
