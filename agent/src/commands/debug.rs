@@ -112,7 +112,7 @@ pub fn run(command: DebugCommand) -> anyhow::Result<ExitCode> {
 
 /// `debug verifier`: each program loaded on its own, the verifier's figures printed.
 fn verifier(args: &VerifierArgs) -> anyhow::Result<ExitCode> {
-    let verified = crate::datapath::loader::verify_each()?;
+    let verified = crate::datapath::verify::verify_each()?;
     let refused = verified.iter().filter(|v| v.error.is_some()).count();
     if args.json {
         let out: Vec<VerifiedJson> = verified

@@ -22,4 +22,5 @@ pub mod paths;
 pub mod probe;
 pub mod programs;
 pub mod state;
+pub mod verify;
 pub mod xdp;
