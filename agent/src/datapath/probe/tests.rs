@@ -1,4 +1,4 @@
-use super::*;
+use super::{host::parse_lockdown, *};
 
 #[test]
 fn release_strings_of_distribution_kernels_parse() {
@@ -16,14 +16,6 @@ fn release_strings_of_distribution_kernels_parse() {
         assert_eq!(k.version, want, "{release}");
         assert_eq!(k.release, release);
     }
-}
-
-#[test]
-fn a_refusal_says_how_many_instructions_the_verifier_processed() {
-    let log = "R4 invalid mem access 'scalar'\nverification time 100971035 usec\n\
-               processed 311398 insns (limit 1000000) max_states_per_insn 18";
-    assert_eq!(processed_instructions(log), Some(311398));
-    assert_eq!(processed_instructions("invalid argument"), None);
 }
 
 #[test]
