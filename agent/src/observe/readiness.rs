@@ -22,7 +22,7 @@
 //!
 //! It also writes the verdict line from the classes ([`verdict`]).
 
-use std::{collections::BTreeMap, fs, net::IpAddr, path::Path};
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 
@@ -32,7 +32,10 @@ use super::{
     evidence::{PeerEvidence, PortEvidence, SCAN_PORTS, ScanTracker, TOP_PEERS},
     rfc3339, status,
 };
-use crate::model::{Direction, IpProtocol, Mode, Protocol};
+use crate::model::{Direction, IpProtocol, Mode};
+
+mod listeners;
+pub use listeners::{exposure_finding, listeners};
 
 /// What would open a denied port.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -328,128 +331,6 @@ pub fn classify(
         reason,
         health_checks,
     }
-}
-
-/// A socket waiting for inbound flows: a TCP listener or a bound, unconnected UDP socket.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Listener {
-    /// TCP or UDP.
-    pub protocol: Protocol,
-    /// The address it is bound to (unspecified: all).
-    pub addr: IpAddr,
-    /// Its port.
-    pub port: u16,
-}
-
-impl Listener {
-    /// Reachable from another host: bound to all addresses or to a non-loopback one.
-    pub fn reachable_from_outside(&self) -> bool {
-        match self.addr {
-            IpAddr::V4(a) => !a.is_loopback(),
-            IpAddr::V6(a) => {
-                !a.is_loopback() && !a.to_ipv4_mapped().is_some_and(|m| m.is_loopback())
-            }
-        }
-    }
-}
-
-/// TCP_LISTEN and TCP_CLOSE (an unconnected UDP socket) in `/proc/net/*`'s `st` column.
-const TCP_LISTEN: &str = "0A";
-const UDP_UNCONNECTED: &str = "07";
-
-/// The listeners of the network namespace of process `pid` (the agent's: the host it
-/// enforces), from `/proc/PID/net/{tcp,tcp6,udp,udp6}`; this process's namespace when
-/// `pid` is 0 or gone. Unreadable files give no listeners.
-///
-/// Parsed by hand: four fixed-format kernel files, two columns each; a procfs crate
-/// would bring far more than it saves.
-pub fn listeners(pid: u32) -> Vec<Listener> {
-    let proc_dir = Path::new("/proc").join(pid.to_string());
-    let base = if pid != 0 && proc_dir.join("net").is_dir() {
-        proc_dir.join("net")
-    } else {
-        Path::new("/proc/self/net").to_path_buf()
-    };
-    let mut out = Vec::new();
-    for (file, protocol, state) in [
-        ("tcp", Protocol::Tcp, TCP_LISTEN),
-        ("tcp6", Protocol::Tcp, TCP_LISTEN),
-        ("udp", Protocol::Udp, UDP_UNCONNECTED),
-        ("udp6", Protocol::Udp, UDP_UNCONNECTED),
-    ] {
-        if let Ok(text) = fs::read_to_string(base.join(file)) {
-            out.extend(
-                parse_proc_net(&text, state)
-                    .into_iter()
-                    .map(|(addr, port)| Listener {
-                        protocol,
-                        addr,
-                        port,
-                    }),
-            );
-        }
-    }
-    out
-}
-
-/// The local (address, port) of the rows in `state` of a `/proc/net/{tcp,udp}[6]` file.
-fn parse_proc_net(text: &str, state: &str) -> Vec<(IpAddr, u16)> {
-    text.lines()
-        .skip(1)
-        .filter_map(|line| {
-            let mut cols = line.split_whitespace();
-            let local = cols.nth(1)?;
-            let st = cols.nth(1)?;
-            if st != state {
-                return None;
-            }
-            let (addr, port) = local.split_once(':')?;
-            Some((hex_addr(addr)?, u16::from_str_radix(port, 16).ok()?))
-        })
-        .collect()
-}
-
-/// An address as the kernel prints it: 32-bit words in host (little-endian) order.
-fn hex_addr(hex: &str) -> Option<IpAddr> {
-    let word = |i: usize| -> Option<[u8; 4]> {
-        Some(
-            u32::from_str_radix(hex.get(i * 8..i * 8 + 8)?, 16)
-                .ok()?
-                .to_le_bytes(),
-        )
-    };
-    match hex.len() {
-        8 => Some(IpAddr::from(word(0)?)),
-        32 => {
-            let mut b = [0u8; 16];
-            for i in 0..4 {
-                b[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
-            }
-            Some(IpAddr::from(b))
-        }
-        _ => None,
-    }
-}
-
-/// The finding for an exposure closed on a port a reachable listener serves.
-pub fn exposure_finding(
-    protocol: IpProtocol,
-    port: u16,
-    listeners: &[Listener],
-) -> Option<(String, String)> {
-    let l = listeners.iter().find(|l| {
-        l.protocol.number() == protocol.0 && l.port == port && l.reachable_from_outside()
-    })?;
-    let bound = match l.addr {
-        IpAddr::V6(a) => format!("[{a}]:{port}"),
-        IpAddr::V4(a) => format!("{a}:{port}"),
-    };
-    Some((
-        bound.clone(),
-        format!(
-            "{port} is reachable from outside ({protocol} listener on {bound}); enforcing closes it"
-        ),
-    ))
 }
 
 /// The flow evidence of a port, as reported.

@@ -2,53 +2,6 @@
 use super::*;
 use std::collections::BTreeMap;
 
-const TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 00000000:0CEA 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0
-   1: 0100007F:2BCB 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2 1 0 100 0 0 10 0
-   2: 0112A8C6:0019 0212A8C6:9C40 01 00000000:00000000 00:00000000 00000000     0        0 3 1 0 100 0 0 10 0
-";
-const TCP6: &str =
-    "  sl  local_address                         remote_address                        st
-   0: 00000000000000000000000001000000:0050 00000000000000000000000000000000:0000 0A 0
-";
-
-#[test]
-fn proc_net_listeners() {
-    let v4 = parse_proc_net(TCP, TCP_LISTEN);
-    assert_eq!(
-        v4,
-        vec![
-            ("0.0.0.0".parse().unwrap(), 3306),
-            ("127.0.0.1".parse().unwrap(), 11211)
-        ]
-    );
-    assert_eq!(
-        parse_proc_net(TCP6, TCP_LISTEN),
-        vec![("::1".parse().unwrap(), 80)]
-    );
-    let ls: Vec<Listener> = v4
-        .into_iter()
-        .map(|(addr, port)| Listener {
-            protocol: Protocol::Tcp,
-            addr,
-            port,
-        })
-        .collect();
-    let (bound, text) = exposure_finding(IpProtocol(6), 3306, &ls).unwrap();
-    assert_eq!(bound, "0.0.0.0:3306");
-    assert!(text.starts_with("3306 is reachable from outside"), "{text}");
-    assert_eq!(
-        exposure_finding(IpProtocol(6), 11211, &ls),
-        None,
-        "loopback only"
-    );
-    assert_eq!(
-        exposure_finding(IpProtocol(17), 3306, &ls),
-        None,
-        "other protocol"
-    );
-}
-
 #[test]
 fn classes() {
     let scans = ScanTracker::default();
