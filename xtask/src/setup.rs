@@ -112,15 +112,26 @@ pub(crate) fn installed(pkg: &str) -> bool {
 pub fn all() -> anyhow::Result<()> {
     packages()?;
     toolchains()?;
-    cargo_tool("cargo-deb", "deb", CARGO_DEB_VERSION)?;
-    cargo_tool(
-        "cargo-generate-rpm",
-        "generate-rpm",
-        CARGO_GENERATE_RPM_VERSION,
-    )?;
-    crate::ansible::venv(&crate::workspace_root())?;
-    rootfs(&crate::workspace_root())?;
-    crate::kernels::setup(&crate::workspace_root())
+    // The cargo tools compile for minutes on a fresh machine (CPU) while the venv, the
+    // root filesystem and the kernels mostly download (network): side by side, setup
+    // costs the longer of the two rather than their sum.
+    let compiled = std::thread::spawn(|| -> anyhow::Result<()> {
+        bpf_linker()?;
+        cargo_tool("cargo-deb", "deb", CARGO_DEB_VERSION)?;
+        cargo_tool(
+            "cargo-generate-rpm",
+            "generate-rpm",
+            CARGO_GENERATE_RPM_VERSION,
+        )
+    });
+    let root = crate::workspace_root();
+    let downloaded = crate::ansible::venv(&root)
+        .and_then(|()| rootfs(&root))
+        .and_then(|()| crate::kernels::setup(&root));
+    let compiled = compiled
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p));
+    downloaded.and(compiled)
 }
 
 fn packages() -> anyhow::Result<()> {
@@ -181,6 +192,11 @@ fn toolchains() -> anyhow::Result<()> {
             "nightly",
         ]))?;
     }
+    Ok(())
+}
+
+/// bpf-linker at its pinned version, built against LLVM 22 (a few minutes).
+fn bpf_linker() -> anyhow::Result<()> {
     let ok = Command::new("bpf-linker")
         .arg("--version")
         .output()
