@@ -57,7 +57,7 @@ use portcullis_common::{
 
 use crate::maps::{
     DnsScratch, KernelTables, PC_DNS_QSCRATCH, PC_DNS_QUESTION, PC_DNS_SCRATCH, PC_DNS_STATS,
-    PC_LEARNED, PC_NAME_ADDRS, PC_RESOLVERS, QueryScratch, config_ref,
+    PC_LEARNED, PC_NAME_ADDRS, PC_NAME_KEY, PC_RESOLVERS, QueryScratch, config_ref,
 };
 
 /// The port answers come from.
@@ -286,7 +286,10 @@ fn parse(msg_len: u32) {
     let Some(s) = scratch() else {
         return;
     };
-    s.parser.reset(msg_len as usize);
+    // The key the agent drew (see `maps::NAME_KEY`); never written (an agent that has
+    // not started yet), the zero key: the names then match nothing the agent wrote.
+    let key = PC_NAME_KEY.get(0).copied().unwrap_or_default();
+    s.parser.reset(msg_len as usize, &key);
     rounds(MAX_STEPS, |_| pc_dns_step());
     learn();
 }
@@ -440,9 +443,20 @@ pub extern "C" fn pc_dns_other() -> i64 {
 #[inline(never)]
 pub extern "C" fn pc_dns_pattern() -> i64 {
     let Some(s) = scratch() else { return 1 };
-    match s.walk.next(&s.parser.question, s.generation) {
+    match s
+        .walk
+        .next(&s.parser.question, &s.parser.question_lens, s.generation)
+    {
         Some(key) => {
-            s.listed |= names::record_pattern(&KernelTables, &key, 0, &mut s.patterns);
+            s.listed |= names::record_pattern(
+                &KernelTables,
+                &key,
+                &s.buf,
+                s.parser.question_end as usize,
+                s.walk.bytes(),
+                0,
+                &mut s.patterns,
+            );
             0
         }
         None => 1,
@@ -544,7 +558,7 @@ fn learn() {
     if !s.parser.usable() {
         return;
     }
-    s.walk = PatternWalk::new(s.parser.question_labels as usize);
+    s.walk = PatternWalk::new(s.parser.question_labels as usize, s.parser.key());
     s.listed = false;
     s.generation = cfg.generation;
     s.patterns = Learned::default();

@@ -173,7 +173,9 @@ fn image(args: ImageArgs) -> anyhow::Result<ExitCode> {
         "{} is not the policy the state file records (rules {ids:?}, recorded {recorded:?})",
         config.display()
     );
-    let image = Image::build(&policy, &index, state.generation)?;
+    // The live key, so the hashes are the pinned map's.
+    let key = crate::datapath::names::read_key(&args.paths)?;
+    let image = Image::build(&policy, &index, state.generation, &key)?;
     let base = image.ports_base();
     let out = ImageJson {
         generation: image.generation,
