@@ -16,9 +16,12 @@
 //! and id, the same question, over TCP the segment at the expected sequence number);
 //! the record is consumed, and a message that answers none is counted `unsolicited`
 //! and never parsed. Then `portcullis_common::dns::Parser` reads it, one bounded step
-//! per round of a bounded loop, at most `MAX_STEPS` rounds. Then the question's name
-//! is matched against the live generation's `PC_NAMES` (every pattern it matches: the
-//! exact name and the wildcards above it) and each address is stored in `PC_LEARNED`
+//! per round of a bounded loop, at most `MAX_STEPS` rounds, hashing names under the
+//! agent's key (`PC_NAME_KEY`, see `portcullis_common::siphash`). Then the question's
+//! name is matched against the live generation's `PC_NAMES` (every pattern it matches:
+//! the exact name and the wildcards above it), each hash hit confirmed by comparing the
+//! name's bytes in the scratch with the pattern's (`names::same_name`), and each
+//! address is stored in `PC_LEARNED`
 //! with those patterns, valid for min(TTL, `MAX_TTL`) + `dns_grace` seconds. A name no
 //! group lists teaches nothing.
 //!
@@ -286,8 +289,8 @@ fn parse(msg_len: u32) {
     let Some(s) = scratch() else {
         return;
     };
-    // The key the agent drew (see `maps::NAME_KEY`); never written (an agent that has
-    // not started yet), the zero key: the names then match nothing the agent wrote.
+    // The key the agent drew (`maps::NAME_KEY`). Before an agent wrote one it is zero,
+    // and `PC_NAMES` is empty: nothing is learned either way.
     let key = PC_NAME_KEY.get(0).copied().unwrap_or_default();
     s.parser.reset(msg_len as usize, &key);
     rounds(MAX_STEPS, |_| pc_dns_step());
