@@ -564,7 +564,8 @@ fn unlisted_name() {
 /// host looks up could pick such a name. The listed one teaches its address; the other
 /// is in no group, whatever its hash: its address is denied (EPERM, reason peer),
 /// counted `unlisted`, and not learned. (With the unkeyed hash it was learned as the
-/// listed name and its connect allowed.)
+/// listed name and its connect allowed.) After a kill -9 and a restart the key and the
+/// learned address are adopted.
 #[test]
 fn a_name_colliding_with_a_listed_one_teaches_nothing() {
     let [a, b] = portcullis_common::names::FNV_COLLISION;
@@ -604,6 +605,30 @@ fn a_name_colliding_with_a_listed_one_teaches_nothing() {
         "the colliding name's address is not learned: {:#}",
         names(&s)
     );
+    // A restarted agent adopts the key with the pins: the address learned under it
+    // still opens the port, with no new lookup, and the other is still refused.
+    let Names {
+        agent,
+        lab,
+        resolver,
+        forger,
+        fake,
+        rules,
+        site,
+    } = t;
+    agent.kill9();
+    let cfg = lab.config(&rules, &site_text(&site.0, &[&listed], &site.1));
+    let t = Names {
+        agent: lab.agent(&cfg, &[]),
+        lab,
+        resolver,
+        forger,
+        fake,
+        rules,
+        site,
+    };
+    assert_eq!(t.connect(&named(1)), "ok", "learned before the restart");
+    assert_eq!(t.connect(&named(2)), "EPERM", "never learned");
 }
 
 /// An answer from port 53 of an address that is not a trusted resolver (a second
