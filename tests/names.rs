@@ -559,6 +559,78 @@ fn unlisted_name() {
     }
 }
 
+/// Two names whose first labels hash alike under the unkeyed FNV-1a 64 the datapath
+/// compared names by before (`names::FNV_COLLISION`): whoever controls a domain the
+/// host looks up could pick such a name. The listed one teaches its address; the other
+/// is in no group, whatever its hash: its address is denied (EPERM, reason peer),
+/// counted `unlisted`, and not learned. (With the unkeyed hash it was learned as the
+/// listed name and its connect allowed.) After a kill -9 and a restart the key and the
+/// learned address are adopted.
+#[test]
+fn a_name_colliding_with_a_listed_one_teaches_nothing() {
+    let [a, b] = portcullis_common::names::FNV_COLLISION;
+    let (listed, other) = (format!("{a}.vendor.test"), format!("{b}.vendor.test"));
+    let zone = Zone::new(300, &[(&listed, &named(1)), (&other, &named(2))]);
+    let t = Names::new(
+        "collide",
+        &zone,
+        Setup {
+            members: &[&listed],
+            ..Setup::default()
+        },
+    );
+    let s0 = t.agent.status();
+    t.expect_verdict(&listed, &named(1), "ok", "the listed name");
+    t.expect_verdict(
+        &other,
+        &named(2),
+        "EPERM",
+        "a name whose unkeyed hash is the listed name's is still unlisted",
+    );
+    let s = t.agent.status();
+    assert_eq!(
+        peer_denies(&s),
+        peer_denies(&s0) + 1,
+        "one deny, reason peer: {s:#}"
+    );
+    assert_eq!(
+        counter(&s, "unlisted"),
+        counter(&s0, "unlisted") + 1,
+        "the colliding name's answer is counted unlisted: {:#}",
+        names(&s)
+    );
+    assert_learned(&s, &named(1), &listed, 360_000);
+    assert!(
+        learned(&s, &named(2)).is_none(),
+        "the colliding name's address is not learned: {:#}",
+        names(&s)
+    );
+    // A restarted agent adopts the key with the pins: the address learned under it
+    // still opens the port, with no new lookup, and the other is still refused.
+    let Names {
+        agent,
+        lab,
+        resolver,
+        forger,
+        fake,
+        rules,
+        site,
+    } = t;
+    agent.kill9();
+    let cfg = lab.config(&rules, &site_text(&site.0, &[&listed], &site.1));
+    let t = Names {
+        agent: lab.agent(&cfg, &[]),
+        lab,
+        resolver,
+        forger,
+        fake,
+        rules,
+        site,
+    };
+    assert_eq!(t.connect(&named(1)), "ok", "learned before the restart");
+    assert_eq!(t.connect(&named(2)), "EPERM", "never learned");
+}
+
 /// An answer from port 53 of an address that is not a trusted resolver (a second
 /// dnsmasq on B, which the site may query but does not trust) is not learned, neither
 /// for a new name nor for a name the trusted resolver answers otherwise.
@@ -1262,7 +1334,7 @@ fn hostile_answers_on_the_wire_teach_nothing_and_break_nothing() {
     let mut denied = 0;
     for c in &corpus {
         // The same parser, in userspace: the case says what the rules say.
-        let p = dns::parse(&c.wire.0);
+        let p = dns::parse(&c.wire.0, &Default::default());
         assert_eq!(p.status(), c.status, "{}: the parser's verdict", c.name);
         let parsed: Vec<String> = if p.usable() {
             p.addresses()

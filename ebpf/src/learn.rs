@@ -16,9 +16,12 @@
 //! and id, the same question, over TCP the segment at the expected sequence number);
 //! the record is consumed, and a message that answers none is counted `unsolicited`
 //! and never parsed. Then `portcullis_common::dns::Parser` reads it, one bounded step
-//! per round of a bounded loop, at most `MAX_STEPS` rounds. Then the question's name
-//! is matched against the live generation's `PC_NAMES` (every pattern it matches: the
-//! exact name and the wildcards above it) and each address is stored in `PC_LEARNED`
+//! per round of a bounded loop, at most `MAX_STEPS` rounds, hashing names under the
+//! agent's key (`PC_NAME_KEY`, see `portcullis_common::siphash`). Then the question's
+//! name is matched against the live generation's `PC_NAMES` (every pattern it matches:
+//! the exact name and the wildcards above it), each hash hit confirmed by comparing the
+//! name's bytes in the scratch with the pattern's (`names::same_name`), and each
+//! address is stored in `PC_LEARNED`
 //! with those patterns, valid for min(TTL, `MAX_TTL`) + `dns_grace` seconds. A name no
 //! group lists teaches nothing.
 //!
@@ -57,7 +60,7 @@ use portcullis_common::{
 
 use crate::maps::{
     DnsScratch, KernelTables, PC_DNS_QSCRATCH, PC_DNS_QUESTION, PC_DNS_SCRATCH, PC_DNS_STATS,
-    PC_LEARNED, PC_NAME_ADDRS, PC_RESOLVERS, QueryScratch, config_ref,
+    PC_LEARNED, PC_NAME_ADDRS, PC_NAME_KEY, PC_RESOLVERS, QueryScratch, config_ref,
 };
 
 /// The port answers come from.
@@ -286,7 +289,10 @@ fn parse(msg_len: u32) {
     let Some(s) = scratch() else {
         return;
     };
-    s.parser.reset(msg_len as usize);
+    // The key the agent drew (`maps::NAME_KEY`). Before an agent wrote one it is zero,
+    // and `PC_NAMES` is empty: nothing is learned either way.
+    let key = PC_NAME_KEY.get(0).copied().unwrap_or_default();
+    s.parser.reset(msg_len as usize, &key);
     rounds(MAX_STEPS, |_| pc_dns_step());
     learn();
 }
@@ -440,9 +446,20 @@ pub extern "C" fn pc_dns_other() -> i64 {
 #[inline(never)]
 pub extern "C" fn pc_dns_pattern() -> i64 {
     let Some(s) = scratch() else { return 1 };
-    match s.walk.next(&s.parser.question, s.generation) {
+    match s
+        .walk
+        .next(&s.parser.question, &s.parser.question_lens, s.generation)
+    {
         Some(key) => {
-            s.listed |= names::record_pattern(&KernelTables, &key, 0, &mut s.patterns);
+            s.listed |= names::record_pattern(
+                &KernelTables,
+                &key,
+                &s.buf,
+                s.parser.question_end as usize,
+                s.walk.bytes(),
+                0,
+                &mut s.patterns,
+            );
             0
         }
         None => 1,
@@ -544,7 +561,7 @@ fn learn() {
     if !s.parser.usable() {
         return;
     }
-    s.walk = PatternWalk::new(s.parser.question_labels as usize);
+    s.walk = PatternWalk::new(s.parser.question_labels as usize, s.parser.key());
     s.listed = false;
     s.generation = cfg.generation;
     s.patterns = Learned::default();

@@ -25,6 +25,7 @@ use portcullis_common::{
     },
     policy::{PORT_TABLE_LEN, PeerAddr, PolicyTables},
     question::{QUERY_BUF, Question, QuestionKey},
+    siphash::HashKey,
     stats::{self, Counter, DeniedKey, DeniedSlot, LAYERS, STATS_LEN},
 };
 
@@ -89,6 +90,9 @@ pub static PC_NAME_ADDRS: HashMap<NameKey, u32, { NAMES_MAX as usize }> = HashMa
 
 #[btf_map]
 pub static PC_RESOLVERS: LpmTrie<[u8; 16], u32, { RESOLVERS_MAX as usize }> = LpmTrie::new();
+
+#[btf_map]
+pub static PC_NAME_KEY: Array<HashKey, 1> = Array::new();
 
 #[btf_map]
 pub static PC_DNS_STATS: PerCpuArray<u64, { stats::dns::LEN as usize }> = PerCpuArray::new();
@@ -216,6 +220,12 @@ impl NameTables for KernelTables {
     fn name_groups(&self, key: &NameKey) -> u64 {
         // SAFETY: a hash map value stays valid for the program's run (RCU).
         PC_NAMES.get_ptr(key).map_or(0, |v| unsafe { (*v).groups })
+    }
+
+    #[inline(always)]
+    fn name_value(&self, key: &NameKey) -> Option<&NameValue> {
+        // SAFETY: as above.
+        PC_NAMES.get_ptr(key).map(|v| unsafe { &*v })
     }
 
     #[inline(always)]

@@ -3,6 +3,7 @@
 
 use std::{io::Write as _, path::PathBuf, process::ExitCode};
 
+use portcullis_common::names::HashKey;
 use serde::Serialize;
 
 use super::profile::{EntryView, entry_views, print_entries, print_json};
@@ -85,7 +86,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let policy = compiler::compile_site(&site, Some(&args.config))?;
         // What `run` would write: a policy that does not fit the maps fails here, not
         // at start.
-        if let Err(e) = RuleIndex::fresh(&policy).and_then(|index| Image::build(&policy, &index, 0))
+        if let Err(e) = RuleIndex::fresh(&policy)
+            .and_then(|index| Image::build(&policy, &index, 0, &HashKey::default()))
         {
             let mut error =
                 PolicyError::new(format!("the policy does not fit the kernel maps: {e:#}"))

@@ -173,7 +173,11 @@ fn image(args: ImageArgs) -> anyhow::Result<ExitCode> {
         "{} is not the policy the state file records (rules {ids:?}, recorded {recorded:?})",
         config.display()
     );
-    let image = Image::build(&policy, &index, state.generation)?;
+    // The live key, so the hashes are the pinned map's.
+    let key = crate::datapath::names::read_key(&args.paths).context(
+        "the image's host name hashes are under the pinned maps' key: start the agent first",
+    )?;
+    let image = Image::build(&policy, &index, state.generation, &key)?;
     let base = image.ports_base();
     let out = ImageJson {
         generation: image.generation,

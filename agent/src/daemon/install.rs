@@ -59,7 +59,7 @@ pub fn install(
     // Build first: a policy that does not fit is rejected before any map is touched.
     let live = dp.config()?;
     let generation = 1 - (live.generation & 1);
-    let image = Image::build(policy, &index, generation)?;
+    let image = Image::build(policy, &index, generation, &dp.name_key())?;
     let resolvers: Vec<_> = settings.resolvers.iter().map(|r| r.network).collect();
     dp.set_resolvers(&resolvers)?;
     dp.reset_rule_counters(&fresh)?;
@@ -72,6 +72,11 @@ pub fn install(
     dp.install(&image, config)?;
     let version = previous.map_or(1, |s| s.policy_version + 1);
     let mut state = State::new(policy, &index, &settings.scopes, generation, version);
-    state.names = NamesState::new(policy, settings.dns_grace, settings.resolvers.clone());
+    state.names = NamesState::new(
+        policy,
+        settings.dns_grace,
+        settings.resolvers.clone(),
+        &dp.name_key(),
+    );
     Ok(state)
 }

@@ -67,6 +67,8 @@ pub struct Datapath {
     ports_mmap: Option<PortsMmap>,
     /// The rule counters were created by this process and no install has run yet.
     fresh_counters: bool,
+    /// The key host names are hashed under (`maps::NAME_KEY`, see `names`).
+    pub(super) name_key: portcullis_common::names::HashKey,
 }
 
 /// The port table, mapped: both generations. The kernel lays array values out in 8-byte
@@ -159,6 +161,7 @@ impl Datapath {
             .collect();
         load_programs(&mut ebpf, &wanted)?;
         pin_programs(&mut ebpf, paths)?;
+        let name_key = super::names::name_key(&mut ebpf)?;
         let ports_mmap = map_ports(&ebpf);
         // Only the batched writes need to know what a generation holds.
         let zero = || (!adopted && ports_mmap.is_none()).then(|| vec![0u32; 4 * 65536]);
@@ -168,6 +171,7 @@ impl Datapath {
             shadow: [zero(), zero()],
             ports_mmap,
             fresh_counters: !counters_adopted,
+            name_key,
         })
     }
 

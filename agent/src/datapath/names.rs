@@ -5,6 +5,12 @@
 //! learned (`PC_LEARNED`) and the DNS counters (`PC_DNS_STATS`) are read back, and
 //! expired addresses swept, by the agent.
 //!
+//! The key names are hashed under (`PC_NAME_KEY`) is drawn from the kernel's random
+//! source by the agent that creates the maps and kept with them: a restarted agent
+//! adopts it with the addresses learned under it. A new key empties `PC_LEARNED` and
+//! `PC_NAME_ADDRS`, whose hashes it no longer produces (adopted from a version that
+//! hashed otherwise).
+//!
 //! A reload keeps `PC_LEARNED`: an entry stores name patterns, which the kernel looks up
 //! in the live generation's `PC_NAMES` at each decision, so a new policy applies to the
 //! addresses learned under the old one at once.
@@ -12,18 +18,79 @@
 use std::collections::BTreeSet;
 
 use anyhow::Context as _;
-use aya::maps::{HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues, lpm_trie::Key};
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues, lpm_trie::Key},
+};
 use ipnet::IpNet;
 use portcullis_common::{
     maps as names,
-    names::{Learned, LearnedKey, NameKey, NameValue, SlotKey, SlotNames},
+    names::{HashKey, Learned, LearnedKey, NameKey, NameValue, SlotKey, SlotNames},
     stats::dns,
 };
 
 use super::{loader::Datapath, loader::open_pinned, paths::PathArgs};
 use crate::policy::image::Image;
 
+/// The key of the loaded object's `PC_NAME_KEY`: the one an earlier run drew, or a new
+/// one (then the learned addresses and their counts, hashed under another, are
+/// removed).
+pub(super) fn name_key(ebpf: &mut Ebpf) -> anyhow::Result<HashKey> {
+    let mut map =
+        Array::<_, HashKey>::try_from(ebpf.map_mut(names::NAME_KEY).context("name key map")?)?;
+    let key = map.get(&0, 0).context("reading the host name key")?;
+    if !key.is_unset() {
+        return Ok(key);
+    }
+    let key = random_key()?;
+    map.set(0, key, 0).context("writing the host name key")?;
+    let mut learned = HashMap::<_, LearnedKey, Learned>::try_from(
+        ebpf.map_mut(names::LEARNED)
+            .context("learned addresses map")?,
+    )?;
+    remove_where(&mut learned, |_| true, "the learned addresses")?;
+    let mut counts = HashMap::<_, NameKey, u32>::try_from(
+        ebpf.map_mut(names::NAME_ADDRS)
+            .context("addresses per name map")?,
+    )?;
+    remove_where(&mut counts, |_| true, "the addresses per name")?;
+    Ok(key)
+}
+
+/// 16 bytes from the kernel's random source (getrandom(2), which waits for it to be
+/// seeded, early in a boot).
+fn random_key() -> anyhow::Result<HashKey> {
+    let mut bytes = [0u8; 16];
+    loop {
+        // SAFETY: writes at most 16 bytes into the array.
+        let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+        if n == bytes.len() as isize {
+            break;
+        }
+        let e = std::io::Error::last_os_error();
+        if n >= 0 || e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e).context("drawing the host name key with getrandom(2)");
+        }
+    }
+    let key = HashKey::from_bytes(bytes);
+    anyhow::ensure!(!key.is_unset(), "getrandom(2) gave 16 zero bytes");
+    Ok(key)
+}
+
+/// The key host names are hashed under, read through the pins (zero when no agent
+/// wrote one yet).
+pub fn read_key(paths: &PathArgs) -> anyhow::Result<HashKey> {
+    let map = Map::from_map_data(open_pinned(paths, names::NAME_KEY)?)?;
+    let map = Array::<_, HashKey>::try_from(map).context("name key map")?;
+    map.get(&0, 0).context("reading the host name key")
+}
+
 impl Datapath {
+    /// The key host names are hashed under.
+    pub fn name_key(&self) -> HashKey {
+        self.name_key
+    }
+
     /// Writes the image's name patterns and slot groups into its generation, after
     /// removing whatever that generation held (an earlier run's leftovers included).
     pub(super) fn write_names(&mut self, image: &Image) -> anyhow::Result<()> {

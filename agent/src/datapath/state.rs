@@ -100,7 +100,13 @@ pub struct PatternState {
 
 impl NamesState {
     /// The names of `policy`, with the DNS settings.
-    pub fn new(policy: &Policy, dns_grace_secs: u32, trusted_resolvers: Vec<Resolver>) -> Self {
+    /// Hashes are under `key`, the datapath's.
+    pub fn new(
+        policy: &Policy,
+        dns_grace_secs: u32,
+        trusted_resolvers: Vec<Resolver>,
+        key: &names::HashKey,
+    ) -> Self {
         let mut by_pattern: std::collections::BTreeMap<String, PatternState> = Default::default();
         for set in &policy.peer_sets {
             for host in &set.names {
@@ -108,7 +114,7 @@ impl NamesState {
                     .entry(host.to_string())
                     .or_insert_with(|| PatternState {
                         pattern: host.to_string(),
-                        hash: names::name_hash(&host.name),
+                        hash: names::name_hash(key, &host.name),
                         kind: if host.wildcard {
                             names::KIND_WILDCARD
                         } else {

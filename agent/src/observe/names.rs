@@ -220,7 +220,7 @@ mod tests {
 
     #[test]
     fn learned_patterns_map_back_to_names_and_expired_ones_go() {
-        let hash = portcullis_common::names::name_hash("lab.test");
+        let hash = portcullis_common::names::name_hash(&Default::default(), "lab.test");
         let state = NamesState {
             dns_grace_secs: 60,
             trusted_resolvers: Vec::new(),

@@ -15,8 +15,8 @@ use ipnet::IpNet;
 use portcullis_common::{
     maps::{MAX_RULES, NAMES_MAX, PEERS_MAX, SLOT_NAMES_MAX},
     names::{
-        self, KIND_EXACT, KIND_WILDCARD, Learned, NameKey, NameTables, NameValue, SlotKey,
-        SlotNames,
+        self, HashKey, KIND_EXACT, KIND_WILDCARD, Learned, NameKey, NameTables, NameValue, SlotKey,
+        SlotNames, WireName,
     },
     policy::{self, Decision, PEER_SET_BITS, PeerAddr, PolicyTables, port_entry, port_index},
 };
@@ -107,6 +107,8 @@ pub struct Image {
     pub names: BTreeMap<NameKey, NameValue>,
     /// `SLOT_NAMES` entries for this generation: the name groups of each slot.
     pub slot_names: BTreeMap<SlotKey, SlotNames>,
+    /// The key the `NAMES` hashes are under (the datapath's, see `maps::NAME_KEY`).
+    pub key: HashKey,
     peer_lookup: HashMap<(u32, u32, [u8; 16]), u16>,
 }
 
@@ -118,8 +120,17 @@ const TABLES: [(Direction, Protocol); 4] = [
 ];
 
 impl Image {
-    /// Builds the image of `policy` for `generation`, with rule indices from `index`.
-    pub fn build(policy: &Policy, index: &RuleIndex, generation: u32) -> anyhow::Result<Self> {
+    /// Builds the image of `policy` for `generation`, with rule indices from `index` and
+    /// host names hashed under `key`. What the image decides does not depend on the key
+    /// (a hash only finds a pattern, whose name is then compared whole): commands that
+    /// only evaluate the policy pass any key, [`HashKey::default`]; the loader passes the
+    /// datapath's.
+    pub fn build(
+        policy: &Policy,
+        index: &RuleIndex,
+        generation: u32,
+        key: &HashKey,
+    ) -> anyhow::Result<Self> {
         let generation = generation & 1;
         let rule_index = policy
             .rules
@@ -208,7 +219,7 @@ impl Image {
                 }
             }
         }
-        let (names, slot_names) = name_tables(policy, &rule_index, generation, &by_slot);
+        let (names, slot_names) = name_tables(policy, &rule_index, generation, key, &by_slot)?;
         if names.len() > NAMES_MAX as usize / 2 || slot_names.len() > SLOT_NAMES_MAX as usize / 2 {
             bail!(
                 "the policy needs {} host name entries and {} port groups with names; at most {} and {} fit",
@@ -232,6 +243,7 @@ impl Image {
             rule_index,
             names,
             slot_names,
+            key: *key,
             peer_lookup,
         })
     }
@@ -247,11 +259,11 @@ impl Image {
         host: &str,
     ) -> Decision {
         let mut learned = Learned::default();
-        if let Some((labels, count)) = names::dotted_labels(host.trim_end_matches('.')) {
+        if let Some(name) = WireName::new(&self.key, host.trim_end_matches('.')) {
             names::record_listed(
                 self,
-                &labels,
-                count,
+                &self.key,
+                &name,
                 self.generation,
                 u64::MAX,
                 &mut learned,
@@ -322,6 +334,10 @@ impl NameTables for Image {
         self.names.get(key).map_or(0, |v| v.groups)
     }
 
+    fn name_value(&self, key: &NameKey) -> Option<&NameValue> {
+        self.names.get(key)
+    }
+
     fn slot_names(&self, key: &SlotKey) -> Option<&SlotNames> {
         self.slot_names.get(key)
     }
@@ -359,8 +375,9 @@ fn name_tables(
     policy: &Policy,
     rule_index: &[u16],
     generation: u32,
+    key: &HashKey,
     slots: &[(Vec<(usize, usize)>, u16)],
-) -> (BTreeMap<NameKey, NameValue>, BTreeMap<SlotKey, SlotNames>) {
+) -> anyhow::Result<(BTreeMap<NameKey, NameValue>, BTreeMap<SlotKey, SlotNames>)> {
     let bit_of: HashMap<usize, usize> = policy
         .peer_sets
         .iter()
@@ -377,8 +394,19 @@ fn name_tables(
             } else {
                 KIND_EXACT
             };
-            let key = NameKey::new(names::name_hash(&host.name), generation, kind);
-            names.entry(key).or_insert(NameValue::default()).groups |= 1u64 << bit;
+            let value = NameValue::for_name(&host.name)
+                .with_context(|| format!("host name {:?} does not fit in wire form", host.name))?;
+            let key = NameKey::new(names::name_hash(key, &host.name), generation, kind);
+            let entry = names.entry(key).or_insert(value);
+            // Two patterns with one hash (odds 2^-64 per pair under a random key): one
+            // would shut the other out, which the whole-name compare would then refuse.
+            if entry.name[..] != value.name[..] {
+                bail!(
+                    "host name {:?} and another pattern of the policy hash alike under this boot's name key (odds 2^-64): run `portcullis detach`, then start again to draw another key",
+                    host.name
+                );
+            }
+            entry.groups |= 1u64 << bit;
         }
     }
     let mut slot_names = BTreeMap::new();
@@ -396,7 +424,7 @@ fn name_tables(
             slot_names.insert(SlotKey::new(generation, *slot), entry);
         }
     }
-    (names, slot_names)
+    Ok((names, slot_names))
 }
 
 /// An address in the datapath's 16-byte form (IPv4 mapped).

@@ -6,7 +6,10 @@
 
 use std::net::IpAddr;
 
-use portcullis_common::policy::{Decision, is_loopback};
+use portcullis_common::{
+    names::HashKey,
+    policy::{Decision, is_loopback},
+};
 use toml::Spanned;
 
 use super::{
@@ -59,7 +62,8 @@ pub struct Tables {
 impl Tables {
     /// The image the loader would write for `policy` (generation 0, fresh indices).
     pub fn build(policy: &Policy) -> anyhow::Result<Self> {
-        let image = Image::build(policy, &RuleIndex::fresh(policy)?, 0)?;
+        // Any key: what the image decides does not depend on it (see `Image::build`).
+        let image = Image::build(policy, &RuleIndex::fresh(policy)?, 0, &HashKey::default())?;
         Ok(Self { image })
     }
 

@@ -3,7 +3,7 @@
 //!
 //! It reads one DNS message (UDP payload, or a TCP segment's payload after the 2-byte
 //! length) from a fixed buffer of [`DNS_BUF`] bytes and reports the question's label
-//! hashes (for the name lookup, see [`crate::names`]) and the A/AAAA addresses of the
+//! hashes and lengths (for the name lookup, see [`crate::names`]; the hashes keyed) and the A/AAAA addresses of the
 //! question's name, following CNAME records inside the answer section.
 //!
 //! **Bounded by construction.** [`Parser::step`] does a bounded amount of work (one
@@ -24,7 +24,7 @@
 //! An address's TTL is the smallest TTL along its chain (RFC 2181: a TTL with the top
 //! bit set is 0), capped at [`crate::names::MAX_TTL`].
 
-use crate::names::{MAX_LABELS, MAX_TTL, ROOT, fold, label_byte, label_start};
+use crate::names::{HashKey, LabelHasher, MAX_LABELS, MAX_TTL, ROOT, fold};
 
 /// Bytes of a message the parser sees (a power of two); the rest is cut off.
 pub const DNS_BUF: usize = 2048;
@@ -108,6 +108,8 @@ struct NameCursor {
     count: u8,
     bytes: u16,
     labels: [u64; MAX_LABELS],
+    /// Label lengths, as `labels`.
+    lens: [u8; MAX_LABELS],
 }
 
 impl NameCursor {
@@ -119,6 +121,7 @@ impl NameCursor {
             count: 0,
             bytes: 1,
             labels: [0; MAX_LABELS],
+            lens: [0; MAX_LABELS],
         }
     }
 
@@ -138,7 +141,7 @@ impl NameCursor {
     /// ends after the name's last label: one path per label count for the verifier
     /// (skipping the labels past the count one by one made 6.1's verifier walk more
     /// than a million instructions).
-    fn hash(&self) -> u64 {
+    fn hash(&self, key: &HashKey) -> u64 {
         let mut h = ROOT;
         let mut left = (self.count as usize).min(MAX_LABELS);
         let mut round = 0;
@@ -147,7 +150,7 @@ impl NameCursor {
                 break;
             }
             left -= 1;
-            h = fold(self.labels[left & (MAX_LABELS - 1)], h);
+            h = fold(key, self.labels[left & (MAX_LABELS - 1)], h);
             round += 1;
         }
         h
@@ -158,6 +161,8 @@ impl NameCursor {
 /// per-CPU map and [`Parser::reset`]s it in place.
 #[derive(Clone, Copy, Debug)]
 pub struct Parser {
+    /// The key names are hashed under ([`crate::names`]).
+    key: HashKey,
     len: u16,
     phase: Phase,
     status: Status,
@@ -176,8 +181,14 @@ pub struct Parser {
     name_hash: u64,
     /// Label hashes of the question's name, first label first.
     pub question: [u64; MAX_LABELS],
+    /// Label lengths of the question's name, as [`Parser::question`].
+    pub question_lens: [u8; MAX_LABELS],
     /// Labels in [`Parser::question`] (0: the question was not read).
     pub question_labels: u8,
+    /// Where the question's name ends in the message (just past its root label), when
+    /// it is written out whole, without a compression pointer; 0 otherwise (then no
+    /// pattern can match it: the whole-name compare reads the name there).
+    pub question_end: u16,
     /// The addresses found.
     pub addrs: [Address; MAX_ADDRS],
     /// How many of [`Parser::addrs`] are set.
@@ -216,9 +227,11 @@ enum NameStep {
 }
 
 impl Parser {
-    /// A parser for a message of `len` bytes (more than [`DNS_BUF`] are cut off).
-    pub fn new(len: usize) -> Self {
+    /// A parser for a message of `len` bytes (more than [`DNS_BUF`] are cut off) that
+    /// hashes names under `key`.
+    pub fn new(len: usize, key: &HashKey) -> Self {
         let mut p = Self {
+            key: *key,
             len: 0,
             phase: Phase::Header,
             status: Status::Running,
@@ -232,17 +245,20 @@ impl Parser {
             name_stage: Next::Name,
             name_hash: 0,
             question: [0; MAX_LABELS],
+            question_lens: [0; MAX_LABELS],
             question_labels: 0,
+            question_end: 0,
             addrs: [Address::default(); MAX_ADDRS],
             addr_count: 0,
         };
-        p.reset(len);
+        p.reset(len, key);
         p
     }
 
-    /// Starts over on a new message of `len` bytes, in place.
+    /// Starts over on a new message of `len` bytes, hashing names under `key`, in place.
     #[inline(always)]
-    pub fn reset(&mut self, len: usize) {
+    pub fn reset(&mut self, len: usize, key: &HashKey) {
+        self.key = *key;
         self.len = if len > DNS_BUF {
             DNS_BUF as u16
         } else {
@@ -254,7 +270,13 @@ impl Parser {
         self.chain_len = 0;
         self.name_stage = Next::Name;
         self.question_labels = 0;
+        self.question_end = 0;
         self.addr_count = 0;
+    }
+
+    /// The key names are hashed under.
+    pub fn key(&self) -> &HashKey {
+        &self.key
     }
 
     /// How far the message got.
@@ -304,7 +326,7 @@ impl Parser {
 
     /// Hashes the name just read.
     pub fn step_hash(&mut self) -> bool {
-        self.name_hash = self.name.hash();
+        self.name_hash = self.name.hash(&self.key);
         self.name_stage = Next::Other;
         true
     }
@@ -373,7 +395,7 @@ impl Parser {
                 if n.bytes > MAX_NAME_BYTES {
                     return NameStep::Bad;
                 }
-                let mut h = label_start(b);
+                let mut h = LabelHasher::new(&self.key);
                 let mut i = 0u16;
                 while i < 63 {
                     if i >= b as u16 {
@@ -382,13 +404,14 @@ impl Parser {
                     let Some(c) = byte(buf, self.len, n.pos + 1 + i) else {
                         return NameStep::Cut;
                     };
-                    h = label_byte(h, c);
+                    h.byte(c);
                     i += 1;
                 }
                 if n.count as usize >= MAX_LABELS {
                     return NameStep::Bad;
                 }
-                n.labels[n.count as usize & (MAX_LABELS - 1)] = h;
+                n.labels[n.count as usize & (MAX_LABELS - 1)] = h.finish();
+                n.lens[n.count as usize & (MAX_LABELS - 1)] = b;
                 n.count += 1;
                 n.pos += 1 + b as u16;
                 NameStep::More
@@ -424,7 +447,13 @@ impl Parser {
             return self.finish(Status::NotAnswer);
         }
         self.question = self.name.labels;
+        self.question_lens = self.name.lens;
         self.question_labels = self.name.count;
+        self.question_end = if self.name.hops == 0 {
+            self.name.after
+        } else {
+            0
+        };
         self.chain[0] = self.name_hash;
         self.chain_ttl[0] = MAX_TTL;
         self.chain_len = 1;
@@ -539,17 +568,17 @@ impl Parser {
 }
 
 /// Parses `msg` (its first [`DNS_BUF`] bytes) to the end, in at most [`MAX_STEPS`]
-/// steps.
-pub fn parse(msg: &[u8]) -> Parser {
+/// steps, hashing names under `key`.
+pub fn parse(msg: &[u8], key: &HashKey) -> Parser {
     let mut buf = [0u8; DNS_BUF];
     let n = msg.len().min(DNS_BUF);
     buf[..n].copy_from_slice(&msg[..n]);
-    parse_buf(&buf, msg.len())
+    parse_buf(&buf, msg.len(), key)
 }
 
 /// Parses the first `len` bytes of `buf`, as the kernel does.
-pub fn parse_buf(buf: &[u8; DNS_BUF], len: usize) -> Parser {
-    let mut p = Parser::new(len);
+pub fn parse_buf(buf: &[u8; DNS_BUF], len: usize, key: &HashKey) -> Parser {
+    let mut p = Parser::new(len, key);
     let mut steps = 0;
     while steps < MAX_STEPS && p.step(buf) {
         steps += 1;

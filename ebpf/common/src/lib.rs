@@ -3,7 +3,7 @@
 //! Everything both sides must agree on lives here and only here: map names and sizes
 //! ([`maps`]), the byte layout of every key and value ([`policy`], [`names`], [`flow`],
 //! [`stats`], [`event`], [`evidence`], [`config`]), the DNS answer parser the datapath
-//! learns names with ([`dns`]), the questions an answer must match ([`question`]) and the verdict a new flow gets ([`policy::decide`]). The kernel
+//! learns names with ([`dns`]), the keyed hash names are found by ([`siphash`]), the questions an answer must match ([`question`]) and the verdict a new flow gets ([`policy::decide`]). The kernel
 //! programs call `decide` with lookups in the real maps; the agent's `explain` calls the
 //! same function with lookups in its userspace image of those maps, so the two cannot
 //! drift apart.
@@ -24,6 +24,7 @@ pub mod maps;
 pub mod names;
 pub mod policy;
 pub mod question;
+pub mod siphash;
 pub mod stats;
 
 /// Implements `aya::Pod` for the listed plain-old-data types on the userspace side.
@@ -53,6 +54,7 @@ pod!(
     names::NameValue,
     names::SlotKey,
     names::SlotNames,
+    siphash::HashKey,
     policy::PeerAddr,
     question::Question,
     question::QuestionKey,

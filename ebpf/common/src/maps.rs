@@ -98,8 +98,13 @@ pub const DNS_STATS: &str = "PC_DNS_STATS";
 /// loaded object has its own; nothing outside the program reads it).
 pub const DNS_SCRATCH: &str = "PC_DNS_SCRATCH";
 
+/// The key host names are hashed under (`siphash::HashKey`): drawn at random by the agent
+/// that creates the maps, kept with them (pinned) while the host runs, so a restarted
+/// agent and the addresses learned before it hash alike. `Array<HashKey>` of length 1.
+pub const NAME_KEY: &str = "PC_NAME_KEY";
+
 /// Every map the object defines and pins, for pinning and for the adoption check.
-pub const ALL: [&str; 20] = [
+pub const ALL: [&str; 21] = [
     PORTS,
     PEERS,
     RULE_COUNTERS,
@@ -120,6 +125,7 @@ pub const ALL: [&str; 20] = [
     NAME_ADDRS,
     RESOLVERS,
     DNS_STATS,
+    NAME_KEY,
 ];
 
 /// Program names (the Rust function names in the eBPF crate).

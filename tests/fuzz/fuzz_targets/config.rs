@@ -72,6 +72,6 @@ fuzz_target!(|data: &[u8]| {
         "compiling is not deterministic"
     );
     if let Ok(index) = RuleIndex::fresh(&policy) {
-        let _ = Image::build(&policy, &index, 0);
+        let _ = Image::build(&policy, &index, 0, &Default::default());
     }
 });

@@ -134,7 +134,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let index = RuleIndex::fresh(&policy).expect("few rules");
     let generation = u32::from(b.u8() & 1);
-    let image = Image::build(&policy, &index, generation).expect("a small policy fits");
+    let image = Image::build(&policy, &index, generation, &Default::default()).expect("a small policy fits");
     let rule_of = |kernel: u16| {
         policy
             .rules

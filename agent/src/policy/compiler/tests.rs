@@ -404,7 +404,7 @@ fn every_profile_compiles_with_no_and_all_features_deterministically() {
             sorted.sort();
             assert_eq!(a.entries, sorted, "{slug}: entries are not sorted");
             let index = RuleIndex::fresh(&a).unwrap();
-            Image::build(&a, &index, 1).unwrap();
+            Image::build(&a, &index, 1, &Default::default()).unwrap();
         }
     }
 }

@@ -81,7 +81,7 @@ fn any_rule_wins_over_peer_rules_and_longest_prefix_decides() {
     let p = policy();
     let idx = RuleIndex::fresh(&p).unwrap();
     for generation in [0, 1] {
-        let img = Image::build(&p, &idx, generation).unwrap();
+        let img = Image::build(&p, &idx, generation, &Default::default()).unwrap();
         let d =
             |port, ip: &str| img.decide(Direction::In, Protocol::Tcp, port, ip.parse().unwrap());
         assert_eq!(
@@ -162,7 +162,7 @@ fn learned_addresses_of_listed_names_open_their_groups_ports() {
     let updates = Decision::Allow(idx.get("updates").unwrap());
     let peer = Decision::Deny(portcullis_common::stats::reason::PEER);
     for generation in [0, 1] {
-        let img = Image::build(&p, &idx, generation).unwrap();
+        let img = Image::build(&p, &idx, generation, &Default::default()).unwrap();
         assert_eq!(img.names.len(), 2);
         assert_eq!(img.slot_names.len(), 1);
         let d = |ip: &str, host: &str| {

@@ -4,7 +4,17 @@ extern crate std;
 use std::vec::Vec;
 
 use super::*;
-use crate::names::{dotted_labels, name_hash};
+use crate::names::{HashKey, WireName, name_hash};
+
+/// The key the tests hash names under.
+const KEY: HashKey = HashKey {
+    k0: 0x5eed_0000_0000_0001,
+    k1: 0x5eed_0000_0000_0002,
+};
+
+fn parse(msg: &[u8]) -> Parser {
+    super::parse(msg, &KEY)
+}
 
 /// Builds DNS messages the way a resolver writes them.
 struct Msg(Vec<u8>);
@@ -78,9 +88,16 @@ fn a_and_aaaa_of_the_question() {
     assert_eq!(p.status(), Status::Complete);
     assert!(p.usable());
     assert_eq!(addrs(&p), [(v4([192, 0, 2, 7]), 300), (v6, 60)]);
-    let (labels, n) = dotted_labels("repo.clearswift.net").unwrap();
+    let name = WireName::new(&KEY, "repo.clearswift.net").unwrap();
+    let n = name.count;
     assert_eq!(p.question_labels as usize, n);
-    assert_eq!(p.question[..n], labels[..n]);
+    assert_eq!(p.question[..n], name.labels[..n]);
+    assert_eq!(p.question_lens[..n], name.lens[..n]);
+    assert_eq!(
+        p.question_end as usize,
+        12 + name.len,
+        "the name ends there"
+    );
 }
 
 #[test]
@@ -230,10 +247,12 @@ fn the_question_hash_matches_the_policy_hash() {
     let m = Msg::response("Sn12.MailShell.net", 0);
     let p = parse(&m.0);
     let mut found = false;
-    crate::names::for_each_pattern(&p.question, p.question_labels as usize, 0, |k| {
-        found |= k.kind == crate::names::KIND_WILDCARD && k.hash == name_hash("mailshell.net");
-        false
-    });
+    let mut walk = crate::names::PatternWalk::new(p.question_labels as usize, &KEY);
+    while let Some(k) = walk.next(&p.question, &p.question_lens, 0) {
+        found |= k.kind == crate::names::KIND_WILDCARD
+            && k.hash == name_hash(&KEY, "mailshell.net")
+            && walk.bytes() == 15;
+    }
     assert!(found);
 }
 
