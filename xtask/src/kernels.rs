@@ -131,6 +131,12 @@ pub const CORE: &[(&str, &str, &str)] = &[
         "a name's address learned from a dnsmasq answer is allowed, an unlisted name's \
          denied under reason peer",
     ),
+    (
+        "names",
+        "a_name_colliding_with_a_listed_one_teaches_nothing",
+        "the keyed hash and the whole-name compare: a name whose label collides with a \
+         listed one's under unkeyed FNV-1a teaches nothing (EPERM, counted unlisted)",
+    ),
 ];
 
 /// Where setup caches the kernels, relative to the workspace root.
