@@ -81,23 +81,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         (policy, format!("site config {}", path.display()))
     } else {
-        let product = args.product.as_deref().context("give --config or --product")?;
+        let product = args
+            .product
+            .as_deref()
+            .context("give --config or --product")?;
         let policy = compiler::compile_product(
             product,
             &args.features.features,
             args.features.all_features,
         )?;
-        let features = if args.features.all_features {
-            " --all-features".to_string()
-        } else if args.features.features.is_empty() {
-            String::new()
-        } else {
-            format!(" --feature {}", args.features.features.join(","))
-        };
-        (
-            policy,
-            format!("built-in product {product}{features}, default site settings"),
-        )
+        let origin =
+            export::product_origin(product, &args.features.features, args.features.all_features);
+        (policy, origin)
     };
     if let Some(mode) = args.mode {
         policy.mode = mode;

@@ -39,6 +39,19 @@ pub fn render(policy: &Policy, format: Format, origin: &str) -> Result<String, P
     }
 }
 
+/// Where a built-in product's policy came from, for the header: the product, the
+/// features turned on, and that the site settings are the defaults.
+pub fn product_origin(product: &str, features: &[String], all_features: bool) -> String {
+    let features = if all_features {
+        " --all-features".to_string()
+    } else if features.is_empty() {
+        String::new()
+    } else {
+        format!(" --feature {}", features.join(","))
+    };
+    format!("built-in product {product}{features}, default site settings")
+}
+
 /// A policy rule as an export writes it: the rule, its index in the policy, and the
 /// peer set it is limited to (None: any peer).
 pub struct Exported<'a> {

@@ -137,9 +137,7 @@ pub fn render(policy: &Policy, origin: &str) -> Result<String, PolicyError> {
         comment(
             &mut out,
             "",
-            &format!(
-                "NOT EXPRESSED: peer group {group} names {names}. {NAMES_LIMIT}:"
-            ),
+            &format!("NOT EXPRESSED: peer group {group} names {names}. {NAMES_LIMIT}:"),
         );
         for v6 in [false, true] {
             let _ = writeln!(
@@ -302,7 +300,10 @@ fn chain(out: &mut String, policy: &Policy, direction: Direction) {
         rule(out, &e, peer);
     }
     let (counter, what) = match policy.mode {
-        Mode::Enforce => (format!("portcullis-denied-{own}"), "denied: counted, dropped"),
+        Mode::Enforce => (
+            format!("portcullis-denied-{own}"),
+            "denied: counted, dropped",
+        ),
         Mode::Audit => (
             format!("portcullis-would-deny-{own}"),
             "audit: what enforcing would drop, counted, not dropped",

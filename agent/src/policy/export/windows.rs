@@ -121,7 +121,10 @@ pub fn render(policy: &Policy, origin: &str) -> Result<String, PolicyError> {
                     out,
                     "New-NetFirewallRule -Group $Group -Name {} -DisplayName {} -Direction {dir} \
                      -Protocol {proto} -IcmpType {ty} -Action Allow -Profile Any | Out-Null",
-                    ps(&format!("portcullis/{}/icmp-echo/{proto}/{way}", policy.product)),
+                    ps(&format!(
+                        "portcullis/{}/icmp-echo/{proto}/{way}",
+                        policy.product
+                    )),
                     ps(&format!("portcullis icmp-echo ({proto} {way})")),
                 );
             }
