@@ -14,12 +14,15 @@
 //! The serving side A therefore listens on every port the corpus tries.
 
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
 };
 
 use portcullis_tests::{
-    End, Lab, Netns, Proc, bin, denies, in_netns, must, net_py, rule, rule_packets, stdout, veth,
+    Agent, Lab, Netns, bin,
+    corpus::{Addrs, Flow, Side, Twin, corpus, forged_icmp_error_reaches_a, run_corpus, sh_out},
+    denies, in_netns, rule, rule_packets, stdout,
 };
 use serde_json::Value;
 
@@ -49,83 +52,6 @@ const PORTS: [u16; 15] = [
 ];
 const PEER_CLOSED: [u16; 2] = [5402, 8082];
 
-/// The twin of the lab's A and B: namespaces C and D joined by a veth pair, with the
-/// same addresses, for the nftables ruleset.
-struct Twin {
-    c: Netns,
-    d: Netns,
-}
-
-/// A's and B's addresses; B also has a second one of each family (`.3`, `::3`) outside
-/// the `relays` group.
-struct Addrs {
-    a4: String,
-    a6: String,
-    b4: String,
-    b6: String,
-    b4x: String,
-    b6x: String,
-}
-
-impl Addrs {
-    fn of(lab: &Lab) -> Addrs {
-        let second = |addr: &str, sep: char| {
-            let (head, _) = addr.rsplit_once(sep).expect("an address");
-            format!("{head}{sep}3")
-        };
-        Addrs {
-            a4: lab.a4.clone(),
-            a6: lab.a6.clone(),
-            b4: lab.b4.clone(),
-            b6: lab.b6.clone(),
-            b4x: second(&lab.b4, '.'),
-            b6x: second(&lab.b6, ':'),
-        }
-    }
-
-    /// The peer's addresses, in the group first.
-    fn peers(&self) -> [(&str, &str); 4] {
-        [
-            (&self.b4, &self.a4),
-            (&self.b4x, &self.a4),
-            (&self.b6, &self.a6),
-            (&self.b6x, &self.a6),
-        ]
-    }
-}
-
-fn twin(lab: &Lab, addrs: &Addrs) -> Twin {
-    let c = Netns::new(&format!("{}c", lab.tag)).expect("namespace C");
-    let d = Netns::new(&format!("{}d", lab.tag)).expect("namespace D");
-    veth(
-        &End {
-            ns: &c.name,
-            dev: &format!("{}p", lab.tag),
-            addrs: &[format!("{}/24", addrs.a4), format!("{}/64", addrs.a6)],
-        },
-        &End {
-            ns: &d.name,
-            dev: &format!("{}q", lab.tag),
-            addrs: &[
-                format!("{}/24", addrs.b4),
-                format!("{}/64", addrs.b6),
-                format!("{}/24", addrs.b4x),
-                format!("{}/64", addrs.b6x),
-            ],
-        },
-    )
-    .expect("the twin's veth pair");
-    // The lab's B gets the same second addresses.
-    let dev = format!("{}y", lab.tag);
-    must(&format!(
-        "ip -n {b} addr add {}/24 dev {dev} && ip -n {b} addr add {}/64 dev {dev} nodad",
-        addrs.b4x,
-        addrs.b6x,
-        b = lab.ns_b
-    ));
-    Twin { c, d }
-}
-
 /// The site: the lab profile, the `relays` group (B's first addresses), the failsafe on
 /// port 2222, enforce, scoped to the lab's cgroup.
 fn site(lab: &Lab, addrs: &Addrs, mode: &str) -> PathBuf {
@@ -146,10 +72,6 @@ fn site(lab: &Lab, addrs: &Addrs, mode: &str) -> PathBuf {
     )
 }
 
-fn flows_py() -> String {
-    format!("python3 {}/support/flows.py", env!("CARGO_MANIFEST_DIR"))
-}
-
 fn list(ports: impl IntoIterator<Item = u16>) -> String {
     ports
         .into_iter()
@@ -158,107 +80,8 @@ fn list(ports: impl IntoIterator<Item = u16>) -> String {
         .join(",")
 }
 
-/// A flow of the corpus: who starts it (the protected side "A" or the peer "B").
-#[derive(Clone, Debug)]
-struct Flow {
-    from_a: bool,
-    proto: &'static str,
-    src: Option<String>,
-    dst: String,
-    port: u16,
-}
-
-fn corpus(addrs: &Addrs) -> Vec<Flow> {
-    let mut flows = Vec::new();
-    for port in PORTS {
-        for proto in ["tcp", "udp"] {
-            for (peer, local) in addrs.peers() {
-                flows.push(Flow {
-                    from_a: true,
-                    proto,
-                    src: None,
-                    dst: peer.to_string(),
-                    port,
-                });
-                flows.push(Flow {
-                    from_a: false,
-                    proto,
-                    src: Some(peer.to_string()),
-                    dst: local.to_string(),
-                    port,
-                });
-            }
-            for lo in ["127.0.0.1", "::1"] {
-                flows.push(Flow {
-                    from_a: true,
-                    proto,
-                    src: None,
-                    dst: lo.to_string(),
-                    port,
-                });
-            }
-        }
-    }
-    flows
-}
-
-/// One side of the comparison: where A's and B's commands run.
-struct Side<'a> {
-    name: &'static str,
-    /// Runs a shell command on A (in the agent's cgroup for the agent's side).
-    on_a: Box<dyn Fn(&str) -> String + Sync + 'a>,
-    on_b: Box<dyn Fn(&str) -> String + Sync + 'a>,
-}
-
-/// The outcome of every flow on one side, in corpus order. A refused connect (EPERM,
-/// the agent's outbound deny) and a dropped packet (timeout) are the same verdict.
-fn run_corpus(side: &Side<'_>, flows: &[Flow], dir: &Path) -> Vec<String> {
-    let mut outcomes = vec![String::new(); flows.len()];
-    for from_a in [true, false] {
-        let picked: Vec<(usize, &Flow)> = flows
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| f.from_a == from_a)
-            .collect();
-        let json: Vec<Value> = picked
-            .iter()
-            .map(|(_, f)| {
-                serde_json::json!({"proto": f.proto, "src": f.src, "dst": f.dst, "port": f.port})
-            })
-            .collect();
-        let file = dir.join(format!("flows-{}-{from_a}.json", side.name));
-        std::fs::write(&file, serde_json::to_string(&json).unwrap()).expect("corpus file");
-        let cmd = format!("{} probe {}", flows_py(), file.display());
-        let out = if from_a {
-            (side.on_a)(&cmd)
-        } else {
-            (side.on_b)(&cmd)
-        };
-        let results: Vec<String> = serde_json::from_str(out.trim())
-            .unwrap_or_else(|e| panic!("{}: probe output {out:?}: {e}", side.name));
-        assert_eq!(
-            results.len(),
-            picked.len(),
-            "{}: one outcome per flow",
-            side.name
-        );
-        for ((i, _), r) in picked.iter().zip(results) {
-            outcomes[*i] = if r == "EPERM" { "timeout".into() } else { r };
-        }
-    }
-    outcomes
-}
-
-fn sh_out(mut cmd: Command) -> String {
-    let out = cmd
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("running a command");
-    stdout(&out)
-}
-
 /// The nft counters of the table, by name (packets).
-fn nft_counters(ns: &str) -> std::collections::BTreeMap<String, u64> {
+fn nft_counters(ns: &str) -> BTreeMap<String, u64> {
     let mut cmd = in_netns(ns, "nft");
     cmd.args(["-j", "list", "counters", "table", "inet", "portcullis"]);
     let v: Value = serde_json::from_str(&sh_out(cmd)).expect("nft -j output");
@@ -276,78 +99,57 @@ fn nft_counters(ns: &str) -> std::collections::BTreeMap<String, u64> {
         .collect()
 }
 
-/// Whether a forged ICMP error about a flow A does not have reaches a raw socket on A.
-fn forged_icmp_error_reaches_a(
-    on_a: &(dyn Fn(&str) -> String + Sync),
-    on_b: &(dyn Fn(&str) -> String + Sync),
-    addrs: &Addrs,
-    log: &Path,
-) -> bool {
-    let _ = std::fs::remove_file(log);
-    std::thread::scope(|s| {
-        let listener = s.spawn(|| on_a(&format!("{} icmp-listen 3 {}", net_py(), log.display())));
-        std::thread::sleep(std::time::Duration::from_millis(800));
-        on_b(&format!(
-            "{} icmp-error {} 3 3 {} 40000 {} 5555 17",
-            net_py(),
-            addrs.a4,
-            addrs.a4,
-            addrs.b4
-        ));
-        listener.join().expect("icmp listener");
-    });
-    !std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .trim()
-        .is_empty()
+/// What one differential run leaves for the assertions of its mode.
+struct Run {
+    flows: Vec<Flow>,
+    by_agent: Vec<String>,
+    status: Value,
+    counters: BTreeMap<String, u64>,
+    /// Whether a forged ICMP error reached A: (agent, nft).
+    forged_icmp: (bool, bool),
+    _agent: Agent,
+    _twin: Twin,
+    _lab: Lab,
 }
 
-#[test]
-fn nft_export_gives_every_flow_the_agents_verdict() {
-    let mut lab = Lab::new("export");
-    let addrs = Addrs::of(&lab);
-    let twin = twin(&lab, &addrs);
-    let cfg = site(&lab, &addrs, "enforce");
+impl Run {
+    fn outcome(&self, from_a: bool, proto: &str, src: Option<&str>, dst: &str, port: u16) -> &str {
+        let i = self
+            .flows
+            .iter()
+            .position(|f| {
+                f.from_a == from_a
+                    && f.proto == proto
+                    && f.src.as_deref() == src
+                    && f.dst == dst
+                    && f.port == port
+            })
+            .expect("a corpus flow");
+        &self.by_agent[i]
+    }
+}
 
-    // Servers: A listens on every corpus port (and on loopback), B on all but the two
-    // it leaves closed.
-    let a_serve = format!(
-        "exec {} serve {},{},127.0.0.1,::1 {}",
-        flows_py(),
-        addrs.a4,
-        addrs.a6,
-        list(PORTS)
-    );
+/// One site config in `mode`, enforced by the agent on the lab and exported to nft in
+/// the twin; the corpus through both; fails on any flow whose outcomes differ.
+fn differential(name: &str, mode: &str) -> (Run, Addrs) {
+    let mut lab = Lab::new(name);
+    let addrs = Addrs::of(&lab);
+    let mut twin = Twin::new(&lab, &addrs);
+    let cfg = site(&lab, &addrs, mode);
+    // A listens on every corpus port (see the module docs), B on all but two.
     let b_ports = list(PORTS.into_iter().filter(|p| !PEER_CLOSED.contains(p)));
-    let b_serve = format!(
-        "exec {} serve {},{},{},{} {b_ports}",
-        flows_py(),
-        addrs.b4,
-        addrs.b4x,
-        addrs.b6,
-        addrs.b6x
-    );
-    lab.spawn_a(&a_serve);
-    lab.spawn_b(&b_serve);
-    let spawn = |ns: &str, cmd: &str| {
-        let mut c = in_netns(ns, "sh");
-        c.args(["-c", cmd])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        Proc(c.spawn().expect("spawning a server"))
-    };
-    let _servers = [spawn(&twin.c.name, &a_serve), spawn(&twin.d.name, &b_serve)];
+    twin.serve(&mut lab, &addrs, &list(PORTS), &b_ports);
     for (ns, addr) in [
-        (lab.ns_a.clone(), &addrs.a6),
-        (lab.ns_b.clone(), &addrs.b6x),
-        (twin.c.name.clone(), &addrs.a6),
-        (twin.d.name.clone(), &addrs.b6x),
+        (&lab.ns_a, &addrs.a6),
+        (&lab.ns_b, &addrs.b6x),
+        (&twin.c.name, &addrs.a6),
+        (&twin.d.name, &addrs.b6x),
     ] {
-        lab.wait_tcp(&ns, addr, 9000);
+        lab.wait_tcp(ns, addr, 9000);
     }
     std::thread::sleep(std::time::Duration::from_millis(200));
 
-    // The same config, twice: the agent, and its export loaded with nft.
+    // The same config, twice: its export loaded with nft, and the agent.
     let export = lab.dir.join("portcullis.nft");
     let out = Command::new(bin())
         .args(["export", "--format", "nft", "--host-wide", "--config"])
@@ -382,14 +184,8 @@ fn nft_export_gives_every_flow_the_agents_verdict() {
     );
     let agent = lab.agent(&cfg, &[]);
 
-    let flows = corpus(&addrs);
-    let in_ns = |ns: String| {
-        move |cmd: &str| {
-            let mut c = in_netns(&ns, "sh");
-            c.args(["-c", cmd]);
-            sh_out(c)
-        }
-    };
+    let flows = corpus(&addrs, &PORTS);
+    let (c, d) = (twin.c.name.clone(), twin.d.name.clone());
     let agent_side = Side {
         name: "agent",
         on_a: Box::new(|cmd| stdout(&lab.on_a(cmd))),
@@ -397,31 +193,26 @@ fn nft_export_gives_every_flow_the_agents_verdict() {
     };
     let nft_side = Side {
         name: "nft",
-        on_a: Box::new(in_ns(twin.c.name.clone())),
-        on_b: Box::new(in_ns(twin.d.name.clone())),
+        on_a: Box::new(move |cmd| Twin::run(&c, cmd)),
+        on_b: Box::new(move |cmd| Twin::run(&d, cmd)),
     };
     let by_agent = run_corpus(&agent_side, &flows, &lab.dir);
     let by_nft = run_corpus(&nft_side, &flows, &lab.dir);
+    let forged_icmp = (
+        forged_icmp_error_reaches_a(&agent_side, &addrs, &lab.dir.join("icmp-agent")),
+        forged_icmp_error_reaches_a(&nft_side, &addrs, &lab.dir.join("icmp-nft")),
+    );
+    drop((agent_side, nft_side));
 
     let differences: Vec<String> = flows
         .iter()
         .zip(by_agent.iter().zip(&by_nft))
         .filter(|(_, (a, n))| a != n)
-        .map(|(f, (a, n))| {
-            format!(
-                "{} {} {}{} -> {} port {}: agent {a}, nft {n}",
-                if f.from_a { "out" } else { "in" },
-                f.proto,
-                if f.from_a { "A" } else { "B" },
-                f.src.as_ref().map_or(String::new(), |s| format!(" ({s})")),
-                f.dst,
-                f.port
-            )
-        })
+        .map(|(f, (a, n))| format!("{f}: agent {a}, nft {n}"))
         .collect();
     let count = |what: &str| by_agent.iter().filter(|o| *o == what).count();
     eprintln!(
-        "{} flows: {} ok, {} denied, {} refused (reset or ICMP error), {} differences",
+        "{mode}: {} flows: {} ok, {} denied, {} refused (reset or ICMP error), {} differences",
         flows.len(),
         count("ok"),
         count("timeout"),
@@ -430,144 +221,183 @@ fn nft_export_gives_every_flow_the_agents_verdict() {
     );
     assert!(
         differences.is_empty(),
-        "{} of {} flows got another verdict from the nft export than from the agent:\n{}",
+        "{mode}: {} of {} flows got another verdict from the nft export than from the agent:\n{}",
         differences.len(),
         flows.len(),
         differences.join("\n")
     );
-
-    // The corpus is not vacuous: allowed, denied, and answered-with-an-error flows, and
-    // the ones the rules decide come out as the policy says.
-    let outcome = |from_a: bool, proto: &str, src: Option<&str>, dst: &str, port: u16| {
-        let i = flows
-            .iter()
-            .position(|f| {
-                f.from_a == from_a
-                    && f.proto == proto
-                    && f.src.as_deref() == src
-                    && f.dst == dst
-                    && f.port == port
-            })
-            .expect("a corpus flow");
-        by_agent[i].as_str()
+    let status = agent.status();
+    let counters = nft_counters(&twin.c.name);
+    let run = Run {
+        flows,
+        by_agent,
+        status,
+        counters,
+        forged_icmp,
+        _agent: agent,
+        _twin: twin,
+        _lab: lab,
     };
-    let (a4, b4, b4x, b6, b6x) = (&addrs.a4, &addrs.b4, &addrs.b4x, &addrs.b6, &addrs.b6x);
+    (run, addrs)
+}
+
+/// Every policy rule of the lab site.
+const RULE_IDS: [&str; 11] = [
+    "tcp-in",
+    "tcp-in-peers",
+    "udp-in",
+    "udp-in-peers",
+    "tcp-out",
+    "tcp-out-peers",
+    "udp-out",
+    "udp-out-peers",
+    "tcp-both/in",
+    "tcp-both/out",
+    "failsafe-ssh",
+];
+
+/// Every rule was hit on both sides.
+fn every_rule_counted(run: &Run) {
+    for id in RULE_IDS {
+        let agent = rule_packets(&run.status, id);
+        let nft = run.counters.get(id).copied();
+        assert!(
+            agent > 0 && nft.is_some_and(|n| n > 0),
+            "{id}: agent counted {agent}, nft {nft:?}: {:?}",
+            run.counters
+        );
+    }
+}
+
+#[test]
+fn nft_export_gives_every_flow_the_agents_verdict_in_enforce_mode() {
+    let (run, a) = differential("exporten", "enforce");
+    // Not vacuous: the rules decide as the policy says, on both sides (they are equal).
+    let o = |from_a, proto, src, dst: &str, port| run.outcome(from_a, proto, src, dst, port);
+    let (a4, a6, b4, b4x, b6, b6x) = (&a.a4, &a.a6, &a.b4, &a.b4x, &a.b6, &a.b6x);
     assert_eq!(
-        outcome(false, "tcp", Some(b4x), a4, 2525),
+        o(false, "tcp", Some(b4x), a4, 2525),
         "ok",
         "tcp-in, any peer"
     );
     assert_eq!(
-        outcome(false, "tcp", Some(b4), a4, 2526),
+        o(false, "tcp", Some(b4), a4, 2526),
         "ok",
-        "tcp-in-peers, in group"
+        "tcp-in-peers, in the group"
     );
     assert_eq!(
-        outcome(false, "tcp", Some(b4x), a4, 2526),
+        o(false, "tcp", Some(b4x), a4, 2526),
         "timeout",
         "outside the group"
     );
     assert_eq!(
-        outcome(false, "udp", Some(b6x), &addrs.a6, 5301),
-        "timeout",
-        "udp outside"
-    );
-    assert_eq!(
-        outcome(true, "udp", None, b6, 5410),
+        o(false, "udp", Some(b6), a6, 5301),
         "ok",
-        "udp-out-peers, in group"
+        "udp-in-peers, in the group"
     );
     assert_eq!(
-        outcome(true, "udp", None, b6x, 5410),
+        o(false, "udp", Some(b6x), a6, 5301),
         "timeout",
-        "udp-out-peers, outside"
+        "outside the group"
     );
     assert_eq!(
-        outcome(true, "tcp", None, b4, 2525),
+        o(true, "udp", None, b6, 5410),
+        "ok",
+        "udp-out-peers, in the group"
+    );
+    assert_eq!(
+        o(true, "udp", None, b6x, 5410),
+        "timeout",
+        "outside the group"
+    );
+    assert_eq!(
+        o(true, "tcp", None, b4, 2525),
         "timeout",
         "an inbound rule opens nothing out"
     );
     assert_eq!(
-        outcome(false, "tcp", Some(b4), a4, 2222),
+        o(false, "tcp", Some(b4), a4, 2222),
         "ok",
         "the failsafe port"
     );
+    assert_eq!(o(false, "tcp", Some(b4), a4, 2599), "timeout", "no rule");
     assert_eq!(
-        outcome(false, "tcp", Some(b4), a4, 2599),
-        "timeout",
-        "no rule"
-    );
-    assert_eq!(
-        outcome(true, "udp", None, b4, 5402),
+        o(true, "udp", None, b4, 5402),
         "ECONNREFUSED",
         "a related ICMP error"
     );
+    assert_eq!(o(true, "tcp", None, b4x, 8082), "ECONNREFUSED", "a reset");
     assert_eq!(
-        outcome(true, "tcp", None, b4x, 8082),
-        "ECONNREFUSED",
-        "a reset"
-    );
-    assert_eq!(
-        outcome(true, "tcp", None, "127.0.0.1", 2599),
+        o(true, "tcp", None, "127.0.0.1", 2599),
         "ok",
         "loopback exempt"
     );
+    assert_eq!(o(false, "tcp", Some(b6x), a6, 9000), "ok", "tcp-both in");
+    assert_eq!(o(true, "tcp", None, b6x, 9000), "ok", "tcp-both out");
     assert_eq!(
-        outcome(false, "tcp", Some(b4), a4, 9000),
-        "ok",
-        "tcp-both in"
+        run.forged_icmp,
+        (false, false),
+        "a forged ICMP error: (agent, nft)"
     );
-    assert_eq!(outcome(true, "tcp", None, b4, 9000), "ok", "tcp-both out");
-
-    // An ICMP error about a flow A does not have: dropped by both.
-    let agent_icmp = forged_icmp_error_reaches_a(
-        &*agent_side.on_a,
-        &*agent_side.on_b,
-        &addrs,
-        &lab.dir.join("icmp-agent"),
-    );
-    let nft_icmp = forged_icmp_error_reaches_a(
-        &*nft_side.on_a,
-        &*nft_side.on_b,
-        &addrs,
-        &lab.dir.join("icmp-nft"),
+    every_rule_counted(&run);
+    assert!(
+        run.counters["portcullis-denied-in"] > 0,
+        "{:?}",
+        run.counters
     );
     assert!(
-        !agent_icmp && !nft_icmp,
-        "forged ICMP error: agent {agent_icmp}, nft {nft_icmp}"
+        run.counters["portcullis-denied-out"] > 0,
+        "{:?}",
+        run.counters
     );
+    assert!(
+        denies(&run.status, "in", "no-rule", false).0 > 0,
+        "{:#}",
+        run.status
+    );
+    assert!(
+        denies(&run.status, "in", "peer", false).0 > 0,
+        "{:#}",
+        run.status
+    );
+}
 
-    // Counters: the same rules hit on both sides, and denies counted.
-    let status = agent.status();
-    let counters = nft_counters(&twin.c.name);
-    let ids = [
-        "tcp-in",
-        "tcp-in-peers",
-        "udp-in",
-        "udp-in-peers",
-        "tcp-out",
-        "tcp-out-peers",
-        "udp-out",
-        "udp-out-peers",
-        "tcp-both/in",
-        "tcp-both/out",
-        "failsafe-ssh",
-    ];
-    for id in ids {
-        let agent_hits = rule_packets(&status, id);
-        let nft_hits = counters
-            .get(id)
-            .copied()
-            .unwrap_or_else(|| panic!("no nft counter {id}: {counters:?}"));
-        assert!(
-            agent_hits > 0 && nft_hits > 0,
-            "{id}: agent {agent_hits}, nft {nft_hits}"
-        );
+#[test]
+fn nft_export_counts_without_dropping_in_audit_mode_as_the_agent_does() {
+    let (run, a) = differential("exportau", "audit");
+    // Nothing is dropped: every flow is answered (ok, or refused where B serves nothing).
+    for (f, o) in run.flows.iter().zip(&run.by_agent) {
+        let to_b = f.from_a && !["127.0.0.1", "::1"].contains(&f.dst.as_str());
+        let closed = to_b && PEER_CLOSED.contains(&f.port);
+        assert!(o == "ok" || (closed && o == "ECONNREFUSED"), "{f}: {o}");
     }
-    assert!(counters["portcullis-denied-in"] > 0, "{counters:?}");
-    assert!(counters["portcullis-denied-out"] > 0, "{counters:?}");
-    assert!(denies(&status, "in", "no-rule", false).0 > 0, "{status:#}");
-    assert!(denies(&status, "in", "peer", false).0 > 0, "{status:#}");
+    assert_eq!(run.outcome(false, "tcp", Some(&a.b4x), &a.a4, 2526), "ok");
+    every_rule_counted(&run);
+    assert!(
+        run.counters["portcullis-would-deny-in"] > 0,
+        "{:?}",
+        run.counters
+    );
+    assert!(
+        run.counters["portcullis-would-deny-out"] > 0,
+        "{:?}",
+        run.counters
+    );
+    assert!(
+        !run.counters.contains_key("portcullis-denied-in"),
+        "{:?}",
+        run.counters
+    );
+    assert!(
+        denies(&run.status, "in", "no-rule", true).0 > 0,
+        "{:#}",
+        run.status
+    );
+    assert!(
+        denies(&run.status, "in", "peer", true).0 > 0,
+        "{:#}",
+        run.status
+    );
 }
 
 #[test]
