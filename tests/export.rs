@@ -174,14 +174,20 @@ fn differential(name: &str, mode: &str) -> (Run, Addrs) {
         "a cgroup scope without --host-wide"
     );
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--host-wide"));
-    let mut load = in_netns(&twin.c.name, "nft");
-    load.arg("-f").arg(&export);
-    let loaded = load.output().expect("running nft -f");
-    assert!(
-        loaded.status.success(),
-        "nft -f: {}",
-        String::from_utf8_lossy(&loaded.stderr)
-    );
+    // Loaded twice: a new load replaces the table of the earlier one.
+    for _ in 0..2 {
+        let mut load = in_netns(&twin.c.name, "nft");
+        load.arg("-f").arg(&export);
+        let loaded = load.output().expect("running nft -f");
+        assert!(
+            loaded.status.success(),
+            "nft -f: {}",
+            String::from_utf8_lossy(&loaded.stderr)
+        );
+    }
+    let mut tables = in_netns(&twin.c.name, "nft");
+    tables.args(["list", "tables"]);
+    assert_eq!(sh_out(tables).trim(), "table inet portcullis", "one table");
     let agent = lab.agent(&cfg, &[]);
 
     let flows = corpus(&addrs, &PORTS);
