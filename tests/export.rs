@@ -454,4 +454,43 @@ fn nft_accepts_the_export_of_every_built_in_product() {
         }
     }
     assert!(checked >= 24, "only {checked} exports checked");
+
+    // A site whose group lists nested networks and a host name, in both modes.
+    let dir = std::env::temp_dir().join(format!("portcullis-nftcheck-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    for mode in ["audit", "enforce"] {
+        let site = dir.join("site.toml");
+        std::fs::write(
+            &site,
+            format!(
+                "product = \"iredmail\"\nmode = \"{mode}\"\nloopback = \"enforce\"\n\n[[rule]]\n\
+                 id = \"relay-in\"\ndirection = \"both\"\nprotocol = \"both\"\nports = [25, \"2000-2010\"]\n\
+                 peers = \"relays\"\nwhy = \"the relays\"\n\n[peers]\ndns-servers = [\"192.0.2.53/32\"]\n\
+                 relays = [\"10.0.0.0/8\", \"10.1.0.0/16\", \"2001:db8::/32\", \"2001:db8:1::/48\", \"relay.example.net\"]\n"
+            ),
+        )
+        .expect("site");
+        let file = dir.join("site.nft");
+        let out = Command::new(bin())
+            .args(["export", "--format", "nft", "--config"])
+            .arg(&site)
+            .arg("-o")
+            .arg(&file)
+            .output()
+            .expect("running portcullis export");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut check = in_netns(&ns.name, "nft");
+        check.arg("-c").arg("-f").arg(&file);
+        let checked_out = check.output().expect("running nft -c");
+        assert!(
+            checked_out.status.success(),
+            "nft -c rejects nested networks ({mode}): {}",
+            String::from_utf8_lossy(&checked_out.stderr)
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -105,7 +105,8 @@ pub fn peers_note(e: &Exported<'_>) -> Option<String> {
     }
 }
 
-/// A peer set's networks of one IP version.
+/// A peer set's networks of one IP version (the config refuses host bits, so each is
+/// written as the network it is).
 pub fn networks(set: &PeerSet, v6: bool) -> impl Iterator<Item = &IpNet> {
     set.networks
         .iter()

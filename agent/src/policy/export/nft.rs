@@ -72,6 +72,7 @@ fn quoted(text: &str) -> String {
         .chars()
         .map(|c| match c {
             '"' => '\'',
+            '\\' => '/',
             c if c.is_control() => ' ',
             c => c,
         })
@@ -222,7 +223,7 @@ fn declarations(out: &mut String, policy: &Policy) {
             };
             let _ = writeln!(
                 out,
-                "\tset {} {{ type {}; flags interval;{elements} }}",
+                "\tset {} {{ type {}; flags interval; auto-merge;{elements} }}",
                 peers_set(&set.name, v6),
                 if v6 { "ipv6_addr" } else { "ipv4_addr" }
             );

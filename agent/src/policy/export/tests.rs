@@ -34,7 +34,10 @@ fn product(slug: &str, all_features: bool, mode: Mode) -> Policy {
 /// A site of the lab kind: a peer group with networks and a host name, one with only
 /// host names, one let be any peer, a loopback rule, both protocols.
 fn site_policy(extra: &str) -> Policy {
-    let dir = std::env::temp_dir().join(format!("portcullis-export-{}", std::process::id()));
+    // One directory per call: the tests run in parallel in one process.
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("portcullis-export-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
     std::fs::write(
         dir.join("profile.toml"),
@@ -98,7 +101,7 @@ mode = "enforce"
 {extra}
 
 [peers]
-relays = ["198.51.100.0/24", "2001:db8:1::/48", "mx.example.net"]
+relays = ["198.51.100.0/24", "198.51.100.0/25", "2001:db8:1::/48", "mx.example.net"]
 dns-servers = ["192.0.2.53/32"]
 update-servers = ["updates.example.com", "*.cdn.example.com"]
 "#
@@ -322,7 +325,9 @@ fn nft_has_one_counter_per_rule_and_states_what_it_cannot_express() {
             "a digit-first id"
         );
         assert!(text.contains("NOT EXPRESSED: peer group update-servers names"));
-        assert!(text.contains("set peers-update-servers-v4 { type ipv4_addr; flags interval; }"));
+        assert!(text.contains(
+            "set peers-update-servers-v4 { type ipv4_addr; flags interval; auto-merge; }"
+        ));
         assert!(text.contains("ct state established,related accept"));
         let last_in = match mode {
             Mode::Enforce => "counter name \"portcullis-denied-in\" drop",
