@@ -488,7 +488,7 @@ fn export_writes_both_formats_and_refuses_what_a_format_cannot_express_with_exit
     assert!(out.stdout.is_empty(), "-o writes the file, not stdout");
     let script = std::fs::read_to_string(&file).unwrap();
     assert!(
-        script.contains("-LocalPort 2525 -RemoteAddress 192.0.2.0/24"),
+        script.contains("-LocalPort '2525' -RemoteAddress '192.0.2.0/24'"),
         "{script}"
     );
     assert!(

@@ -39,38 +39,38 @@ Remove-NetFirewallRule -Group $Group -ErrorAction SilentlyContinue
 # source: 002_ca3a8f308c687eb3.txt row 5
 # peers: group mailessentials-servers, which this site lets be any peer (any_peer_groups,
 # or vendor_peers = "any")
-New-NetFirewallRule -Group $Group -Name 'portcullis/gfi-mailessentials/multi-server/in/tcp' -DisplayName 'portcullis multi-server/in (tcp)' -Description 'communication between the master and slave servers of a Multi-Server network (source: 002_ca3a8f308c687eb3.txt row 5) [feature multi-server]' -Direction Inbound -Protocol TCP -LocalPort 9095-9096 -RemoteAddress Any -Action Allow -Profile Any -Enabled True | Out-Null
+New-NetFirewallRule -Group $Group -Name 'portcullis/gfi-mailessentials/multi-server/in/tcp' -DisplayName 'portcullis multi-server/in (tcp)' -Description 'communication between the master and slave servers of a Multi-Server network (source: 002_ca3a8f308c687eb3.txt row 5) [feature multi-server]' -Direction Inbound -Protocol TCP -LocalPort '9095-9096' -RemoteAddress Any -Action Allow -Profile Any -Enabled True | Out-Null
 
 # gfi-directory/in: communication between MailEssentials and GFI Directory
 # source: 002_ca3a8f308c687eb3.txt row 7
 # note: direction not stated, so both; the port can be changed from the Switchboard
 # peers: group gfi-directory-servers, which this site lets be any peer (any_peer_groups,
 # or vendor_peers = "any")
-New-NetFirewallRule -Group $Group -Name 'portcullis/gfi-mailessentials/gfi-directory/in/tcp' -DisplayName 'portcullis gfi-directory/in (tcp)' -Description 'communication between MailEssentials and GFI Directory (source: 002_ca3a8f308c687eb3.txt row 7) [feature gfi-directory]' -Direction Inbound -Protocol TCP -LocalPort 61000 -RemoteAddress Any -Action Allow -Profile Any -Enabled True | Out-Null
+New-NetFirewallRule -Group $Group -Name 'portcullis/gfi-mailessentials/gfi-directory/in/tcp' -DisplayName 'portcullis gfi-directory/in (tcp)' -Description 'communication between MailEssentials and GFI Directory (source: 002_ca3a8f308c687eb3.txt row 7) [feature gfi-directory]' -Direction Inbound -Protocol TCP -LocalPort '61000' -RemoteAddress Any -Action Allow -Profile Any -Enabled True | Out-Null
 
 # failsafe-ssh: keep SSH reachable so that a wrong policy cannot lock the operator out
 # source: site failsafe (set failsafe = false to remove)
-New-NetFirewallRule -Group $Group -Name 'portcullis/gfi-mailessentials/failsafe-ssh/tcp' -DisplayName 'portcullis failsafe-ssh (tcp)' -Description 'keep SSH reachable so that a wrong policy cannot lock the operator out (source: site failsafe (set failsafe = false to remove))' -Direction Inbound -Protocol TCP -LocalPort 22 -RemoteAddress Any -Action Allow -Profile Any -Enabled True | Out-Null
+New-NetFirewallRule -Group $Group -Name 'portcullis/gfi-mailessentials/failsafe-ssh/tcp' -DisplayName 'portcullis failsafe-ssh (tcp)' -Description 'keep SSH reachable so that a wrong policy cannot lock the operator out (source: site failsafe (set failsafe = false to remove))' -Direction Inbound -Protocol TCP -LocalPort '22' -RemoteAddress Any -Action Allow -Profile Any -Enabled True | Out-Null
 
 # remoting/in: inter-process communication between MailEssentials processes
 # source: 002_ca3a8f308c687eb3.txt row 4
 # note: all MailEssentials processes run on the same server, so no firewall opening is
 # needed beyond loopback; the ports can be changed (Configuring Remoting Ports)
 # peers: group loopback
-New-NetFirewallRule -Group $Group -Name 'portcullis/gfi-mailessentials/remoting/in/tcp' -DisplayName 'portcullis remoting/in (tcp)' -Description 'inter-process communication between MailEssentials processes (source: 002_ca3a8f308c687eb3.txt row 4)' -Direction Inbound -Protocol TCP -LocalPort 8015,9090-9091 -RemoteAddress 127.0.0.0/8,::1/128 -Action Allow -Profile Any -Enabled True | Out-Null
+New-NetFirewallRule -Group $Group -Name 'portcullis/gfi-mailessentials/remoting/in/tcp' -DisplayName 'portcullis remoting/in (tcp)' -Description 'inter-process communication between MailEssentials processes (source: 002_ca3a8f308c687eb3.txt row 4)' -Direction Inbound -Protocol TCP -LocalPort '8015','9090-9091' -RemoteAddress '127.0.0.0/8','::1/128' -Action Allow -Profile Any -Enabled True | Out-Null
 
 # dns: DNS for the SPF, IP DNS Blocklist, SpamRazer and URI DNS Blocklist filters
 # source: 002_ca3a8f308c687eb3.txt row 1
 # note: the protocol is not stated; DNS uses UDP, and TCP for large answers
-New-NetFirewallRule -Group $Group -Name 'portcullis/gfi-mailessentials/dns/tcp' -DisplayName 'portcullis dns (tcp)' -Description 'DNS for the SPF, IP DNS Blocklist, SpamRazer and URI DNS Blocklist filters (source: 002_ca3a8f308c687eb3.txt row 1)' -Direction Outbound -Protocol TCP -RemotePort 53 -RemoteAddress Any -Action Allow -Profile Any -Enabled True | Out-Null
-New-NetFirewallRule -Group $Group -Name 'portcullis/gfi-mailessentials/dns/udp' -DisplayName 'portcullis dns (udp)' -Description 'DNS for the SPF, IP DNS Blocklist, SpamRazer and URI DNS Blocklist filters (source: 002_ca3a8f308c687eb3.txt row 1)' -Direction Outbound -Protocol UDP -RemotePort 53 -RemoteAddress Any -Action Allow -Profile Any -Enabled True | Out-Null
+New-NetFirewallRule -Group $Group -Name 'portcullis/gfi-mailessentials/dns/tcp' -DisplayName 'portcullis dns (tcp)' -Description 'DNS for the SPF, IP DNS Blocklist, SpamRazer and URI DNS Blocklist filters (source: 002_ca3a8f308c687eb3.txt row 1)' -Direction Outbound -Protocol TCP -RemotePort '53' -RemoteAddress Any -Action Allow -Profile Any -Enabled True | Out-Null
+New-NetFirewallRule -Group $Group -Name 'portcullis/gfi-mailessentials/dns/udp' -DisplayName 'portcullis dns (udp)' -Description 'DNS for the SPF, IP DNS Blocklist, SpamRazer and URI DNS Blocklist filters (source: 002_ca3a8f308c687eb3.txt row 1)' -Direction Outbound -Protocol UDP -RemotePort '53' -RemoteAddress Any -Action Allow -Profile Any -Enabled True | Out-Null
 
 # multi-server/out: communication between the master and slave servers of a Multi-Server
 # network
 # source: 002_ca3a8f308c687eb3.txt row 5
 # peers: group mailessentials-servers, which this site lets be any peer (any_peer_groups,
 # or vendor_peers = "any")
-New-NetFirewallRule -Group $Group -Name 'portcullis/gfi-mailessentials/multi-server/out/tcp' -DisplayName 'portcullis multi-server/out (tcp)' -Description 'communication between the master and slave servers of a Multi-Server network (source: 002_ca3a8f308c687eb3.txt row 5) [feature multi-server]' -Direction Outbound -Protocol TCP -RemotePort 9095-9096 -RemoteAddress Any -Action Allow -Profile Any -Enabled True | Out-Null
+New-NetFirewallRule -Group $Group -Name 'portcullis/gfi-mailessentials/multi-server/out/tcp' -DisplayName 'portcullis multi-server/out (tcp)' -Description 'communication between the master and slave servers of a Multi-Server network (source: 002_ca3a8f308c687eb3.txt row 5) [feature multi-server]' -Direction Outbound -Protocol TCP -RemotePort '9095-9096' -RemoteAddress Any -Action Allow -Profile Any -Enabled True | Out-Null
 
 # ldap: user lists from a remote Active Directory, GFI Directory, Domino or SMTP server
 # (LDAP/LDAPS)
@@ -78,14 +78,14 @@ New-NetFirewallRule -Group $Group -Name 'portcullis/gfi-mailessentials/multi-ser
 # note: direction not stated; outbound because MailEssentials retrieves the user list
 # peers: group ldap-servers, which this site lets be any peer (any_peer_groups, or
 # vendor_peers = "any")
-New-NetFirewallRule -Group $Group -Name 'portcullis/gfi-mailessentials/ldap/tcp' -DisplayName 'portcullis ldap (tcp)' -Description 'user lists from a remote Active Directory, GFI Directory, Domino or SMTP server (LDAP/LDAPS) (source: 002_ca3a8f308c687eb3.txt row 6) [feature ldap]' -Direction Outbound -Protocol TCP -RemotePort 389,636 -RemoteAddress Any -Action Allow -Profile Any -Enabled True | Out-Null
+New-NetFirewallRule -Group $Group -Name 'portcullis/gfi-mailessentials/ldap/tcp' -DisplayName 'portcullis ldap (tcp)' -Description 'user lists from a remote Active Directory, GFI Directory, Domino or SMTP server (LDAP/LDAPS) (source: 002_ca3a8f308c687eb3.txt row 6) [feature ldap]' -Direction Outbound -Protocol TCP -RemotePort '389','636' -RemoteAddress Any -Action Allow -Profile Any -Enabled True | Out-Null
 
 # gfi-directory/out: communication between MailEssentials and GFI Directory
 # source: 002_ca3a8f308c687eb3.txt row 7
 # note: direction not stated, so both; the port can be changed from the Switchboard
 # peers: group gfi-directory-servers, which this site lets be any peer (any_peer_groups,
 # or vendor_peers = "any")
-New-NetFirewallRule -Group $Group -Name 'portcullis/gfi-mailessentials/gfi-directory/out/tcp' -DisplayName 'portcullis gfi-directory/out (tcp)' -Description 'communication between MailEssentials and GFI Directory (source: 002_ca3a8f308c687eb3.txt row 7) [feature gfi-directory]' -Direction Outbound -Protocol TCP -RemotePort 61000 -RemoteAddress Any -Action Allow -Profile Any -Enabled True | Out-Null
+New-NetFirewallRule -Group $Group -Name 'portcullis/gfi-mailessentials/gfi-directory/out/tcp' -DisplayName 'portcullis gfi-directory/out (tcp)' -Description 'communication between MailEssentials and GFI Directory (source: 002_ca3a8f308c687eb3.txt row 7) [feature gfi-directory]' -Direction Outbound -Protocol TCP -RemotePort '61000' -RemoteAddress Any -Action Allow -Profile Any -Enabled True | Out-Null
 
 # ftp-updates: version information from ftp.gfisoftware.com
 # source: 002_ca3a8f308c687eb3.txt row 2
@@ -96,7 +96,7 @@ New-NetFirewallRule -Group $Group -Name 'portcullis/gfi-mailessentials/gfi-direc
 # peers: group gfi-ftp
 # DISABLED: peer group gfi-ftp has only host names; add their addresses
 # (Set-NetFirewallRule -Name ... -RemoteAddress ...), then enable it.
-New-NetFirewallRule -Group $Group -Name 'portcullis/gfi-mailessentials/ftp-updates/tcp' -DisplayName 'portcullis ftp-updates (tcp)' -Description 'version information from ftp.gfisoftware.com (source: 002_ca3a8f308c687eb3.txt row 2) DISABLED: peer group gfi-ftp has only host names' -Direction Outbound -Protocol TCP -RemotePort 20-21 -Action Allow -Profile Any -Enabled False | Out-Null
+New-NetFirewallRule -Group $Group -Name 'portcullis/gfi-mailessentials/ftp-updates/tcp' -DisplayName 'portcullis ftp-updates (tcp)' -Description 'version information from ftp.gfisoftware.com (source: 002_ca3a8f308c687eb3.txt row 2) DISABLED: peer group gfi-ftp has only host names' -Direction Outbound -Protocol TCP -RemotePort '20-21' -Action Allow -Profile Any -Enabled False | Out-Null
 
 # http-updates: product patches and updates (SpamRazer, anti-phishing, Bayesian,
 # antivirus, scanners)
@@ -106,14 +106,14 @@ New-NetFirewallRule -Group $Group -Name 'portcullis/gfi-mailessentials/ftp-updat
 # peers: group gfi-update-servers
 # DISABLED: peer group gfi-update-servers has only host names; add their addresses
 # (Set-NetFirewallRule -Name ... -RemoteAddress ...), then enable it.
-New-NetFirewallRule -Group $Group -Name 'portcullis/gfi-mailessentials/http-updates/tcp' -DisplayName 'portcullis http-updates (tcp)' -Description 'product patches and updates (SpamRazer, anti-phishing, Bayesian, antivirus, scanners) (source: 002_ca3a8f308c687eb3.txt row 3) DISABLED: peer group gfi-update-servers has only host names' -Direction Outbound -Protocol TCP -RemotePort 80,443 -Action Allow -Profile Any -Enabled False | Out-Null
+New-NetFirewallRule -Group $Group -Name 'portcullis/gfi-mailessentials/http-updates/tcp' -DisplayName 'portcullis http-updates (tcp)' -Description 'product patches and updates (SpamRazer, anti-phishing, Bayesian, antivirus, scanners) (source: 002_ca3a8f308c687eb3.txt row 3) DISABLED: peer group gfi-update-servers has only host names' -Direction Outbound -Protocol TCP -RemotePort '80','443' -Action Allow -Profile Any -Enabled False | Out-Null
 
 # remoting/out: inter-process communication between MailEssentials processes
 # source: 002_ca3a8f308c687eb3.txt row 4
 # note: all MailEssentials processes run on the same server, so no firewall opening is
 # needed beyond loopback; the ports can be changed (Configuring Remoting Ports)
 # peers: group loopback
-New-NetFirewallRule -Group $Group -Name 'portcullis/gfi-mailessentials/remoting/out/tcp' -DisplayName 'portcullis remoting/out (tcp)' -Description 'inter-process communication between MailEssentials processes (source: 002_ca3a8f308c687eb3.txt row 4)' -Direction Outbound -Protocol TCP -RemotePort 8015,9090-9091 -RemoteAddress 127.0.0.0/8,::1/128 -Action Allow -Profile Any -Enabled True | Out-Null
+New-NetFirewallRule -Group $Group -Name 'portcullis/gfi-mailessentials/remoting/out/tcp' -DisplayName 'portcullis remoting/out (tcp)' -Description 'inter-process communication between MailEssentials processes (source: 002_ca3a8f308c687eb3.txt row 4)' -Direction Outbound -Protocol TCP -RemotePort '8015','9090-9091' -RemoteAddress '127.0.0.0/8','::1/128' -Action Allow -Profile Any -Enabled True | Out-Null
 
 # icmp_echo = true: echo requests pass both ways.
 New-NetFirewallRule -Group $Group -Name 'portcullis/gfi-mailessentials/icmp-echo/ICMPv4/in' -DisplayName 'portcullis icmp-echo (ICMPv4 in)' -Direction Inbound -Protocol ICMPv4 -IcmpType 8 -Action Allow -Profile Any | Out-Null

@@ -277,6 +277,10 @@ fn windows_script_has_one_rule_per_policy_rule_and_protocol() {
         "{script}"
     );
     assert!(
+        script.contains("-RemoteAddress '198.51.100.0/24','198.51.100.0/25','2001:db8:1::/48'"),
+        "each network quoted, nested ones as listed: {script}"
+    );
+    assert!(
         script.contains("it''s \"quoted\""),
         "quotes in a PowerShell string"
     );

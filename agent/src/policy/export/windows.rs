@@ -39,6 +39,13 @@ fn ps(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
+/// A PowerShell array of single-quoted strings: `'25','465-466'` (ranges and IPv6
+/// addresses are never left to PowerShell's parsing of bare words).
+fn ps_list<T: ToString>(items: impl IntoIterator<Item = T>) -> String {
+    let quoted: Vec<String> = items.into_iter().map(|i| ps(&i.to_string())).collect();
+    quoted.join(",")
+}
+
 /// Writes `text` as `#` comment lines, wrapped near 88 columns.
 fn comment(out: &mut String, text: &str) {
     let mut line = String::new();
@@ -180,10 +187,8 @@ fn rule(out: &mut String, policy: &Policy, e: &Exported<'_>) {
     let remote = match e.peers {
         None => "Any".to_string(),
         Some(set) => {
-            let nets: Vec<String> = networks(set, false)
-                .chain(networks(set, true))
-                .map(ToString::to_string)
-                .collect();
+            let nets: Vec<&ipnet::IpNet> =
+                networks(set, false).chain(networks(set, true)).collect();
             if nets.is_empty() {
                 enabled = false;
                 comment(
@@ -200,7 +205,7 @@ fn rule(out: &mut String, policy: &Policy, e: &Exported<'_>) {
                     set.name
                 );
             }
-            nets.join(",")
+            ps_list(nets)
         }
     };
     for &protocol in &r.protocols {
@@ -214,7 +219,7 @@ fn rule(out: &mut String, policy: &Policy, e: &Exported<'_>) {
             ps(&rule_name(policy, &r.id, protocol)),
             ps(&format!("portcullis {} ({protocol})", r.id)),
             ps(&description),
-            port_list(&r.ports, ","),
+            ps_list(port_list(&r.ports, ",").split(',')),
         );
         if !remote.is_empty() {
             let _ = write!(line, " -RemoteAddress {remote}");
