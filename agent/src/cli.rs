@@ -19,6 +19,7 @@ Examples:
   portcullis check --config /etc/portcullis/portcullis.toml
   portcullis doctor --config /etc/portcullis/portcullis.toml
   portcullis run --product xeams --mode audit
+  portcullis export --format nft --product iredmail
   portcullis status --json
   portcullis status --watch
   portcullis report --since 1d
@@ -49,6 +50,9 @@ enum Command {
     /// Check this host before running: kernel, BPF features (probed), cgroup v2, bpffs,
     /// BTF, lockdown, systemd, and whether the programs verify for the policy.
     Doctor(commands::doctor::Args),
+    /// Write the compiled policy as an nftables ruleset or a Windows Firewall script, for
+    /// hosts that cannot run the agent.
+    Export(commands::export::Args),
     /// Load the policy into the kernel and enforce (or audit) until stopped.
     Run(commands::run::Args),
     /// Show mode, scope, per-rule counters and denies of the running policy.
@@ -90,6 +94,7 @@ pub fn main() -> ExitCode {
         Command::Check(a) => commands::check::run(a),
         Command::Explain(a) => commands::explain::run(a),
         Command::Doctor(a) => commands::doctor::run(a),
+        Command::Export(a) => commands::export::run(a),
         Command::Run(a) => commands::run::run(a),
         Command::Status(a) => commands::status::run(a),
         Command::Report(a) => commands::report::run(a),

@@ -451,3 +451,87 @@ fn check_and_run_refuse_a_cgroup_scope_with_xdp_unless_the_site_accepts_it() {
     let out = portcullis(&["check", "--config", host.arg()]);
     assert!(out.status.success(), "{out:?}");
 }
+
+#[test]
+fn export_writes_both_formats_and_refuses_what_a_format_cannot_express_with_exit_3() {
+    // Both formats, to stdout and to a file, from a product and from a config.
+    let nft = portcullis(&["export", "--format", "nft", "--product", "iredmail"]);
+    assert!(
+        nft.status.success(),
+        "{}",
+        String::from_utf8_lossy(&nft.stderr)
+    );
+    let text = String::from_utf8(nft.stdout).unwrap();
+    assert!(text.contains("table inet portcullis {"), "{text}");
+    assert!(text.contains("counter failsafe-ssh { }"), "{text}");
+    let site = TempConfig::new(
+        "export",
+        "product = \"iredmail\"\nmode = \"enforce\"\nscope = [\"host\"]\n\n\
+         [[rule]]\nid = \"relay-in\"\ndirection = \"in\"\nprotocol = \"tcp\"\nports = 2525\n\
+         peers = \"relays\"\nwhy = \"the relays\"\n\n[peers]\nrelays = [\"192.0.2.0/24\"]\n",
+    );
+    let file = site.dir.join("out.ps1");
+    let out = portcullis(&[
+        "export",
+        "--format",
+        "windows-firewall",
+        "--config",
+        site.arg(),
+        "-o",
+        file.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.is_empty(), "-o writes the file, not stdout");
+    let script = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        script.contains("-LocalPort '2525' -RemoteAddress '192.0.2.0/24'"),
+        "{script}"
+    );
+    assert!(
+        script.contains("-DefaultOutboundAction Block"),
+        "enforce: {script}"
+    );
+
+    // Refused, exit 3, naming the setting and the way out.
+    let lo = TempConfig::new(
+        "export-lo",
+        "product = \"iredmail\"\nloopback = \"enforce\"\n\n[peers]\ndns-servers = [\"192.0.2.53/32\"]\n",
+    );
+    let out = portcullis(&[
+        "export",
+        "--format",
+        "windows-firewall",
+        "--config",
+        lo.arg(),
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("loopback = \"enforce\"") && err.contains("hint"),
+        "{err}"
+    );
+    let ok = portcullis(&["export", "--format", "nft", "--config", lo.arg()]);
+    assert!(ok.status.success(), "nft expresses loopback enforcement");
+    let scoped = TempConfig::new(
+        "export-scope",
+        "product = \"xeams\"\nscope = [\"system.slice/xeams.service\"]\n",
+    );
+    let out = portcullis(&["export", "--format", "nft", "--config", scoped.arg()]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--host-wide"));
+    let wide = portcullis(&[
+        "export",
+        "--format",
+        "nft",
+        "--config",
+        scoped.arg(),
+        "--host-wide",
+    ]);
+    assert!(wide.status.success());
+    let unknown = portcullis(&["export", "--format", "nft", "--product", "nope"]);
+    assert_eq!(unknown.status.code(), Some(3), "an unknown product");
+}

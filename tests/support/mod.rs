@@ -8,6 +8,8 @@
 //! - [`frames`]: crafted Ethernet frames for BPF_PROG_TEST_RUN;
 //! - [`object`] (feature `object`, on by default): the eBPF object loaded directly, for
 //!   the XDP tests;
+//! - [`corpus`]: a corpus of flows tried on the lab and on a twin pair of namespaces
+//!   protected by another firewall, for differential tests;
 //! - [`status`]: reading `portcullis status --json`;
 //! - [`dns`]: a real resolver (dnsmasq) on B with a zone of the test's, and a fake one
 //!   that sends crafted answers, for the names tests.
@@ -17,6 +19,7 @@
 //! honours loudly (it does not run this crate at all).
 
 pub mod agent;
+pub mod corpus;
 pub mod dns;
 pub mod frames;
 pub mod lab;

@@ -64,6 +64,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "tests: the .rpm installed, upgraded and erased in a scratch root",
     ),
     ("jq", "tests: the help examples that pipe --json into jq"),
+    (
+        "nftables",
+        "tests: nft loads and checks the nftables export (tests/export.rs)",
+    ),
 ];
 
 /// cargo-deb builds the .deb (`cargo xtask dist`); 3.8.0 declares rust-version 1.85 and

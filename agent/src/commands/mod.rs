@@ -7,6 +7,7 @@ pub mod detach;
 pub mod detect;
 pub mod doctor;
 pub mod explain;
+pub mod export;
 pub mod generate;
 pub mod mode;
 pub mod profile;

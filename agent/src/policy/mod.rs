@@ -5,6 +5,7 @@
 //! byte, so two compilations can be compared and a reload can tell what changed.
 
 pub mod compiler;
+pub mod export;
 pub mod image;
 pub mod verdict;
 
