@@ -1,6 +1,7 @@
 //! The base set read from a fake host tree in a scratch directory.
 
 use super::*;
+use std::path::PathBuf;
 
 /// A scratch root, removed on drop.
 struct Root(PathBuf);
