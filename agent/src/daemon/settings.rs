@@ -91,14 +91,20 @@ pub struct Settings {
     pub unpinned_start: UnpinnedStart,
 }
 
-/// Compiles the policy and settles the settings, before anything touches the kernel.
-pub fn resolve(args: &mut Overrides) -> anyhow::Result<(Policy, Settings, Option<PathBuf>)> {
+/// The site config the agent runs: `--config`, else the default one when it exists and
+/// no `--product` is given; None: the built-in product.
+pub fn config_path(args: &Overrides) -> Option<PathBuf> {
     let default_config = PathBuf::from(DEFAULT_CONFIG);
-    let config = match (&args.config, &args.product) {
+    match (&args.config, &args.product) {
         (Some(c), _) => Some(c.clone()),
         (None, None) if default_config.is_file() => Some(default_config),
         _ => None,
-    };
+    }
+}
+
+/// Compiles the policy and settles the settings, before anything touches the kernel.
+pub fn resolve(args: &mut Overrides) -> anyhow::Result<(Policy, Settings, Option<PathBuf>)> {
+    let config = config_path(args);
     let mut xdp_scope_only = false;
     let (mut policy, mut settings) = if let Some(path) = &config {
         let site = crate::config::load_site(path)?;

@@ -81,7 +81,7 @@ pub fn site_profile(site: &Site, site_path: Option<&Path>) -> Result<Profile, Po
         .at(site_path, site.lines(), path.span())),
         (None, None) => Err(PolicyError::new("the site config names no product")
             .hint(format!(
-                "add product = \"<slug>\" ({}) or profile = \"<path>\"",
+                "add product = \"<slug>\" ({}) or profile = \"<path>\"; `portcullis detect` names the product this host runs",
                 profile::SLUGS.join(", ")
             ))
             .at(site_path, &LineIndex::default(), 0..0)),
