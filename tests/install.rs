@@ -11,7 +11,7 @@
 //!   sources name (both by name, resolved through the resolver of resolv.conf: dnsmasq
 //!   in a lab namespace wired to the container) and a Prometheus scrape of the agent's
 //!   metrics listener, while an unlisted port and an unlisted host are denied and
-//!   counted.
+//!   counted; with `base = false` the same NTP and mirror traffic is denied.
 
 use std::time::Duration;
 
@@ -87,7 +87,10 @@ fn postfix_and_dovecot_installed_the_package_chooses_iredmail_and_starts_ready()
     c.must(&format!(
         "sed -i 's/^product = .*/product = \"xeams\"/' {CONFIG} && portcullis detect --write-config {CONFIG}"
     ));
-    assert!(c.must(&format!("cat {CONFIG}")).contains("\nproduct = \"xeams\"\n"));
+    assert!(
+        c.must(&format!("cat {CONFIG}"))
+            .contains("\nproduct = \"xeams\"\n")
+    );
 }
 
 #[test]
@@ -118,16 +121,27 @@ fn with_no_product_found_the_unit_waits_enforcing_nothing_until_one_is_chosen() 
     );
     let s = status(&c);
     assert_eq!(s["waiting"]["reason"], "no product chosen", "{s:#}");
-    assert_eq!(s["waiting"]["pid"].as_u64().map(|p| p.to_string()), Some(pid.trim().into()));
-    // Nothing enforced: no program attached anywhere, no link pinned.
-    assert_eq!(ours_loaded(&c), Vec::<String>::new(), "a waiting agent attaches nothing");
     assert_eq!(
-        c.must("ls /sys/fs/bpf/portcullis/links 2>/dev/null | wc -l").trim(),
+        s["waiting"]["pid"].as_u64().map(|p| p.to_string()),
+        Some(pid.trim().into())
+    );
+    // Nothing enforced: no program attached anywhere, no link pinned.
+    assert_eq!(
+        ours_loaded(&c),
+        Vec::<String>::new(),
+        "a waiting agent attaches nothing"
+    );
+    assert_eq!(
+        c.must("ls /sys/fs/bpf/portcullis/links 2>/dev/null | wc -l")
+            .trim(),
         "0"
     );
     // A reload while nothing is chosen keeps it waiting, and says why.
     let reload = c.run("systemctl reload portcullis.service");
-    assert!(!reload.status.success(), "a reload without a product cannot start it");
+    assert!(
+        !reload.status.success(),
+        "a reload without a product cannot start it"
+    );
     assert!(c.must("portcullis status").contains("waiting"));
 
     // The admin chooses: a reload starts the agent in the same process (same pid).
@@ -185,11 +199,21 @@ fn in_unit(c: &Container, cmd: &str) -> String {
 fn host_scope_in_enforce_keeps_ntp_mirrors_and_metrics_and_denies_the_rest() {
     let mut lab = Lab::new("base");
     let c = Container::boot("base");
-    let third = lab.b4.split('.').nth(2).expect("an IPv4 address").to_owned();
+    let third = lab
+        .b4
+        .split('.')
+        .nth(2)
+        .expect("an IPv4 address")
+        .to_owned();
     let net = format!("198.19.{third}");
     let (server, other, inside) = (format!("{net}.1"), format!("{net}.3"), format!("{net}.2"));
     let dev = format!("{}c", lab.tag);
-    c.wire_to(&lab.ns_b, &dev, &format!("{server}/24"), &format!("{inside}/24"));
+    c.wire_to(
+        &lab.ns_b,
+        &dev,
+        &format!("{server}/24"),
+        &format!("{inside}/24"),
+    );
     must(&format!("ip -n {} addr add {other}/24 dev {dev}", lab.ns_b));
 
     // The lab's servers: the resolver, the mirror (a flat apt repository), NTP, and
@@ -274,7 +298,7 @@ fn host_scope_in_enforce_keeps_ntp_mirrors_and_metrics_and_denies_the_rest() {
             && explain.contains("base: ntp from /etc/chrony/chrony.conf line 2"),
         "{explain}"
     );
-    let show = c.must("portcullis profile show iredmail");
+    let show = c.must(&format!("portcullis check --config {CONFIG}"));
     assert!(
         show.contains("base-mirrors: base: package mirrors from /etc/apt/sources.list line 1")
             && show.contains("base-dns: base: resolvers from /etc/resolv.conf line 1")
@@ -283,14 +307,20 @@ fn host_scope_in_enforce_keeps_ntp_mirrors_and_metrics_and_denies_the_rest() {
     );
 
     // Allowed: NTP, the package index, the metrics scrape.
-    assert_eq!(in_unit(&c, "python3 /root/ntp.py ntp.lab.test").trim(), "reply 48");
+    assert_eq!(
+        in_unit(&c, "python3 /root/ntp.py ntp.lab.test").trim(),
+        "reply 48"
+    );
     let update = in_unit(&c, "sh -c 'apt-get update 2>&1'");
     assert!(
         update.contains("mirror.lab.test:8080") && !update.contains("Err:"),
         "apt-get update from the lab's mirror:\n{update}"
     );
     let http_log = std::fs::read_to_string(lab.dir.join("http.log")).unwrap_or_default();
-    assert!(http_log.contains("GET /Release"), "the mirror served apt:\n{http_log}");
+    assert!(
+        http_log.contains("/Release HTTP/1.1\" 200"),
+        "the mirror served apt:\n{http_log}"
+    );
     let scrape = lab.on_b(&format!(
         "python3 -c \"import urllib.request; print(urllib.request.urlopen('http://{inside}:9975/metrics', timeout=5).read().decode())\""
     ));
@@ -302,9 +332,18 @@ fn host_scope_in_enforce_keeps_ntp_mirrors_and_metrics_and_denies_the_rest() {
     );
 
     // Denied: a port no rule opens on the mirror, and a host no source names.
-    assert_eq!(in_unit(&c, "python3 /root/connect.py mirror.lab.test 8081").trim(), "EPERM");
-    assert_eq!(in_unit(&c, "python3 /root/connect.py other.lab.test 8080").trim(), "EPERM");
-    assert_eq!(in_unit(&c, "python3 /root/connect.py mirror.lab.test 8080").trim(), "ok");
+    assert_eq!(
+        in_unit(&c, "python3 /root/connect.py mirror.lab.test 8081").trim(),
+        "EPERM"
+    );
+    assert_eq!(
+        in_unit(&c, "python3 /root/connect.py other.lab.test 8080").trim(),
+        "EPERM"
+    );
+    assert_eq!(
+        in_unit(&c, "python3 /root/connect.py mirror.lab.test 8080").trim(),
+        "ok"
+    );
 
     let s = status(&c);
     for id in ["base-ntp", "base-mirrors", "base-metrics"] {
@@ -312,4 +351,20 @@ fn host_scope_in_enforce_keeps_ntp_mirrors_and_metrics_and_denies_the_rest() {
     }
     assert!(denied_port(&s, "out", "tcp", 8081) > 0, "{s:#}");
     assert!(denies(&s, "out", "peer", false).0 > 0, "{s:#}");
+
+    // The same host with the base set switched off: the profile alone cuts it off from
+    // its time server and its mirror, so it was the base set that kept them.
+    let config = c.must(&format!("cat {CONFIG}"));
+    c.write(CONFIG, &format!("base = false\n{config}"));
+    c.must("systemctl reload portcullis.service");
+    let ntp = in_unit(&c, "python3 /root/ntp.py ntp.lab.test");
+    assert!(
+        matches!(ntp.trim(), "EPERM" | "timeout"),
+        "NTP without the base set: {ntp}"
+    );
+    assert_eq!(
+        in_unit(&c, "python3 /root/connect.py mirror.lab.test 8080").trim(),
+        "EPERM"
+    );
+    assert!(denied_port(&status(&c), "out", "udp", 123) > 0);
 }
