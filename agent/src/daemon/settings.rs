@@ -107,7 +107,11 @@ pub fn resolve(args: &mut Overrides) -> anyhow::Result<(Policy, Settings, Option
     let config = config_path(args);
     let mut xdp_scope_only = false;
     let (mut policy, mut settings) = if let Some(path) = &config {
-        let site = crate::config::load_site(path)?;
+        let mut site = crate::config::load_site(path)?;
+        // The listener the agent serves is the one the base set keeps open.
+        if args.metrics_listen.is_some() {
+            site.metrics.listen = args.metrics_listen;
+        }
         xdp_scope_only = site.xdp_scope_only;
         let policy = compiler::compile_site(&site, Some(path))?;
         if args.paths.pin_dir.is_none() {
