@@ -2,7 +2,10 @@
 //! kernel: the site config (or a built-in product) compiled into a policy, then the
 //! command line's overrides applied. A reload resolves them again the same way.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
 
 use crate::{
     config::{
@@ -129,7 +132,12 @@ pub fn resolve(args: &mut Overrides) -> anyhow::Result<(Policy, Settings, Option
         (policy, settings)
     } else {
         let product = args.product.as_deref().unwrap_or(DEFAULT_PRODUCT);
-        let policy = compiler::compile_product(product, &args.features, args.all_features)?;
+        let policy = compiler::compile_product(
+            product,
+            &args.features,
+            args.all_features,
+            Some(Path::new("/")),
+        )?;
         (
             policy,
             Settings {

@@ -90,15 +90,18 @@ pub fn site_profile(site: &Site, site_path: Option<&Path>) -> Result<Profile, Po
 
 /// Compiles a built-in product with the default site settings (audit, failsafe on,
 /// loopback exempt, the groups a site fills in meaning any peer, the vendor's named
-/// servers kept to their names, the base set this host's configuration gives) and
-/// the given features.
+/// servers kept to their names) and the given features. `host`: the root of the host
+/// whose base set joins the policy (`/` for the agent), or None for the product alone.
 pub fn compile_product(
     slug: &str,
     features: &[String],
     all_features: bool,
+    host: Option<&Path>,
 ) -> Result<Policy, PolicyError> {
     let mut site = Site::default_for(slug);
-    site.read_host(Path::new("/"));
+    if let Some(root) = host {
+        site.read_host(root);
+    }
     compile_with_defaults(&profile::find(slug)?, site, features, all_features)
 }
 
