@@ -159,3 +159,56 @@ fn restart() -> anyhow::Error {
         program.display()
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_valid_config_without_product_or_profile_waits() {
+        let dir = std::env::temp_dir().join(format!("portcullis-waiting-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("site.toml");
+        for (text, waits) in [
+            ("# product = \"<slug>\"\nmode = \"audit\"\n", true),
+            ("product = \"iredmail\"\n", false),
+            ("profile = \"mine.toml\"\n", false),
+            // Invalid: refused as any invalid policy is (exit 3), never a silent wait.
+            ("mode = \"enforcing\"\n", false),
+        ] {
+            fs::write(&config, text).unwrap();
+            assert_eq!(names_no_product(&config), waits, "{text}");
+        }
+        let hint = how_to_choose(&config);
+        assert!(hint.contains("portcullis detect") && hint.contains("systemctl reload"));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn no_waiting_file_or_a_dead_pid_is_not_waiting() {
+        let dir =
+            std::env::temp_dir().join(format!("portcullis-waiting-pid-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let paths = PathArgs {
+            pin_dir: None,
+            state_dir: dir.clone(),
+        };
+        assert!(read(&paths).is_none());
+        let mut w = Waiting {
+            reason: "no product chosen".into(),
+            pid: std::process::id(),
+            config: "/etc/portcullis/portcullis.toml".into(),
+            since: 0,
+            how_to_choose: String::new(),
+        };
+        fs::write(dir.join(WAITING_FILE), serde_json::to_string(&w).unwrap()).unwrap();
+        assert_eq!(read(&paths).map(|r| r.pid), Some(std::process::id()));
+        w.pid = i32::MAX as u32;
+        fs::write(dir.join(WAITING_FILE), serde_json::to_string(&w).unwrap()).unwrap();
+        assert!(
+            read(&paths).is_none(),
+            "a waiting file left by a dead agent"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
