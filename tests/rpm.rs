@@ -153,14 +153,12 @@ fn rpm_install_upgrade_erase_in_a_scratch_root() {
     let root = ScratchRoot::new();
     root.rpm("--initdb");
 
-    // Install: %post ran `portcullis detect --write-config` (this root runs no mail
-    // product, so the config stays as shipped), files in place, the unit enabled, the
+    // Install: %post ran `portcullis detect --write-config` (this root has Postfix and
+    // Dovecot installed, so it chose iredmail), files in place, the unit enabled, the
     // config in audit mode.
     let installed = root.rpm(&format!("-i --nodeps {}", rpm.display()));
     assert!(
-        installed.contains(
-            "/etc/portcullis/portcullis.toml: left as it is (no single product detected)"
-        ),
+        installed.contains("/etc/portcullis/portcullis.toml: product = \"iredmail\""),
         "%post runs portcullis detect on install; rpm said:\n{installed}"
     );
     for f in [

@@ -8,7 +8,8 @@
 //! How an example is run: with bash (`pipefail`, so `... --json | jq ...` fails when
 //! either side does), the binary first on PATH, in a scratch directory holding the
 //! `site.toml` and `my-product.toml` the examples name. `/etc/portcullis/portcullis.toml`
-//! is replaced by the config the package installs there (`agent/packaging/portcullis.toml`).
+//! is replaced by the config the package installs there (`agent/packaging/portcullis.toml`),
+//! with the product `portcullis detect` would have filled in (xeams).
 //! `run` examples get `--dry-run`: everything `run` does before it touches the kernel.
 
 use std::{
@@ -189,7 +190,20 @@ fn every_help_example_runs_or_is_listed_with_its_reason() {
         all.len()
     );
     let scratch = Scratch::new();
-    let shipped_config = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/portcullis.toml");
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/portcullis.toml"),
+    )
+    .expect("read the packaged config");
+    assert!(
+        shipped.contains("\n# product = \"<slug>\"\n"),
+        "the packaged config has its product placeholder"
+    );
+    let shipped_config = scratch.0.join("portcullis.toml");
+    std::fs::write(
+        &shipped_config,
+        shipped.replace("\n# product = \"<slug>\"\n", "\nproduct = \"xeams\"\n"),
+    )
+    .expect("write the installed config");
     let bin_dir = Path::new(bin()).parent().expect("binary dir");
     let path = format!(
         "{}:{}",

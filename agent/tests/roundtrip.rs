@@ -462,7 +462,7 @@ proptest! {
 fn every_shipped_profile_round_trips_with_all_features() {
     for slug in portcullis::config::profile::SLUGS {
         let policy =
-            compiler::compile_product(slug, &[], true).expect("a shipped profile compiles");
+            compiler::compile_product(slug, &[], true, None).expect("a shipped profile compiles");
         let (profile, site) = print(&policy);
         assert_eq!(
             compile(&profile, &site),

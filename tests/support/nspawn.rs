@@ -289,6 +289,20 @@ impl Container {
         inside
     }
 
+    /// Wires the container's private network to the host namespace `ns` (a lab's peer):
+    /// a veth `dev` in `ns` with `ns_addr`, its peer `eth-lab` inside with `inside_addr`
+    /// (both CIDRs). The pair goes with the namespaces.
+    pub fn wire_to(&self, ns: &str, dev: &str, ns_addr: &str, inside_addr: &str) {
+        crate::must(&format!(
+            "ip -n {ns} link add {dev} type veth peer name eth-lab netns {leader} && \
+             ip -n {ns} addr add {ns_addr} dev {dev} && ip -n {ns} link set {dev} up",
+            leader = self.leader
+        ));
+        self.must(&format!(
+            "ip addr add {inside_addr} dev eth-lab && ip link set eth-lab up && ip link set lo up"
+        ));
+    }
+
     /// `dpkg -i` of a .deb from the host; returns dpkg's output (not checked).
     pub fn install_deb(&self, deb: &Path) -> Output {
         let inside = self.copy_in(deb, "/root/debs");

@@ -97,11 +97,15 @@ const ROOTFS_PACKAGES: &[&str] = &[
     // is a oneshot wrapper, the daemon runs in postfix@-.service. Installed, not enabled
     // (see ROOTFS_DISABLED), so other tests' hosts run no mail server.
     "postfix",
+    // Dovecot beside Postfix is how `portcullis detect` recognises iredmail: the package
+    // test installs the .deb on such a host and finds that product chosen
+    // (tests/install.rs). Installed, not enabled, like Postfix.
+    "dovecot-core",
 ];
 
 /// Services of [`ROOTFS_PACKAGES`] that are installed but not started at boot: the tests
 /// that want them start them.
-const ROOTFS_DISABLED: &[&str] = &["postfix.service"];
+const ROOTFS_DISABLED: &[&str] = &["postfix.service", "dovecot.service"];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 

@@ -31,6 +31,11 @@ scope, scope_warnings, xdp, events_per_sec, pin_dir, metrics, peer_sets, rules, 
 where entries are the same objects `portcullis profile show --json` prints. On error with --json, prints
 {ok: false, error: {file, line, column, message, hint}}.
 
+Under host scope the policy ends with the base set (the host's own NTP servers, package
+mirrors, resolvers, DHCP client and metrics listener, read from this host's files: the
+\"base set\" section names each rule's file and line); `base = false` or `[base] ntp =
+false` in the config drops it or a part of it.
+
 Also refuses (exit 3) a config the running kernel cannot carry as written, naming the
 feature, the kernel and the way out (`portcullis doctor` shows every probe).
 

@@ -29,9 +29,10 @@ clearswift-seg its packages, services or install directory. Listening ports are 
 as supporting evidence only. Windows-only products (clearswift-exchange,
 gfi-mailessentials, mdaemon-securitygateway) are never detected on Linux.
 
---write-config FILE sets `product` in FILE to the one detected product, with the
-evidence in a comment, and checks that FILE still validates (else it is left as it
-was); with none or several detected FILE is not changed.
+--write-config FILE fills in `product` in FILE with the one detected product, the
+evidence in a comment, when FILE names no product yet (the packaged config), and
+checks that FILE still validates (else it is left as it was). A FILE that names a
+product or a profile is never changed, and with none or several detected neither.
 
 --json prints {product: slug|null, detected: [{product, evidence: [{kind, name}],
 supporting: [..]}], windows_only: [slug]}; product is null unless exactly one product
@@ -53,8 +54,9 @@ pub struct Args {
     /// Print only the detected product's slug, or nothing when none or several are found.
     #[arg(long)]
     slug: bool,
-    /// When exactly one product is detected, write it as `product = ".."` into this site
-    /// config (the package does this on first install); otherwise leave the file as it is.
+    /// When exactly one product is detected and this site config names none yet, write
+    /// it as `product = ".."` (the package does this on first install); otherwise leave
+    /// the file as it is.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["json", "slug"])]
     write_config: Option<PathBuf>,
     /// Inspect the host whose root filesystem is at DIR (an image, a container) instead
@@ -343,8 +345,10 @@ fn describe(f: &Finding) -> String {
         .join(", ")
 }
 
-/// Sets the top-level `product = ".."` line of a site config to the finding's product.
-/// The result must still load as a site config; otherwise the file is not touched.
+/// Fills in the product of a site config that names none (the packaged one before a
+/// product was chosen). A config that names a product or a profile is the admin's
+/// choice and is never changed; the result must still load as a site config, otherwise
+/// the file is not touched.
 fn write_config(config: &Path, finding: Option<&Finding>) -> anyhow::Result<ExitCode> {
     use anyhow::Context as _;
     let Some(finding) = finding else {
@@ -354,14 +358,27 @@ fn write_config(config: &Path, finding: Option<&Finding>) -> anyhow::Result<Exit
         );
         return Ok(ExitCode::SUCCESS);
     };
+    let site = crate::config::load_site(config)?;
+    if let Some(chosen) = site
+        .product
+        .as_ref()
+        .map(|p| p.get_ref().clone())
+        .or_else(|| {
+            site.profile
+                .as_ref()
+                .map(|p| format!("profile {}", p.get_ref().display()))
+        })
+    {
+        println!(
+            "{}: left as it is (it already names {chosen}; detected: {})",
+            config.display(),
+            finding.product
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let text =
         fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
-    let updated = with_product(&text, finding).with_context(|| {
-        format!(
-            "{}: no top-level `product = ..` line to set (before the first [table])",
-            config.display()
-        )
-    })?;
+    let updated = with_product(&text, finding);
     let tmp = config.with_extension("toml.detect");
     fs::write(&tmp, &updated).with_context(|| format!("writing {}", tmp.display()))?;
     if let Err(e) = crate::config::load_site(&tmp) {
@@ -382,30 +399,37 @@ fn write_config(config: &Path, finding: Option<&Finding>) -> anyhow::Result<Exit
     Ok(ExitCode::SUCCESS)
 }
 
-/// The config text with its top-level `product` line replaced; None when it has none.
-fn with_product(text: &str, finding: &Finding) -> Option<String> {
+/// The text of a config that names no product with `product = ".."` added: in place of
+/// the packaged placeholder comment (`# product = "<slug>"`) when it has one, else
+/// before its first setting (top level, so before any `[table]`).
+fn with_product(text: &str, finding: &Finding) -> String {
+    let line = format!(
+        "# Chosen by `portcullis detect` at install: {}.\nproduct = \"{}\"\n",
+        describe(finding),
+        finding.product
+    );
     let mut done = false;
-    let mut in_table = false;
     let mut out = String::with_capacity(text.len() + 100);
-    for line in text.lines() {
-        let trimmed = line.trim_start();
-        in_table |= trimmed.starts_with('[');
-        if !done && !in_table && trimmed.starts_with("product") {
-            let key = trimmed.split('=').next().map(str::trim);
-            if key == Some("product") {
-                out.push_str(&format!(
-                    "# Chosen by `portcullis detect` at install: {}.\nproduct = \"{}\"\n",
-                    describe(finding),
-                    finding.product
-                ));
-                done = true;
+    for l in text.lines() {
+        let trimmed = l.trim_start();
+        let placeholder = trimmed
+            .strip_prefix('#')
+            .is_some_and(|rest| rest.trim_start().starts_with("product ="));
+        let setting = !trimmed.is_empty() && !trimmed.starts_with('#');
+        if !done && (placeholder || setting) {
+            out.push_str(&line);
+            done = true;
+            if placeholder {
                 continue;
             }
         }
-        out.push_str(line);
+        out.push_str(l);
         out.push('\n');
     }
-    done.then_some(out)
+    if !done {
+        out.push_str(&line);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -445,20 +469,47 @@ mod tests {
     }
 
     #[test]
-    fn write_config_sets_the_top_level_product_only() {
+    fn write_config_fills_in_the_placeholder_or_the_top() {
         let finding = Finding {
             product: "iredmail",
             evidence: vec![Package("postfix"), Unit("dovecot.service")],
             supporting: vec![],
         };
-        let text = "# site\nproduct = \"xeams\"\nmode = \"audit\"\n[peers]\nproduct = [\"x\"]\n";
-        let got = with_product(text, &finding).unwrap();
+        let chosen = "# Chosen by `portcullis detect` at install: package postfix, unit \
+                      dovecot.service.\nproduct = \"iredmail\"\n";
+        let text = "# site\n# product = \"<slug>\"\nmode = \"audit\"\n[peers]\n";
         assert_eq!(
-            got,
-            "# site\n# Chosen by `portcullis detect` at install: package postfix, unit \
-             dovecot.service.\nproduct = \"iredmail\"\nmode = \"audit\"\n[peers]\nproduct = [\"x\"]\n"
+            with_product(text, &finding),
+            format!("# site\n{chosen}mode = \"audit\"\n[peers]\n")
         );
-        assert_eq!(with_product("[peers]\nproduct = 1\n", &finding), None);
+        let text = "# site\n\nmode = \"audit\"\n";
+        assert_eq!(
+            with_product(text, &finding),
+            format!("# site\n\n{chosen}mode = \"audit\"\n")
+        );
+    }
+
+    #[test]
+    fn write_config_never_changes_a_chosen_product() {
+        let dir = std::env::temp_dir().join(format!("portcullis-detect-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("site.toml");
+        let finding = Finding {
+            product: "iredmail",
+            evidence: vec![Package("postfix")],
+            supporting: vec![],
+        };
+        fs::write(&config, "product = \"xeams\"\n").unwrap();
+        write_config(&config, Some(&finding)).unwrap();
+        assert_eq!(
+            fs::read_to_string(&config).unwrap(),
+            "product = \"xeams\"\n"
+        );
+        fs::write(&config, "# product = \"<slug>\"\nmode = \"audit\"\n").unwrap();
+        write_config(&config, Some(&finding)).unwrap();
+        let text = fs::read_to_string(&config).unwrap();
+        assert!(text.contains("\nproduct = \"iredmail\"\nmode"), "{text}");
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -257,6 +257,8 @@ fn policy_inputs(args: &Args) -> anyhow::Result<(Profile, Site, Option<&Path>)> 
     } else {
         args.features.features.clone()
     });
+    // The default site is host scope: the host's own base set applies.
+    site.read_host(Path::new("/"));
     Ok((profile, site, None))
 }
 

@@ -153,6 +153,8 @@ fn show(args: &ShowArgs) -> anyhow::Result<ExitCode> {
     };
     // The vendor's table as documented: rules limited to its named servers.
     site.vendor_peers = VendorPeers::Names;
+    // Then the base set this host's own configuration gives under host scope.
+    site.read_host(Path::new("/"));
     let policy = compiler::compile_with_defaults(&profile, site, features, all)?;
     if args.json {
         print_json(&entry_views(&policy))?;
@@ -289,6 +291,21 @@ pub fn print_entries(policy: &Policy) -> anyhow::Result<()> {
         writeln!(out, "\nnotes:")?;
         for (ids, note) in notes {
             writeln!(out, "  {}: {note}", ids.join(", "))?;
+        }
+    }
+    // Where each rule of the host's base set comes from (the host's own files).
+    let base: Vec<_> = policy
+        .rules
+        .iter()
+        .filter(|r| crate::config::base::RULE_IDS.contains(&r.id.as_str()))
+        .collect();
+    if !base.is_empty() {
+        writeln!(
+            out,
+            "\nbase set (this host's own traffic, kept under host scope):"
+        )?;
+        for rule in base {
+            writeln!(out, "  {}: {}", rule.id, rule.source)?;
         }
     }
     let groups: Vec<_> = policy

@@ -53,6 +53,9 @@ pub struct Outcome {
 /// Runs the subcommand.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let state_file = args.paths.state_file();
+    if let Some(w) = crate::daemon::waiting::read(&args.paths) {
+        return start_waiting(&args, &w);
+    }
     let state = State::read(&state_file)?;
     if let Some(config) = &state.config {
         let site = crate::config::load_site(config)?;
@@ -114,6 +117,61 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     bail!(
         "no answer from the agent (pid {pid}) within {} s",
+        args.timeout
+    )
+}
+
+/// A reload of an agent that waits for a product: the config must name one now and
+/// compile; the agent then starts (it executes itself anew, keeping its pid) and this
+/// waits until its state says it runs.
+fn start_waiting(args: &Args, w: &crate::daemon::waiting::Waiting) -> anyhow::Result<ExitCode> {
+    let site = crate::config::load_site(&w.config)?;
+    if site.product.is_none() && site.profile.is_none() {
+        bail!(
+            "{} still names no product, so the agent keeps waiting; {}",
+            w.config.display(),
+            w.how_to_choose
+        );
+    }
+    compiler::compile_site(&site, Some(&w.config))?;
+    let root = crate::datapath::paths::cgroup2_mount().ok();
+    crate::systemd::units::check_scopes(&site.scope, root.as_deref(), Some(&w.config))?;
+    let pid = i32::try_from(w.pid).context("pid in the waiting file")?;
+    // SAFETY: kill(2) with the pid of the live waiting agent.
+    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .context(format!("signalling the agent (pid {pid})"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    while Instant::now() < deadline {
+        if crate::daemon::waiting::read(&args.paths).is_none()
+            && let Ok(s) = State::read(&args.paths.state_file())
+            && s.pid == w.pid
+        {
+            let out = Outcome {
+                ok: true,
+                policy_version: s.policy_version,
+                rules: s.rules.len(),
+                mode: s.mode,
+                error: None,
+            };
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                println!(
+                    "started: product {}, policy v{} ({} rules, mode {})",
+                    s.product,
+                    s.policy_version,
+                    s.rules.len(),
+                    s.mode
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!(
+        "the waiting agent (pid {pid}) did not start within {} s; see `journalctl -u portcullis`",
         args.timeout
     )
 }

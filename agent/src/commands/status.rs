@@ -78,10 +78,33 @@ fn watch(args: &Args) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The agent runs but waits for a product: nothing is enforced. `--json` prints
+/// `{"waiting": {reason, pid, config, since, how_to_choose}}`.
+fn waiting(args: &Args, w: &crate::daemon::waiting::Waiting) -> anyhow::Result<ExitCode> {
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "waiting": w }))?
+        );
+    } else {
+        println!(
+            "waiting: {} in {} (agent pid {}); nothing is enforced\nto choose: {}",
+            w.reason,
+            w.config.display(),
+            w.pid,
+            w.how_to_choose
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Runs the subcommand.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.watch {
         return watch(&args);
+    }
+    if let Some(w) = crate::daemon::waiting::read(&args.paths) {
+        return waiting(&args, &w);
     }
     if args.prometheus {
         print!("{}", crate::observe::metrics::gather(&args.paths)?);

@@ -4,6 +4,7 @@
 //! every problem is an [`error::PolicyError`] with file, line and hint. The compiler
 //! (`crate::policy`) turns both into one policy.
 
+pub mod base;
 pub mod error;
 pub mod peers;
 pub mod profile;
@@ -16,12 +17,16 @@ use error::read_config;
 pub use error::{MAX_CONFIG_BYTES, PolicyError};
 pub use site::Site;
 
-/// Reads and validates a site config. The only I/O is reading `path`.
+/// Reads and validates a site config, and reads what this host's own configuration
+/// names for the base set (`base`). The only I/O is reading `path` and the host's
+/// files under `/`.
 pub fn load_site(path: &Path) -> Result<Site, PolicyError> {
     let text = read_config(
         path,
         "site config",
         "pass the path of an existing TOML file with --config",
     )?;
-    Site::parse(&text, path)
+    let mut site = Site::parse(&text, path)?;
+    site.read_host(Path::new("/"));
+    Ok(site)
 }

@@ -13,8 +13,9 @@
 //! no `[[rule]]`,
 //! `scope = ["host"]`, `xdp = []`, `xdp_scope_only = false`, `events_per_sec = 100`,
 //! `dns_grace = 60`, `unpinned_start = "refuse"`, `pin_dir = "/sys/fs/bpf/portcullis"`,
-//! `audit_min_window = "7d"`, and `[metrics] listen` unset
-//! (no endpoint).
+//! `audit_min_window = "7d"`, `[metrics] listen` unset (no endpoint), and every part of
+//! the `base` set on (`config::base`: the host's own NTP, mirrors, resolvers, DHCP and
+//! metrics, under host scope).
 //!
 //! The peer group `dns-servers` ([`DNS_SERVERS`]) is also the list of trusted resolvers
 //! the datapath learns host name addresses from (`config::resolvers`): it takes
@@ -35,6 +36,7 @@ use toml::Spanned;
 
 use crate::{
     config::{
+        base::{self, BaseRule, BaseSwitches, HostBase},
         error::{LineIndex, PolicyError, de_error},
         peers::{self, PeerList},
         profile::{self, LOOPBACK_SET, Profile, RuleSpec},
@@ -144,6 +146,14 @@ pub struct Site {
     /// The metrics endpoint.
     #[serde(default)]
     pub metrics: Metrics,
+    /// The parts of the `base` set kept: `base = false`, or `[base] ntp = false`, ...
+    /// Default: all on.
+    #[serde(default, deserialize_with = "base::switches")]
+    pub base: BaseSwitches,
+    /// What the host's configuration names for the base set, once read
+    /// ([`Site::read_host`]); empty until then, so parsing alone does no I/O.
+    #[serde(skip)]
+    pub host: HostBase,
     #[serde(skip)]
     lines: LineIndex,
 }
@@ -317,7 +327,7 @@ fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D:
 
 impl Site {
     /// The top-level keys of a site config (to spot one misplaced under a table).
-    pub const TOP_LEVEL_KEYS: [&str; 20] = [
+    pub const TOP_LEVEL_KEYS: [&str; 21] = [
         "product",
         "profile",
         "features",
@@ -338,6 +348,7 @@ impl Site {
         "audit_min_window",
         "rule",
         "metrics",
+        "base",
     ];
 
     /// Parses and checks a site config's `text`; `file` names it in errors.
@@ -413,6 +424,20 @@ impl Site {
             .into_iter()
             .map(|f| Spanned::new(0..0, f))
             .collect();
+    }
+
+    /// Reads what the host under `root` (`/` on a real host) names for the base set.
+    pub fn read_host(&mut self, root: &Path) {
+        self.host = HostBase::read(root);
+    }
+
+    /// The base rules this site keeps: none unless the scope is the whole host (a
+    /// cgroup scope leaves the host's own traffic alone).
+    pub fn base_rules(&self) -> Vec<BaseRule> {
+        if self.scope != [ScopeTarget::Host] {
+            return Vec::new();
+        }
+        self.host.rules(&self.base, self.metrics.listen)
     }
 
     /// Byte offset -> line index of the config's text (empty for built-in defaults).

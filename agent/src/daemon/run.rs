@@ -354,6 +354,12 @@ impl Daemon {
 
 /// Runs the agent until SIGINT or SIGTERM.
 pub fn run(args: Overrides) -> anyhow::Result<ExitCode> {
+    // The packaged config before a product was chosen: wait, enforcing nothing.
+    if let Some(config) = super::settings::config_path(&args)
+        && super::waiting::names_no_product(&config)
+    {
+        return super::waiting::wait(&args.paths, &config);
+    }
     let on_exit = args.on_exit;
     let mut daemon = Daemon::start(args)?;
     log::info!(

@@ -2,7 +2,10 @@
 //! kernel: the site config (or a built-in product) compiled into a policy, then the
 //! command line's overrides applied. A reload resolves them again the same way.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
 
 use crate::{
     config::{
@@ -91,17 +94,27 @@ pub struct Settings {
     pub unpinned_start: UnpinnedStart,
 }
 
-/// Compiles the policy and settles the settings, before anything touches the kernel.
-pub fn resolve(args: &mut Overrides) -> anyhow::Result<(Policy, Settings, Option<PathBuf>)> {
+/// The site config the agent runs: `--config`, else the default one when it exists and
+/// no `--product` is given; None: the built-in product.
+pub fn config_path(args: &Overrides) -> Option<PathBuf> {
     let default_config = PathBuf::from(DEFAULT_CONFIG);
-    let config = match (&args.config, &args.product) {
+    match (&args.config, &args.product) {
         (Some(c), _) => Some(c.clone()),
         (None, None) if default_config.is_file() => Some(default_config),
         _ => None,
-    };
+    }
+}
+
+/// Compiles the policy and settles the settings, before anything touches the kernel.
+pub fn resolve(args: &mut Overrides) -> anyhow::Result<(Policy, Settings, Option<PathBuf>)> {
+    let config = config_path(args);
     let mut xdp_scope_only = false;
     let (mut policy, mut settings) = if let Some(path) = &config {
-        let site = crate::config::load_site(path)?;
+        let mut site = crate::config::load_site(path)?;
+        // The listener the agent serves is the one the base set keeps open.
+        if args.metrics_listen.is_some() {
+            site.metrics.listen = args.metrics_listen;
+        }
         xdp_scope_only = site.xdp_scope_only;
         let policy = compiler::compile_site(&site, Some(path))?;
         if args.paths.pin_dir.is_none() {
@@ -119,7 +132,12 @@ pub fn resolve(args: &mut Overrides) -> anyhow::Result<(Policy, Settings, Option
         (policy, settings)
     } else {
         let product = args.product.as_deref().unwrap_or(DEFAULT_PRODUCT);
-        let policy = compiler::compile_product(product, &args.features, args.all_features)?;
+        let policy = compiler::compile_product(
+            product,
+            &args.features,
+            args.all_features,
+            Some(Path::new("/")),
+        )?;
         (
             policy,
             Settings {

@@ -15,6 +15,9 @@
 //!   lists it in `any_peer_groups` (or, for a vendor group, sets `vendor_peers =
 //!   "any"`). Such a rule keeps the group's name in `Rule::peers`, but its entries have
 //!   `peer_set: None`.
+//! - The base set's rules (`config::base`, from what the host's configuration names,
+//!   read before compiling) follow the site's, each limited to its own peer group of
+//!   servers (`base-ntp-servers`, `base-mirrors`, `base-resolvers`) or to none.
 //! - The failsafe rule goes last, then the flat entries are built: one per (rule,
 //!   protocol, merged port range), sorted.
 //!
@@ -26,6 +29,7 @@ use std::{collections::BTreeSet, ops::Range, path::Path};
 use crate::{
     config::{
         PolicyError,
+        base::{self, BaseRule},
         error::LineIndex,
         peers::{self, Peer},
         profile::{self, DirectionSpec, Profile, RuleSpec},
@@ -77,7 +81,7 @@ pub fn site_profile(site: &Site, site_path: Option<&Path>) -> Result<Profile, Po
         .at(site_path, site.lines(), path.span())),
         (None, None) => Err(PolicyError::new("the site config names no product")
             .hint(format!(
-                "add product = \"<slug>\" ({}) or profile = \"<path>\"",
+                "add product = \"<slug>\" ({}) or profile = \"<path>\"; `portcullis detect` names the product this host runs",
                 profile::SLUGS.join(", ")
             ))
             .at(site_path, &LineIndex::default(), 0..0)),
@@ -86,18 +90,19 @@ pub fn site_profile(site: &Site, site_path: Option<&Path>) -> Result<Profile, Po
 
 /// Compiles a built-in product with the default site settings (audit, failsafe on,
 /// loopback exempt, the groups a site fills in meaning any peer, the vendor's named
-/// servers kept to their names) and the given features.
+/// servers kept to their names) and the given features. `host`: the root of the host
+/// whose base set joins the policy (`/` for the agent), or None for the product alone.
 pub fn compile_product(
     slug: &str,
     features: &[String],
     all_features: bool,
+    host: Option<&Path>,
 ) -> Result<Policy, PolicyError> {
-    compile_with_defaults(
-        &profile::find(slug)?,
-        Site::default_for(slug),
-        features,
-        all_features,
-    )
+    let mut site = Site::default_for(slug);
+    if let Some(root) = host {
+        site.read_host(root);
+    }
+    compile_with_defaults(&profile::find(slug)?, site, features, all_features)
 }
 
 /// Like [`compile_product`], for a profile already loaded (e.g. from a user's file).
@@ -164,7 +169,8 @@ pub fn compile(
     let mut rules = Vec::new();
     let mut peers_of: Vec<Option<String>> = Vec::new();
     // Counter index 0 means "no rule" in the maps, and the failsafe rule needs one too.
-    let capacity = MAX_RULES as usize - 1 - usize::from(site.failsafe);
+    let base = site.base_rules();
+    let capacity = MAX_RULES as usize - 1 - usize::from(site.failsafe) - base.len();
     let specs = profile
         .rules
         .iter()
@@ -206,11 +212,15 @@ pub fn compile(
             peers_of.push(peers.clone());
         }
     }
+    for b in &base {
+        rules.push(b.rule.clone());
+        peers_of.push(b.rule.peers.clone());
+    }
     if site.failsafe {
         rules.push(failsafe_rule(site.failsafe_port.get()));
         peers_of.push(None);
     }
-    let peer_sets = peer_sets(profile, site, &peers_of);
+    let peer_sets = peer_sets(profile, site, &base, &peers_of);
     let named = peer_sets.iter().filter(|s| !s.names.is_empty()).count();
     if named > MAX_NAME_GROUPS {
         return Err(site_at.error(
@@ -296,6 +306,15 @@ fn check_rule_ids(profile: &Profile, site: &Site, site_at: Origin<'_>) -> Result
             ));
         }
     }
+    for id in base::RULE_IDS {
+        if let Some(rule) = site.rules.iter().find(|r| r.id.get_ref() == id) {
+            return Err(site_at.error(
+                rule.id.span(),
+                format!("duplicate rule id \"{id}\": the base set has a rule with this id"),
+                "give the site rule another id".into(),
+            ));
+        }
+    }
     if site.failsafe && ids.contains(FAILSAFE_RULE) {
         let span = site
             .rules
@@ -313,14 +332,22 @@ fn check_rule_ids(profile: &Profile, site: &Site, site_at: Origin<'_>) -> Result
 
 /// The peer sets the rules use, by name, so that their indices do not depend on rule
 /// order. A group's members are the site's list, else the profile's `[[peer_group]]`.
-fn peer_sets(profile: &Profile, site: &Site, peers_of: &[Option<String>]) -> Vec<PeerSet> {
+fn peer_sets(
+    profile: &Profile,
+    site: &Site,
+    base: &[BaseRule],
+    peers_of: &[Option<String>],
+) -> Vec<PeerSet> {
     let used: BTreeSet<&str> = peers_of.iter().flatten().map(String::as_str).collect();
     used.into_iter()
         .map(|name| {
-            let members: &[Peer] = match (site.peers.get(name), profile.vendor_group(name)) {
-                (Some(list), _) => list.get_ref(),
-                (None, Some(group)) => group.peers.get_ref(),
-                (None, None) => &[],
+            let of_base = base.iter().find(|b| b.rule.peers.as_deref() == Some(name));
+            let members: &[Peer] = match (of_base, site.peers.get(name), profile.vendor_group(name))
+            {
+                (Some(b), _, _) => &b.members,
+                (None, Some(list), _) => list.get_ref(),
+                (None, None, Some(group)) => group.peers.get_ref(),
+                (None, None, None) => &[],
             };
             let mut networks: Vec<IpNet> = if name == LOOPBACK_SET {
                 vec![

@@ -396,8 +396,8 @@ fn every_profile_compiles_with_no_and_all_features_deterministically() {
     for p in profile::builtin().unwrap() {
         let slug = p.slug.get_ref();
         for all in [false, true] {
-            let a = compile_product(slug, &[], all).unwrap();
-            let b = compile_product(slug, &[], all).unwrap();
+            let a = compile_product(slug, &[], all, None).unwrap();
+            let b = compile_product(slug, &[], all, None).unwrap();
             assert_eq!(a, b, "{slug}: two compilations differ");
             assert_eq!(a.rules.last().unwrap().id, FAILSAFE_RULE);
             let mut sorted = a.entries.clone();
@@ -413,7 +413,7 @@ fn every_profile_compiles_with_no_and_all_features_deterministically() {
 fn feature_rules_are_off_without_their_feature() {
     for p in profile::builtin().unwrap() {
         let slug = p.slug.get_ref();
-        let off = compile_product(slug, &[], false).unwrap();
+        let off = compile_product(slug, &[], false, None).unwrap();
         let on = full_policy(slug);
         assert!(off.rules.iter().all(|r| r.feature.is_none()), "{slug}");
         // Every port a feature rule opens is closed without it, unless an always-on
@@ -469,7 +469,7 @@ fn failsafe_port_moves_the_failsafe_rule_and_zero_is_an_error_at_its_line() {
 
 #[test]
 fn failsafe_is_last_and_can_be_turned_off() {
-    let on = compile_product("iredmail", &[], false).unwrap();
+    let on = compile_product("iredmail", &[], false, None).unwrap();
     let last = on.rules.last().unwrap();
     assert_eq!(
         (last.id.as_str(), last.direction, last.ports.as_slice()),
@@ -798,7 +798,7 @@ fn error_unknown_feature() {
     assert!(err.hint.unwrap().contains("pop3-fetcher"));
     let err = profile_error("", "ports = 1\nfeature = \"nope\"");
     assert_error(&err, "profile.toml", 13, "unknown feature \"nope\"");
-    let err = compile_product("xeams", &["popp3".into()], false).unwrap_err();
+    let err = compile_product("xeams", &["popp3".into()], false, None).unwrap_err();
     assert_eq!((err.file, err.line), (None, None));
     assert!(err.message.contains("\"popp3\""));
 }
@@ -909,7 +909,7 @@ fn error_unknown_product() {
     let err = site_error("\nproduct = \"xeam\"\n");
     assert_error(&err, "site.toml", 2, "unknown product \"xeam\"");
     assert!(err.hint.unwrap().contains("xeams, clearswift-seg"));
-    let err = compile_product("nope", &[], false).unwrap_err();
+    let err = compile_product("nope", &[], false, None).unwrap_err();
     assert!(err.message.contains("unknown product \"nope\""));
 }
 
@@ -1259,7 +1259,7 @@ fn error_more_rules_than_the_maps_hold() {
 
 #[test]
 fn the_digest_follows_what_is_enforced_not_the_mode() {
-    let audit = compile_product("xeams", &[], false).unwrap();
+    let audit = compile_product("xeams", &[], false, None).unwrap();
     let mut enforce = audit.clone();
     enforce.mode = Mode::Enforce;
     assert_eq!(
@@ -1268,7 +1268,7 @@ fn the_digest_follows_what_is_enforced_not_the_mode() {
         "the mode is not the policy"
     );
     assert_eq!(audit.digest().len(), 16);
-    let more = compile_product("xeams", &[], true).unwrap();
+    let more = compile_product("xeams", &[], true, None).unwrap();
     assert_ne!(
         audit.digest(),
         more.digest(),
