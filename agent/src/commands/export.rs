@@ -68,7 +68,11 @@ pub struct Args {
 /// Runs the subcommand.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (mut policy, origin) = if let Some(path) = &args.config {
-        let site = crate::config::load_site(path)?;
+        let mut site = crate::config::load_site(path)?;
+        // The base set is read from the host the agent runs on; an export runs on
+        // another one (a Windows server, a host without the agent), whose own NTP,
+        // mirrors and resolvers this host cannot know.
+        site.host = crate::config::base::HostBase::default();
         let policy = compiler::compile_site(&site, Some(path))?;
         if !args.host_wide && site.scope.iter().any(|s| *s != ScopeTarget::Host) {
             let mut error = PolicyError::new(format!(
@@ -89,6 +93,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             product,
             &args.features.features,
             args.features.all_features,
+            None,
         )?;
         let origin =
             export::product_origin(product, &args.features.features, args.features.all_features);

@@ -25,7 +25,7 @@ const WINDOWS_ONLY: [&str; 3] = [
 ];
 
 fn product(slug: &str, all_features: bool, mode: Mode) -> Policy {
-    let mut policy = compiler::compile_product(slug, &[], all_features)
+    let mut policy = compiler::compile_product(slug, &[], all_features, None)
         .unwrap_or_else(|e| panic!("compiling {slug}: {e}"));
     policy.mode = mode;
     policy
