@@ -11,10 +11,11 @@ use super::{
 };
 
 /// The agent's own figures (memory, startup, reload): in the headline and in their table.
-const AGENT_FIGURES: [&str; 7] = [
+const AGENT_FIGURES: [&str; 8] = [
     "memory.vmrss_mib",
     "memory.pss_mib",
     "startup.ms",
+    "startup.cgroup_only.ms",
     "reload.unchanged.p50_ms",
     "reload.unchanged.p99_ms",
     "reload.changed.p50_ms",
