@@ -142,7 +142,7 @@ fn xdp_drop_ceiling(
     ports: usize,
 ) -> anyhow::Result<f64> {
     let dev = format!("pcb{i}a");
-    let pin = lab.dir.join(format!("drop-link-{i}"));
+    let pin = lab.bpffs_path(&format!("drop-link-{i}"))?;
     output(
         lab.ns_a
             .command(&tools.prog_run)
