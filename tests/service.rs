@@ -375,3 +375,72 @@ fn kill_9_then_restart_adopts_the_pins_and_the_counters() {
         "the refusal while no agent ran is counted: {after:#}"
     );
 }
+
+/// The flow-port marks (`PC_FLOW_PORTS`: the local ports that ever had a flow, which
+/// let a packet the port table denies skip the flow-table lookups) on a restart: a
+/// fresh agent marks only the ports of flows it inserted; one that adopts flow tables
+/// pinned by a build without the marks (the pin removed here) marks every port, so no
+/// adopted flow's replies are taken for strangers; enforcement carries on as before.
+#[test]
+fn restart_adopting_flows_without_port_marks_marks_every_port() {
+    use aya::maps::{Array, Map, MapData};
+    use portcullis_common::{flow::FLOW_PORT_BYTES, maps};
+
+    let mut lab = Lab::new("flowmarks");
+    lab.web_listeners_on_b();
+    let cfg = lab.config(&web_out(), "mode = \"enforce\"");
+    let connect = |lab: &Lab, port: u16| {
+        stdout(&lab.on_a(&format!("{} connect {} {port}", net_py(), lab.b4)))
+            .trim()
+            .to_owned()
+    };
+    // (marked ports, all ports) in the pinned marks.
+    let marked = |pin: &Path| -> (usize, usize) {
+        let map = Map::from_map_data(MapData::from_pin(pin).expect("opening the pinned marks"))
+            .expect("the marks as a map");
+        let marks = Array::<_, [u8; FLOW_PORT_BYTES]>::try_from(map).expect("an array");
+        let (mut set, mut all) = (0, 0);
+        for entry in marks.iter() {
+            for b in entry.expect("reading the marks") {
+                set += usize::from(b == 1);
+                all += 1;
+            }
+        }
+        (set, all)
+    };
+    let agent = lab.agent(&cfg, &["--on-exit", "keep"]);
+    let pin = agent.pin_dir.join("maps").join(maps::FLOW_PORTS);
+    let flows = agent.pin_dir.join("maps").join(maps::FLOWS_OUT);
+    assert!(
+        flows.exists(),
+        "the flow table is pinned at {}",
+        flows.display()
+    );
+    let (set, all) = marked(&pin);
+    assert_eq!(all, 2 * 65536, "one mark per protocol and port");
+    assert!(
+        set < 1000,
+        "a fresh agent marked {set} ports with no traffic yet"
+    );
+    agent.kill9();
+    std::fs::remove_file(&pin).expect("removing the marks' pin (a build without them)");
+
+    let agent = lab.agent(&cfg, &["--on-exit", "keep"]);
+    assert_eq!(
+        marked(&pin),
+        (all, all),
+        "adopting flow tables without marks marks every port"
+    );
+    let before = agent.status();
+    assert_eq!(connect(&lab, 8080), "ok", "allowed after the restart");
+    assert_eq!(connect(&lab, 8081), "EPERM", "refused after the restart");
+    let after = agent.status();
+    assert!(
+        rule_packets(&after, "web-out") > rule_packets(&before, "web-out"),
+        "the allowed flow is counted: {after:#}"
+    );
+    assert!(
+        denies(&after, "out", "no-rule", false).0 > denies(&before, "out", "no-rule", false).0,
+        "the refusal is counted: {after:#}"
+    );
+}

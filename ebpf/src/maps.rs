@@ -15,10 +15,10 @@ use portcullis_common::{
     dns::{DNS_BUF, Parser},
     event::DenyEvent,
     evidence::FlowEvidence,
-    flow::{FlowKey, FlowValue, SockState},
+    flow::{FLOW_PORT_BYTES, FlowKey, FlowValue, SockState, flow_port_slot},
     maps::{
-        AUDIT_FLOWS_MAX, DENIED_HOT_SLOTS, DENIED_MAX, EVENTS_BYTES, FLOWS_MAX, LEARNED_MAX,
-        MAX_RULES, NAMES_MAX, PEERS_MAX, QUESTIONS_MAX, RESOLVERS_MAX, SLOT_NAMES_MAX,
+        AUDIT_FLOWS_MAX, DENIED_HOT_SLOTS, DENIED_MAX, EVENTS_BYTES, FLOW_PORTS_SLOTS, FLOWS_MAX,
+        LEARNED_MAX, MAX_RULES, NAMES_MAX, PEERS_MAX, QUESTIONS_MAX, RESOLVERS_MAX, SLOT_NAMES_MAX,
     },
     names::{
         self, Learned, LearnedKey, NameKey, NameTables, NameValue, PatternWalk, SlotKey, SlotNames,
@@ -58,6 +58,40 @@ pub static PC_FLOWS_OUT: LruHashMap<FlowKey, FlowValue, { FLOWS_MAX as usize }> 
 
 #[btf_map]
 pub static PC_FLOWS_IN: LruHashMap<FlowKey, FlowValue, { FLOWS_MAX as usize }> = LruHashMap::new();
+
+/// Which local ports ever had a flow-table entry (`portcullis_common::maps::FLOW_PORTS`).
+#[btf_map]
+pub static PC_FLOW_PORTS: Array<[u8; FLOW_PORT_BYTES], { FLOW_PORTS_SLOTS as usize }> =
+    Array::new();
+
+/// Marks `key`'s local port as one with flows, before the flow is inserted (a reply can
+/// only arrive after the packet that inserted it left, so it finds the mark). A plain
+/// byte store: concurrent marks of neighbouring ports cannot undo each other, and
+/// 5.10 has no atomic OR.
+#[inline(always)]
+pub fn mark_flow_port(key: &FlowKey) {
+    let (index, byte) = flow_port_slot(key.protocol, key.local_port);
+    if let Some(marks) = PC_FLOW_PORTS.get_ptr_mut(index) {
+        // SAFETY: an array value stays valid for the program's run; `byte` < 64.
+        unsafe {
+            let b = &mut (*marks)[byte];
+            // Written only when unset: the line is not dirtied on every insertion.
+            if *b == 0 {
+                *b = 1;
+            }
+        }
+    }
+}
+
+/// Whether a flow table may hold a flow with this local port: false only when no flow
+/// with it was ever inserted, so the lookups cannot find one.
+#[inline(always)]
+pub fn may_have_flow(protocol: u8, port: u16) -> bool {
+    let (index, byte) = flow_port_slot(protocol, port);
+    PC_FLOW_PORTS
+        .get(index)
+        .is_none_or(|marks| marks[byte] != 0)
+}
 
 #[btf_map]
 pub static PC_AUDIT_FLOWS: LruPerCpuHashMap<FlowKey, FlowEvidence, { AUDIT_FLOWS_MAX as usize }> =

@@ -45,7 +45,10 @@ use portcullis_common::{
 use crate::{
     account::{Denied, count_rule, count_stat, deny},
     evidence, learn,
-    maps::{KernelTables, PC_FLOWS_IN, PC_FLOWS_OUT, PC_SOCKETS, config_ref},
+    maps::{
+        KernelTables, PC_FLOWS_IN, PC_FLOWS_OUT, PC_SOCKETS, config_ref, mark_flow_port,
+        may_have_flow,
+    },
     packet::{Packet, TCP_ACK, TCP_SYN, parse_into},
     related::{echo_answered, in_tables, remember_echo},
 };
@@ -544,11 +547,15 @@ fn udp_unrecorded(cfg: &Config, f: &Flow) -> u64 {
         (&PC_FLOWS_OUT, DIR_OUT, &PC_FLOWS_IN, DIR_IN)
     };
     let key = f.key();
-    if let Some(v) = replies.get_ptr_mut(&key) {
-        return by_entry(cfg, f, v, reply_direction).pack();
-    }
-    if let Some(v) = opened.get_ptr_mut(&key) {
-        return by_entry(cfg, f, v, direction).pack();
+    // No flow was ever inserted with this local port (a scan, a flood of closed ports):
+    // neither table can hold this one.
+    if may_have_flow(f.protocol, f.local_port) {
+        if let Some(v) = replies.get_ptr_mut(&key) {
+            return by_entry(cfg, f, v, reply_direction).pack();
+        }
+        if let Some(v) = opened.get_ptr_mut(&key) {
+            return by_entry(cfg, f, v, direction).pack();
+        }
     }
     let d = f.decide(cfg, direction);
     match d {
@@ -607,6 +614,7 @@ fn egress_unrecorded(cfg: &Config, f: &Flow, sk: *mut bpf_sock) -> Judged {
 
 #[inline(always)]
 fn remember(map: &FlowMap, key: &FlowKey, value: FlowValue) {
+    mark_flow_port(key);
     let _ = map.insert(key, value, 0);
 }
 

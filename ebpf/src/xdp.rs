@@ -91,7 +91,7 @@ use portcullis_common::{
 
 use crate::{
     account::{Denied, count_rule, count_stat, deny},
-    maps::{KernelTables, PC_FLOWS_IN, PC_FLOWS_OUT, config, config_ref},
+    maps::{KernelTables, PC_FLOWS_IN, PC_FLOWS_OUT, config, config_ref, may_have_flow},
     related::{echo_answered, in_tables},
     xdp_parse::{Fragment, Frame, Link, TCP_ACK, TCP_SYN, icmp_offset, link, parse, read_at},
 };
@@ -238,6 +238,11 @@ fn udp(cfg: &Config, f: &Frame) -> Verdict {
 )]
 #[inline(never)]
 fn not_by_port(cfg: &Config, f: &Frame, why: u32) -> Verdict {
+    // No flow with this local port was ever noted (a scan, a flood of closed ports):
+    // neither table can answer, and the deny costs no hash lookup.
+    if !may_have_flow(f.protocol, f.dport) {
+        return Verdict::inbound(Decision::Deny(why));
+    }
     // This host's view: the packet's destination is local.
     let key = FlowKey {
         local: f.dst,
@@ -368,9 +373,9 @@ fn apply(cfg: &Config, f: &Frame, v: &Verdict) -> u32 {
     }
 }
 
-/// Accounts a denied packet. Not inlined: the deny path (event, denied-port table) has
-/// its own stack frame, which keeps the allow path's within the 512-byte limit.
-#[inline(never)]
+/// Accounts a denied packet. Inlined into [`apply`], whose frame is already apart from
+/// the allow path's parse: one BPF-to-BPF call less per deny, the same stack depth.
+#[inline(always)]
 fn deny_packet(cfg: &Config, f: &Frame, direction: u8, why: u32, event: bool) -> u32 {
     let denied = Denied {
         direction,

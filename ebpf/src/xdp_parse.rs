@@ -28,8 +28,6 @@ const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 /// 802.1ad service tag (the outer tag of QinQ).
 const ETH_P_8021AD: u16 = 0x88a8;
-/// VLAN tags parsed at most (QinQ); a third tag is malformed.
-const MAX_VLAN_TAGS: usize = 2;
 
 /// IPv6 extension headers walked at most; a longer chain is malformed.
 const MAX_EXT_HEADERS: usize = 6;
@@ -200,27 +198,43 @@ pub enum Link {
     NonIp,
 }
 
-/// The link layer: the EtherType under up to [`MAX_VLAN_TAGS`] tags. Read apart from
+/// The link layer: the EtherType under up to two VLAN tags (QinQ; a third tag is
+/// malformed). Read apart from
 /// [`parse`] so that a non-IP frame leaves before anything else is read.
+///
+/// Without a branch on the tags: the tag count only moves the offsets (by 4 per tag),
+/// so the verifier walks the rest of the program once, with the IP header at an offset
+/// in 14..=22, instead of once per layout at a constant offset (which was about 40 %
+/// of `pc_xdp`'s verification). Each read is the one the loop over the tags made: an
+/// untagged frame reads its EtherType again where a tagged one reads the inner one.
 #[inline(always)]
 pub fn link(ctx: &XdpContext) -> Result<Link, ()> {
-    let mut ethertype = u16::from_be_bytes(read(ctx, 12)?);
-    let mut offset = ETH_HLEN;
-    for _ in 0..MAX_VLAN_TAGS {
-        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
-            break;
-        }
-        // Tag control information (2 bytes), then the encapsulated EtherType.
-        ethertype = u16::from_be_bytes(read(ctx, offset + 2)?);
-        offset += 4;
+    let outer = u16::from_be_bytes(read(ctx, 12)?);
+    let t0 = is_tag(outer);
+    // Tag control information (2 bytes), then the encapsulated EtherType.
+    let inner = u16::from_be_bytes(read(ctx, 12 + 4 * t0)?);
+    let t1 = t0 & is_tag(inner);
+    let ethertype = u16::from_be_bytes(read(ctx, 12 + 4 * (t0 + t1))?);
+    // Three tags or more: the kernel would not strip them either.
+    if t1 & is_tag(ethertype) != 0 {
+        return Err(());
     }
+    let offset = ETH_HLEN + 4 * (t0 + t1);
     match ethertype {
         ETH_P_IP => Ok(Link::Ip((Ip::V4, offset))),
         ETH_P_IPV6 => Ok(Link::Ip((Ip::V6, offset))),
-        // Three tags or more: the kernel would not strip them either.
-        ETH_P_8021Q | ETH_P_8021AD => Err(()),
         _ => Ok(Link::NonIp),
     }
+}
+
+/// 1 when `ethertype` is a VLAN tag's (802.1Q or 802.1ad), else 0, by arithmetic: `x - 1`
+/// has its top bit set only for `x == 0`. The operands go through `black_box` so that
+/// LLVM does not turn the comparison back into a branch.
+#[inline(always)]
+fn is_tag(ethertype: u16) -> usize {
+    let q = core::hint::black_box((ethertype ^ ETH_P_8021Q) as u64);
+    let ad = core::hint::black_box((ethertype ^ ETH_P_8021AD) as u64);
+    ((q.wrapping_sub(1) >> 63) | (ad.wrapping_sub(1) >> 63)) as usize
 }
 
 /// Parses the IP packet at `l3` (from [`link`]) into `f`.

@@ -8,7 +8,12 @@
 //!   SOURCE  noop (the object's empty baseline of that type), or the bpffs path of a
 //!           pinned program (the agent's own programs, pinned by id with bpftool, or a
 //!           peer's such as xdp-filter's)
+//! prog_run --object OBJ --attach-drop IFNAME --pin PATH
 //! ```
+//!
+//! `--attach-drop` attaches the object's `pc_noop_drop` (drops every frame, reads
+//! nothing) to IFNAME in driver mode, pins the link at PATH and exits: the ceiling of
+//! an XDP filter on that device (the bench's S1); removing the pin detaches it.
 //!
 //! A job of several steps is a chain: a run whose outcome depends on state an earlier
 //! packet leaves (a DNS answer is learned from once, consuming the question its query
@@ -30,7 +35,9 @@ use std::{collections::HashMap, fs, process::ExitCode};
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{CgroupSkb, CgroupSkbAttachType, TestRun, TestRunOptions, Xdp},
+    programs::{
+        CgroupSkb, CgroupSkbAttachType, TestRun, TestRunOptions, Xdp, XdpMode, links::FdLink,
+    },
 };
 use aya_obj::programs::XdpAttachType;
 
@@ -79,6 +86,23 @@ impl Prog {
 /// The baselines' names in the object (`ebpf/src/noop.rs`).
 const NOOP_XDP: &str = "pc_noop_xdp";
 const NOOP_SKB: &str = "pc_noop_skb";
+const NOOP_DROP: &str = "pc_noop_drop";
+
+/// `--attach-drop`: see the module docs.
+fn attach_drop(ebpf: &mut Ebpf, ifname: &str, pin: &str) -> anyhow::Result<()> {
+    let p: &mut Xdp = ebpf
+        .program_mut(NOOP_DROP)
+        .context("pc_noop_drop in the object")?
+        .try_into()?;
+    p.load().context("loading pc_noop_drop")?;
+    let id = p
+        .attach(ifname, XdpMode::Driver)
+        .with_context(|| format!("attaching pc_noop_drop to {ifname} (driver mode)"))?;
+    let link = FdLink::try_from(p.take_link(id)?).context("the XDP attachment as a bpf_link")?;
+    link.pin(pin)
+        .with_context(|| format!("pinning the link at {pin}"))?;
+    Ok(())
+}
 
 /// One program run on one frame.
 struct Step {
@@ -164,9 +188,12 @@ fn run() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let (mut object, mut repeat, mut runs, mut chain, mut specs) =
         (None, 1_000_000u32, 7u32, 10_000u32, Vec::new());
+    let (mut drop_on, mut pin) = (None, None);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--object" => object = args.next(),
+            "--attach-drop" => drop_on = args.next(),
+            "--pin" => pin = args.next(),
             "--repeat" => {
                 repeat = args
                     .next()
@@ -197,6 +224,13 @@ fn run() -> anyhow::Result<()> {
     let mut ebpf = EbpfLoader::new()
         .load(&bytes)
         .with_context(|| format!("loading {object}"))?;
+    if let Some(ifname) = drop_on {
+        return attach_drop(
+            &mut ebpf,
+            &ifname,
+            &pin.context("--attach-drop needs --pin PATH")?,
+        );
+    }
     let mut progs: Vec<Prog> = Vec::new();
     let mut by_source: HashMap<(String, String), usize> = HashMap::new();
     let mut jobs = Vec::new();

@@ -17,7 +17,7 @@ use aya::{
 };
 use portcullis_common::{
     config::{Config, LOOPBACK_ENFORCE, MODE_AUDIT, MODE_ENFORCE},
-    flow::{FlowKey, FlowValue},
+    flow::{FLOW_PORT_BYTES, FlowKey, FlowValue, flow_port_slot},
     maps,
     names::{NameKey, NameValue, SlotKey, SlotNames},
     policy::{DIR_IN, IPPROTO_TCP, PEER_SET_BITS, PeerAddr, port_entry, port_index, v4_mapped},
@@ -131,8 +131,17 @@ impl Datapath {
             .unwrap();
     }
 
-    /// Records an outbound flow as the egress program does.
+    /// Records an outbound flow as the egress program does: its local port marked in
+    /// `PC_FLOW_PORTS` first, then the entry.
     pub fn flow_out(&mut self, key: FlowKey, rule: u16) {
+        let (index, byte) = flow_port_slot(key.protocol, key.local_port);
+        let mut marks = Array::<_, [u8; FLOW_PORT_BYTES]>::try_from(
+            self.ebpf.map_mut(maps::FLOW_PORTS).unwrap(),
+        )
+        .unwrap();
+        let mut entry = marks.get(&index, 0).unwrap();
+        entry[byte] = 1;
+        marks.set(index, entry, 0).unwrap();
         let mut flows = BpfHashMap::<_, FlowKey, FlowValue>::try_from(
             self.ebpf.map_mut(maps::FLOWS_OUT).unwrap(),
         )

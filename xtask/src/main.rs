@@ -91,6 +91,10 @@ enum Task {
         /// xtask/bench/: for checking that section after a change to it.
         #[arg(long, hide = true)]
         names_only: bool,
+        /// Only the BPF_PROG_TEST_RUN sections (M1, M2, M3), printed and not written to
+        /// xtask/bench/: for comparing datapath changes without the floods.
+        #[arg(long, hide = true, conflicts_with = "names_only")]
+        progs_only: bool,
     },
     /// Build, then package everything `install` installs as a .deb and an .rpm in
     /// target/dist, lint both, and write SHA256SUMS.
@@ -153,6 +157,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             json,
             quick,
             names_only,
+            progs_only,
         } => {
             setup::all()?;
             build(&root)?;
@@ -162,6 +167,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     json,
                     quick,
                     names_only,
+                    progs_only,
                 },
             )
         }

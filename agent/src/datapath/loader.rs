@@ -18,6 +18,7 @@ use aya::{
 };
 use portcullis_common::{
     config::{Config, MODE_AUDIT, MODE_ENFORCE},
+    flow::FLOW_PORT_BYTES,
     maps::MAX_RULES,
     maps::{self as names, programs},
     policy::{PORT_TABLE_LEN, PeerAddr},
@@ -136,6 +137,9 @@ impl Datapath {
         // Asked of the counters' own pin: a half-removed pin directory may hold one map
         // and not the other.
         let counters_adopted = paths.map(names::RULE_COUNTERS).exists();
+        // Flows pinned by a build without the flow-port marks: their ports are unknown.
+        let flows_unmarked = !paths.map(names::FLOW_PORTS).exists()
+            && (paths.map(names::FLOWS_OUT).exists() || paths.map(names::FLOWS_IN).exists());
         let features = super::probe::kernel_features();
         let mut loader = object_loader(&features);
         for (name, path) in &pins {
@@ -159,6 +163,9 @@ impl Datapath {
             .map(|(name, _)| *name)
             .chain(xdp.then_some(programs::XDP))
             .collect();
+        if flows_unmarked {
+            mark_every_flow_port(&mut ebpf)?;
+        }
         load_programs(&mut ebpf, &wanted)?;
         pin_programs(&mut ebpf, paths)?;
         let name_key = super::names::name_key(&mut ebpf)?;
@@ -469,6 +476,22 @@ fn update_batch<V: Copy>(
             ));
         }
         done += n;
+    }
+    Ok(())
+}
+
+/// Marks every local port as one with flows (`maps::FLOW_PORTS`), for flow tables
+/// adopted from a build that did not mark them: the programs then look every packet's
+/// flow up, as that build did, and no reply to an adopted flow is taken for a stranger.
+fn mark_every_flow_port(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    let mut marks = Array::<_, [u8; FLOW_PORT_BYTES]>::try_from(
+        ebpf.map_mut(names::FLOW_PORTS)
+            .context("the eBPF object has no flow-port marks")?,
+    )?;
+    for i in 0..names::FLOW_PORTS_SLOTS {
+        marks
+            .set(i, [1; FLOW_PORT_BYTES], 0)
+            .context("marking the ports of adopted flows")?;
     }
     Ok(())
 }

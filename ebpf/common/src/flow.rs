@@ -245,6 +245,25 @@ pub fn echo_key(local: [u8; 16], remote: [u8; 16], id: u16, protocol: u8) -> Flo
     }
 }
 
+/// Bytes per entry of the flow-port marks (`maps::FLOW_PORTS`).
+pub const FLOW_PORT_BYTES: usize = 64;
+
+/// Where the mark of local `port` for `protocol` lives in `maps::FLOW_PORTS`: the
+/// entry and the byte in it. UDP has the upper half, TCP (and anything else, which no
+/// flow table keyed by ports holds) the lower.
+#[inline(always)]
+pub const fn flow_port_slot(protocol: u8, port: u16) -> (u32, usize) {
+    let half = if protocol == IPPROTO_UDP {
+        1u32 << 10
+    } else {
+        0
+    };
+    (
+        half | (port as u32 >> 6),
+        port as usize & (FLOW_PORT_BYTES - 1),
+    )
+}
+
 /// An IP datagram being fragmented, as the XDP program tracks it: its first fragment
 /// carries the ports and is judged; the later ones are let through only when the first
 /// one was allowed (`maps::FRAGS`).

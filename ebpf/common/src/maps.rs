@@ -33,6 +33,14 @@ pub const FLOWS_OUT: &str = "PC_FLOWS_OUT";
 pub const FLOWS_IN: &str = "PC_FLOWS_IN";
 /// Capacity of each flow map.
 pub const FLOWS_MAX: u32 = 64 * 1024;
+/// Local ports a flow-table entry was ever written for, per protocol: byte
+/// `flow::flow_port_slot(protocol, port)` is 1 from the first insertion of a flow with
+/// that local port into [`FLOWS_OUT`] or [`FLOWS_IN`] and is never cleared (an evicted
+/// flow leaves it set, which only costs lookups). A packet the port table denies looks
+/// the flow tables up only when its port is marked. `Array<[u8; flow::FLOW_PORT_BYTES]>`.
+pub const FLOW_PORTS: &str = "PC_FLOW_PORTS";
+/// Entries of [`FLOW_PORTS`]: two protocols x 65536 ports / 64 bytes.
+pub const FLOW_PORTS_SLOTS: u32 = 2 * 65536 / 64;
 /// First fragments the XDP program allowed, so the later fragments of the same datagram
 /// (which carry no ports) pass too. `LruHashMap<FragKey, FlowValue>`.
 pub const FRAGS: &str = "PC_FRAGS";
@@ -113,6 +121,7 @@ pub const ALL: [&str; 21] = [
     DENIED_HOT,
     FLOWS_OUT,
     FLOWS_IN,
+    FLOW_PORTS,
     FRAGS,
     SOCKETS,
     CONFIG,

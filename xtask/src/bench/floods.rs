@@ -20,7 +20,7 @@ use portcullis_tests::{Agent, Proc, Signal, in_cgroup_netns, in_netns, output};
 use serde_json::Value;
 
 use super::{
-    BASE_PORT, FLOOD_PORT, Plan, SIZES,
+    BASE_PORT, FLOOD_PORT, Plan, SIZES, Tools,
     agent::denied,
     lab::Lab,
     stats::{Goal, Results, ratio},
@@ -128,6 +128,50 @@ fn drop_rate(
     Ok((c1 - c0) as f64 / secs)
 }
 
+/// The ceiling of any XDP filter on this path: the object's `pc_noop_drop` (drops every
+/// frame, reads nothing) attached to size i's veth by `prog_run --attach-drop`, during
+/// one flood; the veth's own count of XDP drops over the time trafgen spent sending.
+/// (xdp-tools' `xdp-bench drop` would be the obvious peer, but 1.3.1 fails to load on
+/// this kernel: it wants a tracepoint, `xdp_redirect_map_err`, that 6.18 no longer has.)
+/// Our XDP must be off: it would see the flood first.
+fn xdp_drop_ceiling(
+    tools: &Tools,
+    lab: &Lab,
+    plan: &Plan,
+    i: usize,
+    ports: usize,
+) -> anyhow::Result<f64> {
+    let dev = format!("pcb{i}a");
+    let pin = lab.bpffs_path(&format!("drop-link-{i}"))?;
+    output(
+        lab.ns_a
+            .command(&tools.prog_run)
+            .arg("--object")
+            .arg(&tools.object)
+            .args(["--attach-drop", &dev, "--pin"])
+            .arg(&pin),
+    )
+    .context("attaching the empty XDP drop program")?;
+    // Unpinning the only reference detaches it, on error too.
+    struct Unpin(PathBuf);
+    impl Drop for Unpin {
+        fn drop(&mut self) {
+            let _ = fs::remove_file(&self.0);
+        }
+    }
+    let _unpin = Unpin(pin);
+    let drops = || -> anyhow::Result<u64> {
+        let text = output(lab.ns_a.command("ethtool").args(["-S", &dev]))?;
+        Ok(text
+            .lines()
+            .filter_map(|l| l.trim().split_once(':'))
+            .filter(|(k, _)| k.starts_with("rx_queue_") && k.ends_with("_xdp_drops"))
+            .filter_map(|(_, v)| v.trim().parse::<u64>().ok())
+            .sum())
+    };
+    drop_rate(lab, plan, i, ports, &drops)
+}
+
 /// An nftables table in namespace A, deleted on drop.
 struct NftTable {
     ns: String,
@@ -219,6 +263,7 @@ fn receiver(lab: &Lab, i: usize, ports: usize) -> anyhow::Result<Proc> {
 }
 
 pub fn measure_floods(
+    tools: &Tools,
     lab: &Lab,
     plan: &Plan,
     agents: &mut [Agent],
@@ -228,7 +273,8 @@ pub fn measure_floods(
         step(&format!(
             "bench S1: {ports}-port UDP flood, drops/s: our XDP vs nftables netdev ingress (set, linear chain of {ports})"
         ));
-        let (mut ours, mut set, mut linear) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut ours, mut set, mut linear, mut ceiling) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..plan.rounds {
             // The agent's XDP goes on for our measurement and off for nftables' (XDP
             // runs before netdev ingress and would drop the flood first): a reload of
@@ -243,7 +289,20 @@ pub fn measure_floods(
                 let t = NftTable::load(lab, i, *ports, "ingress", set_lookup)?;
                 out.push(drop_rate(lab, plan, i, *ports, &|| t.drops())?);
             }
+            ceiling.push(xdp_drop_ceiling(tools, lab, plan, i, *ports)?);
         }
+        r.add(
+            &format!("S1.{size}.xdp_drop_ceiling.pps"),
+            "drops/s",
+            ceiling.clone(),
+            None,
+        );
+        r.add(
+            &format!("S1.{size}.ours_vs_ceiling"),
+            "ratio",
+            ratio(&ours, &ceiling),
+            None,
+        );
         add_flood(
             r,
             "S1",

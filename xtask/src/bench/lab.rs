@@ -137,6 +137,14 @@ impl Lab {
     }
 
     /// Pins a program by id under the lab's program directory (test_run needs an fd).
+    /// A path on bpffs for a pin of the benchmark's own (a link), removed with the lab.
+    pub fn bpffs_path(&self, name: &str) -> anyhow::Result<PathBuf> {
+        fs::create_dir_all(&self.prog_pins)?;
+        let path = self.prog_pins.join(name);
+        let _ = fs::remove_file(&path);
+        Ok(path)
+    }
+
     pub fn pin_program(&self, id: u64, name: &str) -> anyhow::Result<PathBuf> {
         fs::create_dir_all(&self.prog_pins)?;
         let path = self.prog_pins.join(name);

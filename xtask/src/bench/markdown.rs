@@ -11,10 +11,11 @@ use super::{
 };
 
 /// The agent's own figures (memory, startup, reload): in the headline and in their table.
-const AGENT_FIGURES: [&str; 7] = [
+const AGENT_FIGURES: [&str; 8] = [
     "memory.vmrss_mib",
     "memory.pss_mib",
     "startup.ms",
+    "startup.cgroup_only.ms",
     "reload.unchanged.p50_ms",
     "reload.unchanged.p99_ms",
     "reload.changed.p50_ms",
@@ -132,6 +133,7 @@ pub fn markdown(r: &Results, m: &Machine) -> String {
         "M2.all_paths.1000_vs_10",
         "S1.1000.ours_vs_set",
         "S1.1000.ours_vs_linear",
+        "S1.1000.ours_vs_ceiling",
         "S2.1000.ours_vs_set",
         "S2.1000.ours_vs_linear",
     ]
@@ -274,6 +276,26 @@ pub fn markdown(r: &Results, m: &Machine) -> String {
                 }),
                 cell(format!("{fig}.{size}.ours_vs_linear")),
             );
+        }
+        if fig == "S1" {
+            let _ = writeln!(
+                s,
+                "\nThe ceiling of any XDP filter on this path: an empty XDP program that drops every frame (`pc_noop_drop`, counted by the veth), on the same veth, same flood.\n\n| ports N | ours | empty XDP drop | ours / ceiling |\n|---|---|---|---|"
+            );
+            for (size, _) in &SIZES[..3] {
+                let cell = |k: String| {
+                    r.figures.get(&k).map_or("-".to_owned(), |f| {
+                        format!("{} ({}-{})", fmt(f.median()), fmt(f.min()), fmt(f.max()))
+                    })
+                };
+                let _ = writeln!(
+                    s,
+                    "| {size} | {} | {} | {} |",
+                    cell(format!("S1.{size}.ours_xdp.pps")),
+                    cell(format!("S1.{size}.xdp_drop_ceiling.pps")),
+                    cell(format!("S1.{size}.ours_vs_ceiling")),
+                );
+            }
         }
     }
 

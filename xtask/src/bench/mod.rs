@@ -25,7 +25,8 @@
 //! 5. Names: what learning from a DNS answer costs `pc_ingress` (test_run of the query
 //!    on `pc_egress`, then of its answer: trusted resolver against an untrusted sender),
 //!    what the answer's match and the query's recording cost, and the memory per learned
-//!    address. `--names-only` (hidden) runs just this section and writes no xtask/bench/.
+//!    address. `--names-only` (hidden) runs just this section and writes no xtask/bench/;
+//!    `--progs-only` (hidden) likewise runs just step 2 (with the agents of step 1).
 //!
 //! Layout: `lab` (namespaces, veths, cgroups, sites: the root tests' guards), `prog_run`
 //! (M1-M3), `floods` (S1, S2), `agent` (startup, memory, reload), `names` (DNS learning), `stats` (figures,
@@ -74,11 +75,14 @@ pub struct Options {
     pub quick: bool,
     /// Only the Names section, printed (and written to `json`), not to xtask/bench/.
     pub names_only: bool,
+    /// Only M1-M3 (the agents, then BPF_PROG_TEST_RUN), printed (and written to
+    /// `json`), not to xtask/bench/.
+    pub progs_only: bool,
 }
 
 /// Packages only the benchmark needs: the peers it compares against and the traffic
 /// generator. Installed here, not by `setup`, so a build machine does not get them.
-const PACKAGES: &[&str] = &["nftables", "xdp-tools", "netsniff-ng"];
+const PACKAGES: &[&str] = &["nftables", "xdp-tools", "netsniff-ng", "ethtool"];
 
 /// How much to measure.
 pub struct Plan {
@@ -187,7 +191,17 @@ pub fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
     }
 
     measure_programs(&tools, &lab, &plan, &agents, &mut results)?;
-    measure_floods(&lab, &plan, &mut agents, &mut results)?;
+    if opts.progs_only {
+        drop(agents);
+        if let Some(path) = &opts.json {
+            let machine = Machine::probe(&plan, opts.quick, started.elapsed());
+            let text = serde_json::to_string_pretty(&results.json(&machine))? + "\n";
+            fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        }
+        print_summary(&results);
+        return Ok(());
+    }
+    measure_floods(&tools, &lab, &plan, &mut agents, &mut results)?;
     let full = agents.pop().context("the full-range agent")?;
     drop(agents);
     drop(full);
