@@ -112,7 +112,7 @@ pub const DNS_SCRATCH: &str = "PC_DNS_SCRATCH";
 pub const NAME_KEY: &str = "PC_NAME_KEY";
 
 /// Every map the object defines and pins, for pinning and for the adoption check.
-pub const ALL: [&str; 21] = [
+pub const ALL: [&str; 22] = [
     PORTS,
     PEERS,
     RULE_COUNTERS,
