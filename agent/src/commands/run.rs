@@ -15,6 +15,8 @@ use crate::daemon::{
 #[command(
     after_help = "Without --config or --product, runs /etc/portcullis/portcullis.toml if it exists, \
 else the built-in default: product xeams, audit mode, host scope, inbound SSH kept open. \
+A config that names no product (the package's, where `portcullis detect` found none) waits, \
+enforcing nothing, until one is chosen: `portcullis status` says how. \
 Start in audit mode, read `portcullis report`, then switch with `portcullis mode enforce`.
 
 Examples:

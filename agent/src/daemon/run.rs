@@ -66,6 +66,11 @@ struct Daemon {
     /// Where metrics are served (fixed at start: a reload does not move the listener).
     metrics: Option<SocketAddr>,
     reloads: u64,
+    /// What the kernel offers, probed once at start: a reload checks its policy against
+    /// it without probing again (the socket-storage probe alone waits out an RCU grace
+    /// period, ~25 ms, which was most of a reload's time), and the kernel cannot gain
+    /// or lose a program type, map type or helper under a running agent.
+    kernel: KernelFeatures,
     /// The last reason logged per unprotected unit, so that a unit that stays
     /// unprotected is logged once, not every check.
     unprotected: BTreeMap<String, String>,
@@ -132,11 +137,12 @@ fn remove_template_links(gone: &[String], paths: &PathArgs) -> anyhow::Result<()
 /// cannot carry as written, before anything touches the kernel: never enforced with
 /// less than it says.
 fn within_kernel(
+    kernel: &KernelFeatures,
     policy: &Policy,
     settings: &Settings,
     config: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
-    KernelFeatures::probe().require(&Needs::of(policy, &settings.xdp, &settings.scopes), config)?;
+    kernel.require(&Needs::of(policy, &settings.xdp, &settings.scopes), config)?;
     Ok(())
 }
 
@@ -149,7 +155,8 @@ impl Daemon {
     /// Compiles, loads, installs and attaches; on success the scopes are enforced.
     fn start(mut args: Overrides) -> anyhow::Result<Self> {
         let (policy, settings, config) = resolve(&mut args)?;
-        within_kernel(&policy, &settings, config.as_deref())?;
+        let kernel = KernelFeatures::probe();
+        within_kernel(&kernel, &policy, &settings, config.as_deref())?;
         let scopes = resolve_scopes(&settings)?;
         let paths = args.paths.clone();
         let lock = lock(&paths)?;
@@ -211,6 +218,7 @@ impl Daemon {
             evidence,
             metrics: settings.metrics,
             reloads: 0,
+            kernel,
             unprotected: BTreeMap::new(),
             _lock: lock,
         })
@@ -289,7 +297,7 @@ impl Daemon {
 
     fn try_reload(&mut self) -> anyhow::Result<()> {
         let (policy, settings, config) = resolve(&mut self.args)?;
-        within_kernel(&policy, &settings, config.as_deref())?;
+        within_kernel(&self.kernel, &policy, &settings, config.as_deref())?;
         let scopes = resolve_scopes(&settings)?;
         let mut state = install(&mut self.dp, &policy, &settings, Some(&self.state))?;
         state.config = config;
