@@ -1,4 +1,4 @@
-//! Many gateways (issue 16): the Ansible role in `agent/packaging/ansible` really run on
+//! Many gateways: the Ansible role in `agent/packaging/ansible` really run on
 //! the real systemd host of `tests/support/nspawn.rs` (Debian 12, systemd as PID 1), and
 //! the Prometheus rules in `agent/packaging/prometheus` checked and unit-tested by
 //! promtool.

@@ -1,4 +1,4 @@
-//! The readiness report separates breakage from exposure (issue 17), on real traffic
+//! The readiness report separates breakage from exposure, on real traffic
 //! from real clients through the lab's veth, with the agent in namespace A (so the
 //! report reads A's listeners from `/proc/<agent>/net/*`).
 //!

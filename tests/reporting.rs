@@ -1,4 +1,4 @@
-//! Reporting and observability against real traffic (issue 7): the Prometheus endpoint
+//! Reporting and observability against real traffic: the Prometheus endpoint
 //! scraped over HTTP from a running agent (numbers checked against the traffic sent and
 //! `promtool check metrics`), the audit report naming exactly the ports that were sent
 //! and not allowed, and `status --json` keeping its documented fields. Every test

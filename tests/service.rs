@@ -1,4 +1,4 @@
-//! The agent as a service (issue 5): the systemd unit, the notification protocol, reload
+//! The agent as a service: the systemd unit, the notification protocol, reload
 //! (good and bad), kill -9 and restart while traffic flows, detach.
 
 use std::{

@@ -1,4 +1,4 @@
-//! The Debian package on a real systemd host (issue 18): Debian 12 with systemd 252 as
+//! The Debian package on a real systemd host: Debian 12 with systemd 252 as
 //! PID 1 in systemd-nspawn ([`Container`]). Everything goes through dpkg, systemctl and
 //! journalctl inside the container: install (enabled, active, `status` works), reload
 //! (a good config applied, a bad one rejected with file:line in the journal), SIGKILL

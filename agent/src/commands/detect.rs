@@ -491,7 +491,9 @@ mod tests {
 
     #[test]
     fn write_config_never_changes_a_chosen_product() {
-        let dir = std::env::temp_dir().join(format!("portcullis-detect-{}", std::process::id()));
+        // A directory per test: the tests of one binary run in parallel in one process.
+        let dir =
+            std::env::temp_dir().join(format!("portcullis-detect-write-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
         let config = dir.join("site.toml");
         let finding = Finding {
@@ -543,7 +545,8 @@ mod tests {
 
     #[test]
     fn dpkg_status_counts_installed_packages_only() {
-        let dir = std::env::temp_dir().join(format!("portcullis-detect-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("portcullis-detect-dpkg-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
         let status = dir.join("status");
         fs::write(

@@ -602,7 +602,7 @@ pub fn write_mode(paths: &PathArgs, mode: Mode) -> anyhow::Result<Mode> {
 pub(super) fn object_loader(features: &u32) -> EbpfLoader<'_> {
     // aya 0.14's `EbpfLoader::new()` parses the kernel BTF (/sys/kernel/btf/vmlinux)
     // whatever follows, tens of ms of startup; `btf(None)` only keeps it out of the
-    // load. aya has no constructor without it (see BENCHMARKS.md, "Issue 14").
+    // load. aya has no constructor without it (see xtask/bench/analysis.md, "The per-packet round").
     let mut loader = EbpfLoader::new();
     loader.btf(None);
     // The kernel's features, as constants the verifier prunes by (`kernel`).
