@@ -420,33 +420,13 @@ fn nft_accepts_the_export_of_every_built_in_product() {
         for features in [&[][..], &["--all-features"][..]] {
             for mode in ["audit", "enforce"] {
                 let file = std::env::temp_dir().join(format!("portcullis-{slug}-{mode}.nft"));
-                let out = Command::new(bin())
-                    .args([
-                        "export",
-                        "--format",
-                        "nft",
-                        "--product",
-                        &slug,
-                        "--mode",
-                        mode,
-                    ])
-                    .args(features)
-                    .arg("-o")
-                    .arg(&file)
-                    .output()
-                    .expect("running portcullis export");
-                assert!(
-                    out.status.success(),
-                    "{slug}: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                let mut check = in_netns(&ns.name, "nft");
-                check.arg("-c").arg("-f").arg(&file);
-                let checked_out = check.output().expect("running nft -c");
-                assert!(
-                    checked_out.status.success(),
-                    "nft -c rejects the export of {slug} {features:?} {mode}: {}",
-                    String::from_utf8_lossy(&checked_out.stderr)
+                let mut args = vec!["--product", slug.as_str(), "--mode", mode];
+                args.extend_from_slice(features);
+                export_nft_checked(
+                    &ns.name,
+                    &args,
+                    &file,
+                    &format!("{slug} {features:?} {mode}"),
                 );
                 let _ = std::fs::remove_file(&file);
                 checked += 1;
@@ -471,26 +451,38 @@ fn nft_accepts_the_export_of_every_built_in_product() {
         )
         .expect("site");
         let file = dir.join("site.nft");
-        let out = Command::new(bin())
-            .args(["export", "--format", "nft", "--config"])
-            .arg(&site)
-            .arg("-o")
-            .arg(&file)
-            .output()
-            .expect("running portcullis export");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let mut check = in_netns(&ns.name, "nft");
-        check.arg("-c").arg("-f").arg(&file);
-        let checked_out = check.output().expect("running nft -c");
-        assert!(
-            checked_out.status.success(),
-            "nft -c rejects nested networks ({mode}): {}",
-            String::from_utf8_lossy(&checked_out.stderr)
+        let site = site.to_str().expect("a UTF-8 temp path");
+        export_nft_checked(
+            &ns.name,
+            &["--config", site],
+            &file,
+            &format!("nested networks ({mode})"),
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `portcullis export --format nft ARGS -o FILE`, then `nft -c -f FILE` in namespace
+/// `ns`: fails the test, naming `what`, when either refuses.
+fn export_nft_checked(ns: &str, args: &[&str], file: &Path, what: &str) {
+    let out = Command::new(bin())
+        .args(["export", "--format", "nft"])
+        .args(args)
+        .arg("-o")
+        .arg(file)
+        .output()
+        .expect("running portcullis export");
+    assert!(
+        out.status.success(),
+        "export of {what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut check = in_netns(ns, "nft");
+    check.arg("-c").arg("-f").arg(file);
+    let checked = check.output().expect("running nft -c");
+    assert!(
+        checked.status.success(),
+        "nft -c rejects the export of {what}: {}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
 }
