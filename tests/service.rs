@@ -343,11 +343,6 @@ fn kill_9_then_restart_adopts_the_pins_and_the_counters() {
     let mut lab = Lab::new("kill9once");
     lab.web_listeners_on_b();
     let cfg = lab.config(&web_out(), "mode = \"enforce\"");
-    let connect = |lab: &Lab, port: u16| {
-        stdout(&lab.on_a(&format!("{} connect {} {port}", net_py(), lab.b4)))
-            .trim()
-            .to_owned()
-    };
     let agent = lab.agent(&cfg, &["--on-exit", "keep"]);
     assert_eq!(connect(&lab, 8080), "ok", "allowed before the kill");
     assert_eq!(connect(&lab, 8081), "EPERM", "refused before the kill");
@@ -389,11 +384,6 @@ fn restart_adopting_flows_without_port_marks_marks_every_port() {
     let mut lab = Lab::new("flowmarks");
     lab.web_listeners_on_b();
     let cfg = lab.config(&web_out(), "mode = \"enforce\"");
-    let connect = |lab: &Lab, port: u16| {
-        stdout(&lab.on_a(&format!("{} connect {} {port}", net_py(), lab.b4)))
-            .trim()
-            .to_owned()
-    };
     // (marked ports, all ports) in the pinned marks.
     let marked = |pin: &Path| -> (usize, usize) {
         let map = Map::from_map_data(MapData::from_pin(pin).expect("opening the pinned marks"))
@@ -443,4 +433,11 @@ fn restart_adopting_flows_without_port_marks_marks_every_port() {
         denies(&after, "out", "no-rule", false).0 > denies(&before, "out", "no-rule", false).0,
         "the refusal is counted: {after:#}"
     );
+}
+
+/// A TCP connect from namespace A to B's `port` over IPv4: "ok", "EPERM", ...
+fn connect(lab: &Lab, port: u16) -> String {
+    stdout(&lab.on_a(&format!("{} connect {} {port}", net_py(), lab.b4)))
+        .trim()
+        .to_owned()
 }

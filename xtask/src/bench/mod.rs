@@ -134,6 +134,23 @@ fn allowed_port(rules: usize) -> u16 {
     BASE_PORT + rules as u16 - 1
 }
 
+/// The end of a partial run (`--names-only`, `--progs-only`): the figures printed, and
+/// written to `--json` when given; xtask/bench/ is left as published.
+fn partial_run_done(
+    opts: &Options,
+    plan: &Plan,
+    started: Instant,
+    results: &Results,
+) -> anyhow::Result<()> {
+    if let Some(path) = &opts.json {
+        let machine = Machine::probe(plan, opts.quick, started.elapsed());
+        let text = serde_json::to_string_pretty(&results.json(&machine))? + "\n";
+        fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    print_summary(results);
+    Ok(())
+}
+
 /// Runs the whole benchmark.
 pub fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -164,13 +181,7 @@ pub fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
     let mut results = Results::default();
     if opts.names_only {
         measure_names(&tools, &lab, &plan, &mut results)?;
-        if let Some(path) = &opts.json {
-            let machine = Machine::probe(&plan, opts.quick, started.elapsed());
-            let text = serde_json::to_string_pretty(&results.json(&machine))? + "\n";
-            fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
-        }
-        print_summary(&results);
-        return Ok(());
+        return partial_run_done(opts, &plan, started, &results);
     }
 
     step("bench: starting one agent per policy size (10, 100, 1000 rules, full range)");
@@ -193,13 +204,7 @@ pub fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
     measure_programs(&tools, &lab, &plan, &agents, &mut results)?;
     if opts.progs_only {
         drop(agents);
-        if let Some(path) = &opts.json {
-            let machine = Machine::probe(&plan, opts.quick, started.elapsed());
-            let text = serde_json::to_string_pretty(&results.json(&machine))? + "\n";
-            fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
-        }
-        print_summary(&results);
-        return Ok(());
+        return partial_run_done(opts, &plan, started, &results);
     }
     measure_floods(&tools, &lab, &plan, &mut agents, &mut results)?;
     let full = agents.pop().context("the full-range agent")?;
