@@ -11,7 +11,7 @@ use portcullis_tests::{Agent, output};
 use serde_json::Value;
 
 use super::{
-    Plan,
+    Plan, SIZES,
     lab::Lab,
     stats::{Goal, Results, percentile},
 };
@@ -26,6 +26,19 @@ pub fn denied(agent: &Agent) -> anyhow::Result<u64> {
         .as_u64()
         .context("status --json has no denied.packets")?;
     Ok(cgroup + v["xdp"]["denied"]["packets"].as_u64().unwrap_or(0))
+}
+
+/// Starts one agent per policy size ([`SIZES`]), each on its generated site with XDP on
+/// its veth. Every start loads, verifies and JIT-compiles the agent's programs anew and
+/// writes its policy into its maps; an agent already running on the same pins, cgroup
+/// and veth must have been stopped first.
+pub fn start_agents(lab: &Lab) -> anyhow::Result<Vec<Agent>> {
+    let mut agents = Vec::new();
+    for (i, (label, rules)) in SIZES.iter().enumerate() {
+        let site = lab.site(i, label, *rules, true)?;
+        agents.push(lab.agent(i, &site)?);
+    }
+    Ok(agents)
 }
 
 /// The ids of the programs the agent attached, from its pinned links.

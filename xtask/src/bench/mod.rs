@@ -14,6 +14,10 @@
 //!    example of the root-test crate, round-robin with empty programs of the same types
 //!    (`pc_noop_*`, ebpf/src/noop.rs) and with xdp-filter's program (xdp-tools) loaded on
 //!    a veth of our own with the same 1000 ports: every ratio is taken inside one round.
+//!    Each round runs on fresh loads of every program (the agents restarted, xdp-filter
+//!    loaded again, the no-ops loaded by a new `prog_run`): where the kernel places a JIT
+//!    image changes its cost by up to ~20 ns on some CPUs, so a median over rounds is
+//!    a median over loads, not one draw.
 //! 3. S1/S2: a 64-byte UDP flood (trafgen) from one namespace to the other, across N
 //!    destination ports no rule opens: packets dropped per second by our XDP program and
 //!    by nftables `netdev ingress` (a set, and a linear chain of N rules); then by our
@@ -56,7 +60,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use self::{
-    agent::measure_agent,
+    agent::{measure_agent, start_agents},
     floods::measure_floods,
     lab::Lab,
     markdown::markdown,
@@ -185,10 +189,8 @@ pub fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
     }
 
     step("bench: starting one agent per policy size (10, 100, 1000 rules, full range)");
-    let mut agents = Vec::new();
-    for (i, (label, rules)) in SIZES.iter().enumerate() {
-        let site = lab.site(i, label, *rules, true)?;
-        let agent = lab.agent(i, &site)?;
+    let mut agents = start_agents(&lab)?;
+    for ((label, _), agent) in SIZES.iter().zip(&agents) {
         println!(
             "    {label}: {} policy rules, ready in {:.0} ms",
             agent
@@ -198,10 +200,9 @@ pub fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
                 .unwrap_or("?"),
             agent.startup.as_secs_f64() * 1e3
         );
-        agents.push(agent);
     }
 
-    measure_programs(&tools, &lab, &plan, &agents, &mut results)?;
+    measure_programs(&tools, &lab, &plan, &mut agents, &mut results)?;
     if opts.progs_only {
         drop(agents);
         return partial_run_done(opts, &plan, started, &results);

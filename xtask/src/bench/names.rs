@@ -298,7 +298,7 @@ pub fn measure_names(tools: &Tools, lab: &Lab, plan: &Plan, r: &mut Results) -> 
         .map(|k| counter(&agent, k))
         .collect::<anyhow::Result<_>>()?;
     // Every query and answer passes (the ports are open): 1.
-    let ns = run_jobs(tools, plan, &jobs, |_| Some(1))?;
+    let ns = run_jobs(tools, plan, plan.rounds, &jobs, |_| Some(1))?;
     let learned = learned_count(&agent)?;
     // 16 addresses from the A cases, 4 more of the CNAME's: all of 198.18.7.1-16.
     if learned < 16 {

@@ -2,7 +2,14 @@
 //! BPF_PROG_TEST_RUN by the `prog_run` example of the root-test crate
 //! (`tests/bench/prog_run.rs`), on frames from the root tests' frame builder
 //! (`portcullis_tests::frames`), round-robin with empty programs of the same types and
-//! with xdp-filter's program, so that every ratio is taken inside one round.
+//! with xdp-filter's program, so that every ratio is taken inside one round. Every round
+//! measures fresh loads: before each round but the first the four agents are restarted
+//! (each loads, verifies and JITs its programs again and writes its policy into its
+//! maps) and xdp-filter is loaded again, and each round is a `prog_run` process of its
+//! own (its no-op baselines are loaded again too). The kernel places each JIT image at a
+//! random offset, and on some CPUs (this Intel Xeon) the same code costs ~20 ns more or
+//! less depending on it: a figure taken from one load is one draw of that lottery, a
+//! median over the rounds is a median over loads.
 
 use std::{
     collections::BTreeMap,
@@ -22,7 +29,7 @@ use serde_json::Value;
 
 use super::{
     BASE_PORT, DENIED_PORT, Plan, SIZES, Tools,
-    agent::program_ids,
+    agent::{program_ids, start_agents},
     allowed_port,
     lab::Lab,
     stats::{Goal, Results, ratio},
@@ -72,13 +79,13 @@ fn frame(v6: bool, tcp: bool, port: u16, outbound: bool) -> Vec<u8> {
 }
 
 /// Runs the `prog_run` jobs (`LABEL=KIND:SOURCE:HEXFRAME`, or chained steps joined by
-/// `,`) for the plan's rounds and
-/// returns each label's ns per round. `want` gives the return value a label's frame must
-/// get, if any: a frame that takes another path than its label names is an error, not a
-/// figure.
+/// `,`) for `runs` rounds in one `prog_run` process and returns each label's ns per
+/// round. `want` gives the return value a label's frame must get, if any: a frame that
+/// takes another path than its label names is an error, not a figure.
 pub(super) fn run_jobs(
     tools: &Tools,
     plan: &Plan,
+    runs: usize,
     jobs: &[String],
     want: impl Fn(&str) -> Option<u32>,
 ) -> anyhow::Result<BTreeMap<String, Vec<f64>>> {
@@ -90,7 +97,7 @@ pub(super) fn run_jobs(
                 "--repeat",
                 &plan.repeat.to_string(),
                 "--runs",
-                &plan.rounds.to_string(),
+                &runs.to_string(),
                 "--chain",
                 &chain_rounds(plan).to_string(),
             ])
@@ -145,18 +152,28 @@ pub fn cases() -> Vec<(&'static str, &'static str, &'static str, &'static str)> 
     v
 }
 
-pub fn measure_programs(
-    tools: &Tools,
-    lab: &Lab,
-    plan: &Plan,
-    agents: &[Agent],
-    r: &mut Results,
-) -> anyhow::Result<()> {
-    let filter = XdpFilter::load(lab, SIZES[2].1)?;
-    step(&format!(
-        "bench M1/M2/M3: BPF_PROG_TEST_RUN, repeat {}, {} rounds: 4 policy sizes x 24 paths, no-op baselines, xdp-filter",
-        plan.repeat, plan.rounds
-    ));
+/// The return value a job's frame must get (see [`run_jobs`]). Allowed frames and the
+/// early exits pass: XDP_PASS (2) on XDP (a non-IP frame too), 1 on cgroup_skb (loopback
+/// too); denied ones get XDP_DROP (1) and 0. xdp-filter's allowed frames passing also
+/// shows that its ports survived its reloads.
+fn expected_return(label: &str) -> Option<u32> {
+    let passes = label.ends_with(".allow") || label.starts_with("probe.");
+    match (
+        label.contains(".xdp.") || label.starts_with("xdpfilter."),
+        passes,
+        label.ends_with(".deny"),
+    ) {
+        (true, true, _) => Some(2),
+        (true, _, true) => Some(1),
+        (false, true, _) => Some(1),
+        (false, _, true) => Some(0),
+        _ => None,
+    }
+}
+
+/// One round's jobs: every path of every agent's programs, the early exits, the no-op
+/// baselines and xdp-filter's paths, on the programs loaded now (pinned by id).
+fn program_jobs(lab: &Lab, agents: &[Agent], filter: &XdpFilter) -> anyhow::Result<Vec<String>> {
     let mut jobs: Vec<String> = Vec::new();
     for (i, agent) in agents.iter().enumerate() {
         let size = SIZES[i].0;
@@ -231,21 +248,72 @@ pub fn measure_programs(
             }
         }
     }
-    let ns = run_jobs(tools, plan, &jobs, |label| {
-        // The early exits pass: XDP_PASS (2) for a non-IP frame, 1 for loopback.
-        let passes = label.ends_with(".allow") || label.starts_with("probe.");
-        match (
-            label.contains(".xdp.") || label.starts_with("xdpfilter."),
-            passes,
-            label.ends_with(".deny"),
-        ) {
-            (true, true, _) => Some(2),
-            (true, _, true) => Some(1),
-            (false, true, _) => Some(1),
-            (false, _, true) => Some(0),
-            _ => None,
+    Ok(jobs)
+}
+
+/// M3's paths: (family, protocol, verdict).
+pub fn m3_paths() -> impl Iterator<Item = (&'static str, &'static str, &'static str)> {
+    ["v4", "v6"].into_iter().flat_map(|fam| {
+        ["tcp", "udp"].into_iter().flat_map(move |proto| {
+            ["allow", "deny"]
+                .into_iter()
+                .map(move |verdict| (fam, proto, verdict))
+        })
+    })
+}
+
+pub fn measure_programs(
+    tools: &Tools,
+    lab: &Lab,
+    plan: &Plan,
+    agents: &mut Vec<Agent>,
+    r: &mut Results,
+) -> anyhow::Result<()> {
+    let mut filter = XdpFilter::load(lab, SIZES[2].1)?;
+    step(&format!(
+        "bench M1/M2/M3: BPF_PROG_TEST_RUN, repeat {}, {} rounds on fresh loads (agents restarted, xdp-filter and the no-ops loaded again): 4 policy sizes x 24 paths, no-op baselines, xdp-filter",
+        plan.repeat, plan.rounds
+    ));
+    let mut ns: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for round in 0..plan.rounds {
+        if round > 0 {
+            // Stopped, all of them, before any starts again (each agent's pins, cgroup
+            // and veth are its successor's). A failed start returns with the others
+            // stopped and the started ones dropped: nothing is left behind.
+            agents.clear();
+            *agents = start_agents(lab)?;
+            filter.reload()?;
         }
-    })?;
+        let jobs = program_jobs(lab, agents, &filter)?;
+        for (label, v) in run_jobs(tools, plan, 1, &jobs, expected_return)? {
+            ns.entry(label).or_default().extend(v);
+        }
+        // The bimodality, as it happens: M3's paths on this round's loads.
+        let last = |k: String| {
+            ns.get(&k)
+                .and_then(|v| v.last().copied())
+                .unwrap_or(f64::NAN)
+        };
+        println!(
+            "    round {}/{}: agents ready in {} ms; xdp-filter id {}; M3 ns ours/xdp-filter: {}",
+            round + 1,
+            plan.rounds,
+            agents
+                .iter()
+                .map(|a| format!("{:.0}", a.startup.as_secs_f64() * 1e3))
+                .collect::<Vec<_>>()
+                .join("/"),
+            filter.prog_id,
+            m3_paths()
+                .map(|(fam, proto, verdict)| format!(
+                    "{fam} {proto} {verdict} {:.0}/{:.0}",
+                    last(format!("1000.xdp.{fam}.{proto}.{verdict}")),
+                    last(format!("xdpfilter.{fam}.{proto}.{verdict}"))
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     let get = |k: &str| {
         ns.get(k)
             .cloned()
@@ -327,38 +395,56 @@ pub fn measure_programs(
 
     step("bench M3: our XDP program against xdp-filter with the same 1000 ports");
     r.xdp_filter_features = filter.features.clone();
-    for fam in ["v4", "v6"] {
-        for proto in ["tcp", "udp"] {
-            for verdict in ["allow", "deny"] {
-                let theirs = get(&format!("xdpfilter.{fam}.{proto}.{verdict}"))?;
-                let ours = get(&format!("1000.xdp.{fam}.{proto}.{verdict}"))?;
-                r.add(
-                    &format!("M3.{fam}.{proto}.{verdict}.xdp_filter.ns"),
-                    "ns",
-                    theirs.clone(),
-                    None,
-                );
-                r.add(
-                    &format!("M3.{fam}.{proto}.{verdict}.ours_vs_xdp_filter"),
-                    "ratio",
-                    ratio(&ours, &theirs),
-                    Some(Goal::AtMost(1.0)),
-                );
-            }
-        }
+    for (fam, proto, verdict) in m3_paths() {
+        let theirs = get(&format!("xdpfilter.{fam}.{proto}.{verdict}"))?;
+        let ours = get(&format!("1000.xdp.{fam}.{proto}.{verdict}"))?;
+        // Both sides per round, that is per load: the spread between loads shows here.
+        r.add(
+            &format!("M3.{fam}.{proto}.{verdict}.ours.ns"),
+            "ns",
+            ours.clone(),
+            None,
+        );
+        r.add(
+            &format!("M3.{fam}.{proto}.{verdict}.xdp_filter.ns"),
+            "ns",
+            theirs.clone(),
+            None,
+        );
+        r.add(
+            &format!("M3.{fam}.{proto}.{verdict}.ours_vs_xdp_filter"),
+            "ratio",
+            ratio(&ours, &theirs),
+            Some(Goal::AtMost(1.0)),
+        );
     }
     Ok(())
 }
 
-/// xdp-filter (xdp-tools) loaded on `pcbfa` in namespace B with policy deny and the
-/// given ports allowed; unloaded on drop.
+/// The two ends of xdp-filter's veth pair (both in namespace B): it is loaded on one,
+/// and loaded again on the other for a fresh load ([`XdpFilter::reload`]).
+const FILTER_DEVS: [&str; 2] = ["pcbfa", "pcbfb"];
+
+/// xdp-filter (xdp-tools) loaded on one end of its veth pair in namespace B with policy
+/// deny and the given ports allowed; unloaded on drop.
 struct XdpFilter {
     ns: String,
+    /// The device it is loaded on now (one of [`FILTER_DEVS`]).
+    dev: &'static str,
     prog_id: u64,
     features: String,
 }
 
 impl XdpFilter {
+    /// Runs `xdp-filter ARGS` in namespace B.
+    fn xf(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut c = in_netns(&self.ns, "xdp-filter");
+        // The program itself on the interface, not libxdp's dispatcher, so its id is
+        // the one to test_run.
+        c.env("LIBXDP_SKIP_DISPATCHER", "1").args(args);
+        output(&mut c)
+    }
+
     fn load(lab: &Lab, ports: usize) -> anyhow::Result<XdpFilter> {
         step(&format!(
             "bench: loading xdp-filter (policy deny, {ports} ports allowed) on a veth in our namespace"
@@ -369,59 +455,84 @@ impl XdpFilter {
                 "/sys/fs/bpf/xdp-filter exists: xdp-filter is in use on this host; the benchmark will not change its port list"
             );
         }
-        let xf = |args: &[&str]| {
-            let mut c = lab.ns_b.command("xdp-filter");
-            // The program itself on the interface, not libxdp's dispatcher, so its id
-            // is the one to test_run.
-            c.env("LIBXDP_SKIP_DISPATCHER", "1").args(args);
-            output(&mut c)
-        };
-        xf(&["load", "-m", "skb", "-p", "deny", "pcbfa"])?;
         let mut filter = XdpFilter {
             ns: lab.ns_b.name.clone(),
+            dev: FILTER_DEVS[0],
             prog_id: 0,
             features: String::new(),
         };
+        // From here on, Drop unloads it.
+        filter.xf(&["load", "-m", "skb", "-p", "deny", filter.dev])?;
         for p in 0..ports {
-            xf(&["port", &(BASE_PORT as usize + p).to_string()])?;
+            filter.xf(&["port", &(BASE_PORT as usize + p).to_string()])?;
         }
-        let v: Value = serde_json::from_str(&output(Command::new("ip").args([
-            "-n",
-            &lab.ns_b.name,
-            "-j",
-            "-d",
-            "link",
-            "show",
-            "pcbfa",
-        ]))?)?;
-        let prog = &v[0]["xdp"]["prog"];
-        let prog_id = prog["id"]
-            .as_u64()
-            .context("xdp-filter's program id (ip -d link show)")?;
-        let status = xf(&["status"])?;
-        let features = status
+        filter.read_loaded()?;
+        println!(
+            "    xdp-filter program id {} on {}, features {}",
+            filter.prog_id, filter.dev, filter.features
+        );
+        Ok(filter)
+    }
+
+    /// A fresh load of xdp-filter's program (a new JIT image): loaded on the other end of
+    /// the veth pair, then unloaded from this one. Its maps are pinned and shared by
+    /// every interface it is loaded on, so the ports stay (unloading it from the last
+    /// interface would remove them, and adding 1000 ports again takes seconds).
+    fn reload(&mut self) -> anyhow::Result<()> {
+        let next = if self.dev == FILTER_DEVS[0] {
+            FILTER_DEVS[1]
+        } else {
+            FILTER_DEVS[0]
+        };
+        let (was_id, was_features) = (self.prog_id, self.features.clone());
+        self.xf(&["load", "-m", "skb", "-p", "deny", next])?;
+        let old = std::mem::replace(&mut self.dev, next);
+        self.xf(&["unload", old])?;
+        self.read_loaded()?;
+        if self.prog_id == was_id {
+            bail!(
+                "xdp-filter on {next} has the program id of its load on {old} ({was_id}): not a fresh load"
+            );
+        }
+        if self.features != was_features {
+            bail!(
+                "xdp-filter on {next} has features {:?}, on {old} it had {was_features:?}: not the same filter",
+                self.features
+            );
+        }
+        Ok(())
+    }
+
+    /// Reads the id of the program on `dev` (ip link) and its features (xdp-filter
+    /// status).
+    fn read_loaded(&mut self) -> anyhow::Result<()> {
+        let v: Value = serde_json::from_str(&output(
+            Command::new("ip").args(["-n", &self.ns, "-j", "-d", "link", "show", self.dev]),
+        )?)?;
+        self.prog_id = v[0]["xdp"]["prog"]["id"].as_u64().with_context(|| {
+            format!("xdp-filter's program id on {} (ip -d link show)", self.dev)
+        })?;
+        let status = self.xf(&["status"])?;
+        self.features = status
             .lines()
             .skip_while(|l| !l.contains("Enabled features"))
-            .find(|l| l.contains("pcbfa"))
+            .find(|l| l.split_whitespace().next() == Some(self.dev))
             .and_then(|l| l.split_whitespace().last())
             .unwrap_or("?")
             .to_owned();
-        println!(
-            "    xdp-filter program {} (id {prog_id}), features {features}",
-            prog["name"].as_str().unwrap_or("?")
-        );
-        filter.prog_id = prog_id;
-        filter.features = features;
-        Ok(filter)
+        Ok(())
     }
 }
 
 impl Drop for XdpFilter {
     fn drop(&mut self) {
-        let _ = in_netns(&self.ns, "xdp-filter")
-            .args(["unload", "pcbfa"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        // Both ends: a reload that failed midway may have left it on either or both.
+        for dev in FILTER_DEVS {
+            let _ = in_netns(&self.ns, "xdp-filter")
+                .args(["unload", dev])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
