@@ -142,6 +142,10 @@ impl FlowValue {
                 Decision::Deny(_) => (false, reason::REVOKED, true),
             }
         };
+        // Through memory: every path has set all three, so nothing after this point can
+        // read a register a path left unset (LLVM otherwise spills such a register on the
+        // paths that never set it, and the verifier refuses the spill).
+        let (allow, value, event) = core::hint::black_box((allow, value, event));
         let (decision, store) = if allow {
             (
                 Decision::Allow(value as u16),
