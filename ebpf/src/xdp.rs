@@ -359,10 +359,8 @@ fn later_fragment(cfg: &Config, f: &Frame) -> u32 {
     }
 }
 
-/// Counts and applies a verdict on an inbound packet. Not inlined: the verdict reaches
-/// it through memory, so no path reads the payload of a variant it did not build (LLVM
-/// may hoist such a read into a register, which the verifier rejects as uninitialised).
-#[inline(never)]
+/// Counts and applies a verdict on an inbound packet.
+#[inline(always)]
 fn apply(cfg: &Config, f: &Frame, v: &Verdict) -> u32 {
     match v.decision {
         Decision::Allow(rule) => {
