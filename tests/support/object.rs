@@ -316,7 +316,14 @@ impl Ingress {
             ..TestRunOptions::default()
         };
         prog.test_run(opts)
-            .expect("BPF_PROG_TEST_RUN of pc_ingress")
+            .unwrap_or_else(|e| {
+                panic!(
+                    "BPF_PROG_TEST_RUN of pc_ingress (from_loopback {from_loopback}): {e:#} \
+                     (an input context with ingress_ifindex set: 6.1 accepts it, 5.10 \
+                     refuses it with EINVAL, which is why this test is not in the kernel \
+                     matrix's core)"
+                )
+            })
             .return_value
     }
 
