@@ -68,32 +68,44 @@ const MAX_DIRECT: usize = 512;
 /// Reads a `T` at `offset` (see the module docs).
 #[inline(always)]
 fn load<T: Copy>(ctx: &SkBuffContext, offset: usize) -> Result<T, ()> {
-    match direct(ctx, offset) {
-        Some(v) => Ok(v),
-        None => ctx.load(offset).map_err(|_| ()),
+    // Not through [`direct`]: a read that falls back on its `None` gives LLVM another
+    // block order for the whole parse; written out, the parse compiles as it did.
+    if offset <= MAX_DIRECT {
+        let (start, end) = linear_data(ctx);
+        let ptr = start + offset;
+        if ptr + core::mem::size_of::<T>() <= end {
+            // SAFETY: the bytes lie between `data` and `data_end`, checked just above.
+            return Ok(unsafe { (ptr as *const T).read_unaligned() });
+        }
     }
+    ctx.load(offset).map_err(|_| ())
 }
 
-/// Reads a `T` at `offset` straight from the linear data; None when it does not hold
-/// the bytes (or `offset` is past [`MAX_DIRECT`]).
+/// Reads a `T` at `offset` straight from the linear data, as [`load`] does first; None
+/// when it does not hold the bytes (or `offset` is past [`MAX_DIRECT`]).
 #[inline(always)]
 fn direct<T: Copy>(ctx: &SkBuffContext, offset: usize) -> Option<T> {
-    if offset > MAX_DIRECT {
-        return None;
+    if offset <= MAX_DIRECT {
+        let (start, end) = linear_data(ctx);
+        let ptr = start + offset;
+        if ptr + core::mem::size_of::<T>() <= end {
+            // SAFETY: the bytes lie between `data` and `data_end`, checked just above.
+            return Some(unsafe { (ptr as *const T).read_unaligned() });
+        }
     }
+    None
+}
+
+/// `data` and `data_end`: where the linear data starts and ends.
+#[inline(always)]
+fn linear_data(ctx: &SkBuffContext) -> (usize, usize) {
     // SAFETY: reads two fields of the program's own context.
-    let (start, end) = unsafe {
+    unsafe {
         (
             (*ctx.skb.skb).data as usize,
             (*ctx.skb.skb).data_end as usize,
         )
-    };
-    let ptr = start + offset;
-    if ptr + core::mem::size_of::<T>() > end {
-        return None;
     }
-    // SAFETY: the bytes lie between `data` and `data_end`, checked just above.
-    Some(unsafe { (ptr as *const T).read_unaligned() })
 }
 
 pub const TCP_SYN: u8 = 0x02;
