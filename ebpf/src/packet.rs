@@ -268,8 +268,9 @@ fn ports(ctx: &SkBuffContext, offset: usize, protocol: u8) -> Result<Ports, ()> 
 /// reads.
 ///
 /// Never a port for a packet the full parse calls malformed: for one this accepts,
-/// [`parse`] takes the same branches and reads the same bytes (the IP header, then
-/// [`ports`] right after it), so it would succeed and find the same source.
+/// [`parse`] takes the same branches, and each of its reads succeeds (the IP header's
+/// bytes all lie before those of [`ports`], which both call at the same offset), so it
+/// would find the same source and port.
 ///
 /// Loopback is `policy::is_loopback` less what `policy::is_spoofed` refuses on the
 /// loopback device: 127/8 over IPv4 (never the unspecified address), `::1` over IPv6
