@@ -2,12 +2,25 @@
 //! the running kernel by the real agent, real sockets and clients (curl, nc, dig against
 //! dnsmasq, Python for exact errno and byte counts) across a veth pair between two
 //! network namespaces. Every test checks the allowed outcome, the denied outcome and
-//! the counters.
+//! the counters. What real traffic cannot carry, a loopback source from another device
+//! (the kernel drops such a martian before any hook), `pc_ingress` is given by
+//! BPF_PROG_TEST_RUN on crafted packets (`object::Ingress`).
 
 use std::time::{Duration, Instant};
 
+use portcullis_common::{
+    policy::{DIR_IN, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
+    stats::{self, Counter, dns, reason},
+};
 use portcullis_tests::{
-    Lab, denied_port, denies, must, net_py, rule, rule_field, rule_packets, stdout, web_out,
+    Lab, denied_port, denies,
+    frames::{
+        ETH_P_IP, ETH_P_IPV6, Frag4, NOT_FRAGMENTED, TCP_SYN, echo, eth, ext, ip_len, ipv4, ipv6,
+        tcp, udp, v6_loopback,
+    },
+    must, net_py,
+    object::{Ingress, mapped},
+    rule, rule_field, rule_packets, stdout, web_out,
 };
 
 fn http_servers(lab: &mut Lab) {
@@ -320,6 +333,258 @@ fn loopback_is_exempt_by_default_and_enforced_on_request() {
     assert!(
         rule_packets(&s, "local-db/out") + rule_packets(&s, "local-db/in") >= 3,
         "{s:#}"
+    );
+}
+
+/// What `pc_ingress` must make of a packet in the loopback exemption's reach.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lo {
+    /// Passes, counted as loopback-exempt.
+    Exempt,
+    /// Dropped, counted under this inbound reason; nothing counted as exempt.
+    Deny(u32),
+}
+
+const LO4: [u8; 4] = [127, 0, 0, 1];
+const STUB4: [u8; 4] = [127, 0, 0, 53];
+
+fn v4(src: [u8; 4], protocol: u8, l4: &[u8]) -> Vec<u8> {
+    eth(
+        &[],
+        ETH_P_IP,
+        &ipv4(src, LO4, protocol, &[], NOT_FRAGMENTED, l4),
+    )
+}
+
+fn v6(src: [u8; 16], next: u8, payload: &[u8]) -> Vec<u8> {
+    eth(&[], ETH_P_IPV6, &ipv6(src, v6_loopback(), next, payload))
+}
+
+/// The loopback exemption's early exit passes nothing the full verdict would not: each
+/// packet below gets the verdict and the counter it got before there was one. A
+/// loopback source from another device is spoofed; loopback enforced goes by the rules;
+/// the unspecified and IPv4-mapped sources are spoofed; a malformed loopback packet is
+/// malformed; the shapes the early exit leaves to the full parse (options, extension
+/// headers, fragments, ICMP) are exempt all the same; and a local stub resolver's
+/// answer (from port 53, TCP or UDP) still reaches the DNS learner (counted there as
+/// from an untrusted resolver: this object has none), where another exempt packet does
+/// not.
+#[test]
+fn loopback_early_exit_passes_only_what_the_full_verdict_exempts() {
+    let mut ig = Ingress::load();
+    ig.set_config(false);
+    let udp25 = udp(40000, 25, b"mail");
+    let syn25 = tcp(40000, 25, TCP_SYN);
+    let mut opts_v4 = ipv4(LO4, LO4, IPPROTO_UDP, &[1, 1, 1, 0], NOT_FRAGMENTED, &udp25);
+    opts_v4 = eth(&[], ETH_P_IP, &opts_v4);
+    let later_fragment = Frag4 {
+        id: 7,
+        more: false,
+        offset: 2,
+    };
+    let mut hbh_udp = ext(IPPROTO_UDP, 1);
+    hbh_udp.extend_from_slice(&udp25);
+    let cases: Vec<(&str, Vec<u8>, bool, Lo)> = vec![
+        ("v4 udp", v4(LO4, IPPROTO_UDP, &udp25), true, Lo::Exempt),
+        ("v4 tcp", v4(LO4, IPPROTO_TCP, &syn25), true, Lo::Exempt),
+        (
+            "v4 from 127.1.2.3",
+            v4([127, 1, 2, 3], IPPROTO_UDP, &udp25),
+            true,
+            Lo::Exempt,
+        ),
+        (
+            "v6 udp",
+            v6(v6_loopback(), IPPROTO_UDP, &udp25),
+            true,
+            Lo::Exempt,
+        ),
+        (
+            "v6 tcp",
+            v6(v6_loopback(), IPPROTO_TCP, &syn25),
+            true,
+            Lo::Exempt,
+        ),
+        // Left to the full parse, exempt there.
+        ("v4 with options", opts_v4, true, Lo::Exempt),
+        (
+            "v4 later fragment",
+            eth(
+                &[],
+                ETH_P_IP,
+                &ipv4(LO4, LO4, IPPROTO_UDP, &[], later_fragment, &udp25),
+            ),
+            true,
+            Lo::Exempt,
+        ),
+        (
+            "v6 hop-by-hop then udp",
+            v6(v6_loopback(), 0, &hbh_udp),
+            true,
+            Lo::Exempt,
+        ),
+        (
+            "v4 echo request",
+            v4(LO4, IPPROTO_ICMP, &echo(8, 1)),
+            true,
+            Lo::Exempt,
+        ),
+        // Not from the loopback device: spoofed.
+        (
+            "v4 udp from another device",
+            v4(LO4, IPPROTO_UDP, &udp25),
+            false,
+            Lo::Deny(reason::SPOOFED),
+        ),
+        (
+            "v6 tcp from another device",
+            v6(v6_loopback(), IPPROTO_TCP, &syn25),
+            false,
+            Lo::Deny(reason::SPOOFED),
+        ),
+        // Spoofed even on the loopback device.
+        (
+            "v6 from ::ffff:127.0.0.1",
+            v6(mapped(LO4), IPPROTO_UDP, &udp25),
+            true,
+            Lo::Deny(reason::SPOOFED),
+        ),
+        (
+            "v4 from 0.0.0.0",
+            v4([0; 4], IPPROTO_UDP, &udp25),
+            true,
+            Lo::Deny(reason::SPOOFED),
+        ),
+        // A local address other than loopback on the loopback device: the rules decide.
+        (
+            "v4 from 198.18.0.1",
+            v4([198, 18, 0, 1], IPPROTO_UDP, &udp25),
+            true,
+            Lo::Deny(reason::NO_RULE),
+        ),
+        // Malformed: a TCP header cut before its flags, a UDP header cut after an
+        // extension header.
+        (
+            "v4 tcp cut short",
+            v4(LO4, IPPROTO_TCP, &syn25[..8]),
+            true,
+            Lo::Deny(reason::MALFORMED),
+        ),
+        (
+            "v6 udp cut short",
+            v6(v6_loopback(), 0, &hbh_udp[..10]),
+            true,
+            Lo::Deny(reason::MALFORMED),
+        ),
+    ];
+    let denied = |ig: &Ingress, why| ig.stat(stats::deny_index(false, DIR_IN, why));
+    for (name, frame, from_lo, expect) in &cases {
+        let exempt0 = ig.stat(stats::PASS_LOOPBACK);
+        let deny0 = match expect {
+            Lo::Deny(why) => denied(&ig, *why),
+            Lo::Exempt => Counter::default(),
+        };
+        let verdict = ig.run(frame, *from_lo);
+        let exempt = ig.stat(stats::PASS_LOOPBACK);
+        match expect {
+            Lo::Exempt => {
+                assert_eq!(verdict, 1, "{name}: should pass as loopback");
+                assert_eq!(exempt.packets, exempt0.packets + 1, "{name}: exempt count");
+                assert_eq!(
+                    exempt.bytes,
+                    exempt0.bytes + ip_len(frame),
+                    "{name}: exempt bytes"
+                );
+            }
+            Lo::Deny(why) => {
+                assert_eq!(
+                    verdict,
+                    0,
+                    "{name}: should be dropped ({})",
+                    reason::NAMES[*why as usize]
+                );
+                assert_eq!(exempt, exempt0, "{name}: counted as loopback-exempt");
+                assert_eq!(
+                    denied(&ig, *why).packets,
+                    deny0.packets + 1,
+                    "{name}: inbound {} count",
+                    reason::NAMES[*why as usize]
+                );
+            }
+        }
+    }
+    assert_eq!(
+        ig.stat(stats::MALFORMED).packets,
+        2,
+        "the two cut-short packets"
+    );
+
+    // A stub resolver's answers reach the learner; another loopback packet does not.
+    let untrusted = |ig: &Ingress| ig.dns_stat(dns::UNTRUSTED);
+    let before = untrusted(&ig);
+    assert_eq!(
+        ig.run(
+            &v4(LO4, IPPROTO_UDP, &udp(40000, 53, b"not an answer")),
+            true
+        ),
+        1
+    );
+    assert_eq!(untrusted(&ig), before, "a packet to port 53 is no answer");
+    for (name, l4, protocol) in [
+        ("udp", udp(53, 40000, &[0; 12]), IPPROTO_UDP),
+        ("tcp", tcp(53, 40000, TCP_SYN), IPPROTO_TCP),
+    ] {
+        let n = untrusted(&ig);
+        let exempt0 = ig.stat(stats::PASS_LOOPBACK).packets;
+        assert_eq!(
+            ig.run(&v4(STUB4, protocol, &l4), true),
+            1,
+            "stub {name}: passes"
+        );
+        assert_eq!(
+            ig.stat(stats::PASS_LOOPBACK).packets,
+            exempt0 + 1,
+            "stub {name}: exempt"
+        );
+        assert_eq!(
+            untrusted(&ig),
+            n + 1,
+            "stub {name}: the learner saw the answer"
+        );
+    }
+    let n = untrusted(&ig);
+    assert_eq!(
+        ig.run(
+            &v6(v6_loopback(), IPPROTO_UDP, &udp(53, 40000, &[0; 12])),
+            true
+        ),
+        1
+    );
+    assert_eq!(
+        untrusted(&ig),
+        n + 1,
+        "an answer from ::1 reaches the learner"
+    );
+
+    // Loopback enforced: judged by the rules (none open port 25), never exempt.
+    ig.set_config(true);
+    let exempt0 = ig.stat(stats::PASS_LOOPBACK);
+    let no_rule0 = denied(&ig, reason::NO_RULE).packets;
+    assert_eq!(
+        ig.run(&v4(LO4, IPPROTO_UDP, &udp25), true),
+        0,
+        "loopback = enforce"
+    );
+    assert_eq!(
+        ig.run(&v6(v6_loopback(), IPPROTO_TCP, &syn25), true),
+        0,
+        "loopback = enforce (v6)"
+    );
+    assert_eq!(denied(&ig, reason::NO_RULE).packets, no_rule0 + 2);
+    assert_eq!(
+        ig.stat(stats::PASS_LOOPBACK),
+        exempt0,
+        "nothing exempt when enforced"
     );
 }
 

@@ -1,7 +1,8 @@
 //! The eBPF object loaded straight from the build, with no agent and no pins: each test
 //! gets fresh maps and counters, writes its policy into the maps through
-//! `portcullis_common`, and runs `pc_xdp` on crafted frames ([`crate::frames`]) with
-//! BPF_PROG_TEST_RUN or attaches it to a lab veth.
+//! `portcullis_common`, and runs `pc_xdp` ([`Datapath`]) or `pc_ingress` ([`Ingress`])
+//! on crafted frames ([`crate::frames`]) with BPF_PROG_TEST_RUN, or attaches `pc_xdp`
+//! to a lab veth.
 
 use std::{
     collections::HashMap,
@@ -13,10 +14,10 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, LpmTrie, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
-    programs::{ProgramError, TestRun, TestRunOptions, Xdp},
+    programs::{CgroupSkb, ProgramError, TestRun, TestRunOptions, Xdp},
 };
 use portcullis_common::{
-    config::{Config, LOOPBACK_ENFORCE, MODE_AUDIT, MODE_ENFORCE},
+    config::{Config, LOOPBACK_ENFORCE, LOOPBACK_EXEMPT, MODE_AUDIT, MODE_ENFORCE},
     flow::{FLOW_PORT_BYTES, FlowKey, FlowValue, flow_port_slot},
     maps,
     names::{NameKey, NameValue, SlotKey, SlotNames},
@@ -45,17 +46,7 @@ pub struct Datapath {
 
 impl Datapath {
     pub fn load() -> Self {
-        require_root();
-        let path = object_path();
-        let bytes = fs::read(&path).unwrap_or_else(|e| {
-            panic!(
-                "reading the eBPF object {}: {e} (build it with `cargo xtask build`)",
-                path.display()
-            )
-        });
-        let mut ebpf = EbpfLoader::new().load(&bytes).unwrap_or_else(|e| {
-            panic!("BPF unavailable: loading {} failed: {e:#}", path.display())
-        });
+        let mut ebpf = open();
         let prog: &mut Xdp = ebpf
             .program_mut(maps::programs::XDP)
             .expect("pc_xdp in the object")
@@ -157,25 +148,19 @@ impl Datapath {
         flows.get(key, 0).is_ok()
     }
 
-    fn sum(&self, map: &str, index: u32) -> Counter {
-        let a = PerCpuArray::<_, Counter>::try_from(self.ebpf.map(map).unwrap()).unwrap();
-        a.get(&index, 0)
-            .unwrap()
-            .iter()
-            .fold(Counter::default(), |acc, c| Counter {
-                packets: acc.packets + c.packets,
-                bytes: acc.bytes + c.bytes,
-            })
-    }
-
     /// A global counter (`stats::*`) of the XDP layer, summed over the CPUs.
     pub fn stat(&self, index: u32) -> Counter {
-        self.sum(maps::STATS, stats::LAYER_XDP * stats::STATS_LEN + index)
+        sum(
+            &self.ebpf,
+            maps::STATS,
+            stats::LAYER_XDP * stats::STATS_LEN + index,
+        )
     }
 
     /// A rule's counter in the XDP layer, summed over the CPUs.
     pub fn rule(&self, index: u16) -> Counter {
-        self.sum(
+        sum(
+            &self.ebpf,
             maps::RULE_COUNTERS,
             stats::LAYER_XDP * maps::MAX_RULES + u32::from(index),
         )
@@ -239,6 +224,122 @@ impl Datapath {
             ..TestRunOptions::default()
         };
         self.xdp().test_run(opts).expect("test_run").duration
+    }
+}
+
+/// The object at [`object_path`] opened with fresh, unpinned maps, no program loaded yet.
+fn open() -> Ebpf {
+    require_root();
+    let path = object_path();
+    let bytes = fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "reading the eBPF object {}: {e} (build it with `cargo xtask build`)",
+            path.display()
+        )
+    });
+    EbpfLoader::new()
+        .load(&bytes)
+        .unwrap_or_else(|e| panic!("BPF unavailable: loading {} failed: {e:#}", path.display()))
+}
+
+/// A per-CPU counter of `map`, summed over the CPUs.
+fn sum(ebpf: &Ebpf, map: &str, index: u32) -> Counter {
+    let a = PerCpuArray::<_, Counter>::try_from(ebpf.map(map).unwrap()).unwrap();
+    a.get(&index, 0)
+        .unwrap()
+        .iter()
+        .fold(Counter::default(), |acc, c| Counter {
+            packets: acc.packets + c.packets,
+            bytes: acc.bytes + c.bytes,
+        })
+}
+
+/// The object with `pc_ingress` loaded through the verifier: the cgroup ingress verdict
+/// on crafted packets, including what real traffic cannot carry (a loopback source that
+/// did not cross the loopback device: the kernel drops such a martian before any hook).
+pub struct Ingress {
+    pub ebpf: Ebpf,
+}
+
+impl Ingress {
+    pub fn load() -> Self {
+        let mut ebpf = open();
+        let prog: &mut CgroupSkb = ebpf
+            .program_mut(maps::programs::INGRESS)
+            .expect("pc_ingress in the object")
+            .try_into()
+            .unwrap();
+        if let Err(e) = prog.load() {
+            panic!("the verifier rejected pc_ingress: {}", verifier_log(&e));
+        }
+        Self { ebpf }
+    }
+
+    /// Writes the configuration: generation 0, enforce mode, loopback exempt (else
+    /// judged by the rules), no events. The policy stays empty: no port is open.
+    pub fn set_config(&mut self, loopback_enforce: bool) {
+        let mut cfg =
+            Array::<_, Config>::try_from(self.ebpf.map_mut(maps::CONFIG).unwrap()).unwrap();
+        let c = Config {
+            generation: 0,
+            mode: MODE_ENFORCE,
+            loopback: if loopback_enforce {
+                LOOPBACK_ENFORCE
+            } else {
+                LOOPBACK_EXEMPT
+            },
+            icmp_echo: 1,
+            events_per_sec: 0,
+            xdp_flows: 0,
+            epoch: 0,
+            dns_grace: 0,
+        };
+        cfg.set(0, c, 0).unwrap();
+    }
+
+    /// Runs `pc_ingress` once on `frame` (an Ethernet frame: test_run strips the header)
+    /// and returns its verdict (1 pass, 0 drop). `from_loopback`: the packet crossed
+    /// the loopback device (`ingress_ifindex` 1, set through the `struct __sk_buff`
+    /// input, which test_run zero-extends), else it has no input device (0).
+    pub fn run(&self, frame: &[u8], from_loopback: bool) -> u32 {
+        let mut ctx = [0u8; 40];
+        ctx[36..40].copy_from_slice(&1u32.to_ne_bytes());
+        let prog: &CgroupSkb = self
+            .ebpf
+            .program(maps::programs::INGRESS)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            ctx_in: from_loopback.then_some(&ctx[..]),
+            ..TestRunOptions::default()
+        };
+        prog.test_run(opts)
+            .unwrap_or_else(|e| {
+                panic!(
+                    "BPF_PROG_TEST_RUN of pc_ingress (from_loopback {from_loopback}): {e:#} \
+                     (an input context with ingress_ifindex set: 6.1 accepts it, 5.10 \
+                     refuses it with EINVAL, which is why this test is not in the kernel \
+                     matrix's core)"
+                )
+            })
+            .return_value
+    }
+
+    /// A global counter (`stats::*`) of the cgroup layer, summed over the CPUs.
+    pub fn stat(&self, index: u32) -> Counter {
+        sum(
+            &self.ebpf,
+            maps::STATS,
+            stats::LAYER_CGROUP * stats::STATS_LEN + index,
+        )
+    }
+
+    /// A counter of the DNS learner (`stats::dns::*`), summed over the CPUs.
+    pub fn dns_stat(&self, index: u32) -> u64 {
+        let a = PerCpuArray::<_, u64>::try_from(self.ebpf.map(maps::DNS_STATS).unwrap()).unwrap();
+        a.get(&index, 0).unwrap().iter().sum()
     }
 }
 
