@@ -359,7 +359,10 @@ fn later_fragment(cfg: &Config, f: &Frame) -> u32 {
     }
 }
 
-/// Counts and applies a verdict on an inbound packet.
+/// Counts and applies a verdict on an inbound packet. Inlined: a BPF-to-BPF call less on
+/// every packet (3 ns on an allowed one). It was a call of its own while the frame state
+/// was zeroed by a call to a byte loop (see `.cargo/config.toml`); with that code, LLVM
+/// read a variant's payload on paths that never built it and the verifier refused it.
 #[inline(always)]
 fn apply(cfg: &Config, f: &Frame, v: &Verdict) -> u32 {
     match v.decision {
@@ -371,8 +374,7 @@ fn apply(cfg: &Config, f: &Frame, v: &Verdict) -> u32 {
     }
 }
 
-/// Accounts a denied packet. Inlined into [`apply`], whose frame is already apart from
-/// the allow path's parse: one BPF-to-BPF call less per deny, the same stack depth.
+/// Accounts a denied packet (inlined, like [`apply`]).
 #[inline(always)]
 fn deny_packet(cfg: &Config, f: &Frame, direction: u8, why: u32, event: bool) -> u32 {
     let denied = Denied {
