@@ -85,8 +85,8 @@ pub fn pc_ingress(ctx: SkBuffContext) -> i32 {
 /// (the caller checks the interface: other traffic pays only that compare). A plain TCP
 /// or UDP packet from a loopback source ([`loopback_source_port`]), while loopback is
 /// exempt, is counted and passed without the full parse, the flow and the policy: the
-/// MTA and its content filters (milters, scanners) talk over 127.0.0.1 all day (5-9 ns
-/// above an empty program instead of 47). The verdict is the one [`judge`] gives, by the
+/// MTA and its content filters (milters, scanners) talk over 127.0.0.1 all day (bench:
+/// 25 ns against 20 for an empty program; the full path costs 38). The verdict is the one [`judge`] gives, by the
 /// same questions: not spoofed (an IPv4-mapped source in IPv6 is; the device is the
 /// loopback one), then loopback. Everything else goes the full way and gets its verdict
 /// there: a packet the full parse might call malformed (options, extension headers,
